@@ -1,0 +1,40 @@
+"""Entry point of `segment-klaviyo` (and `python -m engine`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Each module adds one subcommand: `add_parser(subparsers)` and `run(args) -> exit code`.
+SUBCOMMAND_MODULES = (
+    "engine.cli.map_command",
+    "engine.cli.validate_command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment-klaviyo",
+        description="Map Segment events to HTTP requests with a declarative YAML mapping set.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,42 @@
+"""`segment-klaviyo validate`: check mapping sets; print every problem as FILE:LINE:COL: message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..mapping_set import DEFAULT_SET, load_mapping_set
+from ..problems import MappingSetError
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("validate", help="check mapping sets without mapping anything",
+                                   description=__doc__)
+    parser.add_argument("sets", nargs="*", metavar="DIR", help=f"mapping set folders or names (default: {DEFAULT_SET})")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    code = 0
+    for name in args.sets or [DEFAULT_SET]:
+        try:
+            mapping_set = load_mapping_set(name)
+        except FileNotFoundError as exc:
+            print(f"segment-klaviyo: {exc}", file=sys.stderr)
+            code = 1
+            continue
+        except MappingSetError as exc:
+            for problem in exc.problems:
+                print(problem)
+            print(f"{name}: invalid, {len(exc.problems)} problem(s)")
+            code = 1
+            continue
+        rule_count = _count_rules(mapping_set.rules)
+        print(f"{mapping_set.name}: valid ({rule_count} rules in {len(mapping_set.files)} files, "
+              f"{len(mapping_set.settings)} settings, {len(mapping_set.values)} named values)")
+    return code
+
+
+def _count_rules(rules: list[Any]) -> int:
+    return sum(1 + _count_rules(rule.children) for rule in rules)

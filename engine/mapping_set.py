@@ -1,0 +1,307 @@
+"""Loading a mapping set: a folder of YAML files, read (load), checked (validate) and compiled.
+
+A mapping set is a folder with `mapping.yaml` (name, base URL, revision, settings schema, default
+headers, and the ordered `include` list of rule files) and the rule files it includes. Each rule file
+may hold `values` (named values), `tables` and `rules`. Every problem in every file is collected and
+raised together as one MappingSetError; an invalid set is never returned.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cerberus
+
+from .problems import MappingSetError, Position, ProblemList, SettingsError
+from .rules import Rule, RuleCompiler
+from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_shape
+from .values import Compiled, Known, TableDef, ValueCompiler, _plain, normalize_lookup_key
+from .yaml_loader import PosDict, YamlError, load_yaml
+
+SET_FILE = "mapping.yaml"
+DEFAULT_SET = "klaviyo"
+
+
+@dataclass
+class SettingSpec:
+    name: str
+    type: str
+    default: Any = None
+    has_default: bool = False
+    secret: bool = False
+    required: bool = False
+    required_to_send: bool = False
+    description: str = ""
+
+
+@dataclass
+class MappingSet:
+    """A loaded, validated and compiled mapping set; immutable once built."""
+
+    name: str
+    folder: Path
+    title: str
+    base_url: str
+    revision: str | None
+    settings: dict[str, SettingSpec]
+    rules: list[Rule]
+    values: dict[str, Compiled]
+    default_headers: Compiled | None
+    delivery: dict[str, Any]
+    compatibility_only: str | None
+    files: list[str] = field(default_factory=list)
+    _settings_schema: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def secret_settings(self) -> list[str]:
+        return [name for name, spec in self.settings.items() if spec.secret]
+
+    def resolve_settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Validate destination settings against the set's schema and fill in defaults."""
+        if not isinstance(given, dict):
+            raise SettingsError(["settings must be an object of key: value pairs"])
+        validator = cerberus.Validator(self._settings_schema, allow_unknown=False)
+        if not validator.validate(given):
+            messages = []
+            for key, errors in sorted(validator.errors.items()):
+                for error in errors:
+                    text = error if isinstance(error, str) else str(error)
+                    if text == "unknown field":
+                        known = ", ".join(sorted(self.settings))
+                        text = f"unknown setting (this mapping set's settings: {known})"
+                    messages.append(f"setting '{key}': {text}")
+            raise SettingsError(messages)
+        return dict(validator.document)
+
+    def missing_to_send(self, settings: dict[str, Any]) -> list[str]:
+        return [n for n, spec in self.settings.items() if spec.required_to_send and settings.get(n) in (None, "")]
+
+
+def bundled_sets_folder() -> Path:
+    """Where the bundled mapping sets are: inside the installed package, or the checkout's mappings/."""
+    packaged = Path(str(resources.files("engine"))) / "_bundled_mappings"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "mappings"
+
+
+def bundled_set_names() -> list[str]:
+    folder = bundled_sets_folder()
+    return sorted(p.name for p in folder.iterdir() if (p / SET_FILE).is_file()) if folder.is_dir() else []
+
+
+def resolve_set_folder(name_or_folder: str | os.PathLike[str]) -> Path:
+    """A bundled set's name (`klaviyo`) or a folder path."""
+    text = str(name_or_folder)
+    candidate = Path(text)
+    if (candidate / SET_FILE).is_file():
+        return candidate
+    bundled = bundled_sets_folder() / text
+    if os.sep not in text and (bundled / SET_FILE).is_file():
+        return bundled
+    known = ", ".join(bundled_set_names()) or "none"
+    raise FileNotFoundError(f"no mapping set '{text}': not a folder with {SET_FILE}, nor a bundled set ({known})")
+
+
+def _read(path: Path, shown: str, problems: ProblemList) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.add(Position(shown, 1, 1), f"cannot read: {exc.strerror}")
+        return None
+    try:
+        document, duplicates = load_yaml(text, shown)
+    except YamlError as exc:
+        problems.add(exc.position, exc.message)
+        return None
+    for position, message in duplicates:
+        problems.add(position, message)
+    return document
+
+
+def _settings_schema(specs: dict[str, SettingSpec], declared: PosDict) -> dict[str, Any]:
+    schema: dict[str, Any] = {}
+    for name, spec in specs.items():
+        entry: dict[str, Any] = {"type": spec.type, "nullable": True}
+        raw = declared[name]
+        for key in ("allowed", "regex"):
+            if key in raw:
+                entry[key] = _plain(raw[key])
+        if spec.has_default:
+            entry["default"] = spec.default
+        if spec.required:
+            entry["required"] = True
+            entry["nullable"] = bool(raw.get("nullable", False))
+        schema[name] = entry
+    return schema
+
+
+def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> MappingSet:
+    """Load, validate and compile a mapping set. Raises MappingSetError listing every problem."""
+    folder = resolve_set_folder(name_or_folder)
+    problems = ProblemList()
+
+    def shown(path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    set_path = folder / SET_FILE
+    head = _read(set_path, shown(set_path), problems)
+    if head is None or not check_shape(head, SET_FILE_SCHEMA, shown(set_path), problems):
+        raise MappingSetError(problems.sorted())
+
+    documents: list[tuple[str, PosDict]] = [(shown(set_path), head)]
+    for i, include in enumerate(head.get("include", [])):
+        path = folder / include
+        place = head["include"].item_places[i]
+        if not path.resolve().is_relative_to(folder.resolve()):
+            problems.add(place.position, f"include {include!r} is outside the mapping set's folder")
+            continue
+        if not path.is_file():
+            problems.add(place.position, f"include {include!r}: no such file in {shown(folder)}")
+            continue
+        document = _read(path, shown(path), problems)
+        if document is not None and check_shape(document, RULE_FILE_SCHEMA, shown(path), problems):
+            documents.append((shown(path), document))
+    listed = {(folder / inc).resolve() for inc in head.get("include", [])} | {set_path.resolve()}
+    for stray in sorted(folder.rglob("*.yaml")):
+        if stray.resolve() not in listed and "tests" not in stray.relative_to(folder).parts:
+            problems.add(Position(shown(stray), 1, 1), f"rule file not listed in {SET_FILE} include, so never used")
+
+    # Settings: the schema is checked here so that rules can refer to settings by name.
+    specs: dict[str, SettingSpec] = {}
+    declared = head.get("settings", PosDict())
+    if not isinstance(declared, PosDict):
+        declared = PosDict()
+    for name, raw in declared.items():
+        spec = SettingSpec(name=name, type=str(raw["type"]), secret=bool(raw.get("secret", False)),
+                           required=bool(raw.get("required", False)),
+                           required_to_send=bool(raw.get("required_to_send", False)),
+                           description=str(raw.get("description", "")))
+        if "default" in raw:
+            spec.default, spec.has_default = _plain(raw["default"]), True
+        specs[name] = spec
+    settings_schema = _settings_schema(specs, declared) if declared else {}
+    try:
+        cerberus.Validator(settings_schema)
+    except cerberus.SchemaError as exc:
+        problems.add(declared.position, f"settings schema: {exc}")
+
+    # Names defined anywhere in the set, so references can be checked in any order.
+    tables: dict[str, TableDef] = {}
+    value_names: set[str] = set()
+    for _file, document in documents:
+        for table_name, raw in (document.get("tables") or {}).items():
+            position = document["tables"].key_positions[table_name]
+            if table_name in tables:
+                problems.add(position, f"table '{table_name}' is defined twice (also at {tables[table_name].position})")
+                continue
+            kind = "fields" if "fields" in raw else "lookup" if "lookup" in raw else None
+            if kind is None:
+                problems.add(position, f"table '{table_name}' needs fields or lookup")
+                continue
+            table = TableDef(table_name, position, kind, raw[kind], bool(raw.get("ignore_case", False)))
+            if kind == "lookup":
+                table.lookup = {normalize_lookup_key(k, table.ignore_case): _plain(v) for k, v in raw[kind].items()}
+            tables[table_name] = table
+        for value_name in (document.get("values") or {}):
+            if value_name in value_names:
+                problems.add(document["values"].key_positions[value_name], f"value '{value_name}' is defined twice")
+            value_names.add(value_name)
+
+    known = Known(settings=set(specs), values=value_names, tables=tables)
+    root_compiler = ValueCompiler(problems, known, shown(set_path))
+    named_values: dict[str, Compiled] = {}
+    rules: list[Rule] = []
+    compilers: list[ValueCompiler] = []
+    for file, document in documents:
+        compiler = ValueCompiler(problems, known, file)
+        compiler.links = root_compiler.links
+        compiler.value_deps = root_compiler.value_deps
+        compilers.append(compiler)
+        for table in tables.values():
+            if table.kind == "fields" and table.position.file == file:
+                table.compiled = compiler.with_items({"item", "index"}).fields_table(table)
+        values_node = document.get("values") or PosDict()
+        for value_name, entry in values_node.items():
+            compiled = compiler.value(entry, values_node.value_places[value_name], f"values.{value_name}")
+            named_values[value_name] = compiled
+            root_compiler.value_deps[value_name] = compiled
+    for file, document in documents:
+        compiler = ValueCompiler(problems, known, file)
+        compiler.links = root_compiler.links
+        compiler.value_deps = root_compiler.value_deps
+        rule_compiler = RuleCompiler(compiler, file)
+        for rule_node in document.get("rules") or []:
+            rules.append(rule_compiler.compile(rule_node))
+    default_headers = None
+    defaults = head.get("defaults")
+    if isinstance(defaults, PosDict) and "headers" in defaults:
+        default_headers = root_compiler.value(defaults["headers"], defaults.value_places["headers"], "defaults.headers")
+    for link in root_compiler.links:
+        link()
+    _check_cycles(named_values, root_compiler, problems, documents)
+    _check_rule_names(rules, problems)
+
+    if problems:
+        raise MappingSetError(problems.sorted())
+    return MappingSet(
+        name=str(head["name"]),
+        folder=folder,
+        title=str(head.get("title", head["name"])),
+        base_url=str(head["base_url"]),
+        revision=str(head["revision"]) if "revision" in head else None,
+        settings=specs,
+        rules=rules,
+        values=named_values,
+        default_headers=default_headers,
+        delivery=_plain(head.get("delivery") or {}),
+        compatibility_only=str(head["compatibility_only"]) if "compatibility_only" in head else None,
+        files=[file for file, _ in documents],
+        _settings_schema=settings_schema,
+    )
+
+
+def _check_cycles(values: dict[str, Compiled], compiler: ValueCompiler, problems: ProblemList,
+                  documents: list[tuple[str, PosDict]]) -> None:
+    positions: dict[str, Position] = {}
+    for _, document in documents:
+        node = document.get("values") or PosDict()
+        for name in node:
+            positions[name] = node.key_positions[name]
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2 or name not in values:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(trail[trail.index(name):] + [name])
+            problems.add(positions[name], f"named values refer to each other in a cycle: {cycle}")
+            return
+        state[name] = 1
+        for ref in sorted(values[name].var_refs):
+            visit(ref, trail + [name])
+        state[name] = 2
+
+    for name in values:
+        visit(name, [])
+
+
+def _check_rule_names(rules: list[Rule], problems: ProblemList) -> None:
+    seen: dict[str, Position] = {}
+
+    def walk(rule: Rule) -> None:
+        if rule.name in seen:
+            problems.add(rule.position, f"rule name '{rule.name}' is used twice (also at {seen[rule.name]})")
+        seen[rule.name] = rule.position
+        for child in rule.children:
+            walk(child)
+
+    for rule in rules:
+        walk(rule)

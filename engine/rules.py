@@ -1,0 +1,208 @@
+"""Stage 3, compile: rules (match, when, values, require, for_each, and one action) into a plan."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .problems import Position
+from .values import ABSENT, Compiled, ValueCompiler
+from .yaml_loader import PosDict, PosList, ScalarPlace
+
+
+def normalize_event_name(name: str) -> str:
+    """Case, underscores and hyphens do not matter: `order_completed` = `Order Completed`."""
+    return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
+
+
+@dataclass
+class Requirement:
+    test: Callable[[dict[str, Any]], bool]
+    reason: Compiled
+    position: Position
+
+
+@dataclass
+class Warning_:
+    test: Callable[[dict[str, Any]], bool]
+    message: Compiled
+
+
+@dataclass
+class RequestPlan:
+    method: str
+    url: Compiled  # absolute URL, or a path joined to the base URL
+    url_is_path: bool
+    query: Compiled | None
+    headers: Compiled | None
+    body_kind: str | None  # "json", "form" or None
+    body: Compiled | None
+
+
+@dataclass
+class Rule:
+    name: str
+    position: Position
+    file: str
+    types: frozenset[str] | None = None
+    event_names: frozenset[str] | None = None
+    event_globs: tuple[str, ...] = ()
+    when: Compiled | None = None
+    final: bool = False
+    values: dict[str, Compiled] = field(default_factory=dict)
+    for_each: Compiled | None = None
+    for_each_source: str = ""
+    item_name: str = "item"
+    requires: list[Requirement] = field(default_factory=list)
+    warns: list[Warning_] = field(default_factory=list)
+    action: str = "request"  # request | reject | skip | group
+    message: Compiled | None = None  # for reject and skip
+    request: RequestPlan | None = None
+    children: list[Rule] = field(default_factory=list)
+
+    def matches(self, event_type: Any, event_name: Any) -> bool:
+        if self.types is not None and event_type not in self.types:
+            return False
+        if self.event_names is None and not self.event_globs:
+            return True
+        if not isinstance(event_name, str):
+            return False
+        normalized = normalize_event_name(event_name)
+        if self.event_names is not None and normalized in self.event_names:
+            return True
+        return any(fnmatch.fnmatchcase(normalized, pattern) for pattern in self.event_globs)
+
+
+def _constant(text: str) -> Callable[[dict[str, Any]], str]:
+    return lambda scope: text
+
+
+def _always_true(scope: dict[str, Any]) -> bool:
+    return True
+
+
+def _as_list(node: Any) -> list[Any]:
+    return list(node) if isinstance(node, list) else [node]
+
+
+class RuleCompiler:
+    def __init__(self, values: ValueCompiler, file: str):
+        self.values = values
+        self.file = file
+
+    def compile(self, node: PosDict, parent_name: str = "") -> Rule:
+        name = f"{parent_name}/{node['name']}" if parent_name else str(node["name"])
+        rule = Rule(name=name, position=node.position, file=self.file)
+        values = self.values
+        match = node.get("match")
+        if isinstance(match, PosDict):
+            if "type" in match:
+                rule.types = frozenset(str(t) for t in _as_list(match["type"]))
+            if "event" in match:
+                patterns = [normalize_event_name(str(p)) for p in _as_list(match["event"])]
+                exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+                rule.event_names = exact or None
+                rule.event_globs = tuple(p for p in patterns if p not in exact)
+        if "when" in node:
+            rule.when = values.condition(node["when"], node.value_places["when"], f"rule '{name}' when")
+        rule.final = bool(node.get("final", False))
+
+        item_names: set[str] = set()
+        if "for_each" in node:
+            rule.item_name = str(node.get("as", "item"))
+            item_names = {rule.item_name, "index"}
+            expression = values.expression(node["for_each"], node.value_places["for_each"], f"rule '{name}' for_each")
+            if expression is not None:
+                rule.for_each = Compiled(expression.evaluate)
+                rule.for_each_source = expression.source
+        values = values.with_items(item_names)  # a child scope: rule-level names stay in this rule
+
+        if "values" in node and isinstance(node["values"], PosDict):
+            rule_values = node["values"]
+            values.known.values |= set(rule_values)
+            for key, entry in rule_values.items():
+                compiled = values.value(entry, rule_values.value_places[key], f"rule '{name}' values.{key}")
+                rule.values[key] = compiled
+                values.value_deps[key] = compiled
+
+        for i, requirement in enumerate(node.get("require", []) or []):
+            rule.requires.append(self._requirement(requirement, node["require"].item_places[i], name, values))
+        for i, warning in enumerate(node.get("warn", []) or []):
+            place = node["warn"].item_places[i]
+            test = values.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
+            message = values.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
+            if test is not None:
+                rule.warns.append(Warning_(test.evaluate, message))
+            del place
+
+        actions = [key for key in ("request", "reject", "skip", "rules") if key in node]
+        if len(actions) != 1:
+            what = "found " + ", ".join(actions) if actions else "found none"
+            values.problem(node.position,
+                           f"rule '{name}': needs exactly one of request, reject, skip or rules ({what})")
+            return rule
+        action = actions[0]
+        if action == "request":
+            rule.request = self._request(node["request"], name, values)
+        elif action in ("reject", "skip"):
+            rule.action = action
+            rule.message = values.value(node[action], node.value_places[action], f"rule '{name}' {action}")
+        else:
+            rule.action = "group"
+            if "for_each" in node:
+                values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
+            child_compiler = RuleCompiler(values, self.file)
+            rule.children = [child_compiler.compile(child, name) for child in node["rules"]]
+        return rule
+
+    def _requirement(self, node: PosDict, place: ScalarPlace, name: str, values: ValueCompiler) -> Requirement:
+        kinds = [k for k in ("check", "one_of", "present") if k in node]
+        field_path = f"rule '{name}' require"
+        if len(kinds) != 1:
+            values.problem(place.position, f"{field_path}: needs exactly one of check, one_of or present")
+            return Requirement(_always_true, Compiled(lambda scope: ""), place.position)
+        kind = kinds[0]
+        if kind == "check":
+            compiled = values.condition(node["check"], node.value_places["check"], field_path)
+            test = compiled.evaluate if compiled else _always_true
+            default_reason = f"check failed: {node['check']}"
+        else:
+            sources: PosList = node[kind]
+            expressions = [values.expression(s, sources.item_places[i], field_path) for i, s in enumerate(sources)]
+            evaluators = [e.evaluate for e in expressions if e is not None]
+            names = ", ".join(str(s) for s in sources)
+            if kind == "one_of":
+                def test(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
+                    return any(evaluate(scope) is not None for evaluate in _e)
+
+                default_reason = f"needs one of {names}; none is present"
+            else:
+                def test(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
+                    return all(evaluate(scope) is not None for evaluate in _e)
+
+                default_reason = f"needs {names}"
+        if "reason" in node:
+            reason = values.value(node["reason"], node.value_places["reason"], field_path + ".reason")
+        else:
+            reason = Compiled(_constant(default_reason))
+        return Requirement(test, reason, place.position)
+
+    def _request(self, node: PosDict, name: str, values: ValueCompiler) -> RequestPlan:
+        field_path = f"rule '{name}' request"
+        if "path" in node:
+            url = values.value(node["path"], node.value_places["path"], field_path + ".path")
+            url_is_path = True
+        elif "url" in node:
+            url = values.value(node["url"], node.value_places["url"], field_path + ".url")
+            url_is_path = False
+        else:
+            values.problem(node.position, f"{field_path}: needs path or url")
+            url, url_is_path = Compiled(lambda scope: ABSENT), True
+        query = values.value(node["query"], node.value_places["query"], "query") if "query" in node else None
+        headers = values.value(node["headers"], node.value_places["headers"], "headers") if "headers" in node else None
+        body_kind = "json" if "json" in node else "form" if "form" in node else None
+        body = values.value(node[body_kind], node.value_places[body_kind], body_kind) if body_kind else None
+        return RequestPlan(str(node["method"]), url, url_is_path, query, headers, body_kind, body)

@@ -1,0 +1,168 @@
+"""Stage 2, validate: the shape of mapping-set files, checked with cerberus before anything compiles.
+
+Value trees (request bodies, values, table entries) are free-form here; the compiler checks them.
+Each cerberus error is turned into a Problem at the YAML position of the offending key or value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cerberus
+
+from .problems import Position, ProblemList
+from .yaml_loader import PosDict, PosList
+
+HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+SETTING_TYPES = ["string", "boolean", "integer", "number", "list", "dict"]
+
+SETTING_SCHEMA: dict[str, Any] = {
+    "type": {"type": "string", "allowed": SETTING_TYPES, "required": True},
+    "default": {"nullable": True},
+    "secret": {"type": "boolean"},
+    "required": {"type": "boolean"},
+    "required_to_send": {"type": "boolean"},
+    "description": {"type": "string"},
+    "allowed": {"type": "list"},
+    "regex": {"type": "string"},
+    "nullable": {"type": "boolean"},
+}
+
+REQUEST_SCHEMA: dict[str, Any] = {
+    "method": {"type": "string", "allowed": HTTP_METHODS, "required": True},
+    "path": {"type": "string", "excludes": "url"},
+    "url": {"type": "string", "excludes": "path"},
+    "query": {"type": "dict"},
+    "headers": {"type": "dict"},
+    "json": {"nullable": True, "excludes": "form"},
+    "form": {"type": "dict", "excludes": "json"},
+}
+
+REQUIREMENT_SCHEMA: dict[str, Any] = {
+    "check": {"type": "string"},
+    "one_of": {"type": "list", "schema": {"type": "string"}, "minlength": 1},
+    "present": {"type": "list", "schema": {"type": "string"}, "minlength": 1},
+    "reason": {"type": "string"},
+}
+
+RULE_SCHEMA: dict[str, Any] = {
+    "name": {"type": "string", "required": True, "empty": False},
+    "description": {"type": "string"},
+    "match": {
+        "type": "dict",
+        "schema": {
+            "type": {"type": ["string", "list"], "schema": {"type": "string"}},
+            "event": {"type": ["string", "list"], "schema": {"type": "string"}},
+        },
+    },
+    "when": {"type": "string"},
+    "final": {"type": "boolean"},
+    "values": {"type": "dict"},
+    "for_each": {"type": "string"},
+    "as": {"type": "string", "regex": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    "require": {"type": "list", "schema": {"type": "dict", "schema": REQUIREMENT_SCHEMA}},
+    "warn": {
+        "type": "list",
+        "schema": {"type": "dict", "schema": {"when": {"type": "string", "required": True},
+                                              "message": {"type": "string", "required": True}}},
+    },
+    "request": {"type": "dict", "schema": REQUEST_SCHEMA},
+    "reject": {"type": "string"},
+    "skip": {"type": "string"},
+    "rules": {"type": "list", "schema": {"type": "dict", "schema": "rule"}},
+}
+cerberus.schema_registry.add("rule", RULE_SCHEMA)
+
+TABLE_SCHEMA: dict[str, Any] = {
+    "description": {"type": "string"},
+    "fields": {"type": "dict", "excludes": "lookup"},
+    "lookup": {"type": "dict", "excludes": "fields"},
+    "ignore_case": {"type": "boolean"},
+}
+
+RULE_FILE_SCHEMA: dict[str, Any] = {
+    "description": {"type": "string"},
+    "values": {"type": "dict"},
+    "tables": {"type": "dict", "valuesrules": {"type": "dict", "schema": TABLE_SCHEMA}},
+    "rules": {"type": "list", "schema": {"type": "dict", "schema": "rule"}},
+}
+
+SET_FILE_SCHEMA: dict[str, Any] = {
+    **RULE_FILE_SCHEMA,
+    "name": {"type": "string", "required": True, "regex": "^[a-z0-9][a-z0-9_-]*$"},
+    "title": {"type": "string"},
+    "base_url": {"type": "string", "required": True, "regex": "^https?://.+"},
+    "revision": {"type": "string"},
+    "compatibility_only": {"type": "string"},
+    "settings": {"type": "dict", "valuesrules": {"type": "dict", "schema": SETTING_SCHEMA}},
+    "defaults": {"type": "dict", "schema": {"headers": {"type": "dict"}}},
+    "include": {"type": "list", "schema": {"type": "string"}},
+    # Read by the delivery layer; its own module validates the contents.
+    "delivery": {"type": "dict"},
+}
+
+
+def _position_of(document: Any, path: tuple[Any, ...], at_key: bool) -> Position | None:
+    node = document
+    position: Position | None = getattr(document, "position", None)
+    for step in path:
+        if isinstance(node, PosDict) and step in node:
+            position = node.key_positions[step] if at_key else node.value_places[step].position
+            node = node[step]
+        elif isinstance(node, PosList) and isinstance(step, int) and step < len(node):
+            position = node.item_places[step].position
+            node = node[step]
+        else:
+            break
+    return position
+
+
+def _describe_error(error: Any) -> str:
+    field = error.field
+    rule = error.rule
+    constraint = error.constraint
+    if rule == "required":
+        return f"missing required key '{field}'"
+    if error.code == cerberus.errors.UNKNOWN_FIELD.code:
+        return f"unknown key '{field}'"
+    if rule == "type":
+        expected = " or ".join(constraint) if isinstance(constraint, list) else constraint
+        return f"'{field}' must be a {expected}"
+    if rule == "allowed":
+        return f"'{field}': {error.value!r} is not allowed (allowed: {', '.join(map(str, constraint))})"
+    if rule == "regex":
+        return f"'{field}': {error.value!r} does not match {constraint}"
+    if rule == "excludes":
+        other = constraint if isinstance(constraint, str) else constraint[0]
+        return f"'{field}' cannot be used together with '{other}'"
+    if rule == "empty":
+        return f"'{field}' must not be empty"
+    if rule == "minlength":
+        return f"'{field}' needs at least {constraint} item(s)"
+    return f"'{field}': fails {rule} {constraint!r}"
+
+
+def _leaf_errors(errors: Any) -> list[Any]:
+    out = []
+    for error in errors:
+        if error.is_group_error:
+            out.extend(_leaf_errors(error.child_errors))
+        else:
+            out.append(error)
+    return out
+
+
+def check_shape(document: Any, schema: dict[str, Any], file: str, problems: ProblemList) -> bool:
+    """Validate one file's top-level structure; adds every problem found, returns True if none."""
+    if not isinstance(document, PosDict):
+        problems.add(Position(file, 1, 1), "the file must hold a mapping (key: value pairs)")
+        return False
+    validator = cerberus.Validator(schema, allow_unknown=False)
+    if validator.validate(document):
+        return True
+    for error in _leaf_errors(validator._errors):
+        path = tuple(error.document_path)
+        at_key = error.code == cerberus.errors.UNKNOWN_FIELD.code
+        position = _position_of(document, path if error.rule != "required" else path[:-1], at_key)
+        problems.add(position or Position(file, 1, 1), _describe_error(error))
+    return False

@@ -1,0 +1,672 @@
+"""Stage 3, compile: value trees (the right-hand side of every field in a rule) into closures.
+
+A value tree is YAML: a scalar is itself (a string holding `{{ }}` is a Jinja template), a mapping
+builds an object, a list builds a list, and a mapping with a directive key (`select`, `first`,
+`template`, `literal`, `if`, `fields`, `object`, `merge`, `rest`, `lookup`, `each`, `encode`)
+computes a value. Every node is compiled once into a Python closure `scope -> value`; a value that
+is absent is `ABSENT`, and an object drops keys whose value is absent (never sending them as null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .expressions import Expression, ExpressionError, compile_expression, is_truthy
+from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
+from .problems import Position, ProblemList
+from .templates import TemplateError, compile_template, looks_like_template
+from .yaml_loader import PosDict, PosList, ScalarPlace
+
+
+class _Absent:
+    """The value of a field that is not there: objects leave such keys out."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+ABSENT: Any = _Absent()
+
+Scope = dict[str, Any]
+Evaluate = Callable[[Scope], Any]
+
+# Root names the engine puts in every scope; event fields of the same name are shadowed.
+RESERVED_ROOTS = ("settings", "vars", "mapping", "item", "index")
+
+
+class FieldError(EvalError):
+    """An EvalError that knows which field of which rule file it came from."""
+
+    def __init__(self, message: str, field_path: str, position: Position):
+        self.field_path = field_path
+        self.position = position
+        super().__init__(message)
+
+
+def _locate(error: EvalError, field_path: str, position: Position) -> FieldError:
+    if isinstance(error, FieldError):
+        return error
+    return FieldError(str(error), field_path, position)
+
+
+@dataclass
+class Compiled:
+    evaluate: Evaluate
+    paths: set[tuple[str, ...]] = field(default_factory=set)  # root paths read directly
+    var_refs: set[str] = field(default_factory=set)  # named values read (vars.NAME)
+
+    @property
+    def reads_event(self) -> bool:
+        """True when the value can differ between events under the same settings."""
+        if self.var_refs:
+            return True
+        return any(path[0] not in ("settings", "mapping") for path in self.paths)
+
+
+def _merge_deps(parts: list[Compiled]) -> tuple[set[tuple[str, ...]], set[str]]:
+    paths: set[tuple[str, ...]] = set()
+    refs: set[str] = set()
+    for part in parts:
+        paths |= part.paths
+        refs |= part.var_refs
+    return paths, refs
+
+
+HEADS = ("select", "first", "template", "literal", "if", "fields", "object", "merge", "rest", "lookup", "each",
+         "encode")
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "select": ("default", "cast", "keys"),
+    "first": ("default", "cast"),
+    "template": ("default", "cast"),
+    "literal": (),
+    "if": ("then", "else", "cast"),
+    "fields": ("omit_empty",),
+    "object": ("omit_empty",),
+    "merge": ("omit_empty",),
+    "rest": ("except", "except_fields", "omit_empty"),
+    "lookup": ("key", "default", "cast"),
+    "each": ("as", "where", "value", "omit_empty"),
+    "encode": ("value",),
+}
+
+
+@dataclass
+class TableDef:
+    """A table from a rule file: `fields` (target → value) or `lookup` (key → value)."""
+
+    name: str
+    position: Position
+    kind: str  # "fields" or "lookup"
+    entries: Any
+    ignore_case: bool = False
+    compiled: Compiled | None = None
+    lookup: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Known:
+    """Names a rule may refer to; unknown references are load-time problems."""
+
+    settings: set[str]
+    values: set[str]
+    tables: dict[str, TableDef]
+    item_names: set[str] = field(default_factory=set)
+
+
+def normalize_lookup_key(key: Any, ignore_case: bool) -> Any:
+    if ignore_case and isinstance(key, str):
+        return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
+    return key
+
+
+class ValueCompiler:
+    """Compiles value trees of one rule file, collecting every problem rather than stopping."""
+
+    def __init__(self, problems: ProblemList, known: Known, file: str):
+        self.problems = problems
+        self.known = known
+        self.file = file
+        # Run after every table and value is compiled (rest's except_fields needs them all).
+        self.links: list[Callable[[], None]] = []
+        self.value_deps: dict[str, Compiled] = {}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def problem(self, position: Position, message: str) -> None:
+        self.problems.add(position, message)
+
+    def with_items(self, names: set[str]) -> ValueCompiler:
+        child = ValueCompiler(self.problems, Known(self.known.settings, set(self.known.values), self.known.tables,
+                                                   self.known.item_names | names), self.file)
+        child.links = self.links
+        child.value_deps = self.value_deps
+        return child
+
+    def expression(self, text: Any, place: ScalarPlace, field_path: str, loose: bool = False) -> Expression | None:
+        if not isinstance(text, str):
+            self.problem(place.position, f"{field_path}: expected a JMESPath expression (a string), "
+                                         f"got {json_type(text)}")
+            return None
+        try:
+            expression = compile_expression(text, loose)
+        except ExpressionError as exc:
+            self.problem(place.offset_position(text, exc.offset), f"{field_path}: {exc.message}")
+            return None
+        for path in expression.info.paths:
+            self._check_reference(path, text, place, field_path)
+        return expression
+
+    def _check_reference(self, path: tuple[str, ...], text: str, place: ScalarPlace, field_path: str) -> None:
+        root = path[0]
+        offset = max(text.find(".".join(path[:2])), 0)
+        if root == "settings" and len(path) > 1 and path[1] not in self.known.settings:
+            known = ", ".join(sorted(self.known.settings)) or "none"
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: unknown setting '{path[1]}' (declared settings: {known})")
+        elif root == "vars" and len(path) > 1 and path[1] not in self.known.values:
+            known = ", ".join(sorted(self.known.values)) or "none"
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: unknown named value '{path[1]}' (defined values: {known})")
+        elif root in ("item", "index") and root not in self.known.item_names:
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: '{root}' is only defined inside for_each or each")
+
+    def condition(self, text: Any, place: ScalarPlace, field_path: str) -> Compiled | None:
+        expression = self.expression(text, place, field_path)
+        if expression is None:
+            return None
+        evaluate = expression.evaluate
+        position = place.position
+
+        def test(scope: Scope) -> bool:
+            try:
+                return is_truthy(evaluate(scope))
+            except EvalError as exc:
+                raise _locate(exc, field_path, position) from None
+
+        return self._with_deps(test, [expression])
+
+    def _with_deps(self, evaluate: Evaluate, expressions: list[Expression]) -> Compiled:
+        compiled = Compiled(evaluate)
+        for expression in expressions:
+            for path in expression.info.paths:
+                if path[0] == "vars" and len(path) > 1:
+                    compiled.var_refs.add(path[1])
+                else:
+                    compiled.paths.add(path)
+        return compiled
+
+    # -- value trees ---------------------------------------------------------------------------------
+    def value(self, node: Any, place: ScalarPlace, field_path: str) -> Compiled:
+        if isinstance(node, PosDict):
+            heads = [key for key in node if key in HEADS]
+            if len(heads) > 1:
+                self.problem(node.position, f"{field_path}: one directive per mapping, found {', '.join(heads)}")
+                return Compiled(lambda scope: ABSENT)
+            if heads:
+                return self.directive(heads[0], node, field_path)
+            return self.object(node, field_path, omit_empty=False)
+        if isinstance(node, PosList):
+            parts = [self.value(item, node.item_places[i], f"{field_path}[{i}]") for i, item in enumerate(node)]
+            evaluators = [part.evaluate for part in parts]
+
+            def build_list(scope: Scope) -> Any:
+                out = []
+                for evaluate in evaluators:
+                    value = evaluate(scope)
+                    if value is not ABSENT:
+                        out.append(value)
+                return out
+
+            return Compiled(build_list, *_merge_deps(parts))
+        if isinstance(node, str) and looks_like_template(node):
+            return self.template(node, place, field_path)
+        constant = node
+        return Compiled(lambda scope: constant)
+
+    def template(self, text: Any, place: ScalarPlace, field_path: str) -> Compiled:
+        if not isinstance(text, str):
+            self.problem(place.position, f"{field_path}: template must be a string, got {json_type(text)}")
+            return Compiled(lambda scope: ABSENT)
+        try:
+            template = compile_template(text)
+        except TemplateError as exc:
+            lines = text.split("\n")
+            offset = sum(len(line) + 1 for line in lines[: exc.line - 1])
+            self.problem(place.offset_position(text, offset), f"{field_path}: {exc.message}")
+            return Compiled(lambda scope: ABSENT)
+        render = template.render
+        position = place.position
+
+        def evaluate(scope: Scope) -> Any:
+            try:
+                return render(scope)
+            except EvalError as exc:
+                raise _locate(exc, field_path, position) from None
+
+        # Templates may read anything; count them as reading the event (no constant folding).
+        return Compiled(evaluate, {("<template>",)}, set())
+
+    def object(self, node: PosDict, field_path: str, omit_empty: bool) -> Compiled:
+        parts = {
+            key: self.value(value, node.value_places[key], f"{field_path}.{key}" if field_path else key)
+            for key, value in node.items()
+        }
+        items = [(key, part.evaluate) for key, part in parts.items()]
+
+        def build_object(scope: Scope) -> Any:
+            out = {}
+            for key, evaluate in items:
+                value = evaluate(scope)
+                if value is not ABSENT:
+                    out[key] = value
+            if omit_empty and not out:
+                return ABSENT
+            return out
+
+        return Compiled(build_object, *_merge_deps(list(parts.values())))
+
+    def _option_bool(self, node: PosDict, key: str, field_path: str) -> bool:
+        value = node.get(key, False)
+        if not isinstance(value, bool):
+            self.problem(node.value_places[key].position, f"{field_path}: {key} must be true or false")
+            return False
+        return value
+
+    def directive(self, head: str, node: PosDict, field_path: str) -> Compiled:
+        allowed = (head, *OPTIONS[head])
+        for key in node:
+            if key not in allowed:
+                allowed_text = ", ".join(OPTIONS[head]) or "none"
+                self.problem(node.key_positions[key],
+                             f"{field_path}: unknown option '{key}' for {head} (allowed: {allowed_text})")
+        place = node.value_places[head]
+        handler = getattr(self, f"_directive_{head}")
+        compiled: Compiled = handler(node, place, field_path)
+        if "default" in node:
+            default = self.value(node["default"], node.value_places["default"], f"{field_path}.default")
+            compiled = self._defaulted(compiled, default)
+        if "cast" in node:
+            compiled = self._cast(compiled, node["cast"], node.value_places["cast"], field_path)
+        return compiled
+
+    def _defaulted(self, compiled: Compiled, default: Compiled) -> Compiled:
+        primary, fallback = compiled.evaluate, default.evaluate
+
+        def evaluate(scope: Scope) -> Any:
+            value = primary(scope)
+            return fallback(scope) if value is ABSENT else value
+
+        return Compiled(evaluate, *_merge_deps([compiled, default]))
+
+    def _cast(self, compiled: Compiled, cast_name: Any, place: ScalarPlace, field_path: str) -> Compiled:
+        cast = CASTS.get(cast_name) if isinstance(cast_name, str) else None
+        if cast is None:
+            self.problem(place.position, f"{field_path}: unknown cast {cast_name!r} (casts: {', '.join(CASTS)})")
+            return compiled
+        inner = compiled.evaluate
+        position = place.position
+
+        def evaluate(scope: Scope) -> Any:
+            value = inner(scope)
+            if value is ABSENT:
+                return ABSENT
+            try:
+                return cast(value)
+            except EvalError as exc:
+                raise FieldError(f"cannot cast to {cast_name}: {exc}", field_path, position) from None
+
+        return Compiled(evaluate, compiled.paths, compiled.var_refs)
+
+    # -- directives ----------------------------------------------------------------------------------
+    def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        keys = node.get("keys", "exact")
+        if keys not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        loose = keys == "loose"
+        sources = node["select"]
+        if isinstance(sources, PosList):
+            if not sources:
+                self.problem(place.position, f"{field_path}: select needs at least one expression")
+            pairs = [(text, sources.item_places[i]) for i, text in enumerate(sources)]
+        else:
+            pairs = [(sources, place)]
+        expressions = [e for e in (self.expression(t, p, field_path, loose) for t, p in pairs) if e is not None]
+        evaluators = [expression.evaluate for expression in expressions]
+        position = place.position
+        if len(evaluators) == 1:
+            only = evaluators[0]
+
+            def select_one(scope: Scope) -> Any:
+                try:
+                    value = only(scope)
+                except EvalError as exc:
+                    raise _locate(exc, field_path, position) from None
+                return ABSENT if value is None else value
+
+            return self._with_deps(select_one, expressions)
+
+        def select_first(scope: Scope) -> Any:
+            # First present: false, 0 and "" are values; only null and missing fall through.
+            try:
+                for evaluate in evaluators:
+                    value = evaluate(scope)
+                    if value is not None:
+                        return value
+            except EvalError as exc:
+                raise _locate(exc, field_path, position) from None
+            return ABSENT
+
+        return self._with_deps(select_first, expressions)
+
+    def _directive_first(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        options = node["first"]
+        if not isinstance(options, PosList) or not options:
+            self.problem(place.position, f"{field_path}: first needs a list of values")
+            return Compiled(lambda scope: ABSENT)
+        parts = [self.value(v, options.item_places[i], f"{field_path}.first[{i}]") for i, v in enumerate(options)]
+        evaluators = [part.evaluate for part in parts]
+
+        def first(scope: Scope) -> Any:
+            for evaluate in evaluators:
+                value = evaluate(scope)
+                if value is not ABSENT and value is not None:
+                    return value
+            return ABSENT
+
+        return Compiled(first, *_merge_deps(parts))
+
+    def _directive_template(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        return self.template(node["template"], place, field_path)
+
+    def _directive_literal(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        constant = _plain(node["literal"])
+        return Compiled(lambda scope: constant)
+
+    def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        condition = self.condition(node["if"], place, field_path + ".if")
+        if "then" not in node:
+            self.problem(node.key_positions["if"], f"{field_path}: if needs then")
+            return Compiled(lambda scope: ABSENT)
+        then = self.value(node["then"], node.value_places["then"], field_path)
+        otherwise = (self.value(node["else"], node.value_places["else"], field_path) if "else" in node
+                     else Compiled(lambda scope: ABSENT))
+        if condition is None:
+            return Compiled(lambda scope: ABSENT)
+        test, then_evaluate, else_evaluate = condition.evaluate, then.evaluate, otherwise.evaluate
+
+        def choose(scope: Scope) -> Any:
+            return then_evaluate(scope) if test(scope) else else_evaluate(scope)
+
+        return Compiled(choose, *_merge_deps([condition, then, otherwise]))
+
+    def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
+        table = self.known.tables.get(name) if isinstance(name, str) else None
+        if table is None or table.kind != kind:
+            names = ", ".join(sorted(n for n, t in self.known.tables.items() if t.kind == kind)) or "none"
+            self.problem(place.position, f"{field_path}: unknown {kind} table {name!r} ({kind} tables: {names})")
+            return None
+        return table
+
+    def _directive_fields(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        table = self._table(node["fields"], place, field_path, "fields")
+        omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+        if table is None:
+            return Compiled(lambda scope: ABSENT)
+        if table.compiled is not None:
+            compiled_table = table.compiled
+            if not omit_empty:
+                return compiled_table
+            build = compiled_table.evaluate
+
+            def evaluate_now(scope: Scope) -> Any:
+                out = build(scope)
+                return out if out else ABSENT
+
+            return Compiled(evaluate_now, compiled_table.paths, compiled_table.var_refs)
+        # A table that refers to a table compiled after it: bind once everything is compiled.
+        holder: list[Evaluate] = []
+        result = Compiled(lambda scope: ABSENT, {("<table>",)})
+
+        def link() -> None:
+            assert table.compiled is not None
+            holder.append(table.compiled.evaluate)
+            result.paths |= table.compiled.paths
+            result.var_refs |= table.compiled.var_refs
+
+        self.links.insert(0, link)
+
+        def evaluate(scope: Scope) -> Any:
+            out = holder[0](scope)
+            return ABSENT if omit_empty and not out else out
+
+        result.evaluate = evaluate
+        return result
+
+    def _directive_object(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        body = node["object"]
+        if not isinstance(body, PosDict):
+            self.problem(place.position, f"{field_path}: object needs a mapping of fields")
+            return Compiled(lambda scope: ABSENT)
+        omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+        return self.object(body, field_path, omit_empty)
+
+    def _directive_merge(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        parts_node = node["merge"]
+        if not isinstance(parts_node, PosList) or not parts_node:
+            self.problem(place.position, f"{field_path}: merge needs a list of objects")
+            return Compiled(lambda scope: ABSENT)
+        omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+        parts = [self.value(v, parts_node.item_places[i], field_path) for i, v in enumerate(parts_node)]
+        evaluators = [part.evaluate for part in parts]
+        position = place.position
+
+        def merge(scope: Scope) -> Any:
+            out: dict[str, Any] = {}
+            for evaluate in evaluators:
+                value = evaluate(scope)
+                if value is ABSENT:
+                    continue
+                if not isinstance(value, dict):
+                    raise FieldError(f"merge: {describe(value)} is not an object", field_path, position)
+                out.update(value)  # later parts win
+            return ABSENT if omit_empty and not out else out
+
+        return Compiled(merge, *_merge_deps(parts))
+
+    def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        expression = self.expression(node["rest"], place, field_path)
+        if expression is None:
+            return Compiled(lambda scope: ABSENT)
+        root_paths = list(expression.info.paths)
+        excluded: set[str] = set()
+        if "except" in node:
+            keys = node["except"]
+            if not isinstance(keys, PosList) or not all(isinstance(k, str) for k in keys):
+                self.problem(node.value_places["except"].position, f"{field_path}: except needs a list of keys")
+            else:
+                excluded |= set(keys)
+        if "except_fields" in node:
+            names = node["except_fields"]
+            names_list = list(names) if isinstance(names, PosList) else [names]
+            tables = [self._table(n, node.value_places["except_fields"], field_path, "fields") for n in names_list]
+            if len(root_paths) != 1:
+                self.problem(place.position, f"{field_path}: except_fields needs rest to be a plain path like traits")
+            else:
+                prefix = root_paths[0]
+
+                def link() -> None:
+                    for table in tables:
+                        if table is not None and table.compiled is not None:
+                            for path in self.consumed_paths(table.compiled):
+                                if path[: len(prefix)] == prefix and len(path) > len(prefix):
+                                    excluded.add(path[len(prefix)])
+
+                self.links.append(link)
+        omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+        evaluate_source = expression.evaluate
+        position = place.position
+        source_text = node["rest"]
+
+        def rest(scope: Scope) -> Any:
+            source = evaluate_source(scope)
+            if source is None:
+                return ABSENT if omit_empty else {}
+            if not isinstance(source, dict):
+                raise FieldError(f"{source_text} is {a_json_type(source)}, not an object", field_path, position)
+            out = {k: v for k, v in source.items() if v is not None and k not in excluded}
+            return ABSENT if omit_empty and not out else out
+
+        return self._with_deps(rest, [expression])
+
+    def consumed_paths(self, compiled: Compiled) -> set[tuple[str, ...]]:
+        """Root paths a value reads, following named values transitively."""
+        paths = set(compiled.paths)
+        seen: set[str] = set()
+        todo = list(compiled.var_refs)
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in self.value_deps:
+                continue
+            seen.add(name)
+            paths |= self.value_deps[name].paths
+            todo.extend(self.value_deps[name].var_refs)
+        return paths
+
+    def _directive_lookup(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        table = self._table(node["lookup"], place, field_path, "lookup")
+        if "key" not in node:
+            self.problem(node.key_positions["lookup"], f"{field_path}: lookup needs key")
+            return Compiled(lambda scope: ABSENT)
+        key = self.value(node["key"], node.value_places["key"], field_path + ".key")
+        if table is None:
+            return Compiled(lambda scope: ABSENT)
+        evaluate_key = key.evaluate
+        entries = table.lookup
+        ignore_case = table.ignore_case
+
+        def lookup(scope: Scope) -> Any:
+            value = evaluate_key(scope)
+            if value is ABSENT:
+                return ABSENT
+            try:
+                return entries.get(normalize_lookup_key(value, ignore_case), ABSENT)
+            except TypeError:  # unhashable key (an object or a list) is simply not in the table
+                return ABSENT
+
+        return Compiled(lookup, key.paths, key.var_refs)
+
+    def _directive_each(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        expression = self.expression(node["each"], place, field_path)
+        name = node.get("as", "item")
+        if not isinstance(name, str) or not name.isidentifier():
+            self.problem(place.position, f"{field_path}: as must be a name")
+            name = "item"
+        inner = self.with_items({name, "index"})
+        if "value" not in node:
+            self.problem(node.key_positions["each"], f"{field_path}: each needs value")
+            return Compiled(lambda scope: ABSENT)
+        value = inner.value(node["value"], node.value_places["value"], f"{field_path}[]")
+        where = inner.condition(node["where"], node.value_places["where"], f"{field_path}.where") \
+            if "where" in node else None
+        if expression is None:
+            return Compiled(lambda scope: ABSENT)
+        source, produce = expression.evaluate, value.evaluate
+        keep = where.evaluate if where else None
+        omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+        position = place.position
+        source_text = node["each"]
+
+        def each(scope: Scope) -> Any:
+            items = source(scope)
+            if items is None:
+                return ABSENT if omit_empty else []
+            if not isinstance(items, list):
+                raise FieldError(f"{source_text} is {a_json_type(items)}, not a list", field_path, position)
+            out = []
+            inner_scope = dict(scope)
+            for index, item in enumerate(items):
+                inner_scope[name] = item
+                inner_scope["index"] = index
+                if keep is not None and not keep(inner_scope):
+                    continue
+                result = produce(inner_scope)
+                if result is not ABSENT:
+                    out.append(result)
+            return ABSENT if omit_empty and not out else out
+
+        paths, refs = _merge_deps([value] + ([where] if where else []))
+        compiled = self._with_deps(each, [expression])
+        compiled.paths |= {p for p in paths if p[0] not in (name, "index")}
+        compiled.var_refs |= refs
+        return compiled
+
+    def _directive_encode(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
+        encoding = ENCODINGS.get(node["encode"]) if isinstance(node["encode"], str) else None
+        if encoding is None:
+            self.problem(place.position, f"{field_path}: unknown encoding {node['encode']!r} "
+                                         f"(encodings: {', '.join(ENCODINGS)})")
+        if "value" not in node:
+            self.problem(node.key_positions["encode"], f"{field_path}: encode needs value")
+            return Compiled(lambda scope: ABSENT)
+        value = self.value(node["value"], node.value_places["value"], field_path)
+        if encoding is None:
+            return value
+        produce = value.evaluate
+        encode = encoding
+
+        def encoded(scope: Scope) -> Any:
+            result = produce(scope)
+            return ABSENT if result is ABSENT else encode(result)
+
+        return Compiled(encoded, value.paths, value.var_refs)
+
+    # -- tables --------------------------------------------------------------------------------------
+    def fields_table(self, table: TableDef) -> Compiled:
+        """A fields table: target key → selector shorthand (string or list) or a value tree."""
+        entries: PosDict = table.entries
+        parts: dict[str, Compiled] = {}
+        for key, entry in entries.items():
+            place = entries.value_places[key]
+            field_path = f"tables.{table.name}.{key}"
+            if isinstance(entry, (str, PosList)) and not (isinstance(entry, str) and looks_like_template(entry)):
+                shorthand = PosDict(select=entry)
+                shorthand.position = place.position
+                shorthand.key_positions = {"select": place.position}
+                shorthand.value_places = {"select": place}
+                parts[key] = self.directive("select", shorthand, field_path)
+            else:
+                parts[key] = self.value(entry, place, field_path)
+        items = [(key, part.evaluate) for key, part in parts.items()]
+
+        def build(scope: Scope) -> Any:
+            out = {}
+            for key, evaluate in items:
+                value = evaluate(scope)
+                if value is not ABSENT:
+                    out[key] = value
+            return out
+
+        return Compiled(build, *_merge_deps(list(parts.values())))
+
+
+def _plain(value: Any) -> Any:
+    """Strip position bookkeeping from a literal so it serialises as plain JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
