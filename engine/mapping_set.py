@@ -53,6 +53,9 @@ class MappingSet:
     default_headers: Compiled | None
     delivery: dict[str, Any]
     compatibility_only: str | None
+    # The delivery section as loaded (with YAML positions, for the delivery layer's own checks).
+    delivery_source: PosDict | None = None
+    delivery_file: str = ""
     files: list[str] = field(default_factory=list)
     _settings_schema: dict[str, Any] = field(default_factory=dict)
 
@@ -170,6 +173,20 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         if document is not None and check_shape(document, RULE_FILE_SCHEMA, shown(path), problems):
             documents.append((shown(path), document))
     listed = {(folder / inc).resolve() for inc in head.get("include", [])} | {set_path.resolve()}
+    delivery: Any = head.get("delivery") or {}
+    delivery_file: str | None = None
+    if isinstance(delivery, str):
+        delivery_path = folder / delivery
+        listed.add(delivery_path.resolve())
+        delivery_file = shown(delivery_path)
+        if not delivery_path.is_file():
+            problems.add(head.value_places["delivery"].position, f"delivery {delivery!r}: no such file")
+            delivery = {}
+        else:
+            delivery = _read(delivery_path, delivery_file, problems) or {}
+            if not isinstance(delivery, dict):
+                problems.add(Position(delivery_file, 1, 1), "the delivery file must hold a mapping")
+                delivery = {}
     for stray in sorted(folder.rglob("*.yaml")):
         if stray.resolve() not in listed and "tests" not in stray.relative_to(folder).parts:
             problems.add(Position(shown(stray), 1, 1), f"rule file not listed in {SET_FILE} include, so never used")
@@ -261,7 +278,9 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         rules=rules,
         values=named_values,
         default_headers=default_headers,
-        delivery=_plain(head.get("delivery") or {}),
+        delivery=_plain(delivery),
+        delivery_source=delivery if isinstance(delivery, PosDict) else None,
+        delivery_file=delivery_file or shown(set_path),
         compatibility_only=str(head["compatibility_only"]) if "compatibility_only" in head else None,
         files=[file for file, _ in documents],
         _settings_schema=settings_schema,

@@ -97,8 +97,8 @@ SET_FILE_SCHEMA: dict[str, Any] = {
     "settings": {"type": "dict", "valuesrules": {"type": "dict", "schema": SETTING_SCHEMA}},
     "defaults": {"type": "dict", "schema": {"headers": {"type": "dict"}}},
     "include": {"type": "list", "schema": {"type": "string"}},
-    # Read by the delivery layer; its own module validates the contents.
-    "delivery": {"type": "dict"},
+    # Read by the delivery layer, which validates the contents: inline, or the name of a YAML file.
+    "delivery": {"type": ["dict", "string"]},
 }
 
 
