@@ -36,14 +36,16 @@ class OpenAPIDocument:
         self.spec: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
         uri = self.path.resolve().as_uri()
         self._uri = uri
-        self._registry: Registry[Any] = Registry().with_resource(uri, Resource(self.spec, specification=DRAFT4))
+        resource: Resource[Any] = DRAFT4.create_resource(self.spec)
+        self._registry: Registry[Any] = Registry().with_resource(uri, resource)
         self.operations: list[Operation] = []
         for template, item in self.spec.get("paths", {}).items():
             regex = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
             for method, operation in item.items():
                 if method.lower() not in ("get", "post", "put", "patch", "delete"):
                     continue
-                content = (operation.get("requestBody") or {}).get("content", {})
+                request_body: dict[str, Any] = operation.get("requestBody") or {}
+                content: dict[str, Any] = request_body.get("content", {})
                 schema = next(iter(content.values()), {}).get("schema") if content else None
                 self.operations.append(Operation(method.upper(), template, re.compile(regex), schema,
                                                  operation.get("operationId", ""), operation))
