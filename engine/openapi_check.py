@@ -46,7 +46,8 @@ class OpenAPIDocument:
                     continue
                 request_body: dict[str, Any] = operation.get("requestBody") or {}
                 content: dict[str, Any] = request_body.get("content", {})
-                schema = next(iter(content.values()), {}).get("schema") if content else None
+                media: dict[str, Any] = next(iter(content.values()), {})
+                schema = media.get("schema")
                 self.operations.append(Operation(method.upper(), template, re.compile(regex), schema,
                                                  operation.get("operationId", ""), operation))
         self._validators: dict[tuple[str, str], Any] = {}
