@@ -302,8 +302,11 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         ast = _PARSER.parse(source).parsed
     except jexc.ParseError as exc:
         offset = exc.lex_position if isinstance(exc.lex_position, int) else 0
+        offset = min(offset, max(len(source.rstrip()) - 1, 0))  # point at text, not past trailing space
+        if exc.token_type == "eof" or exc.token_value is None:
+            raise ExpressionError("invalid JMESPath: the expression ends too early", offset) from None
         token = f" at {exc.token_value!r}" if exc.token_value not in (None, "") else ""
-        raise ExpressionError(f"invalid JMESPath{token}: {exc.msg}", offset) from None
+        raise ExpressionError(f"invalid JMESPath: unexpected token{token}", offset) from None
     except jexc.LexerError as exc:
         raise ExpressionError(f"invalid JMESPath: {exc.msg}", exc.lexer_position) from None
     found: list[ExpressionError] = []

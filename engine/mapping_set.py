@@ -18,7 +18,7 @@ import cerberus
 
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
-from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_shape
+from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
 from .values import Compiled, Known, TableDef, ValueCompiler, _plain, normalize_lookup_key
 from .yaml_loader import PosDict, YamlError, load_yaml
 
@@ -160,6 +160,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         raise MappingSetError(problems.sorted())
 
     documents: list[tuple[str, PosDict]] = [(shown(set_path), head)]
+    good_rules: dict[int, list[PosDict]] = {id(head): check_rules(head, shown(set_path), problems)}
     for i, include in enumerate(head.get("include", [])):
         path = folder / include
         place = head["include"].item_places[i]
@@ -172,6 +173,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         document = _read(path, shown(path), problems)
         if document is not None and check_shape(document, RULE_FILE_SCHEMA, shown(path), problems):
             documents.append((shown(path), document))
+            good_rules[id(document)] = check_rules(document, shown(path), problems)
     listed = {(folder / inc).resolve() for inc in head.get("include", [])} | {set_path.resolve()}
     delivery: Any = head.get("delivery") or {}
     delivery_file: str | None = None
@@ -255,7 +257,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         compiler.links = root_compiler.links
         compiler.value_deps = root_compiler.value_deps
         rule_compiler = RuleCompiler(compiler, file)
-        for rule_node in document.get("rules") or []:
+        for rule_node in good_rules[id(document)]:
             rules.append(rule_compiler.compile(rule_node))
     default_headers = None
     defaults = head.get("defaults")

@@ -6,6 +6,7 @@ Each cerberus error is turned into a Problem at the YAML position of the offendi
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import cerberus
@@ -80,11 +81,13 @@ TABLE_SCHEMA: dict[str, Any] = {
     "ignore_case": {"type": "boolean"},
 }
 
+# Each rule is checked on its own (check_rules), so that one bad rule does not hide the problems
+# of the others: all of them are compiled and reported together.
 RULE_FILE_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
     "values": {"type": "dict"},
     "tables": {"type": "dict", "valuesrules": {"type": "dict", "schema": TABLE_SCHEMA}},
-    "rules": {"type": "list", "schema": {"type": "dict", "schema": "rule"}},
+    "rules": {"type": "list", "schema": {"type": "dict"}},
 }
 
 SET_FILE_SCHEMA: dict[str, Any] = {
@@ -100,6 +103,11 @@ SET_FILE_SCHEMA: dict[str, Any] = {
     # Read by the delivery layer, which validates the contents: inline, or the name of a YAML file.
     "delivery": {"type": ["dict", "string"]},
 }
+
+
+_VOCABULARY = sorted({key for schema in (SETTING_SCHEMA, REQUEST_SCHEMA, REQUIREMENT_SCHEMA, RULE_SCHEMA,
+                                          TABLE_SCHEMA, SET_FILE_SCHEMA) for key in schema}
+                     | {"type", "event"})
 
 
 def _position_of(document: Any, path: tuple[Any, ...], at_key: bool) -> Position | None:
@@ -124,7 +132,8 @@ def _describe_error(error: Any) -> str:
     if rule == "required":
         return f"missing required key '{field}'"
     if error.code == cerberus.errors.UNKNOWN_FIELD.code:
-        return f"unknown key '{field}'"
+        close = difflib.get_close_matches(str(field), _VOCABULARY, n=1, cutoff=0.75)
+        return f"unknown key '{field}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     if rule == "type":
         expected = " or ".join(constraint) if isinstance(constraint, list) else constraint
         return f"'{field}' must be a {expected}"
@@ -152,10 +161,21 @@ def _leaf_errors(errors: Any) -> list[Any]:
     return out
 
 
-def check_shape(document: Any, schema: dict[str, Any], file: str, problems: ProblemList) -> bool:
-    """Validate one file's top-level structure; adds every problem found, returns True if none."""
+def check_rules(document: PosDict, file: str, problems: ProblemList) -> list[PosDict]:
+    """Check each rule of a file on its own; returns the rules whose shape is right."""
+    good = []
+    for rule in document.get("rules") or []:
+        if check_shape(rule, RULE_SCHEMA, file, problems, what="a rule"):
+            good.append(rule)
+    return good
+
+
+def check_shape(document: Any, schema: dict[str, Any], file: str, problems: ProblemList,
+                what: str = "the file") -> bool:
+    """Validate one file's (or one rule's) structure; adds every problem found, returns True if none."""
     if not isinstance(document, PosDict):
-        problems.add(Position(file, 1, 1), "the file must hold a mapping (key: value pairs)")
+        position = getattr(document, "position", Position(file, 1, 1))
+        problems.add(position, f"{what} must be a mapping (key: value pairs)")
         return False
     validator = cerberus.Validator(schema, allow_unknown=False)
     if validator.validate(document):

@@ -22,6 +22,7 @@ class ScalarPlace:
 
     position: Position
     style: str | None
+    block_indent: int = 0  # for block scalars (| and >): the column where their content starts
 
     def offset_position(self, text: str, offset: int) -> Position:
         """The position of character `offset` of the scalar's value.
@@ -34,7 +35,7 @@ class ScalarPlace:
         pos = self.position
         if self.style in ("|", ">"):
             # Block content starts on the line after the indicator, at the block's indentation.
-            return Position(pos.file, pos.line + 1 + newlines, pos.column + len(before.split("\n")[-1]))
+            return Position(pos.file, pos.line + 1 + newlines, self.block_indent + len(before.split("\n")[-1]))
         quote = 1 if self.style in ("'", '"') else 0
         if newlines == 0:
             return Position(pos.file, pos.line, pos.column + quote + offset)
@@ -52,6 +53,16 @@ class PosDict(dict[str, Any]):
 class PosList(list[Any]):
     position: Position
     item_places: list[ScalarPlace]
+
+
+def _place(file: str, node: yaml.Node) -> ScalarPlace:
+    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    indent = 0
+    if style in ("|", ">") and isinstance(node.start_mark.buffer, str):
+        lines = node.start_mark.buffer.split("\n")
+        content = lines[node.start_mark.line + 1] if node.start_mark.line + 1 < len(lines) else ""
+        indent = len(content) - len(content.lstrip(" ")) + 1
+    return ScalarPlace(_position(file, node.start_mark), style, indent)
 
 
 def _position(file: str, mark: yaml.Mark) -> Position:
@@ -81,21 +92,12 @@ def _build(node: yaml.Node, file: str, loader: yaml.SafeLoader, problems: list[t
                 continue
             result[key] = _build(value_node, file, loader, problems)
             result.key_positions[key] = key_pos
-            result.value_places[key] = ScalarPlace(
-                _position(file, value_node.start_mark),
-                value_node.style if isinstance(value_node, yaml.ScalarNode) else None,
-            )
+            result.value_places[key] = _place(file, value_node)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = PosList(_build(child, file, loader, problems) for child in node.value)
         items.position = _position(file, node.start_mark)
-        items.item_places = [
-            ScalarPlace(
-                _position(file, child.start_mark),
-                child.style if isinstance(child, yaml.ScalarNode) else None,
-            )
-            for child in node.value
-        ]
+        items.item_places = [_place(file, child) for child in node.value]
         return items
     return loader.construct_object(node, deep=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from golden_cases import EXPECT_KEYS, GoldenCase, load_cases, run_case, write_case
 
 CASES = load_cases()
@@ -26,7 +25,7 @@ def test_golden_case(case: GoldenCase, update_golden: bool) -> None:
         expected = case.data.get(key, [])
         got = actual.get(key, [])
         assert len(got) == len(expected), f"{key}: {got}"
-        for want, have in zip(expected, got):
+        for want, have in zip(expected, got, strict=True):
             assert want in have
     assert case.data.get("expect_skipped") == actual.get("expect_skipped")
 
