@@ -252,6 +252,9 @@ def to_boolean(value: Any) -> bool:
     raise EvalError(f"{describe(value)} is not a boolean")
 
 
+_REDUCED_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+
+
 def _parse_time(value: Any) -> datetime:
     if isinstance(value, bool):
         raise EvalError(f"{describe(value)} is not a date-time")
@@ -260,6 +263,9 @@ def _parse_time(value: Any) -> datetime:
         return datetime.fromtimestamp(seconds, tz=timezone.utc)
     if isinstance(value, str):
         text = value.strip()
+        reduced = _REDUCED_DATE.match(text)
+        if reduced:  # ISO-8601 reduced precision: "2014" is 2014-01-01, "2014-05" is 2014-05-01
+            text = f"{reduced.group(1)}-{reduced.group(2) or '01'}-01"
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         try:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import Expression, ExpressionError, compile_expression, is_truthy
+from .expressions import Expression, ExpressionError, _normalize_key, compile_expression, is_truthy
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
 from .templates import TemplateError, compile_template, looks_like_template
@@ -95,7 +95,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "fields": ("omit_empty",),
     "object": ("omit_empty",),
     "merge": ("omit_empty",),
-    "rest": ("except", "except_fields", "omit_empty"),
+    "rest": ("except", "except_fields", "omit_empty", "keys", "keep_null"),
     "lookup": ("key", "default", "cast"),
     "each": ("as", "where", "value", "omit_empty"),
     "encode": ("value",),
@@ -111,6 +111,8 @@ class TableDef:
     kind: str  # "fields" or "lookup"
     entries: Any
     ignore_case: bool = False
+    cast: str | None = None
+    cast_place: ScalarPlace | None = None
     compiled: Compiled | None = None
     lookup: dict[Any, Any] = field(default_factory=dict)
 
@@ -486,7 +488,12 @@ class ValueCompiler:
         return Compiled(merge, *_merge_deps(parts))
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
-        expression = self.expression(node["rest"], place, field_path)
+        keys_option = node.get("keys", "exact")
+        if keys_option not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        loose = keys_option == "loose"  # the source is found, and keys are left out, ignoring case and punctuation
+        keep_null = self._option_bool(node, "keep_null", field_path) if "keep_null" in node else False
+        expression = self.expression(node["rest"], place, field_path, loose)
         if expression is None:
             return Compiled(lambda scope: ABSENT)
         root_paths = list(expression.info.paths)
@@ -518,6 +525,16 @@ class ValueCompiler:
         evaluate_source = expression.evaluate
         position = place.position
         source_text = node["rest"]
+        loose_excluded: list[set[str]] = []  # normalized once, after except_fields are linked
+
+        def left_out(key: Any) -> bool:
+            if key in excluded:
+                return True
+            if not loose or not isinstance(key, str):
+                return False
+            if not loose_excluded:
+                loose_excluded.append({_normalize_key(k) for k in excluded})
+            return _normalize_key(key) in loose_excluded[0]
 
         def rest(scope: Scope) -> Any:
             source = evaluate_source(scope)
@@ -525,7 +542,7 @@ class ValueCompiler:
                 return ABSENT if omit_empty else {}
             if not isinstance(source, dict):
                 raise FieldError(f"{source_text} is {a_json_type(source)}, not an object", field_path, position)
-            out = {k: v for k, v in source.items() if v is not None and k not in excluded}
+            out = {k: v for k, v in source.items() if (keep_null or v is not None) and not left_out(k)}
             return ABSENT if omit_empty and not out else out
 
         return self._with_deps(rest, [expression])
@@ -648,6 +665,8 @@ class ValueCompiler:
                 parts[key] = self.directive("select", shorthand, field_path)
             else:
                 parts[key] = self.value(entry, place, field_path)
+            if table.cast is not None and table.cast_place is not None:
+                parts[key] = self._cast(parts[key], table.cast, table.cast_place, field_path)
         items = [(key, part.evaluate) for key, part in parts.items()]
 
         def build(scope: Scope) -> Any:
