@@ -226,6 +226,10 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
                 problems.add(position, f"table '{table_name}' needs fields or lookup")
                 continue
             table = TableDef(table_name, position, kind, raw[kind], bool(raw.get("ignore_case", False)))
+            if "cast" in raw:
+                if kind != "fields":
+                    problems.add(raw.key_positions["cast"], f"table '{table_name}': cast goes with fields tables")
+                table.cast, table.cast_place = str(raw["cast"]), raw.value_places["cast"]
             if kind == "lookup":
                 table.lookup = {normalize_lookup_key(k, table.ignore_case): _plain(v) for k, v in raw[kind].items()}
             tables[table_name] = table

@@ -79,6 +79,7 @@ TABLE_SCHEMA: dict[str, Any] = {
     "fields": {"type": "dict", "excludes": "lookup"},
     "lookup": {"type": "dict", "excludes": "fields"},
     "ignore_case": {"type": "boolean"},
+    "cast": {"type": "string"},  # fields tables: a cast applied to every field
 }
 
 # Each rule is checked on its own (check_rules), so that one bad rule does not hide the problems

@@ -14,9 +14,13 @@ IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
 
 
 def _nulls(value: Any, path: str = "") -> list[str]:
+    """Null fields of the request, where null would clear a stored value. A `properties` object is
+    checked one level deep: what is inside a property's value is the sender's own data."""
     if value is None:
         return [path or "/"]
     if isinstance(value, dict):
+        if path.endswith("/properties"):
+            return [f"{path}/{k}" for k, v in value.items() if v is None]
         return [p for k, v in value.items() for p in _nulls(v, f"{path}/{k}")]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _nulls(v, f"{path}/{i}")]
