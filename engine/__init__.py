@@ -1,7 +1,7 @@
 """A declarative mapping engine: Segment events in, HTTP requests out, rules in YAML.
 
     import engine
-    mapping_set = engine.load_mapping_set("klaviyo")          # load, validate, compile: once
+    mapping_set = engine.load_mapping_set()   # the default bundled set; load, validate, compile: once
     mapper = engine.Mapper(mapping_set, {"privateKey": "pk_..."})
     result = mapper.map({"type": "track", "userId": "u1", "event": "Signed Up"})
     result.requests   # [Request(method, url, headers, body_kind, body, ...)]

@@ -24,6 +24,7 @@ from .yaml_loader import PosDict, YamlError, load_yaml
 
 SET_FILE = "mapping.yaml"
 DEFAULT_SET = "klaviyo"
+PROGRAM = f"segment-{DEFAULT_SET}"  # the command is named after its default mapping set
 
 
 @dataclass
@@ -98,7 +99,7 @@ def bundled_set_names() -> list[str]:
 
 
 def resolve_set_folder(name_or_folder: str | os.PathLike[str]) -> Path:
-    """A bundled set's name (`klaviyo`) or a folder path."""
+    """A bundled set's name or a folder path."""
     text = str(name_or_folder)
     candidate = Path(text)
     if (candidate / SET_FILE).is_file():

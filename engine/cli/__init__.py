@@ -1,1 +1,1 @@
-"""The `segment-klaviyo` command line: one module per subcommand."""
+"""The command line: one module per subcommand."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..mapping_set import DEFAULT_SET, MappingSet, load_mapping_set
+from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet, load_mapping_set
 from ..problems import MappingSetError
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
@@ -66,5 +66,5 @@ def read_settings(path: str | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def fail(message: str) -> int:
-    print(f"segment-klaviyo: {message}", file=sys.stderr)
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
     return EXIT_USAGE

@@ -1,4 +1,4 @@
-"""Entry point of `segment-klaviyo` (and `python -m engine`)."""
+"""Entry point of the command line (the console script, and `python -m engine`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from ..mapping_set import PROGRAM
 
 # Each module adds one subcommand: `add_parser(subparsers)` and `run(args) -> exit code`.
 SUBCOMMAND_MODULES = (
@@ -16,7 +18,7 @@ SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="segment-klaviyo",
+        prog=PROGRAM,
         description="Map Segment events to HTTP requests with a declarative YAML mapping set.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

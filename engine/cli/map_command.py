@@ -1,4 +1,4 @@
-"""`segment-klaviyo map`: events in, one NDJSON line per request out; rejections on the errors stream."""
+"""`map`: events in, one NDJSON line per request out; rejections on the errors stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`segment-klaviyo validate`: check mapping sets; print every problem as FILE:LINE:COL: message."""
+"""`validate`: check mapping sets; print every problem as FILE:LINE:COL: message."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..mapping_set import DEFAULT_SET, load_mapping_set
+from ..mapping_set import DEFAULT_SET, PROGRAM, load_mapping_set
 from ..problems import MappingSetError
 
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             mapping_set = load_mapping_set(name)
         except FileNotFoundError as exc:
-            print(f"segment-klaviyo: {exc}", file=sys.stderr)
+            print(f"{PROGRAM}: {exc}", file=sys.stderr)
             code = 1
             continue
         except MappingSetError as exc:
