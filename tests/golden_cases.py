@@ -3,14 +3,20 @@
 A case holds `settings`, `event`, and what must come out: `expect` (the exact requests, as `map`
 prints them, secrets masked), or `expect_error` (a substring of the rejection reason). Optional:
 `expect_item_errors` (substrings, one per rejected item), `expect_skipped`, `expect_warnings`.
+A query parameter holding base64 JSON (a GET's `data=`) is also shown decoded, under `query_decoded`,
+so that the expectation can be read; the exact URL is compared too.
 `pytest --update-golden` rewrites `expect*` from the current output; review that diff.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -66,7 +72,18 @@ def run_case(case: GoldenCase) -> dict[str, Any]:
 
 
 def _without_event(output: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in output.items() if k != "event"}
+    out = {k: v for k, v in output.items() if k != "event"}
+    decoded = {}
+    for key, value in parse_qsl(urlsplit(out["url"]).query):
+        try:
+            data = json.loads(base64.b64decode(value, validate=True).decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(data, (dict, list)):
+            decoded[key] = data
+    if decoded:
+        out["query_decoded"] = decoded
+    return out
 
 
 EXPECT_KEYS = ("expect", "expect_error", "expect_item_errors", "expect_skipped", "expect_warnings")
