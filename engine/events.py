@@ -45,14 +45,16 @@ def read_events(stream: IO[str]) -> Iterator[Any]:
             document = None
         if document is not None:
             rest = stream.readline()
+            rest_number = line_number + 1
             while rest and not rest.strip():
                 rest = stream.readline()
+                rest_number += 1
             if not rest:  # a single object (or batch envelope) on one line
                 yield from _unwrap(document)
                 return
             # NDJSON: the first line was one event; stream the others.
             yield from _unwrap(document) if isinstance(document, dict) and "batch" in document else [document]
-            yield from _ndjson_lines(rest, stream, line_number + 1)
+            yield from _ndjson_lines(rest, stream, rest_number)
             return
     text = first_line + stream.read()
     try:
