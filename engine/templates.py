@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -43,14 +44,17 @@ class TemplateError(Exception):
 class Template:
     source: str
     render: Callable[[dict[str, Any]], str]
+    roots: frozenset[str]  # the top-level names the template reads (traits, settings, vars, …)
 
 
 def compile_template(source: str) -> Template:
     """Parse a template once, at load time; raises TemplateError with the line inside it."""
     try:
-        template = _ENVIRONMENT.from_string(source)
+        syntax_tree = _ENVIRONMENT.parse(source)
+        template = _ENVIRONMENT.from_string(syntax_tree)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}", exc.lineno or 1) from None
+    roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
 
     def render(scope: dict[str, Any]) -> str:
         try:
@@ -64,4 +68,4 @@ def compile_template(source: str) -> Template:
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render)
+    return Template(source, render, roots)

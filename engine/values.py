@@ -257,8 +257,10 @@ class ValueCompiler:
             except EvalError as exc:
                 raise _locate(exc, field_path, position) from None
 
-        # Templates may read anything; count them as reading the event (no constant folding).
-        return Compiled(evaluate, {("<template>",)}, set())
+        # Which roots a template reads: a template of settings alone is the same for every event.
+        # (Named values read through `vars` count as reading the event.)
+        return Compiled(evaluate, {(root,) for root in template.roots if root != "vars"} | (
+            {("vars",)} if "vars" in template.roots else set()), set())
 
     def object(self, node: PosDict, field_path: str, omit_empty: bool) -> Compiled:
         parts = {
