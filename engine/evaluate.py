@@ -179,6 +179,11 @@ class Mapper:
         except _Skipped as skipped:
             if not result.requests:
                 result.skipped = str(skipped)
+        except Exception as exc:  # a bug must not lose the event: reject it, saying so, and go on
+            result.rejection = f"internal error while mapping (please report it): {type(exc).__name__}: {exc}"
+            result.requests = []
+            result.item_rejections = []
+            return result
         if not result.requests and result.rejection is None and result.skipped is None \
                 and not result.item_rejections:
             what = f"{event_type} event {event_name!r}" if event_type == "track" else f"{event_type} events"
