@@ -1,0 +1,37 @@
+"""Mapper behaviours not tied to one directive: robustness, results, constant headers."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine
+from engine.values import Compiled
+
+
+def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    mapping_set = engine.load_mapping_set("klaviyo")
+    mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
+    good = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
+    broken_rule = next(rule for rule in mapping_set.rules if rule.name == "track/event")
+
+    def explode(scope: dict) -> bool:  # type: ignore[type-arg]
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(broken_rule, "when", Compiled(explode))
+    result = mapper.map(good, 3)
+    assert result.requests == []
+    assert result.rejection == "internal error while mapping (please report it): RuntimeError: boom"
+    monkeypatch.undo()
+    assert len(mapper.map(good).requests) == 1
+
+
+def test_settings_only_headers_are_computed_once() -> None:
+    mapper = engine.Mapper(engine.load_mapping_set("klaviyo"), {"privateKey": "pk_1"})
+    assert mapper._constant_headers is not None
+    assert mapper._constant_headers["Authorization"] == "Klaviyo-API-Key pk_1"
+
+
+def test_base_url_override() -> None:
+    mapper = engine.Mapper(engine.load_mapping_set("klaviyo"), {"privateKey": "pk"}, base_url="http://127.0.0.1:9/")
+    [request] = mapper.map({"type": "track", "userId": "u", "event": "E", "messageId": "m"}).requests
+    assert request.url == "http://127.0.0.1:9/api/events"
