@@ -1,0 +1,5 @@
+"""`serve`: Segment's Tracking API over HTTP, in front of the durable outbox and its delivery worker.
+
+tracking.py reads requests the way Segment's API does; app.py is the Starlette app (routes, auth,
+limits, /health, /metrics); metrics.py renders Prometheus text.
+"""

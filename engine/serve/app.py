@@ -1,0 +1,166 @@
+"""The HTTP side of `serve`: a Starlette app that speaks Segment's Tracking API.
+
+`create_app(accept, write_keys, ...)` builds it. Every `POST /v1/<call>` is authenticated (HTTP
+Basic whose user name is a write key, or Segment's `writeKey` in the body when no Authorization
+header is sent), its body read under Segment's size limits and gunzipped, its messages checked
+(tracking.py), and then handed to `accept` — all of them at once. `accept` must store them durably,
+all or nothing, and raise if it cannot; only when it has returned does the client get
+`{"success": true}`. So an acknowledged message is never lost, and a refused request (400, 401,
+404, 415, 503) has stored nothing.
+
+Mapping rejections are not HTTP errors here: like Segment's API, the server accepts a well-formed
+message and the delivery side records whatever the mapping set says about it.
+
+`GET /health` answers 200 with the outbox depth while the server and its worker live (503 when the
+health callable reports a problem); `GET /metrics` answers Prometheus text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Lifespan
+
+from ..mapping_set import PROGRAM
+from .metrics import Metrics
+from .tracking import BATCH_ENDPOINTS, CALL_TYPES, BadRequest, body_limit, decode_body, read_request, too_large
+
+log = logging.getLogger(f"{PROGRAM}.serve")
+
+ENDPOINTS = CALL_TYPES + BATCH_ENDPOINTS
+REALM = f'Basic realm="{PROGRAM}"'
+
+
+class Accept(Protocol):
+    """Store every message durably, all or nothing; raise when that is not possible."""
+
+    def __call__(self, messages: list[dict[str, Any]], /) -> None: ...
+
+
+def _error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    # `message` is what Segment's libraries log from an error answer; `reason` is the same text under
+    # the key the rest of this tool uses for why something was refused.
+    return JSONResponse({"success": False, "code": code, "message": reason, "reason": reason},
+                        status_code=status, headers=headers)
+
+
+def _unauthorized(reason: str) -> JSONResponse:
+    return _error(401, "unauthorized", reason, {"WWW-Authenticate": REALM})
+
+
+class _Auth:
+    def __init__(self, write_keys: Iterable[str]):
+        self._keys = [key.encode("utf-8") for key in write_keys if key]
+
+    def allows(self, key: str) -> bool:
+        candidate = key.encode("utf-8")
+        # compare with every key, constant-time each, so the answer's timing does not tell which matched
+        matched = False
+        for known in self._keys:
+            matched |= hmac.compare_digest(candidate, known)
+        return matched
+
+    def from_header(self, header: str) -> str | None:
+        """The refusal reason for an Authorization header, or None when it carries a known write key."""
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return f"{scheme or 'this'} authorization is not supported; use HTTP Basic with the write key as user name"
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return "the Basic credentials are not valid base64"
+        # `key:` as Segment documents it; a bare `key` is accepted too, as Segment still does.
+        user = decoded.partition(":")[0]
+        return None if user and self.allows(user) else "unknown write key"
+
+
+async def _read_body(request: Request, limit: int, endpoint: str) -> bytes:
+    """The raw body, refused early when it cannot fit the limit (gzip gets room for its overhead)."""
+    encoded = "gzip" in request.headers.get("content-encoding", "").lower()
+    cap = limit + limit // 8 + 1024 if encoded else limit
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise too_large(endpoint, int(length) if not encoded else None)
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > cap:
+            raise too_large(endpoint, None)
+    return bytes(chunks)
+
+
+def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | None = None,
+               health: Callable[[], dict[str, Any]] | None = None, lifespan: Lifespan[Any] | None = None) -> Starlette:
+    """The Tracking API app. `health()` returns the /health body; a false "ok" in it answers 503."""
+    auth = _Auth(write_keys)
+    stats = metrics or Metrics()
+
+    async def tracking(request: Request) -> Response:
+        endpoint = request.path_params["endpoint"]
+        response = await _tracking(request, endpoint)
+        stats.inc("http_requests_total", endpoint=endpoint if endpoint in ENDPOINTS else "other",
+                  status=str(response.status_code))
+        return response
+
+    async def _tracking(request: Request, endpoint: str) -> Response:
+        if endpoint not in ENDPOINTS:
+            return _error(404, "not_found", f"no endpoint /v1/{endpoint}; the Tracking API has "
+                          + ", ".join(f"/v1/{e}" for e in ENDPOINTS))
+        header = request.headers.get("authorization")
+        if header is not None:
+            refusal = auth.from_header(header)
+            if refusal is not None:
+                return _unauthorized(refusal)
+        try:
+            raw = await _read_body(request, body_limit(endpoint), endpoint)
+            body = decode_body(raw, request.headers.get("content-encoding"), endpoint)
+            messages, body_key = read_request(endpoint, body)
+        except BadRequest as bad:
+            if header is None:  # nobody proved who they are: say only that
+                return _unauthorized("no write key: send HTTP Basic with the write key as user name")
+            return _error(bad.status, bad.code, bad.reason)
+        if header is None and (body_key is None or not auth.allows(body_key)):
+            return _unauthorized("unknown write key" if body_key else
+                                 "no write key: send HTTP Basic with the write key as user name")
+        if messages:
+            try:
+                await run_in_threadpool(accept, messages)
+            except Exception as exc:
+                log.exception("could not store %d message(s)", len(messages))
+                return _error(503, "unavailable", f"the messages could not be stored, send them again: {exc}",
+                              {"Retry-After": "1"})
+            stats.inc("messages_received_total", len(messages))
+        return JSONResponse({"success": True})
+
+    async def health_check(request: Request) -> Response:
+        body: dict[str, Any] = {"ok": True}
+        if health is not None:
+            try:
+                body = dict(health())
+            except Exception as exc:
+                body = {"ok": False, "error": str(exc)}
+        body.setdefault("ok", True)
+        return JSONResponse(body, status_code=200 if body["ok"] else 503)
+
+    async def metrics_page(request: Request) -> Response:
+        text = await run_in_threadpool(stats.render)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes = [
+        Route("/v1/{endpoint}", tracking, methods=["POST"]),
+        Route("/health", health_check, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.metrics = stats
+    return app

@@ -1,0 +1,134 @@
+"""The server's counters, gauges and latency histogram, rendered in Prometheus' text format (0.0.4).
+
+A handful of series do not need a client library: `Metrics` keeps them under one lock (the
+request handlers and the delivery worker update them from different threads) and `render()` writes
+the exposition text. Gauges are read when scraped, from callables (the outbox depth is a query).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..mapping_set import PROGRAM
+
+PREFIX = PROGRAM.replace("-", "_")
+# Seconds from the request's receipt to the destination's acceptance.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+COUNTERS = {
+    "http_requests_total": "Tracking API requests answered, by endpoint and status.",
+    "messages_received_total": "Messages acknowledged: stored in the outbox before the answer.",
+    "events_delivered_total": "Events whose requests the destination accepted.",
+    "events_rejected_total": "Events the mapping set rejected (recorded with their reason, never sent).",
+    "events_dead_lettered_total": "Events given up on, kept in the dead letters with the answer that condemned them.",
+    "retries_total": "Destination requests sent again after a retryable failure.",
+    "rate_limited_total": "Destination answers with status 429.",
+}
+GAUGES = {
+    "outbox_depth": "Events in the outbox not yet delivered, rejected or dead-lettered.",
+    "up": "1 while the server and its delivery worker are running.",
+}
+HISTOGRAM = ("delivery_latency_seconds", "Seconds from an event's receipt to its delivery.")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + text + "}" if text else ""
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+@dataclass
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    """Thread-safe counters by name and labels, gauges read on scrape, one latency histogram."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in COUNTERS}
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self._latency = _Histogram(LATENCY_BUCKETS)
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        if name not in COUNTERS:
+            raise KeyError(f"unknown counter {name!r}")
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._counters[name]
+            series[key] = series.get(key, 0) + amount
+
+    def value(self, name: str, **labels: str) -> float:
+        """One counter's value (the sum over all labels when none are given)."""
+        with self._lock:
+            series = self._counters[name]
+            if labels:
+                return series.get(tuple(sorted(labels.items())), 0)
+            return sum(series.values())
+
+    def observe_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latency.observe(max(0.0, seconds))
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        if name not in GAUGES:
+            raise KeyError(f"unknown gauge {name!r}")
+        self._gauges[name] = read
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            for name, help_text in COUNTERS.items():
+                full = f"{PREFIX}_{name}"
+                lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
+                series = self._counters[name] or {(): 0}
+                for key, value in sorted(series.items()):
+                    lines.append(f"{full}{_labels(key)} {_number(value)}")
+            hist_name, hist_help = HISTOGRAM
+            full = f"{PREFIX}_{hist_name}"
+            lines += [f"# HELP {full} {hist_help}", f"# TYPE {full} histogram"]
+            for bound, count in zip(self._latency.buckets, self._latency.counts, strict=True):
+                lines.append(f"{full}_bucket{_labels([('le', _number(bound))])} {count}")
+            lines.append(f'{full}_bucket{{le="+Inf"}} {self._latency.count}')
+            lines.append(f"{full}_sum {_number(self._latency.total)}")
+            lines.append(f"{full}_count {self._latency.count}")
+        for name, help_text in GAUGES.items():
+            read = self._gauges.get(name)
+            if read is None:
+                continue
+            try:
+                value = float(read())
+            except Exception:  # a scrape must not fail because one gauge cannot be read
+                value = math.nan
+            full = f"{PREFIX}_{name}"
+            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge",
+                      f"{full} {'NaN' if math.isnan(value) else _number(value)}"]
+        return "\n".join(lines) + "\n"
