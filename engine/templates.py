@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .functions import FUNCTIONS, EvalError
@@ -55,10 +56,24 @@ def compile_template(source: str) -> Template:
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}", exc.lineno or 1) from None
     roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
+    # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
+    # slow to iterate): render from one plain dict instead, with the globals flattened once here.
+    globals_flat = dict(template.globals)
+    root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
+    fast = _fast_render(syntax_tree)
+
+    def jinja_render(scope: dict[str, Any]) -> str:
+        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope), True)
+        return concat(root_render(context))
 
     def render(scope: dict[str, Any]) -> str:
         try:
-            return template.render(scope)
+            if fast is not None:
+                try:
+                    return fast(scope)
+                except _Slow:
+                    pass  # something unusual (a missing name, not a dict): Jinja says exactly what
+            return jinja_render(scope)
         except SecurityError as exc:
             raise EvalError(f"template refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
@@ -69,3 +84,101 @@ def compile_template(source: str) -> Template:
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
     return Template(source, render, roots)
+
+
+# -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
+class _Slow(Exception):
+    """The fast path met something it does not handle; Jinja renders the template instead."""
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_Evaluate = Callable[[dict[str, Any]], Any]
+
+
+def _fast_expression(node: nodes.Node) -> _Evaluate | None:
+    """Plain Python for a Jinja expression, with the sandbox's results; None when not handled.
+
+    Only reads that Jinja would answer the same way are done here: a name from the scope, an item
+    of a dict or list, a dict key written as an attribute (never a dict method or a private name).
+    Anything else (missing, another type) raises _Slow, and the caller lets Jinja render.
+    """
+    if isinstance(node, nodes.Const):
+        constant = node.value
+        return lambda scope: constant
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        key = node.name
+
+        def name(scope: dict[str, Any]) -> Any:
+            try:
+                return scope[key]
+            except KeyError:
+                raise _Slow from None
+
+        return name
+    if isinstance(node, nodes.Getattr) and not node.attr.startswith("_") and node.attr not in _DICT_ATTRIBUTES:
+        inner_attr, attribute = _fast_expression(node.node), node.attr
+        if inner_attr is None:
+            return None
+        read_attr: _Evaluate = inner_attr
+
+        def getattr_(scope: dict[str, Any]) -> Any:
+            obj = read_attr(scope)
+            if type(obj) is not dict and (not isinstance(obj, dict) or hasattr(type(obj), attribute)):
+                raise _Slow
+            try:
+                return obj[attribute]
+            except KeyError:
+                raise _Slow from None
+
+        return getattr_
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        inner_item, item = _fast_expression(node.node), node.arg.value
+        if inner_item is None:
+            return None
+        read_item: _Evaluate = inner_item
+
+        def getitem(scope: dict[str, Any]) -> Any:
+            obj = read_item(scope)
+            if not isinstance(obj, (dict, list)):
+                raise _Slow
+            try:
+                return obj[item]
+            except (LookupError, TypeError):
+                raise _Slow from None
+
+        return getitem
+    if isinstance(node, (nodes.Or, nodes.And)):
+        left, right = _fast_expression(node.left), _fast_expression(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node, nodes.Or):
+            return lambda scope: left(scope) or right(scope)
+        return lambda scope: left(scope) and right(scope)
+    if isinstance(node, nodes.Not):
+        operand = _fast_expression(node.node)
+        return None if operand is None else (lambda scope: not operand(scope))
+    return None
+
+
+def _fast_render(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None:
+    """A renderer for templates made only of text and handled expressions, or None."""
+    parts: list[str | _Evaluate] = []
+    for statement in tree.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for node in statement.nodes:
+            if isinstance(node, nodes.TemplateData):
+                parts.append(node.data)
+                continue
+            evaluate = _fast_expression(node)
+            if evaluate is None:
+                return None
+            parts.append(evaluate)
+    if len(parts) == 1 and not isinstance(parts[0], str):
+        only = parts[0]
+        return lambda scope: str(only(scope))
+
+    def render(scope: dict[str, Any]) -> str:
+        return "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
+
+    return render
