@@ -201,7 +201,7 @@ class Mapper:
             return False
         try:
             if rule.when is not None and not rule.when.evaluate(scope):
-                return rule.final
+                return False  # a rule that does not run does not end the event's rules, final or not
             if rule.for_each is not None:
                 self._fan_out(rule, scope, result)
                 return rule.final
