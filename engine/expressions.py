@@ -112,6 +112,10 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
         steps = [_compile(child, loose) for child in children]
         if all(child["type"] == "field" for child in children) and not loose:
             keys = [child["value"] for child in children]
+            if len(keys) == 2:
+                return _chain2(*keys)
+            if len(keys) == 3:
+                return _chain3(*keys)
 
             def chain(current: Any) -> Any:
                 for key in keys:
@@ -160,7 +164,9 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
 
         def and_(current: Any) -> Any:
             value = left(current)
-            return right(current) if is_truthy(value) else value
+            if value is None or value is False or (not value and isinstance(value, (str, list, dict))):
+                return value
+            return right(current)
 
         return and_
     if kind == "or_expression":
@@ -168,12 +174,19 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
 
         def or_(current: Any) -> Any:
             value = left(current)
-            return value if is_truthy(value) else right(current)
+            if value is None or value is False or (not value and isinstance(value, (str, list, dict))):
+                return right(current)
+            return value
 
         return or_
     if kind == "not_expression":
         operand = _compile(children[0], loose)
-        return lambda current: not is_truthy(operand(current))
+
+        def not_(current: Any) -> bool:
+            value = operand(current)
+            return value is None or value is False or (not value and isinstance(value, (str, list, dict)))
+
+        return not_
     if kind == "pipe":
         left, right = (_compile(child, loose) for child in children)
         return lambda current: right(left(current))
@@ -192,9 +205,197 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
     if kind == "function_expression" and all(child["type"] != "expref" for child in children):
         name = node["value"]
         arguments = [_compile(child, loose) for child in children]
+        direct = _direct_builtin(name, len(arguments))
+        if direct is not None:
+            return _call_builtin(name, arguments, *direct)
         return lambda current: _FUNCTIONS_INSTANCE.call_function(name, [a(current) for a in arguments])
-    # Projections, filters, slices, hashes, exprefs: jmespath's interpreter, on the same tree.
+    if not loose and kind in _PROJECTIONS:
+        return _PROJECTIONS[kind](node)
+    # Slices, exprefs: jmespath's interpreter, on the same tree.
     return lambda current: _INTERPRETER.visit(node, current)
+
+
+def _chain2(first: str, second: str) -> Evaluator:
+    def chain2(current: Any) -> Any:
+        if isinstance(current, dict):
+            current = current.get(first)
+            if isinstance(current, dict):
+                return current.get(second)
+        return None
+
+    return chain2
+
+
+def _chain3(first: str, second: str, third: str) -> Evaluator:
+    def chain3(current: Any) -> Any:
+        if isinstance(current, dict):
+            current = current.get(first)
+            if isinstance(current, dict):
+                current = current.get(second)
+                if isinstance(current, dict):
+                    return current.get(third)
+        return None
+
+    return chain3
+
+
+def _direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[frozenset[str] | None]] | None:
+    """A builtin's function and, per argument, the Python type names its signature allows (None: any).
+
+    None for builtins whose checks are not that simple (variadic, typed array elements): those go
+    through jmespath's call_function, which checks everything.
+    """
+    spec = _BUILTINS.get(name)
+    if spec is None or name in FUNCTIONS:
+        return None
+    signature = spec["signature"]
+    if len(signature) != count or any(parameter.get("variadic") for parameter in signature):
+        return None
+    allowed: list[frozenset[str] | None] = []
+    for parameter in signature:
+        types = parameter["types"]
+        if any("-" in t for t in types):
+            return None
+        allowed.append(frozenset(n for t in types for n in jfunctions.REVERSE_TYPES_MAP[t]) if types else None)
+    return spec["function"], allowed
+
+
+def _call_builtin(name: str, arguments: list[Evaluator], function: Callable[..., Any],
+                  allowed: list[frozenset[str] | None]) -> Evaluator:
+    """Call a builtin without jmespath's per-call validation when the argument types are allowed;
+    otherwise let call_function validate (and raise its exact error)."""
+    instance = _FUNCTIONS_INSTANCE
+    if len(arguments) == 1:
+        only, types = arguments[0], allowed[0]
+        if types is None:
+            return lambda current: function(instance, only(current))
+
+        def call_one(current: Any) -> Any:
+            value = only(current)
+            if type(value).__name__ in types:
+                return function(instance, value)
+            return instance.call_function(name, [value])
+
+        return call_one
+    pairs = list(zip(arguments, allowed, strict=True))
+
+    def call(current: Any) -> Any:
+        values = [argument(current) for argument in arguments]
+        for value, (_, types) in zip(values, pairs, strict=True):
+            if types is not None and type(value).__name__ not in types:
+                return instance.call_function(name, values)
+        return function(instance, *values)
+
+    return call
+
+
+def _is_false(value: Any) -> bool:
+    return value is None or value is False or (not value and isinstance(value, (str, list, dict)))
+
+
+def _projection(node: dict[str, Any]) -> Evaluator:
+    """`a[*].b`: b of each element of a, nulls left out (as jmespath's interpreter does)."""
+    left, right = (_compile(child, False) for child in node["children"][:2])
+
+    def project(current: Any) -> Any:
+        base = left(current)
+        if not isinstance(base, list):
+            return None
+        return [value for value in map(right, base) if value is not None]
+
+    return project
+
+
+def _filter_projection(node: dict[str, Any]) -> Evaluator:
+    """`a[?cond].b`: b of each element of a for which cond is true, nulls left out."""
+    left, right, condition = (_compile(child, False) for child in node["children"])
+
+    def project(current: Any) -> Any:
+        base = left(current)
+        if not isinstance(base, list):
+            return None
+        collected = []
+        for element in base:
+            if not _is_false(condition(element)):
+                value = right(element)
+                if value is not None:
+                    collected.append(value)
+        return collected
+
+    return project
+
+
+def _flatten(node: dict[str, Any]) -> Evaluator:
+    """`a[]`: a with nested lists merged one level."""
+    inner = _compile(node["children"][0], False)
+
+    def flatten(current: Any) -> Any:
+        base = inner(current)
+        if not isinstance(base, list):
+            return None
+        merged: list[Any] = []
+        for element in base:
+            if isinstance(element, list):
+                merged.extend(element)
+            else:
+                merged.append(element)
+        return merged
+
+    return flatten
+
+
+def _value_projection(node: dict[str, Any]) -> Evaluator:
+    """`a.*.b`: b of each value of the object a, nulls left out."""
+    left, right = (_compile(child, False) for child in node["children"][:2])
+
+    def project(current: Any) -> Any:
+        base = left(current)
+        if not isinstance(base, dict):
+            return None
+        return [value for value in map(right, base.values()) if value is not None]
+
+    return project
+
+
+def _multi_select_dict(node: dict[str, Any]) -> Evaluator:
+    """`{a: x, b: y}`: an object of the results (null in, null out)."""
+    pairs = [(child["value"], _compile(child["children"][0], False)) for child in node["children"]]
+
+    def select(current: Any) -> Any:
+        if current is None:
+            return None
+        return {key: evaluate(current) for key, evaluate in pairs}
+
+    return select
+
+
+_PROJECTIONS: dict[str, Callable[[dict[str, Any]], Evaluator]] = {
+    "projection": _projection,
+    "filter_projection": _filter_projection,
+    "flatten": _flatten,
+    "value_projection": _value_projection,
+    "multi_select_dict": _multi_select_dict,
+}
+
+# Node kinds compiled above that never raise jmespath's errors (function calls and the interpreter
+# may: expressions holding those keep a guard that turns the error into an EvalError).
+_UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "identity", "comparator",
+                              "and_expression", "or_expression", "not_expression", "pipe", "multi_select_list",
+                              "projection", "filter_projection", "flatten", "value_projection",
+                              "multi_select_dict", "key_val_pair", "index"})
+
+
+def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
+    kind = node["type"]
+    if kind == "function_expression":
+        if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
+            return True
+    elif kind == "index_expression":
+        if node["children"][1]["type"] != "index":
+            return True
+    elif kind not in _UNGUARDED_KINDS or (loose and kind in _PROJECTIONS):
+        return True
+    return any(_needs_guard(child, loose) for child in node["children"] if isinstance(child, dict))
 
 
 @dataclass
@@ -316,6 +517,8 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
     info = ExpressionInfo()
     _collect(ast, info)
     compiled = _compile(ast, loose_keys)
+    if not _needs_guard(ast, loose_keys):
+        return Expression(source, compiled, info, ast)
 
     def evaluate(current: Any) -> Any:
         try:
