@@ -150,6 +150,16 @@ class Mapper:
             scope = {"settings": self.settings, "mapping": self.mapping_info}
             scope["vars"] = Vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
+        self._rules_by_type: dict[str, list[Rule]] = {}
+
+    def _rules_for(self, event_type: str) -> list[Rule]:
+        """The top-level rules that can match this event type, in order (cached for the usual types)."""
+        rules = self._rules_by_type.get(event_type)
+        if rules is None:
+            rules = [rule for rule in self.mapping_set.rules if rule.types is None or event_type in rule.types]
+            if len(self._rules_by_type) < 64:
+                self._rules_by_type[event_type] = rules
+        return rules
 
     def map(self, event: Any, index: int = 0) -> MapResult:
         message_id = event.get("messageId") if isinstance(event, dict) else None
@@ -168,7 +178,7 @@ class Mapper:
         scope["vars"] = Vars(self.mapping_set.values, scope)
         event_name = event.get("event")
         try:
-            for rule in self.mapping_set.rules:
+            for rule in self._rules_for(event_type):
                 if self._apply(rule, scope, event_type, event_name, result):
                     break
         except _Rejected as rejected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from .values import ABSENT, Compiled, ValueCompiler
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 
+@functools.lru_cache(maxsize=4096)  # event names repeat: normalise each once, not once per rule and event
 def normalize_event_name(name: str) -> str:
     """Case, underscores and hyphens do not matter: `order_completed` = `Order Completed`."""
     return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
