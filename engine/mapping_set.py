@@ -272,6 +272,10 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         link()
     _check_cycles(named_values, root_compiler, problems, documents)
     _check_rule_names(rules, problems)
+    if isinstance(delivery, PosDict) and delivery:
+        from .delivery.config import check_delivery  # the delivery layer checks its own section
+
+        check_delivery(delivery, folder, delivery_file or shown(set_path), problems)
 
     if problems:
         raise MappingSetError(problems.sorted())

@@ -13,6 +13,9 @@ from ..mapping_set import PROGRAM
 SUBCOMMAND_MODULES = (
     "engine.cli.map_command",
     "engine.cli.validate_command",
+    "engine.cli.send_command",
+    "engine.cli.fake_command",
+    "engine.cli.outbox_command",
 )
 
 

@@ -1,0 +1,623 @@
+"""The delivery section of a mapping set, validated and compiled into a DeliveryPlan.
+
+A mapping set says how its requests are delivered in its `delivery` section (inline in mapping.yaml,
+or a file named there, e.g. `delivery: delivery.yaml`): the endpoints it calls with their rate
+limits, which single requests may be merged into which bulk call (and the bulk call's envelope),
+the order rules, the retry policy, the answers that stop a run, and what the fake server checks.
+Nothing about any particular API is written in Python: this module only reads that YAML.
+
+Every problem is reported at its FILE:LINE:COL, like the rest of the engine. `check_delivery` is
+the load-time hook (called by `load_mapping_set`); `DeliveryPlan.for_set` compiles a loaded set's
+section for the sender, the worker and the fake server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jmespath
+from jmespath import exceptions as jexc
+
+from ..problems import MappingSetError, Position, ProblemList
+from ..schema import check_shape
+from ..yaml_loader import PosDict, PosList, ScalarPlace
+
+if TYPE_CHECKING:
+    from ..mapping_set import MappingSet
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+_ENDPOINT_SCHEMA: dict[str, Any] = {
+    "request": {"type": "string", "required": True, "regex": r"^(GET|POST|PUT|PATCH|DELETE) /\S*$"},
+    "rate_limit": {"type": "dict", "valuesrules": {"type": "string", "regex": r"^\s*\d+\s*/\s*[smh]\s*$"}},
+    "lane": {"type": "string", "empty": False},
+    "profile": {"type": "string", "empty": False},
+    "description": {"type": "string"},
+}
+_BATCH_SCHEMA: dict[str, Any] = {
+    "description": {"type": "string"},
+    "from": {"type": "string", "required": True},
+    "to": {"type": "string"},
+    "max_items": {"type": "integer", "min": 1, "required": True},
+    "max_bytes": {"type": "integer", "min": 1000},
+    "item": {"type": "string", "required": True, "empty": False},
+    "group_by": {"type": "string", "empty": False},
+    "unique": {"type": "list", "schema": {"type": "string", "empty": False}, "minlength": 1},
+    "envelope": {"type": "dict"},
+}
+_BACKOFF_SCHEMA: dict[str, Any] = {
+    "initial": {"type": "number", "min": 0},
+    "multiplier": {"type": "number", "min": 1},
+    "max": {"type": "number", "min": 0},
+    "jitter": {"type": "number", "min": 0, "max": 1},
+}
+_RETRY_SCHEMA: dict[str, Any] = {
+    "statuses": {"type": "list", "schema": {"type": "integer", "min": 100, "max": 599}},
+    "network_errors": {"type": "boolean"},
+    "max_attempts": {"type": "integer", "min": 1},
+    "max_rate_limited": {"type": "integer", "min": 1},
+    "backoff": {"type": "dict", "schema": _BACKOFF_SCHEMA},
+    "retry_after_header": {"type": "string"},
+    "timeout": {"type": "number", "min": 0.1},
+    "rate_limit_margin": {"type": "number", "min": 0, "max": 1},
+}
+_RECORD_SCHEMA: dict[str, Any] = {
+    "kind": {"type": "string", "required": True, "empty": False},
+    "key": {"type": "list", "schema": {"type": "string"}},
+    "repeat": {"type": "string", "allowed": ["ignore", "update"]},
+    "duplicates_in_one_call": {"type": "string", "allowed": ["reject", "allow"]},
+    "status": {"type": "dict", "schema": {"created": {"type": "integer"}, "updated": {"type": "integer"}}},
+    "response": {"type": "dict"},
+}
+_FAKE_SCHEMA: dict[str, Any] = {
+    "auth": {"type": "dict", "schema": {"header": {"type": "string", "required": True},
+                                        "prefix": {"type": "string"},
+                                        "setting": {"type": "string"}}},
+    "headers": {"type": "dict", "valuesrules": {"type": "string"}},
+    "content_types": {"type": "list", "schema": {"type": "string"}},
+    "max_body_bytes": {"type": "integer", "min": 1},
+    "error_statuses": {"type": "list", "schema": {"type": "integer", "min": 500, "max": 599}},
+    "records": {"type": "dict", "valuesrules": {"type": "dict", "schema": _RECORD_SCHEMA}},
+}
+DELIVERY_SCHEMA: dict[str, Any] = {
+    "description": {"type": "string"},
+    "spec": {"type": "string"},
+    "scopes": {"type": "string"},
+    "profile_identifiers": {"type": "list", "schema": {"type": "string"}},
+    "endpoints": {"type": "dict", "valuesrules": {"type": "dict", "schema": _ENDPOINT_SCHEMA}},
+    "order": {"type": "dict", "schema": {"same_event": {"type": "boolean"}, "same_profile": {"type": "boolean"}}},
+    "batching": {"type": "dict", "valuesrules": {"type": "dict", "schema": _BATCH_SCHEMA}},
+    "retry": {"type": "dict", "schema": _RETRY_SCHEMA},
+    "stop": {"type": "dict", "keysrules": {"type": "string", "regex": r"^4\d\d$"},
+             "valuesrules": {"type": "string"}},
+    "item_errors": {"type": "dict", "schema": {"status": {"type": "integer", "required": True},
+                                               "pointers": {"type": "string", "required": True}}},
+    "fake": {"type": "dict", "schema": _FAKE_SCHEMA},
+}
+
+
+# -- compiled plan ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RateWindow:
+    """At most `limit` requests in any `seconds` (in API time; a time scale shrinks it)."""
+
+    name: str
+    limit: int
+    seconds: float
+
+
+@dataclass
+class Endpoint:
+    name: str
+    method: str
+    path: str
+    pattern: re.Pattern[str]
+    rate_windows: list[RateWindow] = field(default_factory=list)
+    lane: str | None = None
+    profile: Any = None  # compiled JMESPath: the profile attributes object(s) a request is about
+    scopes: list[str] = field(default_factory=list)
+
+    def profiles(self, body: Any) -> list[dict[str, Any]]:
+        """The profile attribute objects a request body is about ([] when not declared)."""
+        if self.profile is None:
+            return []
+        found = self.profile.search(body)
+        if isinstance(found, dict):
+            return [found]
+        if isinstance(found, list):
+            return [p for p in found if isinstance(p, dict)]
+        return []
+
+
+class Marker:
+    """A placeholder in a bulk envelope: where the items, the group value, or the groups go."""
+
+    def __init__(self, name: str, inner: Any = None):
+        self.name = name
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"${self.name}"
+
+
+ITEMS = Marker("items")
+GROUP = Marker("group")
+
+
+@dataclass
+class BatchSpec:
+    """Which single requests merge into which bulk call, and how."""
+
+    name: str
+    source: Endpoint
+    target: Endpoint
+    max_items: int
+    max_bytes: int
+    item_path: tuple[str, ...]
+    item_is_list: bool  # `item: a.b[]`: each element of that list is an item (same-endpoint merge)
+    group_by: tuple[str, ...] | None
+    unique: list[tuple[str, ...]]
+    envelope: Any  # the compiled envelope (with Markers), None for a same-endpoint merge
+    position: Position
+    layout_cache: Any = None  # batching.Layout, computed on first use
+
+
+@dataclass
+class RetryPolicy:
+    statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    network_errors: bool = True
+    max_attempts: int = 8
+    max_rate_limited: int = 50
+    initial: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.5
+    retry_after_header: str = "Retry-After"
+    timeout: float = 30.0
+    rate_limit_margin: float = 0.03
+
+
+@dataclass
+class RecordSpec:
+    endpoint: str
+    kind: str
+    key: list[Any]  # compiled JMESPath expressions over the single request body
+    repeat: str  # ignore (first wins) | update (last wins)
+    duplicates_in_one_call: str  # reject | allow
+    status_created: int | None
+    status_updated: int | None
+    response: Any
+
+
+@dataclass
+class FakeConfig:
+    auth_header: str | None = None
+    auth_prefix: str = ""
+    auth_setting: str | None = None
+    headers: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    content_types: list[str] = field(default_factory=list)
+    max_body_bytes: int | None = None
+    error_statuses: list[int] = field(default_factory=lambda: [500, 502, 503, 504])
+    records: dict[str, RecordSpec] = field(default_factory=dict)
+
+
+@dataclass
+class DeliveryPlan:
+    """A mapping set's delivery section, compiled. Built by `DeliveryPlan.for_set`."""
+
+    set_name: str
+    folder: Path
+    spec_path: Path | None
+    scopes_extension: str | None
+    profile_identifiers: list[str]
+    endpoints: dict[str, Endpoint]
+    batches: list[BatchSpec]
+    same_event: bool
+    same_profile: bool
+    retry: RetryPolicy
+    stop: dict[int, str]
+    item_error_status: int | None
+    item_error_pointers: Any  # compiled JMESPath over the error response body
+    fake: FakeConfig
+    by_source: dict[str, BatchSpec] = field(default_factory=dict)
+    by_target: dict[str, BatchSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_source = {b.source.name: b for b in self.batches}
+        self.by_target = {b.target.name: b for b in self.batches}
+        self._exact = {(e.method, e.path): e for e in self.endpoints.values() if "{" not in e.path}
+
+    def endpoint_for(self, method: str, path: str) -> Endpoint | None:
+        """The declared endpoint a request goes to (path without query), or None."""
+        found = self._exact.get((method.upper(), path))
+        if found is not None:
+            return found
+        for endpoint in self.endpoints.values():
+            if endpoint.method == method.upper() and endpoint.pattern.match(path):
+                return endpoint
+        return None
+
+    @staticmethod
+    def for_set(mapping_set: MappingSet) -> DeliveryPlan:
+        """Compile a loaded mapping set's delivery section (raises MappingSetError on problems)."""
+        problems = ProblemList()
+        source = mapping_set.delivery_source
+        if source is None:
+            source = _positioned(mapping_set.delivery, mapping_set.delivery_file)
+        plan = compile_delivery(source, mapping_set.folder, mapping_set.delivery_file, problems,
+                                set_name=mapping_set.name)
+        if problems or plan is None:
+            raise MappingSetError(problems.sorted())
+        return plan
+
+
+def check_delivery(document: PosDict | None, folder: Path, file: str, problems: ProblemList) -> None:
+    """The load-time hook: add every problem of a set's delivery section to `problems`."""
+    if document is None or not document:
+        return
+    compile_delivery(document, folder, file, problems)
+
+
+# -- compiling -----------------------------------------------------------------------------------------
+def _positioned(plain: Any, file: str) -> PosDict:
+    """Give a plain dict (a delivery section built in code) positions, so checks can point somewhere."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            result = PosDict()
+            result.position = Position(file, 1, 1)
+            result.key_positions = {}
+            result.value_places = {}
+            for key, item in value.items():
+                result[str(key)] = convert(item)
+                result.key_positions[str(key)] = Position(file, 1, 1)
+                result.value_places[str(key)] = ScalarPlace(Position(file, 1, 1), None)
+            return result
+        if isinstance(value, list):
+            items = PosList(convert(v) for v in value)
+            items.position = Position(file, 1, 1)
+            items.item_places = [ScalarPlace(Position(file, 1, 1), None) for _ in value]
+            return items
+        return value
+    converted = convert(plain or {})
+    assert isinstance(converted, PosDict)
+    return converted
+
+
+def _at(node: PosDict, key: str) -> Position:
+    """Where the value of `key` stands (or the mapping itself)."""
+    if key in node.value_places:
+        return node.value_places[key].position
+    return node.position
+
+
+def _key_at(node: PosDict, key: str) -> Position:
+    return node.key_positions.get(key, node.position)
+
+
+def parse_path(text: str) -> tuple[tuple[str, ...], bool]:
+    """`a.b.c` → (('a','b','c'), False); `a.b[]` → (('a','b'), True)."""
+    is_list = text.endswith("[]")
+    core = text[:-2] if is_list else text
+    parts = tuple(core.split("."))
+    if not core or any(not p for p in parts):
+        raise ValueError(f"{text!r} is not a dotted path (keys separated by dots, optionally ending in [])")
+    return parts, is_list
+
+
+def _jmespath(text: Any, position: Position, what: str, problems: ProblemList) -> Any:
+    try:
+        return jmespath.compile(str(text))
+    except jexc.JMESPathError as exc:
+        problems.add(position, f"{what}: not a JMESPath expression: {str(exc).splitlines()[0]}")
+        return None
+
+
+def _rate_windows(node: PosDict, problems: ProblemList) -> list[RateWindow]:
+    windows = []
+    for name, text in node.items():
+        match = _RATE.match(str(text))
+        if match is None:
+            problems.add(_at(node, name), f"rate limit {name}: {text!r} is not COUNT/s, COUNT/m or COUNT/h")
+            continue
+        windows.append(RateWindow(name, int(match.group(1)), _UNIT_SECONDS[match.group(2)]))
+    return windows
+
+
+def _load_spec(path: Path, position: Position, problems: ProblemList) -> dict[str, Any] | None:
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.add(position, f"spec {path.name}: cannot read: {exc.strerror}")
+        return None
+    except json.JSONDecodeError as exc:
+        problems.add(position, f"spec {path.name}: not JSON: {exc.msg} (line {exc.lineno})")
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("paths"), dict):
+        problems.add(position, f"spec {path.name}: not an OpenAPI document (no paths)")
+        return None
+    return spec
+
+
+def _spec_operations(spec: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for template, item in spec.get("paths", {}).items():
+        if not isinstance(item, dict):
+            continue
+        for method, operation in item.items():
+            if method.upper() in HTTP_METHODS and isinstance(operation, dict) and operation.get("operationId"):
+                found[str(operation["operationId"])] = (method.upper(), template, operation)
+    return found
+
+
+def _path_pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+
+
+def compile_delivery(document: PosDict, folder: Path, file: str, problems: ProblemList,
+                     set_name: str = "") -> DeliveryPlan | None:
+    """Validate (cerberus, then cross-references) and compile a delivery section."""
+    if not check_shape(document, DELIVERY_SCHEMA, file, problems):
+        return None
+    before = len(problems.problems)
+
+    spec: dict[str, Any] | None = None
+    spec_path: Path | None = None
+    if "spec" in document:
+        spec_path = folder / str(document["spec"])
+        if not spec_path.resolve().is_relative_to(folder.resolve()):
+            problems.add(_at(document, "spec"), "spec must be a file inside the mapping set's folder")
+        else:
+            spec = _load_spec(spec_path, _at(document, "spec"), problems)
+    operations = _spec_operations(spec) if spec is not None else {}
+    scopes_extension = str(document["scopes"]) if "scopes" in document else None
+
+    endpoints: dict[str, Endpoint] = {}
+    declared = document.get("endpoints") or PosDict()
+    for name, raw in declared.items():
+        method, _, path = str(raw["request"]).partition(" ")
+        endpoint = Endpoint(name, method, path, _path_pattern(path))
+        if "rate_limit" in raw:
+            endpoint.rate_windows = _rate_windows(raw["rate_limit"], problems)
+        endpoint.lane = str(raw["lane"]) if "lane" in raw else None
+        if "profile" in raw:
+            endpoint.profile = _jmespath(raw["profile"], _at(raw, "profile"), f"endpoint {name} profile", problems)
+        if spec is not None:
+            operation = operations.get(name)
+            if operation is None:
+                shown = spec_path.name if spec_path is not None else "the spec"
+                problems.add(_key_at(declared, name),
+                             f"endpoint {name}: no operation with operationId {name!r} in {shown}")
+            elif (operation[0], operation[1]) != (method, path):
+                problems.add(_at(raw, "request"), f"endpoint {name}: the spec has {operation[0]} {operation[1]}, "
+                                                  f"not {method} {path}")
+            elif scopes_extension is not None:
+                scopes = operation[2].get(scopes_extension) or []
+                endpoint.scopes = [str(s) for s in scopes] if isinstance(scopes, list) else []
+        endpoints[name] = endpoint
+
+    identifiers = [str(x) for x in document.get("profile_identifiers") or []]
+    order = document.get("order") or PosDict()
+    same_event = bool(order.get("same_event", True))
+    same_profile = bool(order.get("same_profile", True))
+    if same_profile and any(e.profile is not None for e in endpoints.values()) and not identifiers:
+        problems.add(_at(document, "order") if "order" in document else document.position,
+                     "order.same_profile needs profile_identifiers (which attributes identify a profile)")
+
+    batches: list[BatchSpec] = []
+    batching = document.get("batching") or PosDict()
+    sources: dict[str, str] = {}
+    for name, raw in batching.items():
+        batch = _compile_batch(name, raw, endpoints, problems)
+        if batch is None:
+            continue
+        if batch.source.name in sources:
+            problems.add(_at(raw, "from"), f"batching {name}: {batch.source.name} is already merged by "
+                                           f"batching {sources[batch.source.name]}")
+            continue
+        sources[batch.source.name] = name
+        batches.append(batch)
+
+    retry = RetryPolicy()
+    raw_retry = document.get("retry") or PosDict()
+    if "statuses" in raw_retry:
+        retry.statuses = frozenset(int(s) for s in raw_retry["statuses"])
+    for key, attribute in (("network_errors", "network_errors"), ("max_attempts", "max_attempts"),
+                           ("max_rate_limited", "max_rate_limited"), ("retry_after_header", "retry_after_header"),
+                           ("timeout", "timeout"), ("rate_limit_margin", "rate_limit_margin")):
+        if key in raw_retry:
+            setattr(retry, attribute, type(getattr(retry, attribute))(raw_retry[key]))
+    backoff = raw_retry.get("backoff") or {}
+    for key, attribute in (("initial", "initial"), ("multiplier", "multiplier"), ("max", "max_delay"),
+                           ("jitter", "jitter")):
+        if key in backoff:
+            setattr(retry, attribute, float(backoff[key]))
+
+    stop = {int(k): str(v) for k, v in (document.get("stop") or {}).items()}
+    for status in stop:
+        if status in retry.statuses:
+            problems.add(_at(document, "stop"), f"stop {status}: the status is also in retry.statuses")
+
+    item_status: int | None = None
+    item_pointers: Any = None
+    if "item_errors" in document:
+        raw_items = document["item_errors"]
+        item_status = int(raw_items["status"])
+        item_pointers = _jmespath(raw_items["pointers"], _at(raw_items, "pointers"), "item_errors.pointers", problems)
+
+    fake = _compile_fake(document.get("fake"), endpoints, problems)
+
+    if len(problems.problems) > before:
+        return None
+    return DeliveryPlan(
+        set_name=set_name, folder=folder, spec_path=spec_path, scopes_extension=scopes_extension,
+        profile_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
+        same_profile=same_profile, retry=retry, stop=stop, item_error_status=item_status,
+        item_error_pointers=item_pointers, fake=fake,
+    )
+
+
+def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], problems: ProblemList) -> BatchSpec | None:
+    ok = True
+    source = endpoints.get(str(raw["from"]))
+    if source is None:
+        problems.add(_at(raw, "from"), f"batching {name}: no endpoint {raw['from']!r} (declare it under endpoints)")
+        ok = False
+    target_name = str(raw.get("to", raw["from"]))
+    target = endpoints.get(target_name)
+    if target is None:
+        problems.add(_at(raw, "to" if "to" in raw else "from"),
+                     f"batching {name}: no endpoint {target_name!r} (declare it under endpoints)")
+        ok = False
+    elif "{" in target.path and "to" in raw:
+        problems.add(_at(raw, "to"), f"batching {name}: a bulk endpoint with path parameters is not supported")
+        ok = False
+    try:
+        item_path, item_is_list = parse_path(str(raw["item"]))
+    except ValueError as exc:
+        problems.add(_at(raw, "item"), f"batching {name}: item: {exc}")
+        return None
+    group_by: tuple[str, ...] | None = None
+    if "group_by" in raw:
+        try:
+            group_by, group_list = parse_path(str(raw["group_by"]))
+        except ValueError as exc:
+            problems.add(_at(raw, "group_by"), f"batching {name}: group_by: {exc}")
+            return None
+        if group_list:
+            problems.add(_at(raw, "group_by"), f"batching {name}: group_by names one value, not a list ([])")
+            ok = False
+    unique: list[tuple[str, ...]] = []
+    for i, text in enumerate(raw.get("unique") or []):
+        try:
+            parts, is_list = parse_path(str(text))
+        except ValueError as exc:
+            problems.add(raw["unique"].item_places[i].position, f"batching {name}: unique: {exc}")
+            ok = False
+            continue
+        unique.append(parts)
+    envelope: Any = None
+    if "envelope" in raw:
+        if item_is_list:
+            problems.add(_at(raw, "envelope"), f"batching {name}: an envelope takes whole items (item without [])")
+            ok = False
+        envelope = _compile_envelope(raw["envelope"], group_by is not None, name, problems)
+        if envelope is None:
+            ok = False
+    else:
+        if not item_is_list:
+            problems.add(_at(raw, "item"), f"batching {name}: without an envelope, item must name a list "
+                                           "(ending in []) whose elements the requests' bodies concatenate")
+            ok = False
+        if "to" in raw and str(raw["to"]) != str(raw["from"]):
+            problems.add(_at(raw, "to"), f"batching {name}: merging into another endpoint needs an envelope")
+            ok = False
+        if group_by is not None:
+            problems.add(_at(raw, "group_by"), f"batching {name}: group_by needs an envelope with $each_group")
+            ok = False
+    if not ok or source is None or target is None:
+        return None
+    return BatchSpec(name=name, source=source, target=target, max_items=int(raw["max_items"]),
+                     max_bytes=int(raw.get("max_bytes", 5_000_000)), item_path=item_path,
+                     item_is_list=item_is_list, group_by=group_by, unique=unique, envelope=envelope,
+                     position=raw.position)
+
+
+def _compile_envelope(node: Any, grouped: bool, name: str, problems: ProblemList) -> Any:
+    """YAML envelope → a tree with Markers; checks that items (and groups) appear exactly once."""
+    counts = {"items": 0, "group": 0, "each_group": 0}
+    ok = True
+
+    def walk(value: Any, in_group: bool, position: Position) -> Any:
+        nonlocal ok
+        if isinstance(value, str):
+            if value == "$items":
+                counts["items"] += 1
+                if grouped and not in_group:
+                    problems.add(position, f"batching {name}: $items must be inside $each_group (group_by is set)")
+                    ok = False
+                return ITEMS
+            if value == "$group":
+                counts["group"] += 1
+                if not in_group:
+                    problems.add(position, f"batching {name}: $group is only meaningful inside $each_group")
+                    ok = False
+                return GROUP
+            if value.startswith("$") and not value.startswith("$$"):
+                problems.add(position, f"batching {name}: unknown placeholder {value!r} "
+                                       "(known: $items, $group, $each_group; write $$ for a literal $)")
+                ok = False
+            return value[1:] if value.startswith("$$") else value
+        if isinstance(value, PosDict):
+            if "$each_group" in value:
+                counts["each_group"] += 1
+                if len(value) != 1 or in_group or not grouped:
+                    problems.add(value.position, f"batching {name}: $each_group must be the only key of its "
+                                                 "mapping, not nested, and needs group_by")
+                    ok = False
+                return Marker("each_group", walk(value["$each_group"], True, _at(value, "$each_group")))
+            return {k: walk(v, in_group, _at(value, k)) for k, v in value.items()}
+        if isinstance(value, PosList):
+            return [walk(v, in_group, value.item_places[i].position) for i, v in enumerate(value)]
+        return value
+
+    compiled = walk(node, False, node.position)
+    expected_groups = 1 if grouped else 0
+    if counts["items"] != 1 or counts["each_group"] != expected_groups or counts["group"] != expected_groups:
+        problems.add(node.position, f"batching {name}: the envelope needs exactly one $items"
+                                    + (", one $each_group and one $group" if grouped else ""))
+        ok = False
+    return compiled if ok else None
+
+
+def _compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemList) -> FakeConfig:
+    fake = FakeConfig()
+    if not isinstance(node, PosDict):
+        return fake
+    if "auth" in node:
+        auth = node["auth"]
+        fake.auth_header = str(auth["header"])
+        fake.auth_prefix = str(auth.get("prefix", ""))
+        fake.auth_setting = str(auth["setting"]) if "setting" in auth else None
+    for header, pattern in (node.get("headers") or {}).items():
+        try:
+            fake.headers[str(header)] = re.compile(str(pattern))
+        except re.error as exc:
+            problems.add(_at(node["headers"], header), f"fake.headers.{header}: not a regular expression: {exc}")
+    fake.content_types = [str(c) for c in node.get("content_types") or []]
+    if "max_body_bytes" in node:
+        fake.max_body_bytes = int(node["max_body_bytes"])
+    if "error_statuses" in node:
+        fake.error_statuses = [int(s) for s in node["error_statuses"]]
+    records = node.get("records") or PosDict()
+    for endpoint_name, raw in records.items():
+        if endpoint_name not in endpoints:
+            problems.add(_key_at(records, endpoint_name), f"fake.records: no endpoint {endpoint_name!r}")
+            continue
+        keys = []
+        for i, text in enumerate(raw.get("key") or []):
+            compiled = _jmespath(text, raw["key"].item_places[i].position, f"fake.records.{endpoint_name}.key",
+                                 problems)
+            keys.append(compiled)
+        status = raw.get("status") or {}
+        fake.records[endpoint_name] = RecordSpec(
+            endpoint=endpoint_name, kind=str(raw["kind"]), key=keys, repeat=str(raw.get("repeat", "update")),
+            duplicates_in_one_call=str(raw.get("duplicates_in_one_call", "allow")),
+            status_created=int(status["created"]) if "created" in status else None,
+            status_updated=int(status["updated"]) if "updated" in status else None,
+            response=_plain_tree(raw.get("response")),
+        )
+    return fake
+
+
+def _plain_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_tree(v) for v in value]
+    return value

@@ -1,0 +1,170 @@
+"""Recording events in the outbox: map each one, then store it with its requests, before any is sent.
+
+`Ingester.record_batch` maps a list of events and records them atomically (what `serve` does for
+one HTTP request before answering); `Ingester.ingest` streams a whole input through it in chunks and
+resumes where a previous run stopped (what `send` does). Rejections and skips are recorded with
+their reasons; requests are sealed (no secret reaches the store) and their URLs kept relative to the
+base URL, so a later run may send them elsewhere (`--base-url`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+from ..evaluate import Mapper, MapResult
+from ..events import InputError, read_events
+from ..mapping_set import MappingSet
+from .outbox import NewEvent, NewUnit, Outbox
+from .sealing import Sealer
+
+SOURCE_PREFIX_BYTES = 64 * 1024
+
+
+def source_id(prefix: bytes | str, given: str | None = None) -> str:
+    """An input's identity: its first 64 KiB (so a restarted run finds its progress), or a given name."""
+    if given:
+        return "named:" + given
+    data = prefix.encode("utf-8") if isinstance(prefix, str) else prefix
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
+
+
+class PrefixedStream:
+    """A text stream whose first part was already read (to name the source) and is replayed first."""
+
+    def __init__(self, head: str, rest: IO[str]):
+        self._head = io.StringIO(head)
+        self._rest = rest
+        self._head_done = not head
+
+    def readline(self) -> str:
+        if not self._head_done:
+            line = self._head.readline()
+            if line.endswith("\n"):
+                return line
+            self._head_done = True
+            return line + self._rest.readline()
+        return self._rest.readline()
+
+    def read(self) -> str:
+        head = "" if self._head_done else self._head.read()
+        self._head_done = True
+        return head + self._rest.read()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def open_source(stream: IO[str], given_id: str | None = None) -> tuple[str, IO[str]]:
+    """Read an input's first 64 KiB to name it; returns (source id, a stream that starts over)."""
+    head = stream.read(SOURCE_PREFIX_BYTES)
+    return source_id(head, given_id), cast(IO[str], PrefixedStream(head, stream))
+
+
+@dataclass
+class IngestStats:
+    skipped_already_recorded: int = 0
+    recorded: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    units: int = 0
+
+
+class Ingester:
+    """Maps events with the real settings and records them, sealed, in an outbox."""
+
+    def __init__(self, mapping_set: MappingSet, settings: dict[str, Any], outbox: Outbox, sealer: Sealer):
+        self.mapper = Mapper(mapping_set, settings)
+        self.outbox = outbox
+        self.sealer = sealer
+        self.base_url = self.mapper.base_url
+
+    def to_record(self, event: Any, index: int) -> tuple[NewEvent, MapResult | None]:
+        if isinstance(event, InputError):
+            return NewEvent(message_id=None, status="rejected", reason=event.reason), None
+        result = self.mapper.map(event, index)
+        message_id = result.message_id if isinstance(result.message_id, str) else None
+        notes = [f"item {r.item} ({r.rule}) rejected: {r.reason}" for r in result.item_rejections]
+        notes += [f"warning: {w}" for w in result.warnings]
+        if result.rejection is not None:
+            raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+            return NewEvent(message_id, "rejected", reason=self.sealer.mask(result.rejection), notes=notes,
+                            raw=self.sealer.mask(raw)), result
+        if not result.requests:
+            reason = result.skipped or ("every item was rejected" if result.item_rejections else "no request")
+            status = "rejected" if result.item_rejections else "skipped"
+            kept = json.dumps(event, ensure_ascii=False, separators=(",", ":")) if status == "rejected" else None
+            return NewEvent(message_id, status, reason=reason, notes=notes,
+                            raw=self.sealer.mask(kept) if kept else None), result
+        units = []
+        seal = self.sealer.seal
+        base = self.base_url
+        for position, request in enumerate(result.requests):
+            url = request.url[len(base):] if request.url.startswith(base + "/") else request.url
+            body = None
+            if request.body_kind is not None:
+                body = seal(json.dumps(request.body, ensure_ascii=False, separators=(",", ":")))
+            units.append(NewUnit(position, request.rule, request.method, seal(url),
+                                 seal(json.dumps(request.headers, ensure_ascii=False)), request.body_kind, body))
+        return NewEvent(message_id, "pending", notes=notes, units=units), result
+
+    def record_batch(self, source: str, events: list[Any], label: str = "") -> list[tuple[NewEvent, MapResult | None]]:
+        """Map and record events at the end of `source`, atomically (all or none)."""
+        start = self.outbox.progress(source)
+        records = [self.to_record(event, start + i) for i, event in enumerate(events)]
+        self.outbox.add_events(source, start, [r for r, _ in records], label)
+        return records
+
+    def ingest(self, events: Iterable[Any], source: str, label: str = "", chunk: int = 500,
+               on_chunk: Callable[[IngestStats], None] | None = None,
+               on_result: Callable[[int, Any, MapResult | None, NewEvent], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> IngestStats:
+        """Record every event of an input not yet recorded (a restart skips the recorded ones)."""
+        stats = IngestStats()
+        done = self.outbox.progress(source)
+        pending: list[NewEvent] = []
+        first = done
+        index = -1
+        for index, event in enumerate(events):
+            if index < done:
+                stats.skipped_already_recorded += 1
+                continue
+            record, result = self.to_record(event, index)
+            if on_result is not None:
+                on_result(index, event, result, record)
+            pending.append(record)
+            stats.recorded += 1
+            stats.units += len(record.units)
+            stats.rejected += record.status == "rejected"
+            stats.skipped += record.status == "skipped"
+            if len(pending) >= chunk:
+                self.outbox.add_events(source, first, pending, label)
+                first += len(pending)
+                pending = []
+                if on_chunk is not None:
+                    on_chunk(stats)
+                if stop is not None and stop():
+                    return stats
+        if pending or index < 0:
+            self.outbox.add_events(source, first, pending, label)
+        if on_chunk is not None:
+            on_chunk(stats)
+        return stats
+
+
+def read_source(stream: IO[str]) -> Iterator[Any]:
+    return read_events(stream)

@@ -1,0 +1,449 @@
+"""The durable outbox: every event is recorded before anything is sent, and marked when accepted.
+
+What is stored:
+
+- an **event** per input event: its source and index in that source, its `messageId`, and its
+  status — `pending` (requests not all answered yet), `delivered` (every request accepted),
+  `rejected` (the mapping refused it; `reason` says why; the raw event is kept), `skipped` (no rule
+  sends it; `reason` says why) or `dead` (some request was dead-lettered);
+- a **unit** per request the mapping made for the event: method, URL (relative to the base URL),
+  headers, body, and its status `pending`, `delivered` or `dead` (with the response that condemned
+  it). Secret settings never reach the store: the sender seals them into placeholders first;
+- a **source** per input (a file, stdin, a server): how many of its events were recorded, so a
+  restarted `send` skips those and goes on with the next.
+
+The contract a store keeps (`Outbox`): `add_events` is atomic — a batch of events and its units are
+all recorded, together with the source's progress, or none is; `mark_delivered`/`mark_dead` are
+atomic per call. A unit is resent after a crash only if it was not yet marked, i.e. at most the
+requests that were in flight. `SQLiteOutbox` is the embedded default (one file, `outbox.sqlite3`, in
+the state folder; WAL journal, so a kill at any instant leaves the last committed state). Another
+store (a server database or a broker shared by several workers) implements the same methods; with
+several workers, `pending_units` must hand each unit to one worker at a time (a lease), which the
+single-process SQLite store does not need: it holds an exclusive lock on the state folder instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENT_STATUSES = ("pending", "delivered", "rejected", "skipped", "dead")
+UNIT_STATUSES = ("pending", "delivered", "dead")
+OUTBOX_FILE = "outbox.sqlite3"
+LOCK_FILE = "outbox.lock"
+
+
+@dataclass
+class NewUnit:
+    """A request to record (url relative to the base URL when it starts with '/'; text already sealed)."""
+
+    position: int
+    rule: str
+    method: str
+    url: str
+    headers: str  # JSON object text
+    body_kind: str | None
+    body: str | None  # JSON text
+
+
+@dataclass
+class NewEvent:
+    message_id: str | None
+    status: str  # pending | rejected | skipped
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)  # item rejections and warnings
+    raw: str | None = None  # the input event, kept for rejected ones
+    units: list[NewUnit] = field(default_factory=list)
+
+
+@dataclass
+class StoredUnit:
+    id: int
+    event_id: int
+    position: int
+    rule: str
+    method: str
+    url: str
+    headers: str
+    body_kind: str | None
+    body: str | None
+    attempts: int
+
+
+@dataclass
+class DeadLetter:
+    """Why a unit was given up: the response that condemned it (or the network error)."""
+
+    status: int | None
+    body: str | None
+    error: str
+    attempts: int
+
+    def to_json(self) -> str:
+        return json.dumps({"status": self.status, "body": self.body, "error": self.error, "attempts": self.attempts},
+                          ensure_ascii=False)
+
+
+@dataclass
+class Counts:
+    events: dict[str, int]
+    units: dict[str, int]
+
+    @property
+    def total_events(self) -> int:
+        return sum(self.events.values())
+
+
+@dataclass
+class Finished:
+    """Events that reached a final status through one mark_* call."""
+
+    delivered: int = 0
+    dead: int = 0
+
+
+class Outbox(ABC):
+    """The interface the ingester, the worker and the CLI use. See the module docstring."""
+
+    @abstractmethod
+    def progress(self, source: str) -> int:
+        """How many events of `source` are recorded (the index of the next one)."""
+
+    @abstractmethod
+    def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
+        """Record events first_index… of a source with their units, atomically; returns the new progress.
+
+        Events below the source's progress are already recorded and are left out."""
+
+    @abstractmethod
+    def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
+        """Pending units with id > after_id, in id (input) order."""
+
+    @abstractmethod
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
+        """Units accepted by the API."""
+
+    @abstractmethod
+    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
+        """Units given up: dead-lettered with the response that condemned them."""
+
+    @abstractmethod
+    def counts(self, source: str | None = None) -> Counts:
+        """Events and units by status (of one source, or all)."""
+
+    @abstractmethod
+    def dead_letters(self, source: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every dead unit with its event and response, in order."""
+
+    @abstractmethod
+    def events(self, status: str, source: str | None = None) -> Iterator[dict[str, Any]]:
+        """Events with a status (e.g. rejected, with their reason), in order."""
+
+    @abstractmethod
+    def requeue_dead(self, unit_ids: Sequence[int] | None = None) -> int:
+        """Dead units (all, or these) back to pending, for a replay; returns how many."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL DEFAULT '',
+    next_index INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    message_id TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    notes TEXT,
+    raw TEXT,
+    created REAL NOT NULL,
+    finished REAL,
+    UNIQUE (source, idx)
+);
+CREATE INDEX IF NOT EXISTS events_by_status ON events (source, status);
+CREATE TABLE IF NOT EXISTS units (
+    id INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL REFERENCES events (id),
+    position INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body_kind TEXT,
+    body TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    response TEXT,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS units_pending ON units (id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS units_by_event ON units (event_id);
+CREATE INDEX IF NOT EXISTS units_dead ON units (id) WHERE status = 'dead';
+"""
+SCHEMA_VERSION = "1"
+
+
+class OutboxLocked(Exception):
+    """Another process is using this state folder."""
+
+
+class SQLiteOutbox(Outbox):
+    """The embedded outbox: `DIR/outbox.sqlite3`. Safe to use from several threads of one process."""
+
+    def __init__(self, folder: str | os.PathLike[str], exclusive: bool = True, create: bool = True):
+        self.folder = Path(folder)
+        if create:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / OUTBOX_FILE
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"no outbox in {self.folder} (expected {OUTBOX_FILE})")
+        self._lock_handle: Any = None
+        if exclusive:
+            self._take_lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._db().executescript(_SCHEMA)  # idempotent; executescript commits on its own
+        with self._transaction() as db:
+            if db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+            return
+        handle = open(self.folder / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise OutboxLocked(f"{self.folder} is in use by another process (it holds {LOCK_FILE})") from None
+        self._lock_handle = handle
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+            with self._guard:
+                self._connections.append(db)
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+    def _transaction(self) -> SQLiteOutbox._Tx:
+        return SQLiteOutbox._Tx(self._db())
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def progress(self, source: str) -> int:
+        row = self._db().execute("SELECT next_index FROM sources WHERE id = ?", (source,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT next_index FROM sources WHERE id = ?", (source,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO sources (id, label, next_index, created) VALUES (?, ?, 0, ?)",
+                           (source, label, now))
+                done = 0
+            else:
+                done = int(row[0])
+            if first_index > done:
+                raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
+            units: list[tuple[Any, ...]] = []
+            for offset, event in enumerate(events):
+                index = first_index + offset
+                if index < done:
+                    continue
+                status = event.status if event.units or event.status != "pending" else "skipped"
+                cursor = db.execute(
+                    "INSERT INTO events (source, idx, message_id, status, reason, notes, raw, created, finished) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (source, index, event.message_id, status, event.reason,
+                     json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
+                     None if status == "pending" else now))
+                event_id = cursor.lastrowid
+                for unit in event.units:
+                    units.append((event_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
+                                  unit.body_kind, unit.body))
+            if units:
+                db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
+                               "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)
+            progress = max(done, first_index + len(events))
+            db.execute("UPDATE sources SET next_index = ? WHERE id = ?", (progress, source))
+        return progress
+
+    def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
+        rows = self._db().execute(
+            "SELECT id, event_id, position, rule, method, url, headers, body_kind, body, attempts FROM units "
+            "WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [StoredUnit(*row) for row in rows]
+
+    def _finish(self, db: sqlite3.Connection, unit_ids: Sequence[int]) -> Finished:
+        finished = Finished()
+        now = time.time()
+        for start in range(0, len(unit_ids), 500):
+            chunk = list(unit_ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            event_ids = [r[0] for r in db.execute(
+                f"SELECT DISTINCT e.id FROM events e JOIN units u ON u.event_id = e.id "
+                f"WHERE u.id IN ({marks}) AND e.status = 'pending'", chunk)]
+            if not event_ids:
+                continue
+            emarks = ",".join("?" * len(event_ids))
+            db.execute(
+                f"UPDATE events SET status = CASE "
+                f"WHEN EXISTS (SELECT 1 FROM units u WHERE u.event_id = events.id AND u.status = 'pending') "
+                f"THEN 'pending' "
+                f"WHEN EXISTS (SELECT 1 FROM units u WHERE u.event_id = events.id AND u.status = 'dead') THEN 'dead' "
+                f"ELSE 'delivered' END WHERE id IN ({emarks})", event_ids)
+            db.execute(f"UPDATE events SET finished = ? WHERE id IN ({emarks}) AND status != 'pending'",
+                       [now, *event_ids])
+            for status, count in db.execute(
+                    f"SELECT status, count(*) FROM events WHERE id IN ({emarks}) GROUP BY status", event_ids):
+                if status == "delivered":
+                    finished.delivered += int(count)
+                elif status == "dead":
+                    finished.dead += int(count)
+        return finished
+
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
+        if not unit_ids:
+            return Finished()
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ? "
+                           "WHERE id = ? AND status = 'pending'", [(attempts, now, i) for i in unit_ids])
+            return self._finish(db, unit_ids)
+
+    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
+        if not unit_ids:
+            return Finished()
+        now = time.time()
+        text = letter.to_json()
+        with self._transaction() as db:
+            db.executemany("UPDATE units SET status = 'dead', attempts = attempts + ?, response = ?, finished = ? "
+                           "WHERE id = ? AND status = 'pending'",
+                           [(letter.attempts, text, now, i) for i in unit_ids])
+            return self._finish(db, unit_ids)
+
+    def requeue_dead(self, unit_ids: Sequence[int] | None = None) -> int:
+        with self._transaction() as db:
+            if unit_ids is None:
+                ids = [r[0] for r in db.execute("SELECT id FROM units WHERE status = 'dead'")]
+            else:
+                ids = list(unit_ids)
+            count = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                count += db.execute(f"UPDATE units SET status = 'pending', attempts = 0, finished = NULL "
+                                    f"WHERE status = 'dead' AND id IN ({marks})", chunk).rowcount
+                db.execute(f"UPDATE events SET status = 'pending', finished = NULL WHERE id IN "
+                           f"(SELECT event_id FROM units WHERE id IN ({marks}))", chunk)
+            return count
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def counts(self, source: str | None = None) -> Counts:
+        db = self._db()
+        where, args = ("WHERE source = ?", (source,)) if source is not None else ("", ())
+        events = {s: 0 for s in EVENT_STATUSES}
+        for status, count in db.execute(f"SELECT status, count(*) FROM events {where} GROUP BY status", args):
+            events[str(status)] = int(count)
+        units = {s: 0 for s in UNIT_STATUSES}
+        join = "JOIN events e ON e.id = u.event_id WHERE e.source = ?" if source is not None else ""
+        for status, count in db.execute(f"SELECT u.status, count(*) FROM units u {join} GROUP BY u.status", args):
+            units[str(status)] = int(count)
+        return Counts(events, units)
+
+    def sources(self) -> list[dict[str, Any]]:
+        rows = self._db().execute("SELECT id, label, next_index, created FROM sources ORDER BY created")
+        return [dict(r) for r in rows]
+
+    def dead_letters(self, source: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = ("AND e.source = ?", (source,)) if source is not None else ("", ())
+        rows = self._db().execute(
+            "SELECT u.id AS unit, e.source, e.idx AS event, e.message_id AS messageId, u.rule, u.method, u.url, "
+            "u.headers, u.body_kind, u.body, u.attempts, u.response, u.finished "
+            f"FROM units u JOIN events e ON e.id = u.event_id WHERE u.status = 'dead' {where} ORDER BY u.id", args)
+        for row in rows:
+            record = dict(row)
+            record["headers"] = json.loads(record["headers"])
+            record["body"] = json.loads(record["body"]) if record["body"] is not None else None
+            record["response"] = json.loads(record["response"]) if record["response"] else None
+            yield record
+
+    def events(self, status: str, source: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = ("AND source = ?", (status, source)) if source is not None else ("", (status,))
+        rows = self._db().execute(
+            "SELECT id, source, idx AS event, message_id AS messageId, status, reason, notes, raw, created, finished "
+            f"FROM events WHERE status = ? {where} ORDER BY id", args)
+        for row in rows:
+            record = dict(row)
+            record["notes"] = json.loads(record["notes"]) if record["notes"] else []
+            record["raw"] = json.loads(record["raw"]) if record["raw"] else None
+            yield record
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self) -> SQLiteOutbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,66 @@
+"""What to do with an answer: deliver, retry (and when), dead-letter, or stop the run.
+
+The statuses and timings come from the mapping set's `retry`, `stop` and `item_errors` sections.
+Backoff is capped, jittered and exponential: `initial * multiplier**(n-1)`, at most `max`, then
+spread by ±`jitter`; a 429 waits at least its Retry-After.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from .config import RetryPolicy
+
+DELIVERED, RETRY, ITEM_ERRORS, DEAD, STOP = "delivered", "retry", "item_errors", "dead", "stop"
+
+
+@dataclass
+class Verdict:
+    action: str
+    reason: str = ""
+
+
+def classify(policy: RetryPolicy, status: int | None, stop: dict[int, str], item_error_status: int | None,
+             batched: bool) -> Verdict:
+    """`status` None means the request got no answer (a network error or a timeout)."""
+    if status is None:
+        return Verdict(RETRY if policy.network_errors else DEAD, "network error")
+    if 200 <= status < 300:
+        return Verdict(DELIVERED)
+    if status in stop:
+        return Verdict(STOP, stop[status])
+    if status in policy.statuses:
+        return Verdict(RETRY, f"HTTP {status}")
+    if batched and status == item_error_status:
+        return Verdict(ITEM_ERRORS, f"HTTP {status}")
+    return Verdict(DEAD, f"HTTP {status}")
+
+
+def backoff(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
+    """Seconds (API time) before try number attempt+1, after `attempt` failures (attempt ≥ 1)."""
+    base = min(policy.max_delay, policy.initial * policy.multiplier ** max(attempt - 1, 0))
+    if policy.jitter:
+        base *= rng.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
+    return float(min(base, policy.max_delay))
+
+
+def retry_after(value: Any) -> float | None:
+    """A Retry-After header: delta-seconds, or an HTTP date. None when absent or unreadable."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    import datetime
+
+    now = datetime.datetime.now(when.tzinfo or datetime.timezone.utc)
+    return max((when - now).total_seconds(), 0.0)

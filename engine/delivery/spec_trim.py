@@ -1,0 +1,116 @@
+"""Trim an OpenAPI document to the operations a mapping set calls, with everything they refer to.
+
+A mapping set ships the trimmed copy (its delivery section names it under `spec:`) so that the fake
+server can validate bodies on a machine that has only the installed package. The copy is made by
+this module and a test checks it is exactly the corresponding parts of the full document:
+
+    python -m engine.delivery.spec_trim FULL_SPEC.json --mappings SET [--out FILE]
+
+The operations kept are the set's declared endpoints (operationIds); path-level entries of their
+paths, the `$ref` closure of schemas/responses/parameters, the security schemes and the top-level
+`openapi`, `info`, `servers` and `security` are copied unchanged. One key is added: `x-trimmed`, a
+note saying where the copy came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _refs(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key == "$ref" and isinstance(child, str):
+                found.add(child)
+            else:
+                _refs(child, found)
+    elif isinstance(value, list):
+        for child in value:
+            _refs(child, found)
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    if not ref.startswith("#/"):
+        raise ValueError(f"only local $refs are supported, not {ref!r}")
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def trim_openapi(full: dict[str, Any], operation_ids: Sequence[str], note: str = "") -> dict[str, Any]:
+    """The parts of `full` that the given operations need (raises KeyError for an unknown id)."""
+    wanted = set(operation_ids)
+    paths: dict[str, Any] = {}
+    for template, item in full.get("paths", {}).items():
+        kept = {m: op for m, op in item.items() if m in _METHODS and op.get("operationId") in wanted}
+        if kept:
+            kept.update({k: v for k, v in item.items() if k not in _METHODS})
+            paths[template] = {k: item[k] for k in item if k in kept}  # the full document's key order
+            wanted -= {op.get("operationId") for op in kept.values() if isinstance(op, dict)}
+    if wanted:
+        raise KeyError(f"no operation(s) {', '.join(sorted(wanted))} in the document")
+    refs: set[str] = set()
+    _refs(paths, refs)
+    done: set[str] = set()
+    while refs - done:
+        ref = sorted(refs - done)[0]
+        done.add(ref)
+        _refs(_resolve(full, ref), refs)
+    components: dict[str, Any] = {}
+    for section, entries in full.get("components", {}).items():
+        if section == "securitySchemes":
+            components[section] = entries
+            continue
+        kept_entries = {name: entry for name, entry in entries.items() if f"#/components/{section}/{name}" in done}
+        if kept_entries:
+            components[section] = kept_entries
+    trimmed: dict[str, Any] = {}
+    for key in ("openapi", "info", "servers"):
+        if key in full:
+            trimmed[key] = full[key]
+    if note:
+        trimmed["x-trimmed"] = note
+    trimmed["paths"] = paths
+    trimmed["components"] = components
+    if "security" in full:
+        trimmed["security"] = full["security"]
+    return trimmed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..mapping_set import DEFAULT_SET, load_mapping_set
+    from .config import DeliveryPlan
+
+    parser = argparse.ArgumentParser(prog="python -m engine.delivery.spec_trim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("full", help="the full OpenAPI document (JSON)")
+    parser.add_argument("--mappings", default=DEFAULT_SET, help="the mapping set whose endpoints to keep")
+    parser.add_argument("--out", help="where to write (default: the file the set's delivery section names)")
+    parser.add_argument("--note", default="", help="the x-trimmed note (default: kept from the current copy)")
+    args = parser.parse_args(argv)
+    plan = DeliveryPlan.for_set(load_mapping_set(args.mappings))
+    out = Path(args.out) if args.out else plan.spec_path
+    if out is None:
+        print("the mapping set names no spec file; pass --out", file=sys.stderr)
+        return 2
+    note = args.note
+    if not note and out.is_file():
+        note = str(json.loads(out.read_text(encoding="utf-8")).get("x-trimmed", ""))
+    full = json.loads(Path(args.full).read_text(encoding="utf-8"))
+    trimmed = trim_openapi(full, list(plan.endpoints), note)
+    out.write_text(json.dumps(trimmed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out} ({len(trimmed['paths'])} paths, "
+          f"{sum(len(v) for v in trimmed['components'].values())} components)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

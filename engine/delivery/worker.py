@@ -1,0 +1,629 @@
+"""The delivery worker: drains an outbox to the API, with batching, order, rate limits and retries.
+
+    worker = DeliveryWorker(plan, outbox, sealer, base_url="https://api.example.com")
+    stats = await worker.run()          # returns when the input is complete and everything answered
+    # or, in a server: run() forever, call worker.notify() after recording events, worker.stop() to end
+
+The worker reads pending units (requests) from the outbox in input order, a window at a time, and
+places each one:
+
+- a unit the mapping set's `batching` can merge joins the open bulk call of its partition (same
+  URL, headers and body outside the items) if the call has room; otherwise it is sent on its own;
+- **order**: every unit carries keys — its event (`order.same_event`) and, per lane, each identifier
+  of the profile it is about (`order.same_profile`). A unit whose key is held by an earlier unit
+  that is not yet answered waits ("blocked"), unless both go in the same call, where items keep
+  input order. So an event's requests go out in rule order (a profile's import before its
+  subscription), and one profile's events in input order, never two calls for it at once.
+
+A call is dispatched when it is full, when it has waited `linger` seconds for more items, or at
+once when no more input can come; each endpoint's `RateLimiter` decides when. The answer decides:
+2xx marks every unit delivered; a stop status (401/403) ends the run with a configuration error,
+leaving the units pending; an item-error status (400 naming items by JSON pointer) dead-letters
+those items and resends the rest; a retryable status or a network error retries with backoff (a
+429 pauses the endpoint for Retry-After); anything else dead-letters the call's units with the
+response. Nothing is marked before the API has answered, so a crash resends only calls in flight.
+
+One process, one asyncio loop: `run` is a coroutine. Outbox calls run in worker threads
+(`asyncio.to_thread`), so a server's event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..mapping_set import PROGRAM
+from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
+from .config import BatchSpec, DeliveryPlan, Endpoint
+from .outbox import DeadLetter, Finished, Outbox, StoredUnit
+from .ratelimit import RateLimiter
+from .retry import DEAD, DELIVERED, ITEM_ERRORS, RETRY, STOP, backoff, classify, retry_after
+from .sealing import MissingSecret, Sealer
+
+log = logging.getLogger(f"{PROGRAM}.delivery")
+
+MAX_RESPONSE_TEXT = 16_000
+
+
+class DeliveryStopped(Exception):
+    """The API refused the configuration (401/403): no request can succeed until it is fixed."""
+
+
+@dataclass
+class WorkerOptions:
+    time_scale: float = 1.0  # the API's clock runs this much faster (a fake server's test mode)
+    concurrency: int = 8  # HTTP requests at once
+    max_calls: int = 64  # calls dispatched and not finished (incl. those waiting to retry)
+    window: int = 20_000  # units held in memory
+    linger: float = 0.5  # seconds a call that is not full waits for more items while input may come
+    poll: float = 0.5  # seconds between looks at the outbox when idle and more input may come
+    seed: int | None = None
+
+
+@dataclass
+class WorkerStats:
+    requests: int = 0
+    retried: int = 0  # requests that were retries
+    rate_limited: int = 0  # 429 answers
+    server_errors: int = 0
+    network_errors: int = 0
+    delivered_units: int = 0
+    dead_units: int = 0
+    delivered_events: int = 0
+    dead_events: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Unit:
+    __slots__ = ("id", "event_id", "rule", "method", "url", "headers", "body_kind", "body", "attempts",
+                 "endpoint", "target", "spec", "prepared", "keys", "oversized")
+
+    def __init__(self, stored: StoredUnit):
+        self.id = stored.id
+        self.event_id = stored.event_id
+        self.rule = stored.rule
+        self.method = stored.method
+        self.url = stored.url
+        self.headers = stored.headers
+        self.body_kind = stored.body_kind
+        self.body = stored.body
+        self.attempts = stored.attempts
+        self.endpoint: Endpoint | None = None
+        self.target: Endpoint | None = None
+        self.spec: BatchSpec | None = None
+        self.prepared: Prepared | None = None
+        self.keys: frozenset[str] = frozenset()
+        self.oversized = False
+
+
+class Slot:
+    """A call in the making, then in flight: one unit, or a bulk call of many."""
+
+    __slots__ = ("units", "builder", "target_name", "endpoint", "method", "url", "headers", "keys", "created",
+                 "sealed", "attempts", "rate_limited", "open_key")
+
+    def __init__(self, first: Unit, builder: BatchBuilder | None):
+        self.units: dict[int, Unit] = {}
+        self.builder = builder
+        self.endpoint = first.target
+        self.target_name = first.target.name if first.target is not None else ""
+        if builder is not None and first.spec is not None:
+            self.method = first.spec.target.method
+            query = first.url.partition("?")[2]
+            self.url = first.spec.target.path + ("?" + query if query else "")
+        else:
+            self.method = first.method
+            self.url = first.url
+        self.headers = first.headers
+        self.keys: set[str] = set()
+        self.created = time.monotonic()
+        self.sealed = builder is None
+        self.attempts = 0
+        self.rate_limited = 0
+        self.open_key: tuple[str, str] | None = None
+
+
+class DeliveryWorker:
+    """See the module docstring. One worker per outbox (per process, for the SQLite outbox)."""
+
+    def __init__(self, plan: DeliveryPlan, outbox: Outbox, sealer: Sealer, base_url: str,
+                 options: WorkerOptions | None = None, client: httpx.AsyncClient | None = None,
+                 on_progress: Callable[[WorkerStats], None] | None = None):
+        self.plan = plan
+        self.outbox = outbox
+        self.sealer = sealer
+        self.base_url = base_url.rstrip("/")
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self.on_progress = on_progress
+        self._client = client
+        self._rng = random.Random(self.options.seed)
+        scale = self.options.time_scale
+        margin = plan.retry.rate_limit_margin
+        self._limiters: dict[str, RateLimiter] = {
+            name: RateLimiter(endpoint.rate_windows, margin, scale) for name, endpoint in plan.endpoints.items()}
+        self._limiters[""] = RateLimiter([], 0.0, scale)
+        self._identifiers = plan.profile_identifiers
+        # placement state
+        self._holders: dict[str, set[Slot]] = {}
+        self._blocked: list[Unit] = []
+        self._blocked_keys: set[str] = set()
+        self._open: dict[tuple[str, str], Slot] = {}
+        self._queues: dict[str, list[Slot]] = {}
+        self._held = 0  # units in memory
+        self._cursor = 0
+        self._exhausted = False
+        self._input_complete = False
+        self._more = True
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._calls = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._http_slots: asyncio.Semaphore | None = None
+
+    # -- control (thread-safe) ---------------------------------------------------------------------------
+    def _poke(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def notify(self) -> None:
+        """New units were recorded in the outbox."""
+        self._more = True
+        self._poke()
+
+    def input_complete(self) -> None:
+        """No more units will be recorded: finish what is there, then `run` returns."""
+        self._input_complete = True
+        self._more = True
+        self._poke()
+
+    def stop(self) -> None:
+        """Finish the calls in flight, send nothing new, return from `run` (units stay pending)."""
+        self._stopping = True
+        self._poke()
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    async def run(self) -> WorkerStats:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._http_slots = asyncio.Semaphore(self.options.concurrency)
+        own_client = self._client is None
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.plan.retry.timeout),
+                limits=httpx.Limits(max_connections=self.options.concurrency,
+                                    max_keepalive_connections=self.options.concurrency))
+        try:
+            while True:
+                self._wake.clear()
+                if self._fatal is not None:
+                    raise self._fatal
+                if self._stopping:
+                    if not self._tasks:
+                        break
+                else:
+                    await self._refill()
+                now = time.monotonic()
+                deadline = self._dispatch(now)
+                if self._done():
+                    break
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                if not self._input_complete and not self._stopping:
+                    timeout = self.options.poll if timeout is None else min(timeout, self.options.poll)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if self._fatal is not None or self._tasks:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if own_client:
+                await self._client.aclose()
+                self._client = None
+        return self.stats
+
+    def _done(self) -> bool:
+        return (self._input_complete and self._exhausted and self._held == 0 and not self._tasks)
+
+    async def _refill(self) -> None:
+        if self._exhausted and not self._more:
+            return
+        room = self.options.window - self._held
+        if room <= 0:
+            return
+        complete = self._input_complete  # read before the query: then nothing can come after it
+        self._more = False
+        limit = min(room, 5000)
+        stored = await asyncio.to_thread(self.outbox.pending_units, self._cursor, limit)
+        if stored:
+            self._cursor = stored[-1].id
+        self._exhausted = len(stored) < limit and complete
+        if len(stored) == limit:
+            self._more = True
+        oversized: list[Unit] = []
+        for record in stored:
+            unit = self._prepare(record)
+            self._held += 1
+            if unit.oversized:
+                oversized.append(unit)
+                continue
+            self._place(unit)
+        for unit in oversized:
+            assert unit.spec is not None
+            await self._dead([unit], DeadLetter(None, None, f"the request is larger than the {unit.spec.max_bytes} "
+                                                            f"bytes a {unit.spec.name} call may carry", 0))
+            self._held -= 1
+
+    def _prepare(self, stored: StoredUnit) -> Unit:
+        unit = Unit(stored)
+        path = unit.url.partition("?")[0]
+        endpoint = self.plan.endpoint_for(unit.method, path) if unit.url.startswith("/") else None
+        unit.endpoint = unit.target = endpoint
+        keys: set[str] = set()
+        if self.plan.same_event:
+            keys.add(f"event:{unit.event_id}")
+        body: Any = None
+        ordered = bool(endpoint is not None and self.plan.same_profile and endpoint.lane
+                       and endpoint.profile is not None)
+        if unit.body_kind == "json" and unit.body is not None and endpoint is not None:
+            if ordered or endpoint.name in self.plan.by_source:
+                body = json.loads(unit.body)
+        if body is not None and endpoint is not None:
+            if ordered:
+                for profile in endpoint.profiles(body):
+                    for name in self._identifiers:
+                        value = profile.get(name)
+                        if value not in (None, ""):
+                            keys.add(f"{endpoint.lane}|{name}={value}")
+            spec = self.plan.by_source.get(endpoint.name)
+            if spec is not None:
+                context = f"{spec.target.method} {unit.url.partition('?')[2]} {unit.headers}"
+                prepared = prepare(spec, body, context)
+                if prepared is not None:
+                    unit.spec, unit.prepared, unit.target = spec, prepared, spec.target
+                    if prepared.layout.overhead + prepared.size > spec.max_bytes:
+                        unit.oversized = True
+        unit.keys = frozenset(keys)
+        return unit
+
+    # -- placement (order rules) ---------------------------------------------------------------------
+    def _block(self, unit: Unit) -> None:
+        self._blocked.append(unit)
+        self._blocked_keys.update(unit.keys)
+
+    def _hold(self, slot: Slot, unit: Unit) -> None:
+        slot.units[unit.id] = unit
+        for key in unit.keys:
+            slot.keys.add(key)
+            self._holders.setdefault(key, set()).add(slot)
+
+    def _new_slot(self, unit: Unit) -> Slot:
+        builder = None
+        if unit.prepared is not None and unit.spec is not None:
+            builder = BatchBuilder(unit.spec, unit.prepared.partition, unit.prepared.layout)
+        slot = Slot(unit, builder)
+        if builder is not None and unit.spec is not None and unit.prepared is not None:
+            slot.open_key = (unit.spec.name, unit.prepared.partition)
+            self._open[slot.open_key] = slot
+            builder.add(unit.id, unit.prepared)
+        self._queues.setdefault(slot.target_name, []).append(slot)
+        self._hold(slot, unit)
+        return slot
+
+    def _seal(self, slot: Slot) -> None:
+        slot.sealed = True
+        if slot.open_key is not None and self._open.get(slot.open_key) is slot:
+            del self._open[slot.open_key]
+
+    def _place(self, unit: Unit) -> None:
+        if unit.keys & self._blocked_keys:
+            self._block(unit)
+            return
+        owners: set[Slot] = set()
+        for key in unit.keys:
+            owners.update(self._holders.get(key, ()))
+        if unit.prepared is None or unit.spec is None:
+            if owners:
+                self._block(unit)
+            else:
+                self._new_slot(unit)
+            return
+        slot = self._open.get((unit.spec.name, unit.prepared.partition))
+        if slot is not None and owners <= {slot}:
+            assert slot.builder is not None
+            verdict = slot.builder.accepts(unit.prepared)
+            if verdict == "add":
+                slot.builder.add(unit.id, unit.prepared)
+                self._hold(slot, unit)
+                if slot.builder.full:
+                    self._seal(slot)
+                return
+            if verdict == "duplicate":
+                slot.builder.add_duplicate(unit.id)
+                self._hold(slot, unit)
+                return
+            if owners:
+                self._block(unit)
+                return
+            self._seal(slot)  # full, or a unique key clash: this call is done, start another
+        elif owners:
+            self._block(unit)
+            return
+        new = self._new_slot(unit)
+        if new.builder is not None and new.builder.full:
+            self._seal(new)
+
+    def _release(self, slot: Slot) -> None:
+        for key in slot.keys:
+            holders = self._holders.get(key)
+            if holders is not None:
+                holders.discard(slot)
+                if not holders:
+                    del self._holders[key]
+        self._held -= len(slot.units)
+        slot.units.clear()
+        if self._blocked:
+            waiting, self._blocked, self._blocked_keys = self._blocked, [], set()
+            for unit in waiting:
+                self._place(unit)
+
+    # -- dispatch --------------------------------------------------------------------------------------
+    def _dispatchable(self, slot: Slot, now: float) -> bool:
+        if slot.sealed or self._exhausted or self._held >= self.options.window or self._stopping:
+            return True
+        return now - slot.created >= self.options.linger
+
+    def _dispatch(self, now: float) -> float | None:
+        """Start every call that may go now; returns when to look again (None: on the next event)."""
+        if self._stopping:
+            return None
+        deadline: float | None = None
+        for name, queue in self._queues.items():
+            limiter = self._limiters.get(name) or self._limiters[""]
+            while queue and self._calls < self.options.max_calls:
+                ready = next((s for s in queue if self._dispatchable(s, now)), None)
+                if ready is None:
+                    oldest = min(s.created for s in queue) + self.options.linger
+                    deadline = oldest if deadline is None else min(deadline, oldest)
+                    break
+                wait = limiter.delay(now)
+                if wait > 0:
+                    deadline = now + wait if deadline is None else min(deadline, now + wait)
+                    break
+                limiter.record(now)
+                queue.remove(ready)
+                self._seal(ready)
+                self._start(ready)
+        return deadline
+
+    def _start(self, slot: Slot) -> None:
+        self._calls += 1
+        task = asyncio.get_running_loop().create_task(self._run_call(slot))
+        self._tasks.add(task)
+
+    async def _run_call(self, slot: Slot) -> None:
+        try:
+            await self._deliver(slot)
+        except DeliveryStopped as exc:
+            self._fatal = exc
+        except asyncio.CancelledError:
+            raise
+        except MissingSecret as exc:
+            self._fatal = DeliveryStopped(str(exc))
+        except Exception as exc:  # a bug must not lose units: they stay pending in the outbox
+            log.exception("delivery call failed")
+            self._fatal = exc
+        finally:
+            self._calls -= 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+            self._release(slot)
+            if self._wake is not None:
+                self._wake.set()
+
+    # -- one call --------------------------------------------------------------------------------------
+    def _render(self, slot: Slot) -> tuple[bytes, Rendered | None]:
+        if slot.builder is not None:
+            rendered = slot.builder.render()
+            text = rendered.body.decode()
+            return self.sealer.unseal(text).encode(), rendered
+        unit = next(iter(slot.units.values()))
+        if unit.body is None:
+            return b"", None
+        body = self.sealer.unseal(unit.body)
+        if unit.body_kind == "form":
+            from urllib.parse import urlencode
+            return urlencode(json.loads(body)).encode(), None
+        return body.encode(), None
+
+    def _target_url(self, slot: Slot) -> str:
+        url = self.sealer.unseal(slot.url, json_text=False)
+        return self.base_url + url if url.startswith("/") else url
+
+    def _body_units(self, slot: Slot) -> list[int]:
+        if slot.builder is None:
+            return list(slot.units)
+        return [entry.unit for entry in slot.builder.entries]
+
+    async def _deliver(self, slot: Slot) -> None:
+        assert self._client is not None and self._http_slots is not None
+        policy = self.plan.retry
+        limiter = self._limiters.get(slot.target_name) or self._limiters[""]
+        headers = json.loads(self.sealer.unseal(slot.headers))
+        url = self._target_url(slot)
+        body, rendered = self._render(slot)
+        first = True
+        while True:
+            if not first:
+                await limiter.acquire()
+            first = False
+            status: int | None = None
+            text: str | None = None
+            response_headers: httpx.Headers | None = None
+            error = ""
+            async with self._http_slots:
+                try:
+                    response = await self._client.request(slot.method, url, content=body or None, headers=headers)
+                    status, response_headers = response.status_code, response.headers
+                    text = response.text[:MAX_RESPONSE_TEXT]
+                except httpx.TransportError as exc:
+                    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.stats.requests += 1
+            if slot.attempts or slot.rate_limited:
+                self.stats.retried += 1
+            verdict = classify(policy, status, self.plan.stop, self.plan.item_error_status, slot.builder is not None)
+            if verdict.action == DELIVERED:
+                await self._delivered(slot)
+                return
+            if verdict.action == STOP:
+                raise DeliveryStopped(self._stop_message(slot, status, verdict.reason, text))
+            if verdict.action == ITEM_ERRORS and rendered is not None:
+                if await self._item_errors(slot, rendered, status, text):
+                    if not slot.builder or not slot.builder.entries:
+                        return
+                    body, rendered = self._render(slot)
+                    continue
+                verdict.action = DEAD
+            if verdict.action == RETRY:
+                if status == 429:
+                    self.stats.rate_limited += 1
+                    slot.rate_limited += 1
+                    if slot.rate_limited > policy.max_rate_limited:
+                        await self._dead(self._all_units(slot), self._letter(status, text, error, slot,
+                                                                             "too many 429 answers"))
+                        return
+                    after = retry_after(response_headers.get(policy.retry_after_header)) if response_headers else None
+                    wait = after if after is not None else backoff(policy, slot.rate_limited, self._rng)
+                    limiter.pause(wait)
+                else:
+                    if status is None:
+                        self.stats.network_errors += 1
+                    else:
+                        self.stats.server_errors += 1
+                    slot.attempts += 1
+                    if slot.attempts >= policy.max_attempts:
+                        await self._dead(self._all_units(slot), self._letter(status, text, error, slot,
+                                                                             f"gave up after {slot.attempts} tries"))
+                        return
+                    wait = backoff(policy, slot.attempts, self._rng)
+                log.debug("retrying %s %s after %s in %.3fs", slot.method, url, status or error, wait)
+                await asyncio.sleep(wait / self.options.time_scale)
+                continue
+            await self._dead(self._all_units(slot), self._letter(status, text, error, slot, verdict.reason))
+            return
+
+    def _all_units(self, slot: Slot) -> list[Unit]:
+        return list(slot.units.values())
+
+    def _letter(self, status: int | None, text: str | None, error: str, slot: Slot, reason: str) -> DeadLetter:
+        detail = f"{reason}: {error}" if error else reason
+        return DeadLetter(status, self.sealer.mask(text) if text is not None else None, self.sealer.mask(detail),
+                          slot.attempts + slot.rate_limited + 1)
+
+    def _stop_message(self, slot: Slot, status: int | None, template: str, text: str | None) -> str:
+        endpoint = slot.endpoint
+        name = endpoint.name if endpoint is not None else slot.url
+        scopes = ", ".join(endpoint.scopes) if endpoint is not None and endpoint.scopes else "(not listed)"
+        try:
+            message = template.format(endpoint=name, scopes=scopes, status=status)
+        except (KeyError, IndexError, ValueError):
+            message = template
+        detail = ""
+        if text:
+            try:
+                errors = json.loads(text).get("errors") or []
+                detail = "; ".join(str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict))
+            except (ValueError, AttributeError):
+                detail = text[:200]
+        where = f"{slot.method} {slot.url.partition('?')[0]}"
+        full = f"HTTP {status} on {where} ({name}): {message}" + (f" — the API said: {detail}" if detail else "")
+        return self.sealer.mask(full)
+
+    async def _delivered(self, slot: Slot) -> None:
+        ids = list(slot.units)
+        attempts = slot.attempts + slot.rate_limited + 1
+        finished: Finished = await asyncio.to_thread(self.outbox.mark_delivered, ids, attempts)
+        self.stats.delivered_units += len(ids)
+        self.stats.delivered_events += finished.delivered
+        self.stats.dead_events += finished.dead
+        self._progress()
+
+    async def _dead(self, units: list[Unit], letter: DeadLetter) -> None:
+        ids = [u.id for u in units]
+        finished: Finished = await asyncio.to_thread(self.outbox.mark_dead, ids, letter)
+        self.stats.dead_units += len(ids)
+        self.stats.delivered_events += finished.delivered
+        self.stats.dead_events += finished.dead
+        log.warning("dead-lettered %d request(s): %s", len(ids), letter.error)
+        self._progress()
+
+    async def _item_errors(self, slot: Slot, rendered: Rendered, status: int | None, text: str | None) -> bool:
+        """Dead-letter the items a 400 names; False when the errors do not all name items."""
+        assert slot.builder is not None
+        try:
+            document = json.loads(text or "")
+        except ValueError:
+            return False
+        pointers = self.plan.item_error_pointers.search(document) if self.plan.item_error_pointers else None
+        if not isinstance(pointers, list) or not pointers:
+            return False
+        named, all_named = units_named(rendered, pointers)
+        if not named or not all_named:
+            return False
+        errors = document.get("errors") if isinstance(document, dict) else None
+        per_unit: dict[int, list[Any]] = {}
+        for error in errors if isinstance(errors, list) else []:
+            pointer = self.plan.item_error_pointers.search({"errors": [error]}) or []
+            for unit_id in units_named(rendered, pointer)[0]:
+                per_unit.setdefault(unit_id, []).append(error)
+        duplicates_of = self._duplicates_by_original(slot)
+        for unit_id in sorted(named):
+            victims = [slot.units[unit_id]] + [slot.units[d] for d in duplicates_of.get(unit_id, []) if d in slot.units]
+            condemning = json.dumps({"errors": per_unit.get(unit_id, [])}, ensure_ascii=False)
+            await self._dead(victims, self._letter(status, condemning, "", slot, "the API refused this item"))
+            for victim in victims:
+                del slot.units[victim.id]
+            self._held -= len(victims)
+        slot.builder.remove(named)
+        slot.builder.duplicates = [d for d in slot.builder.duplicates if d in slot.units]
+        return True
+
+    def _duplicates_by_original(self, slot: Slot) -> dict[int, list[int]]:
+        """Which unit in the body each ride-along duplicate repeats (same group and unique key)."""
+        assert slot.builder is not None
+        by_key: dict[tuple[str | None, str], int] = {}
+        for entry in slot.builder.entries:
+            if entry.prepared.unique is not None:
+                by_key[(entry.prepared.group, entry.prepared.unique)] = entry.unit
+        result: dict[int, list[int]] = {}
+        for unit_id in slot.builder.duplicates:
+            unit = slot.units.get(unit_id)
+            if unit is None or unit.prepared is None or unit.prepared.unique is None:
+                continue
+            original = by_key.get((unit.prepared.group, unit.prepared.unique))
+            if original is not None:
+                result.setdefault(original, []).append(unit_id)
+        return result
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            try:
+                self.on_progress(self.stats)
+            except Exception:  # a display problem must not stop delivery
+                log.exception("progress callback failed")
