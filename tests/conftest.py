@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from engine.delivery.fake_server import FakeServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -17,3 +22,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def fake_klaviyo() -> Iterator[Callable[..., FakeServer]]:
+    """Start a fake Klaviyo on 127.0.0.1 (a free port): `fake = fake_klaviyo(error_rate=0.2, ...)`
+    takes FakeOptions fields; `fake.url`, `fake.store`. Every one started is stopped after the test."""
+    from engine.delivery.config import DeliveryPlan
+    from engine.delivery.fake_server import FakeOptions, FakeServer
+    from engine.mapping_set import load_mapping_set
+
+    plan = DeliveryPlan.for_set(load_mapping_set("klaviyo"))
+    started: list[FakeServer] = []
+
+    def start(**options: Any) -> FakeServer:
+        fake = FakeServer(plan, FakeOptions(**options)).start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        fake.stop()
