@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import Expression, ExpressionError, _normalize_key, compile_expression, is_truthy
+from .expressions import Expression, ExpressionError, _normalize_key, compile_expression
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
 from .templates import TemplateError, compile_template, looks_like_template
@@ -61,11 +61,15 @@ def _locate(error: EvalError, field_path: str, position: Position) -> FieldError
     return FieldError(str(error), field_path, position)
 
 
+NOT_CONSTANT: Any = object()  # Compiled.constant of a value computed per event
+
+
 @dataclass
 class Compiled:
     evaluate: Evaluate
     paths: set[tuple[str, ...]] = field(default_factory=set)  # root paths read directly
     var_refs: set[str] = field(default_factory=set)  # named values read (vars.NAME)
+    constant: Any = NOT_CONSTANT  # an immutable scalar when the value is always that scalar
 
     @property
     def reads_event(self) -> bool:
@@ -193,9 +197,11 @@ class ValueCompiler:
 
         def test(scope: Scope) -> bool:
             try:
-                return is_truthy(evaluate(scope))
+                value = evaluate(scope)
             except EvalError as exc:
                 raise _locate(exc, field_path, position) from None
+            # JMESPath truthiness (is_truthy), inline: false, null, "", [] and {} are false; 0 is true.
+            return not (value is None or value is False or (not value and isinstance(value, (str, list, dict))))
 
         return self._with_deps(test, [expression])
 
@@ -235,7 +241,7 @@ class ValueCompiler:
         if isinstance(node, str) and looks_like_template(node):
             return self.template(node, place, field_path)
         constant = node
-        return Compiled(lambda scope: constant)
+        return Compiled(lambda scope: constant, constant=constant)
 
     def template(self, text: Any, place: ScalarPlace, field_path: str) -> Compiled:
         if not isinstance(text, str):
@@ -267,13 +273,23 @@ class ValueCompiler:
             key: self.value(value, node.value_places[key], f"{field_path}.{key}" if field_path else key)
             for key, value in node.items()
         }
-        items = [(key, part.evaluate) for key, part in parts.items()]
+        # The object's keys in order, constants already in place: each event copies this layout and
+        # fills in (or drops) only the keys computed per event.
+        layout = {key: None if part.constant is NOT_CONSTANT else part.constant for key, part in parts.items()}
+        computed = [(key, part.evaluate) for key, part in parts.items() if part.constant is NOT_CONSTANT]
+        copy_layout = layout.copy
+        if not computed:
+            if omit_empty and not layout:
+                return Compiled(lambda scope: ABSENT)
+            return Compiled(lambda scope: copy_layout())
 
         def build_object(scope: Scope) -> Any:
-            out = {}
-            for key, evaluate in items:
+            out = copy_layout()
+            for key, evaluate in computed:
                 value = evaluate(scope)
-                if value is not ABSENT:
+                if value is ABSENT:
+                    del out[key]
+                else:
                     out[key] = value
             if omit_empty and not out:
                 return ABSENT
@@ -347,7 +363,7 @@ class ValueCompiler:
         else:
             pairs = [(sources, place)]
         expressions = [e for e in (self.expression(t, p, field_path, loose) for t, p in pairs) if e is not None]
-        evaluators = [expression.evaluate for expression in expressions]
+        evaluators = [_named_value_reader(expression) or expression.evaluate for expression in expressions]
         position = place.position
         if len(evaluators) == 1:
             only = evaluators[0]
@@ -396,7 +412,9 @@ class ValueCompiler:
 
     def _directive_literal(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         constant = _plain(node["literal"])
-        return Compiled(lambda scope: constant)
+        if isinstance(constant, (dict, list)):
+            return Compiled(lambda scope: constant)
+        return Compiled(lambda scope: constant, constant=constant)
 
     def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         condition = self.condition(node["if"], place, field_path + ".if")
@@ -680,6 +698,27 @@ class ValueCompiler:
             return out
 
         return Compiled(build, *_merge_deps(list(parts.values())))
+
+
+def _named_value_reader(expression: Expression) -> Evaluate | None:
+    """For `vars.NAME`, a reader of the named value straight from the scope, else None.
+
+    The evaluator puts the named values in every scope under `vars`, a dict that computes a
+    name on first use (evaluate.Vars); reading it by key skips the generic path walk.
+    """
+    ast = expression.ast
+    if ast["type"] != "subexpression" or len(ast["children"]) != 2:
+        return None
+    root, leaf = ast["children"]
+    if root["type"] != "field" or root["value"] != "vars" or leaf["type"] != "field":
+        return None
+    name = leaf["value"]
+
+    def read_named_value(scope: Scope) -> Any:
+        named = scope.get("vars")
+        return None if named is None else named[name]
+
+    return read_named_value
 
 
 def _plain(value: Any) -> Any:
