@@ -169,16 +169,25 @@ def fingerprint(value: Any) -> str:
 
 def longest_string(value: Any) -> int:
     """Length in UTF-8 bytes of the longest string anywhere inside a value (keys included)."""
+    # A string of n characters takes n to 4n bytes: encode only those that could be the longest,
+    # and count ASCII ones without encoding them. Scalars inside objects are looked at in place.
     best = 0
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            best = max(best, len(item.encode()))
+            if len(item) * 4 > best:
+                best = max(best, len(item) if item.isascii() else len(item.encode()))
         elif isinstance(item, dict):
             for k, v in item.items():
-                best = max(best, len(str(k).encode()))
-                stack.append(v)
+                key = k if isinstance(k, str) else str(k)
+                if len(key) * 4 > best:
+                    best = max(best, len(key) if key.isascii() else len(key.encode()))
+                if isinstance(v, str):
+                    if len(v) * 4 > best:
+                        best = max(best, len(v) if v.isascii() else len(v.encode()))
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
         elif isinstance(item, list):
             stack.extend(item)
     return best
