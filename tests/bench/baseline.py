@@ -3,10 +3,12 @@
 `KlaviyoBaseline(settings).map(event, index)` returns the requests the `klaviyo` set produces for the
 event, as `map` prints them (`Request.to_output()`): a list of dicts, empty when the event is
 skipped or rejected. It is what a competent engineer would write without a rule engine: straight
-dict lookups, the settings read once, headers built once, the few helpers the rules need written
-out, and no tricks that would make it hard to maintain. The leaf functions whose exact decimal
-behaviour matters (amounts, multiplication, number casts) are shared with the engine, since a
-hand-written destination would use the same helpers and the output must be byte-identical.
+dict lookups, the settings read once, headers built once, the small helpers the rules need written
+out, and no tricks that would make it hard to maintain. The non-trivial leaf functions (money
+amounts and decimal multiplication, number casts, E.164 phone numbers, ISO-8601 times, the
+longest-string limit check) are the engine's own (engine/functions.py): a hand-written destination
+would use the same helpers, the output must be byte-identical, and so the comparison measures what
+the rule engine adds, not two implementations of phone parsing.
 
 It follows mappings/klaviyo/ rule by rule; when that set changes, this file must change with it,
 and `run.py` fails (showing the first difference) until it does.
@@ -15,12 +17,9 @@ and `run.py` fails (showing the first difference) until it does.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Any
 
-import phonenumbers
-
-from engine.functions import EvalError, multiply, parse_amount, to_number
+from engine.functions import EvalError, e164, longest_string, multiply, parse_amount, to_iso8601, to_number
 
 BASE_URL = "https://a.klaviyo.com"
 DEFAULTS: dict[str, Any] = {"confirmOptin": True, "enforceEmail": False, "sendAnonymous": False,
@@ -83,57 +82,8 @@ def to_bool(value: Any) -> bool:
     raise Rejected(f"{value!r} is not a boolean")
 
 
-def iso8601(value: Any) -> str:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise Rejected(f"{value!r} is not an ISO-8601 date-time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.isoformat()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = value / 1000 if abs(value) >= 100_000_000_000 else value
-        return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
-    raise Rejected(f"{value!r} is not a date-time")
-
-
 def is_email(value: Any) -> bool:
     return isinstance(value, str) and _EMAIL.match(value) is not None
-
-
-def e164(value: Any, region: Any) -> str | None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
-        return None
-    try:
-        number = phonenumbers.parse(str(value).strip(), region if isinstance(region, str) and region else None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def longest_string(value: Any) -> int:
-    """Length in UTF-8 bytes of the longest string in a value, keys included (Klaviyo's 100 KB limit)."""
-    best = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if len(item) * 4 > best:  # a str of n characters is at most 4n bytes
-                best = max(best, len(item.encode()))
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if len(key) * 4 > best:
-                    best = max(best, len(str(key).encode()))
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return best
 
 
 def first(*values: Any) -> Any:
@@ -269,7 +219,7 @@ class KlaviyoBaseline:
         time = first(event.get("timestamp"), event.get("originalTimestamp"), event.get("receivedAt"),
                      event.get("sentAt"))
         if time is not None:
-            time = iso8601(time)
+            time = to_iso8601(time)
         if kind == "page":
             return [self._page(event, index, properties, time, message_id, profile)]
         name = event.get("event")
@@ -329,7 +279,7 @@ class KlaviyoBaseline:
             if not confirm:
                 time = first(event.get("timestamp"), event.get("originalTimestamp"), event.get("receivedAt"),
                              event.get("sentAt"))
-                time = None if time is None else iso8601(time)
+                time = None if time is None else to_iso8601(time)
                 if not truthy(time):
                     raise Rejected("confirmOptin is false, so the event needs a timestamp to send as consented_at")
             marketing: dict[str, Any] = {"consent": "SUBSCRIBED"}
