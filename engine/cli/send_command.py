@@ -68,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--source-id", metavar="NAME",
                         help="name the input for resuming (default: a hash of its first 64 KiB)")
     parser.add_argument("--concurrency", type=int, default=8, metavar="N", help="HTTP requests at once (default 8)")
-    parser.add_argument("--linger", type=float, default=0.5, metavar="SECONDS",
+    parser.add_argument("--linger", type=float, default=0.25, metavar="SECONDS",
                         help="how long a bulk call that is not full waits for more items while input is read")
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                         help="the API's clock runs X times faster (only for a fake started with the same "

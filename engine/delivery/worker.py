@@ -63,7 +63,7 @@ class WorkerOptions:
     concurrency: int = 8  # HTTP requests at once
     max_calls: int = 64  # calls dispatched and not finished (incl. those waiting to retry)
     window: int = 20_000  # units held in memory
-    linger: float = 0.5  # seconds a call that is not full waits for more items while input may come
+    linger: float = 0.25  # seconds a call that is not full waits for more items while input may come
     poll: float = 0.5  # seconds between looks at the outbox when idle and more input may come
     seed: int | None = None
 
@@ -156,6 +156,7 @@ class DeliveryWorker:
         self._holders: dict[str, set[Slot]] = {}
         self._blocked: list[Unit] = []
         self._blocked_keys: set[str] = set()
+        self._blocked_for: dict[tuple[str, str], int] = {}  # blocked units per open-call key they may join
         self._open: dict[tuple[str, str], Slot] = {}
         self._queues: dict[str, list[Slot]] = {}
         self._held = 0  # units in memory
@@ -305,6 +306,9 @@ class DeliveryWorker:
     def _block(self, unit: Unit) -> None:
         self._blocked.append(unit)
         self._blocked_keys.update(unit.keys)
+        if unit.spec is not None and unit.prepared is not None:
+            key = (unit.spec.name, unit.prepared.partition)
+            self._blocked_for[key] = self._blocked_for.get(key, 0) + 1
 
     def _hold(self, slot: Slot, unit: Unit) -> None:
         slot.units[unit.id] = unit
@@ -379,14 +383,18 @@ class DeliveryWorker:
         slot.units.clear()
         if self._blocked:
             waiting, self._blocked, self._blocked_keys = self._blocked, [], set()
+            self._blocked_for = {}
             for unit in waiting:
                 self._place(unit)
 
     # -- dispatch --------------------------------------------------------------------------------------
     def _dispatchable(self, slot: Slot, now: float) -> bool:
-        if slot.sealed or self._exhausted or self._held >= self.options.window or self._stopping:
+        """Full calls go at once; others wait up to `linger` for more items, unless none can come."""
+        if slot.sealed or self._stopping or now - slot.created >= self.options.linger:
             return True
-        return now - slot.created >= self.options.linger
+        if self._exhausted or self._held >= self.options.window:
+            return slot.open_key is None or not self._blocked_for.get(slot.open_key)
+        return False
 
     def _dispatch(self, now: float) -> float | None:
         """Start every call that may go now; returns when to look again (None: on the next event)."""

@@ -1,0 +1,109 @@
+"""The klaviyo set's delivery section: it matches Klaviyo's spec, and a broken one is reported at FILE:LINE:COL."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import KLAVIYO_SPEC
+
+from engine.delivery.config import DeliveryPlan
+from engine.delivery.spec_trim import trim_openapi
+from engine.mapping_set import load_mapping_set
+from engine.problems import MappingSetError
+
+SET = Path(__file__).resolve().parent.parent / "mappings" / "klaviyo"
+needs_spec = pytest.mark.skipif(not KLAVIYO_SPEC.is_file(), reason="../shared/klaviyo-openapi is not here")
+
+
+@pytest.fixture(scope="module")
+def plan() -> DeliveryPlan:
+    return DeliveryPlan.for_set(load_mapping_set("klaviyo"))
+
+
+@pytest.fixture(scope="module")
+def full_spec() -> dict:
+    return json.loads(KLAVIYO_SPEC.read_text(encoding="utf-8"))
+
+
+@needs_spec
+def test_the_shipped_spec_is_exactly_the_full_specs_parts(plan: DeliveryPlan, full_spec: dict) -> None:
+    assert plan.spec_path is not None
+    shipped = json.loads(plan.spec_path.read_text(encoding="utf-8"))
+    assert "MIT" in shipped["x-trimmed"]
+    assert shipped == trim_openapi(full_spec, list(plan.endpoints), shipped["x-trimmed"])
+    # and, spelled out: every operation, schema and response in the copy is the full document's own
+    for template, item in shipped["paths"].items():
+        for method, operation in item.items():
+            assert operation == full_spec["paths"][template][method]
+    for section, entries in shipped["components"].items():
+        for name, entry in entries.items():
+            assert entry == full_spec["components"][section][name], f"{section}/{name}"
+    assert {k: v for k, v in shipped.items() if k not in ("paths", "components", "x-trimmed")} == \
+        {k: full_spec[k] for k in ("openapi", "info", "servers", "security")}
+
+
+@needs_spec
+def test_rate_limits_and_scopes_are_the_published_ones(plan: DeliveryPlan, full_spec: dict) -> None:
+    for name, endpoint in plan.endpoints.items():
+        operation = full_spec["paths"][endpoint.path][endpoint.method.lower()]
+        assert operation["operationId"] == name
+        published = operation["x-klaviyo-ratelimit"]
+        declared = {w.name: f"{w.limit}/{'s' if w.seconds == 1 else 'm'}" for w in endpoint.rate_windows}
+        assert declared == published, name
+        assert endpoint.scopes == operation["x-klaviyo-scopes"]
+
+
+def test_batching_caps_are_klaviyos(plan: DeliveryPlan) -> None:
+    caps = {spec.name: (spec.source.name, spec.target.name, spec.max_items, spec.max_bytes) for spec in plan.batches}
+    assert caps == {
+        "events": ("create_event", "bulk_create_events", 1000, 5_000_000),
+        "subscribes": ("bulk_subscribe_profiles", "bulk_subscribe_profiles", 1000, 5_000_000),
+        "unsubscribes": ("bulk_unsubscribe_profiles", "bulk_unsubscribe_profiles", 100, 5_000_000),
+    }
+    assert plan.retry.statuses == {429, 500, 502, 503, 504, 524}
+    assert set(plan.stop) == {401, 403}
+
+
+def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:
+    folder = tmp_path / "klaviyo-broken"
+    shutil.copytree(SET, folder)
+    delivery = folder / "delivery.yaml"
+    text = delivery.read_text(encoding="utf-8")
+    assert old in text
+    delivery.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("max_items: 1000                   # events per call", "max_items: lots", "'max_items' must be a integer"),
+    ("rate_limit: {burst: 10/s, steady: 150/m}", "rate_limit: {burst: 10/s, steady: fast}", "does not match"),
+    ("from: create_event", "from: create_events", "no endpoint 'create_events'"),
+    ("                    data: $items", "                    data: $itemz", "unknown placeholder '$itemz'"),
+    ("request: POST /api/profile-import", "request: POST /api/profile-imports",
+     "the spec has POST /api/profile-import"),
+    ("  statuses: [429", "  status: [429", "unknown key 'status'"),
+    ("pointers: \"errors[].source.pointer\"", "pointers: \"errors[\"", "not a JMESPath expression"),
+])
+def test_a_broken_delivery_section_is_reported_at_its_place(tmp_path: Path, old: str, new: str, message: str) -> None:
+    folder = _broken_copy(tmp_path, old, new)
+    with pytest.raises(MappingSetError) as raised:
+        load_mapping_set(folder)
+    problems = [str(p) for p in raised.value.problems]
+    hits = [p for p in problems if message in p]
+    assert hits, problems
+    assert re.match(r".*delivery\.yaml:\d+:\d+: ", hits[0]), hits[0]
+    line = int(hits[0].split("delivery.yaml:")[1].split(":")[0])
+    assert new.split(":")[0].strip().split()[0] in (folder / "delivery.yaml").read_text().splitlines()[line - 1]
+
+
+def test_validate_command_reports_delivery_problems(tmp_path: Path) -> None:
+    from delivery_helpers import run_cli
+
+    folder = _broken_copy(tmp_path, "max_items: 100 ", "max_items: 0 ")
+    result = run_cli("validate", folder)
+    assert result.returncode == 1
+    assert "delivery.yaml:" in result.stdout and "max_items" in result.stdout
