@@ -123,10 +123,13 @@ class Ingester:
         return NewEvent(message_id, "pending", notes=notes, units=units), result
 
     def record_batch(self, source: str, events: list[Any], label: str = "") -> list[tuple[NewEvent, MapResult | None]]:
-        """Map and record events at the end of `source`, atomically (all or none)."""
+        """Map and record events at the end of `source`, atomically (all or none).
+
+        Safe to call from several threads at once: the end is found in the recording transaction
+        (the index given to the mapper is only an estimate then; nothing stored depends on it)."""
         start = self.outbox.progress(source)
         records = [self.to_record(event, start + i) for i, event in enumerate(events)]
-        self.outbox.add_events(source, start, [r for r, _ in records], label)
+        self.outbox.append_events(source, [r for r, _ in records], label)
         return records
 
     def ingest(self, events: Iterable[Any], source: str, label: str = "", chunk: int = 500,

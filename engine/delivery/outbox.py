@@ -124,6 +124,13 @@ class Outbox(ABC):
         Events below the source's progress are already recorded and are left out."""
 
     @abstractmethod
+    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "") -> int:
+        """Record events at the end of a source, atomically; returns the index of the first.
+
+        Unlike `add_events` with `progress()` read beforehand, the end is found inside the same
+        transaction, so several threads (a server's requests) may append to one source at once."""
+
+    @abstractmethod
     def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
         """Pending units with id > after_id, in id (input) order."""
 
@@ -276,38 +283,49 @@ class SQLiteOutbox(Outbox):
         return int(row[0]) if row else 0
 
     def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
-        now = time.time()
+        with self._transaction() as db:
+            return self._add_events(db, source, first_index, events, label)
+
+    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "") -> int:
         with self._transaction() as db:
             row = db.execute("SELECT next_index FROM sources WHERE id = ?", (source,)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO sources (id, label, next_index, created) VALUES (?, ?, 0, ?)",
-                           (source, label, now))
-                done = 0
-            else:
-                done = int(row[0])
-            if first_index > done:
-                raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
-            units: list[tuple[Any, ...]] = []
-            for offset, event in enumerate(events):
-                index = first_index + offset
-                if index < done:
-                    continue
-                status = event.status if event.units or event.status != "pending" else "skipped"
-                cursor = db.execute(
-                    "INSERT INTO events (source, idx, message_id, status, reason, notes, raw, created, finished) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (source, index, event.message_id, status, event.reason,
-                     json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
-                     None if status == "pending" else now))
-                event_id = cursor.lastrowid
-                for unit in event.units:
-                    units.append((event_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
-                                  unit.body_kind, unit.body))
-            if units:
-                db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
-                               "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)
-            progress = max(done, first_index + len(events))
-            db.execute("UPDATE sources SET next_index = ? WHERE id = ?", (progress, source))
+            first = int(row[0]) if row else 0
+            self._add_events(db, source, first, events, label)
+        return first
+
+    def _add_events(self, db: sqlite3.Connection, source: str, first_index: int, events: Sequence[NewEvent],
+                    label: str) -> int:
+        now = time.time()
+        row = db.execute("SELECT next_index FROM sources WHERE id = ?", (source,)).fetchone()
+        if row is None:
+            db.execute("INSERT INTO sources (id, label, next_index, created) VALUES (?, ?, 0, ?)",
+                       (source, label, now))
+            done = 0
+        else:
+            done = int(row[0])
+        if first_index > done:
+            raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
+        units: list[tuple[Any, ...]] = []
+        for offset, event in enumerate(events):
+            index = first_index + offset
+            if index < done:
+                continue
+            status = event.status if event.units or event.status != "pending" else "skipped"
+            cursor = db.execute(
+                "INSERT INTO events (source, idx, message_id, status, reason, notes, raw, created, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (source, index, event.message_id, status, event.reason,
+                 json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
+                 None if status == "pending" else now))
+            event_id = cursor.lastrowid
+            for unit in event.units:
+                units.append((event_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
+                              unit.body_kind, unit.body))
+        if units:
+            db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
+                           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)
+        progress = max(done, first_index + len(events))
+        db.execute("UPDATE sources SET next_index = ? WHERE id = ?", (progress, source))
         return progress
 
     def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
