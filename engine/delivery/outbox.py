@@ -108,6 +108,8 @@ class Finished:
 
     delivered: int = 0
     dead: int = 0
+    # seconds from recording to delivery of each event delivered by the call (for latency metrics)
+    latencies: list[float] = field(default_factory=list)
 
 
 class Outbox(ABC):
@@ -360,6 +362,10 @@ class SQLiteOutbox(Outbox):
                     finished.delivered += int(count)
                 elif status == "dead":
                     finished.dead += int(count)
+            if finished.delivered:
+                finished.latencies += [float(r[0]) for r in db.execute(
+                    f"SELECT finished - created FROM events WHERE id IN ({emarks}) AND status = 'delivered'",
+                    event_ids)]
         return finished
 
     def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
