@@ -365,6 +365,9 @@ class ValueCompiler:
         expressions = [e for e in (self.expression(t, p, field_path, loose) for t, p in pairs) if e is not None]
         evaluators = [_named_value_reader(expression) or expression.evaluate for expression in expressions]
         position = place.position
+        if expressions and not loose:
+            # One function for the whole select, plain paths read inline: no call per path.
+            return self._with_deps(_select_function(expressions, field_path, position), expressions)
         if len(evaluators) == 1:
             only = evaluators[0]
 
@@ -698,6 +701,59 @@ class ValueCompiler:
             return out
 
         return Compiled(build, *_merge_deps(list(parts.values())))
+
+
+def _plain_path(expression: Expression) -> tuple[str, ...] | None:
+    """The keys of an expression that is a plain path (`a`, `a.b.c`), else None."""
+    ast = expression.ast
+    if ast["type"] == "field":
+        return (ast["value"],)
+    if ast["type"] == "subexpression" and all(child["type"] == "field" for child in ast["children"]):
+        return tuple(child["value"] for child in ast["children"])
+    return None
+
+
+def _select_function(expressions: list[Expression], field_path: str, position: Position) -> Evaluate:
+    """select's first present value (not null, not missing), else ABSENT, as one generated function.
+
+    Plain paths are read inline (`scope.get('traits')`, then `.get('email')` while the value is an
+    object), the same reads JMESPath makes; `vars.NAME` is read by key (the named values compute a
+    name on first use); any other expression is called. Keys go into the source through repr().
+    """
+    namespace: dict[str, Any] = {"ABSENT": ABSENT, "EvalError": EvalError, "_locate": _locate,
+                                 "field_path": field_path, "position": position}
+    lines = ["def select(scope):", "    try:"]
+    roots: dict[str, str] = {}
+    for number, expression in enumerate(expressions):
+        path = _plain_path(expression)
+        if path is None:
+            namespace[f"e{number}"] = expression.evaluate
+            lines += [f"        v = e{number}(scope)", "        if v is not None:", "            return v"]
+            continue
+        if path[0] not in roots:
+            roots[path[0]] = f"r{len(roots)}"
+            lines.append(f"        {roots[path[0]]} = scope.get({path[0]!r})")
+        root = roots[path[0]]
+        if len(path) == 1:
+            lines += [f"        if {root} is not None:", f"            return {root}"]
+            continue
+        indent = "        "
+        if path[0] == "vars":  # named values: read by key, computed on first use
+            lines += [f"{indent}if {root} is not None:", f"{indent}    v = {root}[{path[1]!r}]"]
+            indent += "    "
+            rest = path[2:]
+        else:
+            lines.append(f"{indent}v = {root}")
+            rest = path[1:]
+        for key in rest:
+            lines += [f"{indent}if isinstance(v, dict):", f"{indent}    v = v.get({key!r})"]
+            indent += "    "
+        lines += [f"{indent}if v is not None:", f"{indent}    return v"]
+    lines += ["    except EvalError as exc:", "        raise _locate(exc, field_path, position) from None",
+              "    return ABSENT"]
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from keys (repr) and bound names only
+    function: Evaluate = namespace["select"]
+    return function
 
 
 def _named_value_reader(expression: Expression) -> Evaluate | None:
