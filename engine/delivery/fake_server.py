@@ -439,6 +439,14 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     fake: FakeServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is normal here, not worth a traceback."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -447,9 +455,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         return
 
-    def _body(self) -> bytes:
+    def _body(self) -> bytes | None:
+        """The request body; None when the client went away before sending all of it."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        if length <= 0:
+            return b""
+        data = self.rfile.read(length)
+        return data if len(data) == length else None
 
     def setup(self) -> None:
         super().setup()
@@ -475,6 +487,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         raw = self._body()
         fake = self.server.fake
+        if raw is None:
+            self.close_connection = True
+            with fake.store.lock:
+                fake.store.count("incomplete_requests")
+            return
         path = urlsplit(self.path).path
         if path.startswith("/_fake/"):
             self._control(path, raw)

@@ -578,7 +578,7 @@ class DeliveryWorker:
         self.stats.dead_units += len(ids)
         self.stats.delivered_events += finished.delivered
         self.stats.dead_events += finished.dead
-        log.warning("dead-lettered %d request(s): %s", len(ids), letter.error)
+        log.info("dead-lettered %d request(s): %s", len(ids), letter.error)
         self._progress()
 
     async def _item_errors(self, slot: Slot, rendered: Rendered, status: int | None, text: str | None) -> bool:
