@@ -398,6 +398,177 @@ def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
     return any(_needs_guard(child, loose) for child in node["children"] if isinstance(child, dict))
 
 
+class _Codegen:
+    """Compiles a JMESPath tree to the source of one Python function, `expression(cur)`.
+
+    It does what the closures of `_compile` do, node for node and in the same order, without a
+    call per node: paths, indexes, literals, comparisons, and/or/not, pipes, lists and function
+    calls become straight-line Python; the rarer nodes (projections, slices, exprefs, loose keys)
+    call their `_compile` closure. Keys and names reach the source only through repr(); every
+    other value (literals, functions) is bound in the function's namespace.
+    """
+
+    def __init__(self, loose: bool):
+        self.loose = loose
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"_equals": _equals, "_instance": _FUNCTIONS_INSTANCE}
+        self.temps = 0
+
+    def bind(self, value: Any) -> str:
+        name = f"k{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"t{self.temps}"
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    @staticmethod
+    def falsy(name: str) -> str:
+        return f"({name} is None or {name} is False or (not {name} and isinstance({name}, (str, list, dict))))"
+
+    def gen(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """Emit statements computing `node` on the value named `cur`; return the name holding it."""
+        kind = node["type"]
+        children = node["children"]
+        if kind == "literal":
+            return self.bind(node["value"])
+        if kind in ("current", "identity"):
+            return cur
+        if kind == "field" and not self.loose:
+            out = self.temp()
+            self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+            return out
+        if kind == "subexpression":
+            out = self.temp()
+            self.emit(indent, f"{out} = None")
+            self.emit(indent, f"if {cur} is not None:")
+            value = self.gen(children[0], cur, indent + 1)
+            self.emit(indent + 1, f"{out} = {value}")
+            depth = indent + 1
+            for child in children[1:]:
+                if child["type"] == "field" and not self.loose:
+                    self.emit(depth, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
+                    continue
+                self.emit(depth, f"if {out} is not None:")
+                value = self.gen(child, out, depth + 1)
+                self.emit(depth + 1, f"{out} = {value}")
+                depth += 1
+            return out
+        if kind == "index_expression" and children[1]["type"] == "index":
+            value = self.gen(children[0], cur, indent)
+            index = int(children[1]["value"])
+            out = self.temp()
+            self.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
+                              f"-len({value}) <= {index} < len({value}) else None")
+            return out
+        if kind == "comparator":
+            return self.comparator(node, cur, indent)
+        if kind in ("and_expression", "or_expression"):
+            out = self.temp()
+            left = self.gen(children[0], cur, indent)
+            self.emit(indent, f"{out} = {left}")
+            test = self.falsy(out)
+            self.emit(indent, f"if {'not ' if kind == 'and_expression' else ''}{test}:")
+            right = self.gen(children[1], cur, indent + 1)
+            self.emit(indent + 1, f"{out} = {right}")
+            return out
+        if kind == "not_expression":
+            operand = self.gen(children[0], cur, indent)
+            out = self.temp()
+            self.emit(indent, f"{out} = {self.falsy(operand)}")
+            return out
+        if kind == "pipe":
+            left = self.gen(children[0], cur, indent)
+            return self.gen(children[1], left, indent)
+        if kind == "multi_select_list":
+            out = self.temp()
+            self.emit(indent, f"if {cur} is None:")
+            self.emit(indent + 1, f"{out} = None")
+            self.emit(indent, "else:")
+            parts = [self.gen(child, cur, indent + 1) for child in children]
+            self.emit(indent + 1, f"{out} = [{', '.join(parts)}]")
+            return out
+        if kind == "function_expression" and all(child["type"] != "expref" for child in children):
+            return self.function(node, cur, indent)
+        # Projections, slices, exprefs, loose keys: the closure.
+        closure = self.bind(_compile(node, self.loose))
+        out = self.temp()
+        self.emit(indent, f"{out} = {closure}({cur})")
+        return out
+
+    def comparator(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        left_node, right_node = node["children"]
+        left = self.gen(left_node, cur, indent)
+        right = self.gen(right_node, cur, indent)
+        op = node["value"]
+        out = self.temp()
+        constant = right_node["value"] if right_node["type"] == "literal" else _NOT_LITERAL
+        if op in ("eq", "ne"):
+            if constant is None or isinstance(constant, str):
+                # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
+                test = f"{left} is None" if constant is None else f"{left} == {right}"
+                self.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
+            else:
+                call = f"_equals({left}, {right})"
+                self.emit(indent, f"{out} = {call}" if op == "eq" else f"{out} = not {call}")
+            return out
+        python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
+        number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
+        if isinstance(constant, (int, float)) and not isinstance(constant, bool):
+            test = number.format(left)
+        else:
+            test = f"{number.format(left)} and {number.format(right)}"
+        self.emit(indent, f"{out} = ({left} {python_op} {right}) if {test} else None")
+        return out
+
+    def function(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        name = node["value"]
+        arguments = [self.gen(child, cur, indent) for child in node["children"]]
+        out = self.temp()
+        listed = ", ".join(arguments)
+        if name in FUNCTIONS:
+            function = self.bind(FUNCTIONS[name][0])
+            self.emit(indent, f"{out} = {function}({listed})")
+            return out
+        direct = _direct_builtin(name, len(arguments))
+        call_function = f"_instance.call_function({name!r}, [{listed}])"
+        if direct is None:
+            self.emit(indent, f"{out} = {call_function}")
+            return out
+        builtin, allowed = direct
+        function = self.bind(builtin)
+        checks = [f"type({argument}).__name__ in {self.bind(types)}"
+                  for argument, types in zip(arguments, allowed, strict=True) if types is not None]
+        direct_call = f"{function}(_instance, {listed})"
+        if not checks:
+            self.emit(indent, f"{out} = {direct_call}")
+        else:
+            self.emit(indent, f"{out} = {direct_call} if {' and '.join(checks)} else {call_function}")
+        return out
+
+
+_NOT_LITERAL: Any = object()
+
+
+def _generate(ast: dict[str, Any], loose: bool, source: str, guard: bool) -> Evaluator:
+    """One Python function for the whole expression (see _Codegen)."""
+    indent = 2 if guard else 1
+    codegen = _Codegen(loose)
+    result = codegen.gen(ast, "cur", indent)
+    body = codegen.lines + ["    " * indent + f"return {result}"]
+    if guard:  # jmespath's own errors (a builtin given the wrong type) become EvalErrors naming the source
+        codegen.namespace.update(JMESPathError=jexc.JMESPathError, EvalError=EvalError, source=source)
+        body = ["    try:"] + body + ["    except JMESPathError as exc:",
+                                       "        raise EvalError(f'{source}: {exc}') from None"]
+    exec("\n".join(["def expression(cur):"] + body), codegen.namespace)  # noqa: S102 - see _Codegen
+    function: Evaluator = codegen.namespace["expression"]
+    return function
+
+
 @dataclass
 class ExpressionInfo:
     """What an expression reads: field paths from the root, and names under reserved roots."""
@@ -516,8 +687,11 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise found[0]
     info = ExpressionInfo()
     _collect(ast, info)
+    guard = _needs_guard(ast, loose_keys)
+    if ast["type"] != "field" or loose_keys:
+        return Expression(source, _generate(ast, loose_keys, source, guard), info, ast)
     compiled = _compile(ast, loose_keys)
-    if not _needs_guard(ast, loose_keys):
+    if not guard:
         return Expression(source, compiled, info, ast)
 
     def evaluate(current: Any) -> Any:
