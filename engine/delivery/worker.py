@@ -480,6 +480,8 @@ class DeliveryWorker:
         while True:
             if not first:
                 await limiter.acquire()
+                if self._stopping:  # a retry is something new: leave the units pending for the next run
+                    return
             first = False
             status: int | None = None
             text: str | None = None
@@ -531,10 +533,22 @@ class DeliveryWorker:
                         return
                     wait = backoff(policy, slot.attempts, self._rng)
                 log.debug("retrying %s %s after %s in %.3fs", slot.method, url, status or error, wait)
-                await asyncio.sleep(wait / self.options.time_scale)
+                if not await self._pause(wait / self.options.time_scale):
+                    return  # told to stop while waiting: the units stay pending for the next run
                 continue
             await self._dead(self._all_units(slot), self._letter(status, text, error, slot, verdict.reason))
             return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait before a retry; False as soon as the worker is told to stop (a server shutting down
+        must not wait out a backoff of up to a minute, nor retry until the call is dead-lettered)."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.1))
+        return False
 
     def _all_units(self, slot: Slot) -> list[Unit]:
         return list(slot.units.values())
