@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "engine.cli.send_command",
     "engine.cli.fake_command",
     "engine.cli.outbox_command",
+    "engine.cli.serve_command",
 )
 
 

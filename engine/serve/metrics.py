@@ -23,6 +23,7 @@ COUNTERS = {
     "messages_received_total": "Messages acknowledged: stored in the outbox before the answer.",
     "events_delivered_total": "Events whose requests the destination accepted.",
     "events_rejected_total": "Events the mapping set rejected (recorded with their reason, never sent).",
+    "events_skipped_total": "Events no rule of the mapping set sends (recorded with the reason).",
     "events_dead_lettered_total": "Events given up on, kept in the dead letters with the answer that condemned them.",
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
@@ -44,11 +45,20 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if float(value).is_integer():
         return str(int(value))
     return repr(float(value))
+
+
+def _read(reader: Callable[[], float]) -> float:
+    try:
+        return float(reader())
+    except Exception:  # a scrape must not fail because one value cannot be read
+        return math.nan
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in COUNTERS}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._readers: dict[str, Callable[[], float]] = {}
         self._latency = _Histogram(LATENCY_BUCKETS)
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
@@ -92,7 +103,14 @@ class Metrics:
             series = self._counters[name]
             if labels:
                 return series.get(tuple(sorted(labels.items())), 0)
-            return sum(series.values())
+            read = self._readers.get(name)
+        return float(read()) if read is not None else sum(series.values())
+
+    def counter_from(self, name: str, read: Callable[[], float]) -> None:
+        """A counter kept elsewhere (e.g. the delivery worker's statistics), read when scraped."""
+        if name not in COUNTERS:
+            raise KeyError(f"unknown counter {name!r}")
+        self._readers[name] = read
 
     def observe_latency(self, seconds: float) -> None:
         with self._lock:
@@ -105,11 +123,12 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
+        read = {name: _read(reader) for name, reader in self._readers.items()}
         with self._lock:
             for name, help_text in COUNTERS.items():
                 full = f"{PREFIX}_{name}"
                 lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
-                series = self._counters[name] or {(): 0}
+                series = {(): read[name]} if name in read else (self._counters[name] or {(): 0})
                 for key, value in sorted(series.items()):
                     lines.append(f"{full}{_labels(key)} {_number(value)}")
             hist_name, hist_help = HISTOGRAM
@@ -121,14 +140,11 @@ class Metrics:
             lines.append(f"{full}_sum {_number(self._latency.total)}")
             lines.append(f"{full}_count {self._latency.count}")
         for name, help_text in GAUGES.items():
-            read = self._gauges.get(name)
-            if read is None:
+            reader = self._gauges.get(name)
+            if reader is None:
                 continue
-            try:
-                value = float(read())
-            except Exception:  # a scrape must not fail because one gauge cannot be read
-                value = math.nan
+            value = _read(reader)
             full = f"{PREFIX}_{name}"
             lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge",
-                      f"{full} {'NaN' if math.isnan(value) else _number(value)}"]
+                      f"{full} {_number(value)}"]
         return "\n".join(lines) + "\n"

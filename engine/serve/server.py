@@ -1,0 +1,177 @@
+"""`serve` put together: the Tracking API app, the durable outbox and the delivery worker, one process.
+
+    service = Service(mapping_set, plan, settings, state_dir, base_url, WorkerOptions(...))
+    app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan)
+    run(app, host, port)       # uvicorn; returns after SIGTERM/SIGINT once everything is closed
+
+Per request, `Service.accept` maps the messages and records them — events, their requests (sealed:
+no secret is stored) or the mapping's rejection with its reason — in one outbox transaction
+(`Ingester.record_batch`), then wakes the worker; only then does the app answer success. The worker
+(`DeliveryWorker.run`, the same one `send` uses: batching, rate limits, retries, dead letters) runs
+as a task in uvicorn's event loop for the server's whole life.
+
+Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting connections and lets the requests in flight
+finish; then the lifespan ends, the worker is told to stop (its calls in flight finish, nothing new
+is sent) and the outbox is closed. Whatever is not delivered stays in the outbox, and the next
+`serve` (or `send --resume`) with the same `--state` delivers it. After a kill -9 the same holds:
+nothing acknowledged was only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from ..delivery.config import DeliveryPlan
+from ..delivery.ingest import Ingester
+from ..delivery.outbox import Finished, SQLiteOutbox
+from ..delivery.sealing import Sealer
+from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
+from ..mapping_set import PROGRAM, MappingSet
+from .metrics import Metrics
+
+log = logging.getLogger(f"{PROGRAM}.serve")
+
+SOURCE = "serve"  # the outbox source every server request is recorded under
+SHUTDOWN_GRACE = 30  # seconds for the requests in flight to finish after SIGTERM
+
+
+class _MeteredOutbox(SQLiteOutbox):
+    """The SQLite outbox, reporting each delivery's latency to the metrics."""
+
+    def __init__(self, folder: str | os.PathLike[str], metrics: Metrics):
+        super().__init__(folder)
+        self._metrics = metrics
+
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
+        finished = super().mark_delivered(unit_ids, attempts)
+        for seconds in finished.latencies:
+            self._metrics.observe_latency(seconds)
+        return finished
+
+
+class Service:
+    """The outbox, the ingester and the worker of one server, and what the app asks of them."""
+
+    def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
+                 state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
+                 metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()
+        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxLocked when another process has it
+        try:
+            nonce = self.outbox.get_meta("seal_nonce")
+            if nonce is None:
+                nonce = Sealer.new_nonce()
+                self.outbox.set_meta("seal_nonce", nonce)
+            resolved = mapping_set.resolve_settings(dict(settings))
+            secrets = {name: str(resolved[name]) for name in mapping_set.secret_settings if resolved.get(name)}
+            self.sealer = Sealer(secrets, nonce)
+            self.ingester = Ingester(mapping_set, settings, self.outbox, self.sealer)
+            self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self.base_url = base_url
+        self.failure: str | None = None
+        self.running = False
+        self.started = time.time()
+        stats = self.worker.stats
+        self.metrics.counter_from("events_delivered_total", lambda: stats.delivered_events)
+        self.metrics.counter_from("events_dead_lettered_total", lambda: stats.dead_events)
+        self.metrics.counter_from("retries_total", lambda: stats.retried)
+        self.metrics.counter_from("rate_limited_total", lambda: stats.rate_limited)
+        self.metrics.gauge("outbox_depth", self.pending)
+        self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
+
+    # -- for the app -----------------------------------------------------------------------------------
+    def accept(self, messages: list[dict[str, Any]], /) -> None:
+        """Map and record the messages of one request, atomically; then wake the worker."""
+        records = self.ingester.record_batch(SOURCE, messages, label=SOURCE)
+        for record, _ in records:
+            if record.status == "rejected":
+                self.metrics.inc("events_rejected_total")
+                log.debug("rejected %s: %s", record.message_id, record.reason)
+            elif record.status == "skipped":
+                self.metrics.inc("events_skipped_total")
+        self.worker.notify()
+
+    def pending(self) -> int:
+        return self.outbox.counts().events["pending"]
+
+    def health(self) -> dict[str, Any]:
+        events = self.outbox.counts().events
+        delivery = "running" if self.running and self.failure is None else (self.failure or "not running")
+        return {"ok": self.running and self.failure is None, "delivery": delivery, "outbox_depth": events["pending"],
+                "events": events, "uptime_seconds": round(time.time() - self.started, 3)}
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._deliver())
+        self.running = True
+        try:
+            yield
+        finally:
+            self.worker.stop()
+            await task
+            self.running = False
+            try:
+                left = f"{self.pending()} event(s) pending in the outbox for the next start"
+            except Exception as exc:  # closing must not fail for a count
+                left = f"the outbox could not be counted: {exc}"
+            self.outbox.close()
+            log.info("stopped; %s", left)
+
+    async def _deliver(self) -> None:
+        try:
+            await self.worker.run()
+        except DeliveryStopped as exc:
+            self.failure = f"configuration error, delivery stopped: {exc}"
+            log.error("%s (requests keep being accepted and stored; fix it and restart)", self.failure)
+        except Exception as exc:  # stored events are safe; say so and keep accepting
+            self.failure = f"delivery stopped: {self.sealer.mask(repr(exc))}"
+            log.exception("delivery stopped (requests keep being accepted and stored; restart to resume)")
+
+
+def run(app: Starlette, host: str, port: int, state: Path, base_url: str) -> None:
+    """Serve until SIGTERM/SIGINT; print where, once listening (with the real port when 0 was asked)."""
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
+                            log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE)
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
+            where = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+            print(f"{PROGRAM} serve: listening on http://{where}:{bound[1]} · outbox {state} · "
+                  f"delivering to {base_url}", file=sys.stderr, flush=True)
+        await task
+
+    # uvicorn catches SIGTERM/SIGINT, shuts down gracefully, then restores the handlers it found and
+    # raises the signal again, so that the default action ends the process. After a graceful stop
+    # there is nothing left to end: the handlers it finds (and restores) ignore the signal, and the
+    # command exits 0.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        asyncio.run(serve())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    pass
