@@ -10,6 +10,7 @@ below make it misbehave on purpose, for testing a sender. Ctrl-C stops it.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -71,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     print(f"fake {mapping_set.title} listening on {fake.url} "
           f"(GET {fake.url}/_fake/received shows what it kept; Ctrl-C stops)", file=sys.stderr, flush=True)
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops it like Ctrl-C: with the summary
     try:
         fake.serve_forever()
     except KeyboardInterrupt:

@@ -207,9 +207,10 @@ def prepare(spec: BatchSpec, body: Any, context: str) -> Prepared | None:
     if spec.unique:
         parts = [get_path(item, path) for path in spec.unique]
         if all(p is not _MISSING and p is not None for p in parts):
-            unique = canonical(parts)
+            unique = "\x1f".join(p if isinstance(p, str) else canonical(p) for p in parts)
     text = dumps(item)
-    partition = context + "\n" + canonical(_without(body, spec.item_path))
+    rest = _without(body, spec.item_path)
+    partition = context + "\n" + (canonical(rest) if rest else "")
     return Prepared(partition=partition, items=[text], group=group_text, unique=unique,
                     size=len(text.encode()) + 1, layout=envelope_layout(spec))
 
@@ -432,7 +433,7 @@ def split(spec: BatchSpec, body: Any) -> list[SplitItem]:
 
 def _single(spec: BatchSpec, item: Any, group: Any) -> Any:
     if spec.group_by is not None and isinstance(item, dict):
-        item = copy.deepcopy(item)
+        item = _copy_along(item, spec.group_by)
         set_path(item, spec.group_by, group)
     single: dict[str, Any] = {}
     set_path(single, spec.item_path, item)

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jmespath
-from jmespath import exceptions as jexc
-
+from ..expressions import ExpressionError, compile_expression
 from ..problems import MappingSetError, Position, ProblemList
 from ..schema import check_shape
 from ..yaml_loader import PosDict, PosList, ScalarPlace
@@ -310,11 +308,19 @@ def parse_path(text: str) -> tuple[tuple[str, ...], bool]:
     return parts, is_list
 
 
-def _jmespath(text: Any, position: Position, what: str, problems: ProblemList) -> Any:
+class Selector:
+    """A JMESPath expression compiled by the engine (to closures: fast on every request)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.search = compile_expression(source).evaluate
+
+
+def _jmespath(text: Any, position: Position, what: str, problems: ProblemList) -> Selector | None:
     try:
-        return jmespath.compile(str(text))
-    except jexc.JMESPathError as exc:
-        problems.add(position, f"{what}: not a JMESPath expression: {str(exc).splitlines()[0]}")
+        return Selector(str(text))
+    except ExpressionError as exc:
+        problems.add(position, f"{what}: not a JMESPath expression: {exc.message}")
         return None
 
 

@@ -383,6 +383,7 @@ class FakeServer:
                 entries = store.records.setdefault(record.kind, {})
                 for item in items:
                     created = False
+                    profile_id = None
                     profiles = source.profiles(item.single)
                     if profiles:
                         profile_id, created = store.resolve(profiles[0])
@@ -390,8 +391,7 @@ class FakeServer:
                         for name, value in profiles[0].items():
                             if value is not None:
                                 merged[name] = value
-                    key = self._key(record, source, item.single, resolve=True)
-                    assert key is not None
+                    key = (profile_id, *[expression.search(item.single) for expression in record.key])
                     entry = {"key": list(key), "profile": profile_id, "request": item.single}
                     if key in entries:
                         if record.repeat == "ignore":
