@@ -86,7 +86,7 @@ def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:
     ("request: POST /api/profile-import", "request: POST /api/profile-imports",
      "the spec has POST /api/profile-import"),
     ("  statuses: [429", "  status: [429", "unknown key 'status'"),
-    ("pointers: \"errors[].source.pointer\"", "pointers: \"errors[\"", "not a JMESPath expression"),
+    ("pointer: source.pointer", "pointer: source[", "not a JMESPath expression"),
 ])
 def test_a_broken_delivery_section_is_reported_at_its_place(tmp_path: Path, old: str, new: str, message: str) -> None:
     folder = _broken_copy(tmp_path, old, new)

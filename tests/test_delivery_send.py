@@ -93,7 +93,7 @@ def test_a_400_naming_items_dead_letters_only_those(tmp_path: Path, fake_klaviyo
     assert {letter["messageId"] for letter in letters} == poisoned_ids
     for letter in letters:
         assert letter["response"]["status"] == 400
-        errors = json.loads(letter["response"]["body"])["errors"]
+        errors = json.loads(letter["response"]["body"])  # the errors of the answer that name this item
         assert errors and all(e["source"]["pointer"].startswith("/data/attributes/events-bulk-create/data/")
                               for e in errors)
         assert letter["headers"]["Authorization"] == "Klaviyo-API-Key ***"

@@ -94,8 +94,10 @@ DELIVERY_SCHEMA: dict[str, Any] = {
     "retry": {"type": "dict", "schema": _RETRY_SCHEMA},
     "stop": {"type": "dict", "keysrules": {"type": "string", "regex": r"^4\d\d$"},
              "valuesrules": {"type": "string"}},
-    "item_errors": {"type": "dict", "schema": {"status": {"type": "integer", "required": True},
-                                               "pointers": {"type": "string", "required": True}}},
+    "errors": {"type": "dict", "schema": {"list": {"type": "string", "required": True},
+                                          "pointer": {"type": "string"},
+                                          "detail": {"type": "string"},
+                                          "item_status": {"type": "integer", "min": 400, "max": 499}}},
     "fake": {"type": "dict", "schema": _FAKE_SCHEMA},
 }
 
@@ -220,8 +222,10 @@ class DeliveryPlan:
     same_profile: bool
     retry: RetryPolicy
     stop: dict[int, str]
-    item_error_status: int | None
-    item_error_pointers: Any  # compiled JMESPath over the error response body
+    item_error_status: int | None  # a bulk call's answer whose errors may name items
+    error_list: Selector | None  # the list of errors in an error answer's body
+    error_pointer: Selector | None  # in one error: the JSON pointer of what it is about
+    error_detail: Selector | None  # in one error: the text to show
     fake: FakeConfig
     by_source: dict[str, BatchSpec] = field(default_factory=dict)
     by_target: dict[str, BatchSpec] = field(default_factory=dict)
@@ -450,11 +454,15 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
             problems.add(_at(document, "stop"), f"stop {status}: the status is also in retry.statuses")
 
     item_status: int | None = None
-    item_pointers: Any = None
-    if "item_errors" in document:
-        raw_items = document["item_errors"]
-        item_status = int(raw_items["status"])
-        item_pointers = _jmespath(raw_items["pointers"], _at(raw_items, "pointers"), "item_errors.pointers", problems)
+    selectors: dict[str, Selector | None] = {"list": None, "pointer": None, "detail": None}
+    if "errors" in document:
+        raw_errors = document["errors"]
+        item_status = int(raw_errors["item_status"]) if "item_status" in raw_errors else None
+        for key in selectors:
+            if key in raw_errors:
+                selectors[key] = _jmespath(raw_errors[key], _at(raw_errors, key), f"errors.{key}", problems)
+        if item_status is not None and "pointer" not in raw_errors:
+            problems.add(_at(raw_errors, "item_status"), "errors.item_status needs errors.pointer")
 
     fake = _compile_fake(document.get("fake"), endpoints, problems)
 
@@ -464,7 +472,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         set_name=set_name, folder=folder, spec_path=spec_path, scopes_extension=scopes_extension,
         profile_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
         same_profile=same_profile, retry=retry, stop=stop, item_error_status=item_status,
-        item_error_pointers=item_pointers, fake=fake,
+        error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"], fake=fake,
     )
 
 

@@ -1,6 +1,6 @@
 """What to do with an answer: deliver, retry (and when), dead-letter, or stop the run.
 
-The statuses and timings come from the mapping set's `retry`, `stop` and `item_errors` sections.
+The statuses and timings come from the mapping set's `retry`, `stop` and `errors` sections.
 Backoff is capped, jittered and exponential: `initial * multiplier**(n-1)`, at most `max`, then
 spread by ±`jitter`; a 429 waits at least its Retry-After.
 """

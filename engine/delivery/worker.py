@@ -567,12 +567,11 @@ class DeliveryWorker:
         except (KeyError, IndexError, ValueError):
             message = template
         detail = ""
-        if text:
-            try:
-                errors = json.loads(text).get("errors") or []
-                detail = "; ".join(str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict))
-            except (ValueError, AttributeError):
-                detail = text[:200]
+        errors = self._errors(text)
+        if errors and self.plan.error_detail is not None:
+            detail = "; ".join(str(self.plan.error_detail.search(e)) for e in errors)
+        elif text:
+            detail = text[:200]
         where = f"{slot.method} {slot.url.partition('?')[0]}"
         full = f"HTTP {status} on {where} ({name}): {message}" + (f" — the API said: {detail}" if detail else "")
         return self.sealer.mask(full)
@@ -595,29 +594,35 @@ class DeliveryWorker:
         log.info("dead-lettered %d request(s): %s", len(ids), letter.error)
         self._progress()
 
-    async def _item_errors(self, slot: Slot, rendered: Rendered, status: int | None, text: str | None) -> bool:
-        """Dead-letter the items a 400 names; False when the errors do not all name items."""
-        assert slot.builder is not None
+    def _errors(self, text: str | None) -> list[Any]:
+        """The errors of an error answer's body (the set's `errors.list`), [] when there are none."""
+        if not text or self.plan.error_list is None:
+            return []
         try:
-            document = json.loads(text or "")
+            found = self.plan.error_list.search(json.loads(text))
         except ValueError:
+            return []
+        return found if isinstance(found, list) else []
+
+    async def _item_errors(self, slot: Slot, rendered: Rendered, status: int | None, text: str | None) -> bool:
+        """Dead-letter the items an answer's errors name; False unless every error names items."""
+        assert slot.builder is not None
+        errors = self._errors(text)
+        if not errors or self.plan.error_pointer is None:
             return False
-        pointers = self.plan.item_error_pointers.search(document) if self.plan.item_error_pointers else None
-        if not isinstance(pointers, list) or not pointers:
-            return False
-        named, all_named = units_named(rendered, pointers)
-        if not named or not all_named:
-            return False
-        errors = document.get("errors") if isinstance(document, dict) else None
         per_unit: dict[int, list[Any]] = {}
-        for error in errors if isinstance(errors, list) else []:
-            pointer = self.plan.item_error_pointers.search({"errors": [error]}) or []
-            for unit_id in units_named(rendered, pointer)[0]:
+        for error in errors:
+            pointer = self.plan.error_pointer.search(error)
+            units, all_named = units_named(rendered, [pointer] if isinstance(pointer, str) else [])
+            if not units or not all_named:
+                return False  # an error about the call itself: every item is condemned
+            for unit_id in units:
                 per_unit.setdefault(unit_id, []).append(error)
+        named = set(per_unit)
         duplicates_of = self._duplicates_by_original(slot)
         for unit_id in sorted(named):
             victims = [slot.units[unit_id]] + [slot.units[d] for d in duplicates_of.get(unit_id, []) if d in slot.units]
-            condemning = json.dumps({"errors": per_unit.get(unit_id, [])}, ensure_ascii=False)
+            condemning = json.dumps(per_unit[unit_id], ensure_ascii=False)
             await self._dead(victims, self._letter(status, condemning, "", slot, "the API refused this item"))
             for victim in victims:
                 del slot.units[victim.id]
