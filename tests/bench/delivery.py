@@ -1,20 +1,164 @@
 """Delivery throughput: `segment-klaviyo send` against the fake Klaviyo enforcing the published limits.
 
-Filled in once `send` and the fake Klaviyo exist (issue 5); until then `measure` says why it
-cannot measure, and run.py reports the delivery figures as null.
+Klaviyo's events are delivered in Bulk Create Events calls, limited per account to a burst per
+second and a steady rate per minute, with at most max_items events a call (all read from the
+mapping set's delivery section). The ceiling is therefore min(burst/s, steady/s) x max_items
+events per second (150/min x 1,000 = 2,500 events/s for Klaviyo today): no sender can do better
+over a minute. This measures how close `send` gets:
+
+- the fake Klaviyo (engine/delivery/fake_server.py) runs in this process, on a loopback socket,
+  enforcing the published limits with fixed windows; its clock runs --time-scale times faster
+  (1: real time, the default);
+- `send` runs as a subprocess with the same --time-scale, on a corpus of track and Order Completed
+  events (the ones that become Klaviyo events), enough to keep it busy for `windows` full steady
+  windows and part of another;
+- every 0.1 s the fake's count of accepted events is sampled against its clock; the fraction of
+  the ceiling is the events accepted in the full windows during which `send` still had events to
+  deliver, over what the ceiling allows in those windows. The share of 429s is send's own count of
+  requests answered 429 over its requests (its summary line).
 """
 
 from __future__ import annotations
 
+import bisect
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import corpus
 
-def measure(root: Path) -> dict[str, Any]:
-    needed = [root / "engine" / "cli" / "send_command.py", root / "engine" / "cli" / "fake_command.py"]
-    missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
-    if missing:
+SUMMARY = re.compile(r"(\d+) events: (\d+) delivered.*?· (\d+) requests, (\d+) retried, (\d+) answered 429")
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _per_second(limit: str) -> float:
+    count, _, unit = str(limit).partition("/")
+    return float(count) / UNITS[unit.strip()[:1] or "s"]
+
+
+def ceiling(delivery: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Events/s the bulk-event limits allow: min(burst, steady) per second x events per call."""
+    batch = delivery["batching"]["events"]
+    limits = delivery["endpoints"][batch["to"]]["rate_limit"]
+    calls_per_s = min(_per_second(limits["burst"]), _per_second(limits["steady"]))
+    steady_window = 60.0 if str(limits["steady"]).endswith("/m") else 1.0
+    return calls_per_s * int(batch["max_items"]), {"endpoint": batch["to"], "burst": limits["burst"],
+                                                   "steady": limits["steady"], "max_items": batch["max_items"],
+                                                   "window_s": steady_window}
+
+
+def _write_corpus(path: Path, events_wanted: int, seed: int) -> int:
+    """Track and Order Completed events with a userId (delivered as Klaviyo events)."""
+    written = 0
+    with path.open("w", encoding="utf-8") as out:
+        for event in corpus.generate(events_wanted * 4, seed):
+            if event["type"] == "track" and "userId" in event:
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                written += 1
+                if written == events_wanted:
+                    break
+    return written
+
+
+def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0) -> dict[str, Any]:
+    try:
+        from engine.delivery.config import DeliveryPlan
+        from engine.delivery.fake_server import FakeOptions, FakeServer
+        from engine.mapping_set import load_mapping_set
+    except ImportError as exc:
         return {"fraction_of_ceiling": None, "fraction_429": None,
-                "message": "not measured: `send` and the fake Klaviyo have not landed yet "
-                           f"({', '.join(missing)} missing)"}
-    return {"fraction_of_ceiling": None, "fraction_429": None, "message": "not measured yet"}
+                "message": f"not measured: `send` and the fake Klaviyo are not available ({exc})"}
+    mapping_set = load_mapping_set("klaviyo")
+    rate, limits = ceiling(mapping_set.delivery)
+    window = limits["window_s"]
+    # Klaviyo events per input event is ~1.5 on this mix (orders become one event per product too):
+    # enough input for `windows` full windows at the ceiling and half of one more.
+    wanted = int(rate * window * (windows + 0.5) / 1.5)
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / f"delivery-{wanted}-{seed}.ndjson"
+    count = _write_corpus(source, wanted, seed)
+    settings = dict(corpus.PROFILES[0])
+    settings_path = workdir / "delivery-settings.json"
+    settings_path.write_text(json.dumps(settings), encoding="utf-8")
+
+    plan = DeliveryPlan.for_set(mapping_set)
+    fake = FakeServer(plan, FakeOptions(api_keys=[settings["privateKey"]], time_scale=time_scale)).start()
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            with fake.store.lock:
+                accepted = fake.store.counters.get("accepted_items", 0)
+            samples.append((fake.api_now(), accepted))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
+               "--base-url", fake.url, "--time-scale", str(time_scale), "--errors", os.devnull,
+               "--progress", "never"]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    print(f"  delivering {count:,} events with `send` to the fake Klaviyo (time scale {time_scale:g}, "
+          f"ceiling {rate:,.0f} events/s) …", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                 cwd=str(root))
+        elapsed = time.perf_counter() - started
+        finished_api = fake.api_now()
+    finally:
+        done.set()
+        sampler.join()
+        with fake.store.lock:
+            counters = dict(fake.store.counters)
+        fake.stop()
+    summary = SUMMARY.search(process.stderr)
+    if process.returncode != 0 or summary is None:
+        return {"fraction_of_ceiling": None, "fraction_429": None,
+                "message": f"not measured: send exited {process.returncode}: {process.stderr.strip()[-500:]}"}
+    events, delivered, requests, retried, answered_429 = (int(g) for g in summary.groups())
+
+    # Accepted events at the end of each full window during which send was still delivering.
+    times = [t for t, _ in samples]
+
+    def accepted_at(api_time: float) -> float:
+        i = bisect.bisect_left(times, api_time)
+        if i == 0:
+            return float(samples[0][1])
+        if i >= len(samples):
+            return float(samples[-1][1])
+        (t0, a0), (t1, a1) = samples[i - 1], samples[i]
+        return a0 + (a1 - a0) * (api_time - t0) / (t1 - t0) if t1 > t0 else float(a1)
+
+    total = counters.get("accepted_items", 0)
+    last_busy = next((t for t, a in samples if a >= total), finished_api)  # when the last event was accepted
+    full = [k for k in range(int(last_busy // window)) if (k + 1) * window <= last_busy]
+    per_window = [accepted_at((k + 1) * window) - accepted_at(k * window) for k in full]
+    fraction = sum(per_window) / (len(full) * rate * window) if full else None
+    return {
+        "fraction_of_ceiling": round(fraction, 4) if fraction is not None else None,
+        "fraction_429": round(answered_429 / requests, 4) if requests else None,
+        "ceiling_events_per_s": rate,
+        "limits": limits,
+        "time_scale": time_scale,
+        "input_events": events,
+        "delivered_input_events": delivered,
+        "klaviyo_events_accepted": total,
+        "requests": requests,
+        "retried": retried,
+        "answered_429": answered_429,
+        "full_windows": len(full),
+        "events_per_window": [round(x) for x in per_window],
+        "wall_seconds": round(elapsed, 1),
+        # All accepted events over the whole run: start-up counts against it, but the last, partial
+        # window can run above the steady rate (nothing is left to wait for), so this is only a hint.
+        "end_to_end_fraction": round(total / (elapsed * time_scale * rate), 4),
+        "message": None if full else "the run was shorter than one full window",
+    }
