@@ -46,11 +46,12 @@ def test_send_fake_runs_the_whole_pipeline_on_a_fresh_machine() -> None:
 
 
 def test_send_to_a_running_fake_by_base_url_or_environment(tmp_path: Path, fake_klaviyo: Any) -> None:
-    fake = fake_klaviyo(api_keys=[SECRET])
+    fake = fake_klaviyo(api_keys=[SECRET], time_scale=20)
     events = corpus(120, seed=11)
     source = write_events(tmp_path, events)
     settings = write_settings(tmp_path)
-    result = run_send(source, "--settings", settings, "--base-url", fake.url, "--state", tmp_path / "s1")
+    result = run_send(source, "--settings", settings, "--base-url", fake.url, "--state", tmp_path / "s1",
+                      "--time-scale", "20")
     assert result.returncode == 0, result.stderr
     assert set(kept_event_keys(fake)) == expected_event_keys(events)
     counts = outbox_counts(tmp_path / "s1")
@@ -59,7 +60,8 @@ def test_send_to_a_running_fake_by_base_url_or_environment(tmp_path: Path, fake_
     assert_no_secret(result.stdout, result.stderr, (tmp_path / "s1" / "outbox.sqlite3").read_bytes())
 
     fake.store.reset()
-    again = run_send(source, "--settings", settings, "--state", tmp_path / "s2", env={"KLAVIYO_BASE_URL": fake.url})
+    again = run_send(source, "--settings", settings, "--state", tmp_path / "s2", "--time-scale", "20",
+                     env={"KLAVIYO_BASE_URL": fake.url})
     assert again.returncode == 0, again.stderr
     assert set(kept_event_keys(fake)) == expected_event_keys(events)
 
@@ -127,13 +129,14 @@ def test_a_400_naming_items_dead_letters_only_those(tmp_path: Path, fake_klaviyo
 @pytest.mark.parametrize("case", ["401", "403"])
 def test_401_and_403_stop_the_run_at_once_and_lose_nothing(tmp_path: Path, fake_klaviyo: Any, case: str) -> None:
     if case == "401":
-        fake = fake_klaviyo(api_keys=["pk_some_other_key"])
+        fake = fake_klaviyo(api_keys=["pk_some_other_key"], time_scale=20)
     else:  # a key that may write events and profiles, but not subscriptions
-        fake = fake_klaviyo(api_keys=[SECRET], scopes=["events:write", "profiles:write"])
+        fake = fake_klaviyo(api_keys=[SECRET], scopes=["events:write", "profiles:write"], time_scale=20)
     events = corpus(200, seed=2, mix={"identify": 1.0})
     source = write_events(tmp_path, events)
     settings = write_settings(tmp_path)
-    result = run_send(source, "--settings", settings, "--base-url", fake.url, "--state", tmp_path / "state")
+    result = run_send(source, "--settings", settings, "--base-url", fake.url, "--state", tmp_path / "state",
+                      "--time-scale", "20")
     assert result.returncode == 2
     if case == "401":
         assert "HTTP 401" in result.stderr and "privateKey" in result.stderr
@@ -147,8 +150,9 @@ def test_401_and_403_stop_the_run_at_once_and_lose_nothing(tmp_path: Path, fake_
     assert counts["dead"] == 0 and counts["pending"] > 0
     assert_no_secret(result.stdout, result.stderr)
 
-    working = fake_klaviyo(api_keys=[SECRET])  # the key fixed: the same state delivers everything
-    again = run_send(source, "--settings", settings, "--base-url", working.url, "--state", tmp_path / "state")
+    working = fake_klaviyo(api_keys=[SECRET], time_scale=20)  # the key fixed: the same state delivers all
+    again = run_send(source, "--settings", settings, "--base-url", working.url, "--state", tmp_path / "state",
+                     "--time-scale", "20")
     assert again.returncode == 0, again.stderr
     counts = outbox_counts(tmp_path / "state")
     assert counts == {"pending": 0, "delivered": 200, "rejected": 0, "skipped": 0, "dead": 0}
