@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
             plan = DeliveryPlan.for_set(mapping_set)
         except MappingSetError as exc:
             raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+        if args.fake and plan.spec_path is None:
+            raise UsageError(f"--fake: mapping set '{mapping_set.name}' names no OpenAPI spec in a delivery section, "
+                             "so there is no fake of its API")
         given = read_settings(args.settings, args.overrides)
         try:
             resolved = mapping_set.resolve_settings(dict(given))
@@ -187,6 +190,12 @@ def run(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan, given: dict[str, Any],
           resolved: dict[str, Any], outbox: SQLiteOutbox, source: IO[str] | None, base_url: str, started: float,
           fake: FakeServer | None) -> int:
+    recorded_by = outbox.get_meta("mapping_set")
+    if recorded_by is None:
+        outbox.set_meta("mapping_set", mapping_set.name)
+    elif recorded_by != mapping_set.name:
+        return fail(f"--state {outbox.folder} holds requests of mapping set '{recorded_by}', not "
+                    f"'{mapping_set.name}': use another --state")
     nonce = outbox.get_meta("seal_nonce")
     if nonce is None:
         nonce = Sealer.new_nonce()
