@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from delivery_helpers import deliver, hand_made
@@ -107,3 +108,47 @@ def test_other_4xx_are_dead_lettered_at_once(tmp_path: Path, fake_klaviyo: objec
     fake = fake_klaviyo()  # type: ignore[operator]
     stats, counts = deliver(tmp_path, [], fake.url, units=hand_made("POST", "/api/unknown-endpoint", [{"a": 1}]))
     assert counts["dead"] == 1 and stats.requests == 1 and stats.retried == 0
+
+
+def test_the_worker_as_a_server_runs_it(tmp_path: Path, fake_klaviyo: Any) -> None:
+    # serve's way: the worker runs until stopped; requests are recorded from other threads and notified.
+    import asyncio
+    import threading
+    import time
+
+    from delivery_helpers import SETTINGS
+
+    import engine
+    from engine.delivery.config import DeliveryPlan
+    from engine.delivery.ingest import Ingester
+    from engine.delivery.worker import DeliveryWorker, WorkerOptions
+
+    fake = fake_klaviyo(time_scale=50)
+    mapping_set = engine.load_mapping_set("klaviyo")
+    outbox = SQLiteOutbox(tmp_path)
+    sealer = Sealer({"privateKey": SETTINGS["privateKey"]}, "0123abcd")
+    ingester = Ingester(mapping_set, SETTINGS, outbox, sealer)
+    worker = DeliveryWorker(DeliveryPlan.for_set(mapping_set), outbox, sealer, fake.url,
+                            WorkerOptions(time_scale=50, linger=0.05, poll=0.05))
+
+    def requests() -> None:
+        for n in range(5):
+            ingester.record_batch("serve", [{"type": "track", "userId": f"u{n}", "event": "E", "messageId": f"s{n}-{i}"}
+                                            for i in range(20)])
+            worker.notify()
+            time.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while outbox.counts().events["delivered"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.stop()
+
+    thread = threading.Thread(target=requests)
+    try:
+        thread.start()
+        stats = asyncio.run(asyncio.wait_for(worker.run(), 30))
+        thread.join()
+        assert stats.delivered_events == 100
+        assert outbox.counts().events == {"pending": 0, "delivered": 100, "rejected": 0, "skipped": 0, "dead": 0}
+        assert len(fake.store.snapshot()["records"]["events"]) == 100
+    finally:
+        outbox.close()

@@ -164,6 +164,7 @@ class DeliveryWorker:
         self._exhausted = False
         self._input_complete = False
         self._more = True
+        self._last_fetch = 0.0
         self._stopping = False
         self._fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -242,13 +243,17 @@ class DeliveryWorker:
         return (self._input_complete and self._exhausted and self._held == 0 and not self._tasks)
 
     async def _refill(self) -> None:
+        """Load pending units when told there are more, or every `poll` seconds while input may come."""
         if self._exhausted and not self._more:
+            return
+        if not self._more and time.monotonic() - self._last_fetch < self.options.poll:
             return
         room = self.options.window - self._held
         if room <= 0:
             return
         complete = self._input_complete  # read before the query: then nothing can come after it
         self._more = False
+        self._last_fetch = time.monotonic()
         limit = min(room, 5000)
         stored = await asyncio.to_thread(self.outbox.pending_units, self._cursor, limit)
         if stored:
