@@ -70,6 +70,8 @@ class Compiled:
     paths: set[tuple[str, ...]] = field(default_factory=set)  # root paths read directly
     var_refs: set[str] = field(default_factory=set)  # named values read (vars.NAME)
     constant: Any = NOT_CONSTANT  # an immutable scalar when the value is always that scalar
+    # select only: rebuild it as one function with a constant default and a cast (default, cast) -> evaluate
+    fuse: Callable[[Any, Any], Evaluate] | None = None
 
     @property
     def reads_event(self) -> bool:
@@ -314,8 +316,18 @@ class ValueCompiler:
         place = node.value_places[head]
         handler = getattr(self, f"_directive_{head}")
         compiled: Compiled = handler(node, place, field_path)
+        default = None
         if "default" in node:
             default = self.value(node["default"], node.value_places["default"], f"{field_path}.default")
+        cast_name = node.get("cast")
+        cast = CASTS.get(cast_name) if isinstance(cast_name, str) else None
+        if compiled.fuse is not None and (default is not None or cast is not None) and (
+                default is None or default.constant is not NOT_CONSTANT) and ("cast" not in node or cast):
+            # select + constant default + cast in one function: what _defaulted and _cast do, inline.
+            evaluate = compiled.fuse(NOT_CONSTANT if default is None else default.constant,
+                                     None if cast is None else (cast_name, cast, node.value_places["cast"].position))
+            return Compiled(evaluate, compiled.paths, compiled.var_refs)
+        if default is not None:
             compiled = self._defaulted(compiled, default)
         if "cast" in node:
             compiled = self._cast(compiled, node["cast"], node.value_places["cast"], field_path)
@@ -367,7 +379,9 @@ class ValueCompiler:
         position = place.position
         if expressions and not loose:
             # One function for the whole select, plain paths read inline: no call per path.
-            return self._with_deps(_select_function(expressions, field_path, position), expressions)
+            compiled = self._with_deps(_select_function(expressions, field_path, position), expressions)
+            compiled.fuse = lambda default, cast: _select_function(expressions, field_path, position, default, cast)
+            return compiled
         if len(evaluators) == 1:
             only = evaluators[0]
 
@@ -713,29 +727,45 @@ def _plain_path(expression: Expression) -> tuple[str, ...] | None:
     return None
 
 
-def _select_function(expressions: list[Expression], field_path: str, position: Position) -> Evaluate:
+def _select_function(expressions: list[Expression], field_path: str, position: Position,
+                     default: Any = NOT_CONSTANT, cast: tuple[str, Callable[[Any], Any], Position] | None = None
+                     ) -> Evaluate:
     """select's first present value (not null, not missing), else ABSENT, as one generated function.
 
     Plain paths are read inline (`scope.get('traits')`, then `.get('email')` while the value is an
     object), the same reads JMESPath makes; `vars.NAME` is read by key (the named values compute a
     name on first use); any other expression is called. Keys go into the source through repr().
+    With a constant `default` (used when nothing is present) and a `cast` (name, function, position
+    of the option), it also does what _defaulted and _cast do.
     """
     namespace: dict[str, Any] = {"ABSENT": ABSENT, "EvalError": EvalError, "_locate": _locate,
-                                 "field_path": field_path, "position": position}
+                                 "field_path": field_path, "position": position, "FieldError": FieldError,
+                                 "default": default}
+    found = ["return v"]
+    if cast is not None:
+        cast_name, namespace["cast"], namespace["cast_position"] = cast
+        namespace["cast_message"] = f"cannot cast to {cast_name}: "
+        found = ["if v.__class__ is str:", "    return v"] if cast[1] is CASTS["string"] else []
+        found += ["try:", "    return cast(v)", "except EvalError as exc:",
+                  "    raise FieldError(cast_message + str(exc), field_path, cast_position) from None"]
+
+    def finish(indent: str) -> list[str]:
+        return [indent + line for line in found]
+
     lines = ["def select(scope):", "    try:"]
     roots: dict[str, str] = {}
     for number, expression in enumerate(expressions):
         path = _plain_path(expression)
         if path is None:
             namespace[f"e{number}"] = expression.evaluate
-            lines += [f"        v = e{number}(scope)", "        if v is not None:", "            return v"]
+            lines += [f"        v = e{number}(scope)", "        if v is not None:", *finish("            ")]
             continue
         if path[0] not in roots:
             roots[path[0]] = f"r{len(roots)}"
             lines.append(f"        {roots[path[0]]} = scope.get({path[0]!r})")
         root = roots[path[0]]
         if len(path) == 1:
-            lines += [f"        if {root} is not None:", f"            return {root}"]
+            lines += [f"        if {root} is not None:", f"            v = {root}", *finish("            ")]
             continue
         indent = "        "
         if path[0] == "vars":  # named values: read by key, computed on first use
@@ -748,9 +778,14 @@ def _select_function(expressions: list[Expression], field_path: str, position: P
         for key in rest:
             lines += [f"{indent}if isinstance(v, dict):", f"{indent}    v = v.get({key!r})"]
             indent += "    "
-        lines += [f"{indent}if v is not None:", f"{indent}    return v"]
-    lines += ["    except EvalError as exc:", "        raise _locate(exc, field_path, position) from None",
-              "    return ABSENT"]
+        lines += [f"{indent}if v is not None:", *finish(indent + "    ")]
+    lines += ["    except EvalError as exc:", "        raise _locate(exc, field_path, position) from None"]
+    if default is NOT_CONSTANT:
+        lines.append("    return ABSENT")
+    elif cast is None:
+        lines.append("    return default")
+    else:  # the default is cast too (outside the select's own error handling, as _cast does)
+        lines += ["    v = default", *finish("    ")]
     exec("\n".join(lines), namespace)  # noqa: S102 - generated from keys (repr) and bound names only
     function: Evaluate = namespace["select"]
     return function
