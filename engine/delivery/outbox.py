@@ -219,7 +219,13 @@ class OutboxLocked(Exception):
 
 
 class SQLiteOutbox(Outbox):
-    """The embedded outbox: `DIR/outbox.sqlite3`. Safe to use from several threads of one process."""
+    """The embedded outbox: `DIR/outbox.sqlite3`. Safe to use from several threads of one process.
+
+    A delivered request's body is dropped (its row, status and times stay), so the file grows by
+    about a hundred bytes per delivered request rather than by the request; `keep_delivered_bodies`
+    keeps them."""
+
+    keep_delivered_bodies = False
 
     def __init__(self, folder: str | os.PathLike[str], exclusive: bool = True, create: bool = True):
         self.folder = Path(folder)
@@ -373,8 +379,9 @@ class SQLiteOutbox(Outbox):
             return Finished()
         now = time.time()
         with self._transaction() as db:
-            db.executemany("UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ? "
-                           "WHERE id = ? AND status = 'pending'", [(attempts, now, i) for i in unit_ids])
+            body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
+            db.executemany(f"UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ?, "
+                           f"body = {body} WHERE id = ? AND status = 'pending'", [(attempts, now, i) for i in unit_ids])
             return self._finish(db, unit_ids)
 
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
