@@ -569,6 +569,40 @@ def _generate(ast: dict[str, Any], loose: bool, source: str, guard: bool) -> Eva
     return function
 
 
+Branch = tuple[bool, Any]  # (True, a constant) or (False, a function of the same argument)
+
+
+def generate_test(expression: Expression, locate: Callable[[EvalError], Exception],
+                  then: Branch | None = None, otherwise: Branch | None = None) -> Evaluator:
+    """The expression's JMESPath truthiness, generated in one function with the expression itself.
+
+    It returns True or False; or, given `then` and `otherwise`, the value of the branch chosen
+    (a constant, or a function called with the same argument). The expression's errors (jmespath's
+    own become EvalErrors naming the source, as in compile_expression) are raised through `locate`;
+    the branches' errors are their own.
+    """
+    codegen = _Codegen(expression.loose)
+    result = codegen.gen(expression.ast, "cur", 2)
+    codegen.namespace.update(JMESPathError=jexc.JMESPathError, EvalError=EvalError, source=expression.source,
+                             locate=locate)
+
+    def branch(chosen: Branch | None, default: bool) -> str:
+        if chosen is None:
+            return repr(default)
+        is_constant, value = chosen
+        return codegen.bind(value) if is_constant else f"{codegen.bind(value)}(cur)"
+
+    lines = ["def test(cur):", "    try:", *codegen.lines, f"        result = {result}"]
+    if _needs_guard(expression.ast, expression.loose):
+        lines += ["    except JMESPathError as exc:", "        raise locate(EvalError(f'{source}: {exc}')) from None"]
+    lines += ["    except EvalError as exc:", "        raise locate(exc) from None",
+              f"    if {codegen.falsy('result')}:", f"        return {branch(otherwise, False)}",
+              f"    return {branch(then, True)}"]
+    exec("\n".join(lines), codegen.namespace)  # noqa: S102 - see _Codegen
+    function: Evaluator = codegen.namespace["test"]
+    return function
+
+
 @dataclass
 class ExpressionInfo:
     """What an expression reads: field paths from the root, and names under reserved roots."""
@@ -632,6 +666,7 @@ class Expression:
     evaluate: Evaluator
     info: ExpressionInfo
     ast: dict[str, Any]
+    loose: bool = False  # keys: loose (field names matched ignoring case and punctuation)
 
 
 _PARSER = Parser()
@@ -689,10 +724,10 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
     _collect(ast, info)
     guard = _needs_guard(ast, loose_keys)
     if ast["type"] != "field" or loose_keys:
-        return Expression(source, _generate(ast, loose_keys, source, guard), info, ast)
+        return Expression(source, _generate(ast, loose_keys, source, guard), info, ast, loose_keys)
     compiled = _compile(ast, loose_keys)
     if not guard:
-        return Expression(source, compiled, info, ast)
+        return Expression(source, compiled, info, ast, loose_keys)
 
     def evaluate(current: Any) -> Any:
         try:
@@ -702,4 +737,4 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         except jexc.JMESPathError as exc:
             raise EvalError(f"{source}: {exc}") from None
 
-    return Expression(source, evaluate, info, ast)
+    return Expression(source, evaluate, info, ast, loose_keys)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import Expression, ExpressionError, _normalize_key, compile_expression
+from .expressions import Expression, ExpressionError, _normalize_key, compile_expression, generate_test
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
 from .templates import TemplateError, compile_template, looks_like_template
@@ -194,17 +194,10 @@ class ValueCompiler:
         expression = self.expression(text, place, field_path)
         if expression is None:
             return None
-        evaluate = expression.evaluate
         position = place.position
-
-        def test(scope: Scope) -> bool:
-            try:
-                value = evaluate(scope)
-            except EvalError as exc:
-                raise _locate(exc, field_path, position) from None
-            # JMESPath truthiness (is_truthy), inline: false, null, "", [] and {} are false; 0 is true.
-            return not (value is None or value is False or (not value and isinstance(value, (str, list, dict))))
-
+        # JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), generated in one
+        # function with the expression; its errors are located at this field.
+        test = generate_test(expression, lambda exc: _locate(exc, field_path, position))
         return self._with_deps(test, [expression])
 
     def _with_deps(self, evaluate: Evaluate, expressions: list[Expression]) -> Compiled:
@@ -434,21 +427,21 @@ class ValueCompiler:
         return Compiled(lambda scope: constant, constant=constant)
 
     def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
-        condition = self.condition(node["if"], place, field_path + ".if")
+        expression = self.expression(node["if"], place, field_path + ".if")
+        condition = None if expression is None else self._with_deps(lambda scope: None, [expression])
         if "then" not in node:
             self.problem(node.key_positions["if"], f"{field_path}: if needs then")
             return Compiled(lambda scope: ABSENT)
         then = self.value(node["then"], node.value_places["then"], field_path)
         otherwise = (self.value(node["else"], node.value_places["else"], field_path) if "else" in node
-                     else Compiled(lambda scope: ABSENT))
-        if condition is None:
+                     else None)
+        if expression is None or condition is None:
             return Compiled(lambda scope: ABSENT)
-        test, then_evaluate, else_evaluate = condition.evaluate, then.evaluate, otherwise.evaluate
-
-        def choose(scope: Scope) -> Any:
-            return then_evaluate(scope) if test(scope) else else_evaluate(scope)
-
-        return Compiled(choose, *_merge_deps([condition, then, otherwise]))
+        # The condition and the choice in one generated function; constant branches inline.
+        if_path, position = field_path + ".if", place.position
+        choose = generate_test(expression, lambda exc: _locate(exc, if_path, position), _branch(then),
+                               (True, ABSENT) if otherwise is None else _branch(otherwise))
+        return Compiled(choose, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None
@@ -715,6 +708,12 @@ class ValueCompiler:
             return out
 
         return Compiled(build, *_merge_deps(list(parts.values())))
+
+
+def _branch(compiled: Compiled) -> tuple[bool, Any]:
+    if compiled.constant is not NOT_CONSTANT:
+        return (True, compiled.constant)
+    return (False, compiled.evaluate)
 
 
 def _plain_path(expression: Expression) -> tuple[str, ...] | None:

@@ -90,3 +90,40 @@ def test_generated_code_matches_the_closures() -> None:
             assert _outcome(compiled.evaluate, document) == _outcome(reference, document), (source, document)
             compared += 1
     assert compared > 4000
+
+
+def test_generated_tests_and_choices_match_truthiness() -> None:
+    rng = random.Random(11)
+
+    class Located(Exception):
+        pass
+
+    def locate(exc: EvalError) -> Exception:
+        return Located(str(exc))
+
+    compared = 0
+    for _ in range(800):
+        source = _expression(rng)
+        try:
+            compiled = expressions.compile_expression(source)
+        except expressions.ExpressionError:
+            continue
+        test = expressions.generate_test(compiled, locate)
+        choose = expressions.generate_test(compiled, locate, (True, "yes"), (False, lambda document: "no"))
+        for _ in range(4):
+            document = {"a": _document(rng), "b": _document(rng), "c": _document(rng)}
+            expected = _outcome(compiled.evaluate, document)
+            if expected[0] == "error":
+                for function in (test, choose):
+                    try:
+                        function(document)
+                    except Located as exc:
+                        assert str(exc) == expected[1]
+                    else:
+                        raise AssertionError(f"{source}: expected {expected[1]}")
+            elif expected[0] == "value":
+                truth = expressions.is_truthy(expected[1])
+                assert test(document) is truth, (source, document)
+                assert choose(document) == ("yes" if truth else "no"), (source, document)
+            compared += 1
+    assert compared > 2000
