@@ -171,7 +171,8 @@ class DeliveryWorker:
         self._calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._http_slots: asyncio.Semaphore | None = None
+        self._sending = 0  # HTTP requests on the wire (at most options.concurrency)
+        self._slot_freed: asyncio.Condition | None = None
 
     # -- control (thread-safe) ---------------------------------------------------------------------------
     def _poke(self) -> None:
@@ -201,7 +202,7 @@ class DeliveryWorker:
     async def run(self) -> WorkerStats:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._http_slots = asyncio.Semaphore(self.options.concurrency)
+        self._slot_freed = asyncio.Condition()
         own_client = self._client is None
         if self._client is None:
             self._client = httpx.AsyncClient(
@@ -408,7 +409,9 @@ class DeliveryWorker:
         deadline: float | None = None
         for name, queue in self._queues.items():
             limiter = self._limiters.get(name) or self._limiters[""]
-            while queue and self._calls < self.options.max_calls:
+            # A call is counted by its rate limiter when it is dispatched, so it must go on the wire at
+            # once: dispatch only while a connection is free.
+            while queue and self._calls < self.options.max_calls and self._sending < self.options.concurrency:
                 ready = next((s for s in queue if self._dispatchable(s, now)), None)
                 if ready is None:
                     oldest = min(s.created for s in queue) + self.options.linger
@@ -426,6 +429,7 @@ class DeliveryWorker:
 
     def _start(self, slot: Slot) -> None:
         self._calls += 1
+        self._sending += 1  # its first request goes out now
         task = asyncio.get_running_loop().create_task(self._run_call(slot))
         self._tasks.add(task)
 
@@ -475,30 +479,43 @@ class DeliveryWorker:
         return [entry.unit for entry in slot.builder.entries]
 
     async def _deliver(self, slot: Slot) -> None:
-        assert self._client is not None and self._http_slots is not None
+        assert self._client is not None and self._slot_freed is not None
         policy = self.plan.retry
         limiter = self._limiters.get(slot.target_name) or self._limiters[""]
-        headers = json.loads(self.sealer.unseal(slot.headers))
-        url = self._target_url(slot)
-        body, rendered = self._render(slot)
+        try:
+            headers = json.loads(self.sealer.unseal(slot.headers))
+            url = self._target_url(slot)
+            body, rendered = self._render(slot)
+        except BaseException:
+            await self._free_connection()  # the one _start reserved for the first request
+            raise
         first = True
         while True:
             if not first:
-                await limiter.acquire()
+                async with self._slot_freed:  # a free connection first, then the rate limit: sent when counted
+                    await self._slot_freed.wait_for(lambda: self._sending < self.options.concurrency)
+                    self._sending += 1
+                try:
+                    await limiter.acquire()
+                except BaseException:
+                    await self._free_connection()
+                    raise
                 if self._stopping:  # a retry is something new: leave the units pending for the next run
+                    await self._free_connection()
                     return
             first = False
             status: int | None = None
             text: str | None = None
             response_headers: httpx.Headers | None = None
             error = ""
-            async with self._http_slots:
-                try:
-                    response = await self._client.request(slot.method, url, content=body or None, headers=headers)
-                    status, response_headers = response.status_code, response.headers
-                    text = response.text[:MAX_RESPONSE_TEXT]
-                except httpx.TransportError as exc:
-                    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            try:
+                response = await self._client.request(slot.method, url, content=body or None, headers=headers)
+                status, response_headers = response.status_code, response.headers
+                text = response.text[:MAX_RESPONSE_TEXT]
+            except httpx.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            finally:
+                await self._free_connection()
             self.stats.requests += 1
             if slot.attempts or slot.rate_limited:
                 self.stats.retried += 1
@@ -554,6 +571,14 @@ class DeliveryWorker:
                 return True
             await asyncio.sleep(min(left, 0.1))
         return False
+
+    async def _free_connection(self) -> None:
+        assert self._slot_freed is not None
+        self._sending -= 1
+        async with self._slot_freed:
+            self._slot_freed.notify()
+        if self._wake is not None:
+            self._wake.set()
 
     def _all_units(self, slot: Slot) -> list[Unit]:
         return list(slot.units.values())
