@@ -277,6 +277,7 @@ class FakeServer:
     def _rate_limit(self, name: str, endpoint: Endpoint | None) -> None:
         options = self.options
         now = self.api_now()
+        header = self.plan.retry.retry_after_header
         if options.burst_429_every > 0:
             phase = now % options.burst_429_every
             if phase < options.burst_429_length:
@@ -284,7 +285,7 @@ class FakeServer:
                 with self.store.lock:
                     self.store.count("burst_429")
                 raise Reply(429, [_error(429, "Request was throttled (injected burst).", code="throttled",
-                                         title="Request was throttled.")], {"Retry-After": str(wait)})
+                                         title="Request was throttled.")], {header: str(wait)})
         if not options.enforce_rate_limits or endpoint is None or not endpoint.rate_windows:
             return
         with self._window_lock:
@@ -297,7 +298,7 @@ class FakeServer:
                         self.store.count("rate_limited")
                     raise Reply(429, [_error(429, f"Request was throttled: {window.limit} per {window.seconds:g}s "
                                                   f"({window.name}) on {name}.", code="throttled",
-                                             title="Request was throttled.")], {"Retry-After": str(wait)})
+                                             title="Request was throttled.")], {header: str(wait)})
             for window, index in slots:
                 key = (name, window.name, index)
                 self._windows[key] = self._windows.get(key, 0) + 1
