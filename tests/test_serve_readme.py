@@ -13,15 +13,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = ROOT / "docs" / "readme-sections" / "serve.md"
 EXECUTABLE = ".venv/bin/segment-klaviyo"
 
 
 def _documentation() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    if f"{EXECUTABLE} serve " in readme:
-        return readme
-    return SECTION.read_text(encoding="utf-8")  # not merged into README.md yet
+    return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _blocks() -> tuple[str, str, str]:
