@@ -72,6 +72,8 @@ class Compiled:
     constant: Any = NOT_CONSTANT  # an immutable scalar when the value is always that scalar
     # select only: rebuild it as one function with a constant default and a cast (default, cast) -> evaluate
     fuse: Callable[[Any, Any], Evaluate] | None = None
+    # objects only: (key, part) in order, and omit_empty; parents inline it in their generated code
+    shape: tuple[tuple[tuple[str, Compiled], ...], bool] | None = None
 
     @property
     def reads_event(self) -> bool:
@@ -268,29 +270,10 @@ class ValueCompiler:
             key: self.value(value, node.value_places[key], f"{field_path}.{key}" if field_path else key)
             for key, value in node.items()
         }
-        # The object's keys in order, constants already in place: each event copies this layout and
-        # fills in (or drops) only the keys computed per event.
-        layout = {key: None if part.constant is NOT_CONSTANT else part.constant for key, part in parts.items()}
-        computed = [(key, part.evaluate) for key, part in parts.items() if part.constant is NOT_CONSTANT]
-        copy_layout = layout.copy
-        if not computed:
-            if omit_empty and not layout:
-                return Compiled(lambda scope: ABSENT)
-            return Compiled(lambda scope: copy_layout())
-
-        def build_object(scope: Scope) -> Any:
-            out = copy_layout()
-            for key, evaluate in computed:
-                value = evaluate(scope)
-                if value is ABSENT:
-                    del out[key]
-                else:
-                    out[key] = value
-            if omit_empty and not out:
-                return ABSENT
-            return out
-
-        return Compiled(build_object, *_merge_deps(list(parts.values())))
+        shape = (tuple(parts.items()), omit_empty)
+        compiled = Compiled(_object_function(shape), *_merge_deps(list(parts.values())))
+        compiled.shape = shape
+        return compiled
 
     def _option_bool(self, node: PosDict, key: str, field_path: str) -> bool:
         value = node.get(key, False)
@@ -460,6 +443,11 @@ class ValueCompiler:
             compiled_table = table.compiled
             if not omit_empty:
                 return compiled_table
+            if compiled_table.shape is not None:
+                shape = (compiled_table.shape[0], True)
+                compiled = Compiled(_object_function(shape), compiled_table.paths, compiled_table.var_refs)
+                compiled.shape = shape
+                return compiled
             build = compiled_table.evaluate
 
             def evaluate_now(scope: Scope) -> Any:
@@ -697,17 +685,54 @@ class ValueCompiler:
                 parts[key] = self.value(entry, place, field_path)
             if table.cast is not None and table.cast_place is not None:
                 parts[key] = self._cast(parts[key], table.cast, table.cast_place, field_path)
-        items = [(key, part.evaluate) for key, part in parts.items()]
+        shape = (tuple(parts.items()), False)
+        compiled = Compiled(_object_function(shape), *_merge_deps(list(parts.values())))
+        compiled.shape = shape
+        return compiled
 
-        def build(scope: Scope) -> Any:
-            out = {}
-            for key, evaluate in items:
-                value = evaluate(scope)
-                if value is not ABSENT:
-                    out[key] = value
-            return out
 
-        return Compiled(build, *_merge_deps(list(parts.values())))
+def _object_function(shape: tuple[tuple[tuple[str, Compiled], ...], bool]) -> Evaluate:
+    """An object's value as one generated function, nested objects built inline.
+
+    Keys are inserted in order, constants as they are, computed parts only when not ABSENT (each
+    part evaluated at its key's turn, as before); a nested object with omit_empty is left out when
+    empty, and so is this one. A leading run of constant keys starts as a copy of a ready dict.
+    Keys go into the source through repr(); constants and functions are bound in its namespace.
+    """
+    namespace: dict[str, Any] = {"ABSENT": ABSENT}
+    lines = ["def build(scope):"]
+    names = iter(range(1_000_000))
+
+    def bind(value: Any) -> str:
+        name = f"k{next(names)}"
+        namespace[name] = value
+        return name
+
+    def emit(parts: tuple[tuple[str, Compiled], ...], target: str) -> None:
+        leading = 0
+        while leading < len(parts) and parts[leading][1].constant is not NOT_CONSTANT:
+            leading += 1
+        if leading:
+            lines.append(f"    {target} = {bind({key: part.constant for key, part in parts[:leading]})}.copy()")
+        else:
+            lines.append(f"    {target} = {{}}")
+        for key, part in parts[leading:]:
+            if part.constant is not NOT_CONSTANT:
+                lines.append(f"    {target}[{key!r}] = {bind(part.constant)}")
+            elif part.shape is not None:
+                child = f"o{next(names)}"
+                emit(part.shape[0], child)
+                lines.append(f"    if {child}:" if part.shape[1] else "    if True:")
+                lines.append(f"        {target}[{key!r}] = {child}")
+            else:
+                lines.extend([f"    v = {bind(part.evaluate)}(scope)", "    if v is not ABSENT:",
+                              f"        {target}[{key!r}] = v"])
+
+    emit(shape[0], "o")
+    lines.append("    return o if o else ABSENT" if shape[1] else "    return o")
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from keys (repr) and bound names only
+    function: Evaluate = namespace["build"]
+    return function
 
 
 def _branch(compiled: Compiled) -> tuple[bool, Any]:
