@@ -684,7 +684,13 @@ class ValueCompiler:
             else:
                 parts[key] = self.value(entry, place, field_path)
             if table.cast is not None and table.cast_place is not None:
-                parts[key] = self._cast(parts[key], table.cast, table.cast_place, field_path)
+                part = parts[key]
+                cast = CASTS.get(table.cast) if isinstance(table.cast, str) else None
+                if part.fuse is not None and cast is not None:  # the select casts, in its own function
+                    evaluate = part.fuse(NOT_CONSTANT, (table.cast, cast, table.cast_place.position))
+                    parts[key] = Compiled(evaluate, part.paths, part.var_refs)
+                else:
+                    parts[key] = self._cast(part, table.cast, table.cast_place, field_path)
         shape = (tuple(parts.items()), False)
         compiled = Compiled(_object_function(shape), *_merge_deps(list(parts.values())))
         compiled.shape = shape
