@@ -97,7 +97,7 @@ class Vars(dict[str, Any]):
     __slots__ = ("_definitions", "_scope", "_parent")
 
     def __init__(self, definitions: dict[str, Any], scope: dict[str, Any], parent: Vars | None = None):
-        super().__init__()
+        # (starts empty: no dict.__init__ call needed, one per event and rule with values)
         self._definitions = definitions
         self._scope = scope
         self._parent = parent
@@ -221,7 +221,8 @@ class Mapper:
             for requirement in rule.requires:
                 if not requirement.test(scope):
                     raise _Rejected(f"{self._text(requirement.reason, scope)} (rule '{rule.name}')")
-            self._warn(rule, scope, result)
+            if rule.warns:
+                self._warn(rule, scope, result)
             if rule.action == "reject":
                 assert rule.message is not None
                 raise _Rejected(f"{self._text(rule.message, scope)} (rule '{rule.name}')")
@@ -258,7 +259,8 @@ class Mapper:
                     reason = f"{self._text(failed.reason, item_scope)} (rule '{rule.name}')"
                     result.item_rejections.append(_item(rule, index, reason))
                     continue
-                self._warn(rule, item_scope, result)
+                if rule.warns:
+                    self._warn(rule, item_scope, result)
                 assert rule.request is not None
                 result.requests.append(self._build(rule, rule.request, item_scope, result.index, index))
             except EvalError as error:
