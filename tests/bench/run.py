@@ -143,15 +143,26 @@ def measure_load(runs: int = 5) -> tuple[float, float]:
     return statistics.median(cold), statistics.median(warm)
 
 
-def _rss_kb(pid: int) -> int | None:
+def _rss_kb(pid: int) -> tuple[int | None, int | None]:
+    """A process's current and peak resident set size in kB (/proc), or None when it is gone."""
+    found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line[:5]] = int(line.split()[1])
+    except (OSError, ValueError):
+        return None, None
+    return found.get("VmRSS"), found.get("VmHWM")
+
+
+LAUNCHER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+print(child.pid, flush=True)
+_, status, usage = os.wait4(child.pid, 0)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}), flush=True)
+"""
 
 
 def cli_command() -> list[str]:
@@ -172,22 +183,27 @@ def measure_stream(count: int, seed: int, workdir: Path) -> dict[str, Any]:
     command = cli_command() + ["map", str(source), "--settings", str(settings), "--errors", os.devnull]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"  streaming {count:,} events through `{' '.join(command[1:3])} map` …", file=sys.stderr, flush=True)
+    # `map` is started by a small launcher process, not by this one: a child's peak RSS (rusage) starts
+    # from its parent's RSS at fork, and this process holds the in-process corpus. The launcher
+    # reports the child's pid, then its rusage; meanwhile this process samples the child's RSS.
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, *command], stdout=subprocess.PIPE, env=env,
+                                cwd=str(ROOT), text=True)
+    assert launcher.stdout is not None
+    pid = int(launcher.stdout.readline())
     samples: list[tuple[float, int]] = []
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        rss = _rss_kb(process.pid)
+    high_water = 0
+    while launcher.poll() is None:
+        rss, hwm = _rss_kb(pid)
         if rss is not None:
             samples.append((time.perf_counter() - started, rss))
+            high_water = max(high_water, hwm or 0)
         time.sleep(0.2)
     elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0, 1):  # 1: some events were rejected by the mapping, as expected
-        raise SystemExit(f"`map` failed with exit code {process.returncode}")
-    peak_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+    report = json.loads(launcher.stdout.read())
+    if report["exit"] not in (0, 1):  # 1: some events were rejected by the mapping, as expected
+        raise SystemExit(f"`map` failed with exit code {report['exit']}")
+    peak_mb = max(report["maxrss_kb"], high_water) / 1024
     # Growth: RSS in the last fifth of the run against the first fifth (after start-up).
     growth_mb = None
     if len(samples) >= 10:
