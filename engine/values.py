@@ -560,7 +560,12 @@ class ValueCompiler:
                 return ABSENT if omit_empty else {}
             if not isinstance(source, dict):
                 raise FieldError(f"{source_text} is {a_json_type(source)}, not an object", field_path, position)
-            out = {k: v for k, v in source.items() if (keep_null or v is not None) and not left_out(k)}
+            if loose:
+                out = {k: v for k, v in source.items() if (keep_null or v is not None) and not left_out(k)}
+            elif keep_null:
+                out = {k: v for k, v in source.items() if k not in excluded}
+            else:  # the usual case: one set lookup per key, no call
+                out = {k: v for k, v in source.items() if v is not None and k not in excluded}
             return ABSENT if omit_empty and not out else out
 
         return self._with_deps(rest, [expression])
