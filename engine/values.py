@@ -9,6 +9,7 @@ is absent is `ABSENT`, and an object drops keys whose value is absent (never sen
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,8 +138,13 @@ class Known:
 
 def normalize_lookup_key(key: Any, ignore_case: bool) -> Any:
     if ignore_case and isinstance(key, str):
-        return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
+        return _normalize_text_key(key)
     return key
+
+
+@functools.lru_cache(maxsize=4096)  # lookup keys (event names, plans) repeat from event to event
+def _normalize_text_key(key: str) -> str:
+    return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
 
 
 class ValueCompiler:
