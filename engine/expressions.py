@@ -1,9 +1,11 @@
-"""JMESPath selectors: parsed and checked at load time, compiled to plain Python closures.
+"""JMESPath selectors: parsed and checked at load time, compiled to plain Python.
 
-jmespath.py walks its syntax tree on every search. The paths rules use most (`traits.email`,
-`traits.phones[0]`, function calls, comparisons) are compiled here into closures once, at load time;
-anything rarer (projections, filters, slices) is handed to jmespath's own interpreter, so the
-language is always full JMESPath.
+jmespath.py walks its syntax tree on every search. Here each expression is compiled once, at load
+time: `_compile` turns the tree into closures (paths, indexes, comparisons, and/or/not, pipes,
+function calls, projections and filters), and `_Codegen` turns it into the source of one Python
+function doing the same steps without a call per node, which is what runs. Anything rarer (slices,
+exprefs such as sort_by(&x)) is handed to jmespath's own interpreter, so the language is always
+full JMESPath.
 """
 
 from __future__ import annotations
