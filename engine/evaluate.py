@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
 from .rules import RequestPlan, Rule
-from .values import ABSENT, FieldError
+from .values import ABSENT, NOT_CONSTANT, FieldError
 
 MASK = "***"
 
@@ -151,6 +151,7 @@ class Mapper:
             scope["vars"] = Vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, list[Rule]] = {}
+        self._constant_urls: dict[int, str] = {}  # id(plan) -> URL, for plans whose url is a constant
 
     def _rules_for(self, event_type: str) -> list[Rule]:
         """The top-level rules that can match this event type, in order (cached for the usual types)."""
@@ -207,7 +208,9 @@ class Mapper:
     # -- rules -----------------------------------------------------------------------------------------
     def _apply(self, rule: Rule, scope: dict[str, Any], event_type: str, event_name: Any, result: MapResult) -> bool:
         """Apply one rule; True when no later rule may run (final, or a terminal action)."""
-        if not rule.matches(event_type, event_name):
+        if rule.types is not None and event_type not in rule.types:
+            return False
+        if (rule.event_names is not None or rule.event_globs) and not rule.matches(event_type, event_name):
             return False
         try:
             if rule.when is not None and not rule.when.evaluate(scope):
@@ -287,11 +290,15 @@ class Mapper:
 
     def _build(self, rule: Rule, plan: RequestPlan, scope: dict[str, Any], event_index: int,
                item_index: int | None) -> Request:
-        url = plan.url.evaluate(scope)
-        if not isinstance(url, str) or not url:
-            raise EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
-        if plan.url_is_path:
-            url = self.base_url + (url if url.startswith("/") else "/" + url)
+        url = self._constant_urls.get(id(plan))
+        if url is None:
+            url = plan.url.evaluate(scope)
+            if not isinstance(url, str) or not url:
+                raise EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
+            if plan.url_is_path:
+                url = self.base_url + (url if url.startswith("/") else "/" + url)
+            if plan.url.constant is not NOT_CONSTANT:  # a constant path: joined to the base URL once
+                self._constant_urls[id(plan)] = url
         if plan.query is not None:
             query = plan.query.evaluate(scope)
             if isinstance(query, dict) and query:
