@@ -174,6 +174,7 @@ class Mapper:
                                 else f"event type {describe(event_type)} is not a string")
             return result
         scope = dict(event)
+        scope["input"] = event  # the event as received, e.g. to fingerprint it without the settings
         scope["settings"] = self.settings
         scope["mapping"] = self.mapping_info
         scope["vars"] = Vars(self.mapping_set.values, scope)

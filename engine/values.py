@@ -44,7 +44,7 @@ Scope = dict[str, Any]
 Evaluate = Callable[[Scope], Any]
 
 # Root names the engine puts in every scope; event fields of the same name are shadowed.
-RESERVED_ROOTS = ("settings", "vars", "mapping", "item", "index")
+RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index")
 
 
 class FieldError(EvalError):

@@ -35,3 +35,15 @@ def test_base_url_override() -> None:
     mapper = engine.Mapper(engine.load_mapping_set("klaviyo"), {"privateKey": "pk"}, base_url="http://127.0.0.1:9/")
     [request] = mapper.map({"type": "track", "userId": "u", "event": "E", "messageId": "m"}).requests
     assert request.url == "http://127.0.0.1:9/api/events"
+
+
+def test_unique_id_without_message_id_does_not_depend_on_the_key_or_masking() -> None:
+    mapping_set = engine.load_mapping_set("klaviyo")
+    event = {"type": "track", "userId": "u", "event": "E", "properties": {"a": 1}}
+    ids = {
+        engine.Mapper(mapping_set, settings, mask_secrets=mask).map(event).requests[0].body["data"]["attributes"][
+            "unique_id"]
+        for settings, mask in (({"privateKey": "pk_1"}, False), ({"privateKey": "pk_2"}, False),
+                               ({"privateKey": "pk_1"}, True))
+    }
+    assert len(ids) == 1
