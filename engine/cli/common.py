@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet, load_mapping_set
-from ..problems import MappingSetError
+from ..problems import MappingSetError, SettingsError
+
+if TYPE_CHECKING:
+    from ..delivery.config import DeliveryPlan
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -68,3 +73,40 @@ def read_settings(path: str | None, overrides: list[str]) -> dict[str, Any]:
 def fail(message: str) -> int:
     print(f"{PROGRAM}: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+@dataclass
+class DeliverySetup:
+    """What the commands that deliver (send, serve) check before they start."""
+
+    mapping_set: MappingSet
+    plan: DeliveryPlan
+    given_settings: dict[str, Any]
+    settings: dict[str, Any]  # validated, defaults filled in
+    base_url: str
+
+
+def prepare_delivery(args: argparse.Namespace, verb: str) -> DeliverySetup:
+    """Load the set, its delivery plan and the settings; refuse what cannot be delivered (UsageError)."""
+    from ..delivery.config import DeliveryPlan  # only the delivering commands need it
+
+    mapping_set = load_set_or_exit(args.mappings)
+    if mapping_set.compatibility_only and not args.allow_compatibility_only:
+        raise UsageError(f"mapping set '{mapping_set.name}' is for compatibility and comparison only: "
+                         f"{mapping_set.compatibility_only}\n(pass --allow-compatibility-only to {verb} anyway)")
+    try:
+        plan = DeliveryPlan.for_set(mapping_set)
+    except MappingSetError as exc:
+        raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+    given = read_settings(args.settings, args.overrides)
+    try:
+        resolved = mapping_set.resolve_settings(dict(given))
+    except SettingsError as exc:
+        raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
+    missing = mapping_set.missing_to_send(resolved)
+    if missing:
+        raise UsageError(f"missing setting(s) needed to send: {', '.join(missing)} "
+                         f"(--settings FILE or --set {missing[0]}=…)")
+    env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
+    base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
+    return DeliverySetup(mapping_set, plan, given, resolved, base_url)

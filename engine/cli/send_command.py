@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -30,7 +29,6 @@ from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, Wo
 from ..evaluate import MapResult
 from ..events import read_events
 from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet
-from ..problems import MappingSetError, SettingsError
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -38,8 +36,7 @@ from .common import (
     UsageError,
     add_mapping_options,
     fail,
-    load_set_or_exit,
-    read_settings,
+    prepare_delivery,
 )
 
 EXIT_INTERRUPTED = 130
@@ -122,32 +119,16 @@ class _Display:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
-        mapping_set = load_set_or_exit(args.mappings)
-        if mapping_set.compatibility_only and not args.allow_compatibility_only:
-            raise UsageError(f"mapping set '{mapping_set.name}' is for compatibility and comparison only: "
-                             f"{mapping_set.compatibility_only}\n(pass --allow-compatibility-only to send anyway)")
-        try:
-            plan = DeliveryPlan.for_set(mapping_set)
-        except MappingSetError as exc:
-            raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+        setup = prepare_delivery(args, "send")
+        mapping_set, plan, given, resolved, base_url = (setup.mapping_set, setup.plan, setup.given_settings,
+                                                        setup.settings, setup.base_url)
         if args.fake and plan.spec_path is None:
             raise UsageError(f"--fake: mapping set '{mapping_set.name}' names no OpenAPI spec in a delivery section, "
                              "so there is no fake of its API")
-        given = read_settings(args.settings, args.overrides)
-        try:
-            resolved = mapping_set.resolve_settings(dict(given))
-        except SettingsError as exc:
-            raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
-        missing = mapping_set.missing_to_send(resolved)
-        if missing:
-            raise UsageError(f"missing setting(s) needed to send: {', '.join(missing)} "
-                             f"(--settings FILE or --set {missing[0]}=…)")
         if args.resume and args.file:
             raise UsageError("--resume reads no input; leave out FILE")
         if args.time_scale <= 0 or args.concurrency < 1:
             raise UsageError("--time-scale must be > 0 and --concurrency ≥ 1")
-        env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
-        base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
         source: IO[str] | None = None
         if not args.resume:
             try:

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..delivery.config import DeliveryPlan
 from ..delivery.outbox import OutboxLocked
 from ..delivery.worker import WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
-from ..problems import MappingSetError, SettingsError
-from .common import EXIT_OK, UsageError, add_mapping_options, fail, load_set_or_exit, read_settings
+from .common import EXIT_OK, UsageError, add_mapping_options, fail, prepare_delivery
 
 DEFAULT_STATE = f"{PROGRAM}-state"
 
@@ -58,23 +55,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        mapping_set = load_set_or_exit(args.mappings)
-        if mapping_set.compatibility_only and not args.allow_compatibility_only:
-            raise UsageError(f"mapping set '{mapping_set.name}' is for compatibility and comparison only: "
-                             f"{mapping_set.compatibility_only}\n(pass --allow-compatibility-only to serve anyway)")
-        try:
-            plan = DeliveryPlan.for_set(mapping_set)
-        except MappingSetError as exc:
-            raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
-        settings = read_settings(args.settings, args.overrides)
-        try:
-            resolved = mapping_set.resolve_settings(dict(settings))
-        except SettingsError as exc:
-            raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
-        missing = mapping_set.missing_to_send(resolved)
-        if missing:
-            raise UsageError(f"missing setting(s) needed to send: {', '.join(missing)} "
-                             f"(--settings FILE or --set {missing[0]}=…)")
+        setup = prepare_delivery(args, "serve")
+        mapping_set, plan, settings, base_url = setup.mapping_set, setup.plan, setup.given_settings, setup.base_url
         write_keys = [key for key in args.write_keys if key]
         if not write_keys:
             raise UsageError("give at least one --write-key: the key Segment's libraries are configured with")
@@ -82,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--port {args.port}: not a port number")
         if args.time_scale <= 0 or args.concurrency < 1 or args.linger < 0:
             raise UsageError("--time-scale must be > 0, --concurrency ≥ 1 and --linger ≥ 0")
-        env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
-        base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
     except UsageError as exc:
         return fail(str(exc))
 
