@@ -50,3 +50,19 @@ def evaluate(value: Any, event: dict[str, Any], settings: dict[str, Any] | None,
     (folder / "rules.yaml").write_text(RULES_HEAD.replace("VALUE", flow), encoding="utf-8")
     mapper = engine.Mapper(engine.load_mapping_set(folder), settings or {}, mask_secrets=True)
     return mapper.map({"type": "test", **event})
+
+
+def assert_outcome(result: engine.MapResult, case: dict[str, Any], *, result_key: str, absent_key: str,
+                   error_key: str) -> None:
+    """Check one case's outcome: the value of `result`, its absence, or a rejection naming the rule."""
+    if error_key in case:
+        assert result.rejection is not None, f"expected a rejection, got {result.requests}"
+        assert case[error_key] in result.rejection
+        assert "rule 'under-test'" in result.rejection
+        return
+    assert result.rejection is None, result.rejection
+    body = result.requests[0].body
+    if case.get(absent_key):
+        assert "result" not in body
+    else:
+        assert body == {"result": case[result_key]}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from language_harness import evaluate
+from language_harness import assert_outcome, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -39,15 +39,7 @@ def test_readme_has_language_examples() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[str(i) for i in range(len(EXAMPLES))])
 def test_language_example(example: dict[str, Any], tmp_path: Path) -> None:
     result = evaluate(example["value"], example["event"], example.get("settings"), tmp_path / "set")
-    if "error" in example:
-        assert result.rejection is not None and example["error"] in result.rejection
-        return
-    assert result.rejection is None, result.rejection
-    body = result.requests[0].body
-    if example.get("result_absent"):
-        assert "result" not in body
-    else:
-        assert body == {"result": example["result"]}
+    assert_outcome(result, example, result_key="result", absent_key="result_absent", error_key="error")
 
 
 def test_library_example_prints_what_the_readme_says() -> None:
