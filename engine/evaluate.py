@@ -7,7 +7,7 @@ as a whole produces no request at all, never a half-built one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
 from .rules import RequestPlan, Rule
-from .values import ABSENT, NOT_CONSTANT, FieldError
+from .values import ABSENT, FieldError
 
 MASK = "***"
 
@@ -150,14 +150,16 @@ class Mapper:
             scope = {"settings": self.settings, "mapping": self.mapping_info}
             scope["vars"] = Vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
-        self._rules_by_type: dict[str, list[Rule]] = {}
-        self._constant_urls: dict[int, str] = {}  # id(plan) -> URL, for plans whose url is a constant
+        self._rules_by_type: dict[str, list[_Runner]] = {}
+        self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
+        self._builders: dict[int, _Build] = {}  # id(plan) -> _builder's function
 
-    def _rules_for(self, event_type: str) -> list[Rule]:
+    def _rules_for(self, event_type: str) -> list[_Runner]:
         """The top-level rules that can match this event type, in order (cached for the usual types)."""
         rules = self._rules_by_type.get(event_type)
         if rules is None:
-            rules = [rule for rule in self.mapping_set.rules if rule.types is None or event_type in rule.types]
+            rules = [self._runner(rule, False) for rule in self.mapping_set.rules
+                     if rule.types is None or event_type in rule.types]
             if len(self._rules_by_type) < 64:
                 self._rules_by_type[event_type] = rules
         return rules
@@ -180,8 +182,8 @@ class Mapper:
         scope["vars"] = Vars(self.mapping_set.values, scope)
         event_name = event.get("event")
         try:
-            for rule in self._rules_for(event_type):
-                if self._apply(rule, scope, event_type, event_name, result):
+            for run in self._rules_for(event_type):
+                if run(scope, event_type, event_name, result):
                     break
         except _Rejected as rejected:
             result.rejection = str(rejected)
@@ -192,6 +194,10 @@ class Mapper:
             if not result.requests:
                 result.skipped = str(skipped)
         except Exception as exc:  # a bug must not lose the event: reject it, saying so, and go on
+            # The rules' generated functions are made again from the plan for the next event.
+            self._rules_by_type.clear()
+            self._runners.clear()
+            self._builders.clear()
             result.rejection = f"internal error while mapping (please report it): {type(exc).__name__}: {exc}"
             result.requests = []
             result.item_rejections = []
@@ -207,42 +213,70 @@ class Mapper:
             yield self.map(event, index)
 
     # -- rules -----------------------------------------------------------------------------------------
-    def _apply(self, rule: Rule, scope: dict[str, Any], event_type: str, event_name: Any, result: MapResult) -> bool:
-        """Apply one rule; True when no later rule may run (final, or a terminal action)."""
-        if rule.types is not None and event_type not in rule.types:
-            return False
-        if (rule.event_names is not None or rule.event_globs) and not rule.matches(event_type, event_name):
-            return False
-        try:
-            if rule.when is not None and not rule.when.evaluate(scope):
-                return False  # a rule that does not run does not end the event's rules, final or not
-            if rule.for_each is not None:
-                self._fan_out(rule, scope, result)
-                return rule.final
+    # Each rule runs as one generated function, `run(scope, event_type, event_name, result) -> bool`
+    # (True when no later rule may run: final, or a terminal action). Why: interpreting the plan
+    # tested a dozen attributes of every rule on every event (match, when, for_each, values,
+    # requires, warnings, action); the plan is fixed at load time, so only the steps this rule has
+    # are written out, in the same order, each calling the compiled value it binds. Names and
+    # messages reach the source only through bound names (never as text).
+    def _runner(self, rule: Rule, check_type: bool) -> _Runner:
+        """The rule's function (made on first use, once per Mapper); check_type for nested rules,
+        whose type _rules_for has not filtered."""
+        key = (id(rule), check_type)
+        run = self._runners.get(key)
+        if run is None:
+            run = self._runners[key] = self._generate_runner(rule, check_type)
+        return run
+
+    def _generate_runner(self, rule: Rule, check_type: bool) -> _Runner:
+        namespace: dict[str, Any] = {
+            "rule": rule, "types": rule.types, "matches": rule.matches, "suffix": f" (rule '{rule.name}')",
+            "text": self._text, "Vars": Vars, "values": rule.values, "EvalError": EvalError,
+            "_Rejected": _Rejected, "_Skipped": _Skipped, "_reason": _reason, "final": rule.final,
+        }
+        lines = ["def run(scope, event_type, event_name, result):"]
+        if check_type and rule.types is not None:
+            lines.append("    if event_type not in types: return False")
+        if rule.event_names is not None or rule.event_globs:
+            lines.append("    if not matches(event_type, event_name): return False")
+        lines.append("    try:")
+        body: list[str] = []  # inside the try: an EvalError of any step rejects the event
+        if rule.when is not None:
+            namespace["when"] = rule.when.evaluate
+            body.append("if not when(scope): return False  # a rule that does not run ends nothing")
+        if rule.for_each is not None:
+            namespace["fan_out"] = self._fan_out
+            body += ["fan_out(rule, scope, result)", "return final"]
+        else:
             if rule.values:
-                scope = dict(scope)
-                scope["vars"] = Vars(rule.values, scope, scope["vars"])
-            for requirement in rule.requires:
-                if not requirement.test(scope):
-                    raise _Rejected(f"{self._text(requirement.reason, scope)} (rule '{rule.name}')")
+                body += ["scope = dict(scope)", "scope['vars'] = Vars(values, scope, scope['vars'])"]
+            for number, requirement in enumerate(rule.requires):
+                namespace[f"require{number}"], namespace[f"reason{number}"] = requirement.test, requirement.reason
+                body += [f"if not require{number}(scope):",
+                         f"    raise _Rejected(text(reason{number}, scope) + suffix)"]
             if rule.warns:
-                self._warn(rule, scope, result)
+                namespace["warn"] = self._warn
+                body.append("warn(rule, scope, result)")
+            namespace["message"] = rule.message
             if rule.action == "reject":
-                assert rule.message is not None
-                raise _Rejected(f"{self._text(rule.message, scope)} (rule '{rule.name}')")
-            if rule.action == "skip":
-                assert rule.message is not None
-                raise _Skipped(self._text(rule.message, scope))
-            if rule.action == "group":
-                for child in rule.children:
-                    if self._apply(child, scope, event_type, event_name, result):
-                        return True
-                return rule.final
-            assert rule.request is not None
-            result.requests.append(self._build(rule, rule.request, scope, result.index, None))
-        except EvalError as error:
-            raise _Rejected(_reason(rule, error)) from None
-        return rule.final
+                body.append("raise _Rejected(text(message, scope) + suffix)")
+            elif rule.action == "skip":
+                body.append("raise _Skipped(text(message, scope))")
+            elif rule.action == "group":
+                for number, child in enumerate(rule.children):
+                    namespace[f"child{number}"] = self._runner(child, True)
+                    body.append(f"if child{number}(scope, event_type, event_name, result): return True")
+                body.append("return final")
+            else:
+                assert rule.request is not None
+                namespace["build"] = self._builder(rule, rule.request)
+                body.append("result.requests.append(build(scope, result.index, None))")
+        lines += ["        " + line for line in body]
+        lines += ["    except EvalError as error:", "        raise _Rejected(_reason(rule, error)) from None",
+                  "    return final"]
+        exec("\n".join(lines), namespace)  # noqa: S102 - generated from the plan's shape and bound names only
+        run: _Runner = namespace["run"]
+        return run
 
     def _fan_out(self, rule: Rule, scope: dict[str, Any], result: MapResult) -> None:
         assert rule.for_each is not None
@@ -251,6 +285,7 @@ class Mapper:
             return
         if not isinstance(items, list):
             raise EvalError(f"for_each {rule.for_each_source}: is {a_json_type(items)}, not a list")
+        build = None if rule.request is None else self._builder(rule, rule.request)
         for index, item in enumerate(items):
             item_scope = dict(scope)
             item_scope[rule.item_name] = item
@@ -265,8 +300,8 @@ class Mapper:
                     continue
                 if rule.warns:
                     self._warn(rule, item_scope, result)
-                assert rule.request is not None
-                result.requests.append(self._build(rule, rule.request, item_scope, result.index, index))
+                assert build is not None
+                result.requests.append(build(item_scope, result.index, index))
             except EvalError as error:
                 result.item_rejections.append(_item(rule, index, _reason(rule, error)))
 
@@ -289,41 +324,77 @@ class Mapper:
             raise EvalError(f"headers must be an object, got {json_type(value)}")
         return {str(k): to_string(v) for k, v in value.items() if v is not None}
 
-    def _build(self, rule: Rule, plan: RequestPlan, scope: dict[str, Any], event_index: int,
-               item_index: int | None) -> Request:
-        url = self._constant_urls.get(id(plan))
-        if url is None:
-            url = plan.url.evaluate(scope)
-            if not isinstance(url, str) or not url:
-                raise EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
-            if plan.url_is_path:
-                url = self.base_url + (url if url.startswith("/") else "/" + url)
-            if plan.url.constant is not NOT_CONSTANT:  # a constant path: joined to the base URL once
-                self._constant_urls[id(plan)] = url
-        if plan.query is not None:
-            query = plan.query.evaluate(scope)
-            if isinstance(query, dict) and query:
-                pairs = [(k, _query_value(k, v)) for k, v in query.items()]
-                url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
-        if self._constant_headers is not None:
-            headers = dict(self._constant_headers)
-        elif self.mapping_set.default_headers is not None:
-            headers = self._headers(self.mapping_set.default_headers.evaluate(scope))
+    def _builder(self, rule: Rule, plan: RequestPlan) -> _Build:
+        """The plan's request as one generated function, `build(scope, event_index, item_index)`.
+
+        Why: the plan is fixed, so only its steps are written out (url, query, headers, body, in
+        that order, with the same errors): a constant URL is joined to the base URL here, once, and
+        constant headers are copied from a ready dict. Values are bound names in its namespace.
+        """
+        ready = self._builders.get(id(plan))
+        if ready is not None:
+            return ready
+        namespace: dict[str, Any] = {
+            "Request": Request, "EvalError": EvalError, "ABSENT": ABSENT, "describe": describe,
+            "json_type": json_type, "_query_value": _query_value, "_with_query": _with_query,
+            "_headers": self._headers, "name": rule.name, "method": plan.method, "base_url": self.base_url,
+        }
+        lines = ["def build(scope, event_index, item_index):"]
+        constant = plan.url.constant
+        if isinstance(constant, str) and constant:  # joined once; any other constant fails as below, each time
+            namespace["url"] = self.base_url + (constant if constant.startswith("/") else "/" + constant) \
+                if plan.url_is_path else constant
+            lines.append("    full_url = url")
         else:
-            headers = {}
+            namespace["url"] = plan.url.evaluate
+            lines += ["    full_url = url(scope)",
+                      "    if not isinstance(full_url, str) or not full_url:",
+                      "        raise EvalError(f'request url is {describe(None if full_url is ABSENT else full_url)}, "
+                      "not a string')"]
+            if plan.url_is_path:
+                lines.append("    full_url = base_url + (full_url if full_url.startswith('/') else '/' + full_url)")
+        if plan.query is not None:
+            namespace["query"] = plan.query.evaluate
+            lines.append("    full_url = _with_query(full_url, query(scope))")
+        if self._constant_headers is not None:
+            namespace["constant_headers"] = self._constant_headers
+            lines.append("    headers = constant_headers.copy()")
+        elif self.mapping_set.default_headers is not None:
+            namespace["default_headers"] = self.mapping_set.default_headers.evaluate
+            lines.append("    headers = _headers(default_headers(scope))")
+        else:
+            lines.append("    headers = {}")
         if plan.headers is not None:
-            headers.update(self._headers(plan.headers.evaluate(scope)))
-        body_kind = plan.body_kind
-        body: Any = None
-        if plan.body is not None:
-            body = plan.body.evaluate(scope)
-            if body is ABSENT:
-                body_kind, body = None, None
-            elif body_kind == "form":
-                if not isinstance(body, dict):
-                    raise EvalError(f"form body must be an object, got {json_type(body)}")
-                body = {k: _query_value(k, v) for k, v in body.items()}
-        return Request(rule.name, plan.method, url, headers, body_kind, body, event_index, item_index)
+            namespace["plan_headers"] = plan.headers.evaluate
+            lines.append("    headers.update(_headers(plan_headers(scope)))")
+        namespace["body_kind"] = plan.body_kind
+        request = "Request(name, method, full_url, headers, {}, {}, event_index, item_index)"
+        if plan.body is None:
+            lines.append("    return " + request.format("body_kind", "None"))
+        else:
+            namespace["body"] = plan.body.evaluate
+            lines += ["    value = body(scope)", "    if value is ABSENT:",
+                      "        return " + request.format("None", "None")]
+            if plan.body_kind == "form":
+                lines += ["    if not isinstance(value, dict):",
+                          "        raise EvalError(f'form body must be an object, got {json_type(value)}')",
+                          "    value = {k: _query_value(k, v) for k, v in value.items()}"]
+            lines.append("    return " + request.format("body_kind", "value"))
+        exec("\n".join(lines), namespace)  # noqa: S102 - generated from the plan's shape and bound names only
+        build: _Build = namespace["build"]
+        self._builders[id(plan)] = build
+        return build
+
+
+_Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
+_Build = Callable[[dict[str, Any], int, "int | None"], Request]
+
+
+def _with_query(url: str, query: Any) -> str:
+    if isinstance(query, dict) and query:
+        pairs = [(k, _query_value(k, v)) for k, v in query.items()]
+        url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
+    return url
 
 
 def _item(rule: Rule, index: int, reason: str) -> ItemRejection:
