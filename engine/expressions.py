@@ -514,6 +514,10 @@ class _Codegen:
                 # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
                 test = f"{left} is None" if constant is None else f"{left} == {right}"
                 self.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
+            elif isinstance(constant, bool):
+                # true/false equals only itself (never 1 or 0): an identity test, without _equals' call.
+                test = f"{left} is {constant!r}"
+                self.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
             else:
                 call = f"_equals({left}, {right})"
                 self.emit(indent, f"{out} = {call}" if op == "eq" else f"{out} = not {call}")
