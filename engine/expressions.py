@@ -291,10 +291,6 @@ def _call_builtin(name: str, arguments: list[Evaluator], function: Callable[...,
     return call
 
 
-def _is_false(value: Any) -> bool:
-    return value is None or value is False or (not value and isinstance(value, (str, list, dict)))
-
-
 def _projection(node: dict[str, Any]) -> Evaluator:
     """`a[*].b`: b of each element of a, nulls left out (as jmespath's interpreter does)."""
     left, right = (_compile(child, False) for child in node["children"][:2])
@@ -318,7 +314,7 @@ def _filter_projection(node: dict[str, Any]) -> Evaluator:
             return None
         collected = []
         for element in base:
-            if not _is_false(condition(element)):
+            if is_truthy(condition(element)):
                 value = right(element)
                 if value is not None:
                     collected.append(value)

@@ -33,8 +33,10 @@ def describe(value: Any) -> str:
 
 
 def a_json_type(value: Any) -> str:
-    """'an array', 'a string': the JSON type with its article, for messages."""
+    """'an array', 'a string', 'null': the JSON type with its article, for messages."""
     name = json_type(value)
+    if name == "null":
+        return name
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 

@@ -28,6 +28,8 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
+from ..functions import a_json_type
+
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 BATCH_ENDPOINTS = ("batch", "import")
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -116,26 +118,12 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _check_type(message: dict[str, Any], where: str) -> None:
     kind = message.get("type")
     if kind is None:
         raise BadRequest(f"{where} has no type; it must be one of {', '.join(CALL_TYPES)}", "missing_type")
     if kind not in CALL_TYPES:
-        shown = json.dumps(kind) if isinstance(kind, str) else _json_type(kind)
+        shown = json.dumps(kind) if isinstance(kind, str) else a_json_type(kind)
         raise BadRequest(f"{where} has type {shown}; it must be one of {', '.join(CALL_TYPES)}", "invalid_type")
 
 
@@ -164,7 +152,7 @@ def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> 
     document = parse_json(body)
     if not isinstance(document, dict):
         what = "a batch request" if endpoint in BATCH_ENDPOINTS else "a message"
-        raise BadRequest(f"the body is {_json_type(document)}; {what} must be a JSON object", "invalid_message")
+        raise BadRequest(f"the body is {a_json_type(document)}; {what} must be a JSON object", "invalid_message")
     body_key = document.get("writeKey")
     write_key = body_key if isinstance(body_key, str) and body_key else None
     received = received_at or now_iso()
@@ -174,7 +162,7 @@ def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> 
         return [_normalize(message, received, None)], write_key
     items = document.get("batch")
     if not isinstance(items, list):
-        got = "no batch" if items is None else f"batch is {_json_type(items)}"
+        got = "no batch" if items is None else f"batch is {a_json_type(items)}"
         raise BadRequest(f"a batch request must be an object with a batch array; it has {got}", "invalid_batch")
     shared: dict[str, dict[str, Any]] = {}
     for key in ("context", "integrations"):
@@ -182,14 +170,14 @@ def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> 
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise BadRequest(f"the batch's {key} is {_json_type(value)}; it must be an object", "invalid_batch")
+            raise BadRequest(f"the batch's {key} is {a_json_type(value)}; it must be an object", "invalid_batch")
         shared[key] = value
     sent_at = document.get("sentAt")
     messages = []
     for index, item in enumerate(items):
         where = f"batch[{index}]"
         if not isinstance(item, dict):
-            raise BadRequest(f"{where} is {_json_type(item)}; every message must be a JSON object",
+            raise BadRequest(f"{where} is {a_json_type(item)}; every message must be a JSON object",
                              "invalid_message")
         _check_type(item, where)
         size = message_size(item)
