@@ -14,8 +14,9 @@ from urllib.parse import quote, urlencode
 
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
-from .rules import RequestPlan, Rule
-from .values import ABSENT, FieldError
+from .codegen import Source
+from .rules import Requirement, RequestPlan, Rule, normalize_event_name
+from .values import ABSENT, FieldError, emit_value, new_source
 
 MASK = "***"
 
@@ -105,7 +106,12 @@ class Vars(dict[str, Any]):
     def __missing__(self, name: str) -> Any:
         definition = self._definitions.get(name)
         if definition is None:
-            return self._parent[name] if self._parent is not None else None
+            if self._parent is None:
+                return None
+            # Remembered here too: a parent's value is fixed for the event, and rules read their
+            # parents' names many times.
+            value = self[name] = self._parent[name]
+            return value
         value = definition.evaluate(self._scope)
         if value is ABSENT:
             value = None
@@ -152,7 +158,6 @@ class Mapper:
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, list[_Runner]] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
-        self._builders: dict[int, _Build] = {}  # id(plan) -> _builder's function
 
     def _rules_for(self, event_type: str) -> list[_Runner]:
         """The top-level rules that can match this event type, in order (cached for the usual types)."""
@@ -197,7 +202,6 @@ class Mapper:
             # The rules' generated functions are made again from the plan for the next event.
             self._rules_by_type.clear()
             self._runners.clear()
-            self._builders.clear()
             result.rejection = f"internal error while mapping (please report it): {type(exc).__name__}: {exc}"
             result.requests = []
             result.item_rejections = []
@@ -215,10 +219,10 @@ class Mapper:
     # -- rules -----------------------------------------------------------------------------------------
     # Each rule runs as one generated function, `run(scope, event_type, event_name, result) -> bool`
     # (True when no later rule may run: final, or a terminal action). Why: interpreting the plan
-    # tested a dozen attributes of every rule on every event (match, when, for_each, values,
-    # requires, warnings, action); the plan is fixed at load time, so only the steps this rule has
-    # are written out, in the same order, each calling the compiled value it binds. Names and
-    # messages reach the source only through bound names (never as text).
+    # tested a dozen attributes of every rule on every event, and evaluating its value trees node by
+    # node cost a call per node; the plan is fixed at load time, so only the steps this rule has are
+    # written out, in the same order, with its conditions and its request's values inline (each
+    # value's own code, see values.emit_value). Names and messages are bound, never source text.
     def _runner(self, rule: Rule, check_type: bool) -> _Runner:
         """The rule's function (made on first use, once per Mapper); check_type for nested rules,
         whose type _rules_for has not filtered."""
@@ -229,81 +233,91 @@ class Mapper:
         return run
 
     def _generate_runner(self, rule: Rule, check_type: bool) -> _Runner:
-        namespace: dict[str, Any] = {
-            "rule": rule, "types": rule.types, "matches": rule.matches, "suffix": f" (rule '{rule.name}')",
-            "text": self._text, "Vars": Vars, "values": rule.values, "EvalError": EvalError,
-            "_Rejected": _Rejected, "_Skipped": _Skipped, "_reason": _reason, "final": rule.final,
-        }
-        lines = ["def run(scope, event_type, event_name, result):"]
+        source = new_source()
+        source.namespace.update({
+            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
+            "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,
+            "Vars": Vars, "values": rule.values, "EvalError": EvalError, "_Rejected": _Rejected,
+            "_Skipped": _Skipped, "_reason": _reason, "final": rule.final, "_item": _item,
+        })
+        emit = source.emit
         if check_type and rule.types is not None:
-            lines.append("    if event_type not in types: return False")
-        if rule.event_names is not None or rule.event_globs:
-            lines.append("    if not matches(event_type, event_name): return False")
-        lines.append("    try:")
-        body: list[str] = []  # inside the try: an EvalError of any step rejects the event
+            emit(1, "if event_type not in types: return False")
+        if rule.event_globs:
+            emit(1, "if not matches(event_type, event_name): return False")
+        elif rule.event_names is not None:
+            emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
+        emit(1, "try:")  # inside: an EvalError of any step rejects the event
         if rule.when is not None:
-            namespace["when"] = rule.when.evaluate
-            body.append("if not when(scope): return False  # a rule that does not run ends nothing")
+            emit(2, f"if not {emit_value(rule.when, source, 'scope', 2)}:")
+            emit(3, "return False  # a rule that does not run ends nothing")
         if rule.for_each is not None:
-            namespace["fan_out"] = self._fan_out
-            body += ["fan_out(rule, scope, result)", "return final"]
+            self._emit_fan_out(source, rule)
         else:
             if rule.values:
-                body += ["scope = dict(scope)", "scope['vars'] = Vars(values, scope, scope['vars'])"]
-            for number, requirement in enumerate(rule.requires):
-                namespace[f"require{number}"], namespace[f"reason{number}"] = requirement.test, requirement.reason
-                body += [f"if not require{number}(scope):",
-                         f"    raise _Rejected(text(reason{number}, scope) + suffix)"]
+                emit(2, "scope = dict(scope)")
+                emit(2, "scope['vars'] = Vars(values, scope, scope['vars'])")
+            for requirement in rule.requires:
+                emit(2, f"if not {self._emit_test(source, requirement, 'scope', 2)}:")
+                emit(3, f"raise _Rejected(text({source.bind(requirement.reason)}, scope) + suffix)")
             if rule.warns:
-                namespace["warn"] = self._warn
-                body.append("warn(rule, scope, result)")
-            namespace["message"] = rule.message
+                source.namespace["warn"] = self._warn
+                emit(2, "warn(rule, scope, result)")
+            source.namespace["message"] = rule.message
             if rule.action == "reject":
-                body.append("raise _Rejected(text(message, scope) + suffix)")
+                emit(2, "raise _Rejected(text(message, scope) + suffix)")
             elif rule.action == "skip":
-                body.append("raise _Skipped(text(message, scope))")
+                emit(2, "raise _Skipped(text(message, scope))")
             elif rule.action == "group":
-                for number, child in enumerate(rule.children):
-                    namespace[f"child{number}"] = self._runner(child, True)
-                    body.append(f"if child{number}(scope, event_type, event_name, result): return True")
-                body.append("return final")
+                for child in rule.children:
+                    emit(2, f"if {source.bind(self._runner(child, True))}(scope, event_type, event_name, result):")
+                    emit(3, "return True")
             else:
                 assert rule.request is not None
-                namespace["build"] = self._builder(rule, rule.request)
-                body.append("result.requests.append(build(scope, result.index, None))")
-        lines += ["        " + line for line in body]
-        lines += ["    except EvalError as error:", "        raise _Rejected(_reason(rule, error)) from None",
-                  "    return final"]
-        exec("\n".join(lines), namespace)  # noqa: S102 - generated from the plan's shape and bound names only
-        run: _Runner = namespace["run"]
+                emit(2, f"result.requests.append({self._emit_request(source, rule.request, 'scope', 2, 'None')})")
+        emit(1, "except EvalError as error:")
+        emit(2, "raise _Rejected(_reason(rule, error)) from None")
+        emit(1, "return final")
+        run: _Runner = source.define("run(scope, event_type, event_name, result)")
         return run
 
-    def _fan_out(self, rule: Rule, scope: dict[str, Any], result: MapResult) -> None:
-        assert rule.for_each is not None
-        items = rule.for_each.evaluate(scope)
-        if items is None:
-            return
-        if not isinstance(items, list):
-            raise EvalError(f"for_each {rule.for_each_source}: is {a_json_type(items)}, not a list")
-        build = None if rule.request is None else self._builder(rule, rule.request)
-        for index, item in enumerate(items):
-            item_scope = dict(scope)
-            item_scope[rule.item_name] = item
-            item_scope["index"] = index
-            if rule.values:
-                item_scope["vars"] = Vars(rule.values, item_scope, scope["vars"])
-            try:
-                failed = next((r for r in rule.requires if not r.test(item_scope)), None)
-                if failed is not None:
-                    reason = f"{self._text(failed.reason, item_scope)} (rule '{rule.name}')"
-                    result.item_rejections.append(_item(rule, index, reason))
-                    continue
-                if rule.warns:
-                    self._warn(rule, item_scope, result)
-                assert build is not None
-                result.requests.append(build(item_scope, result.index, index))
-            except EvalError as error:
-                result.item_rejections.append(_item(rule, index, _reason(rule, error)))
+    @staticmethod
+    def _emit_test(source: Source, requirement: Requirement, scope: str, indent: int) -> str:
+        if requirement.check is not None:
+            return emit_value(requirement.check, source, scope, indent)
+        return f"{source.bind(requirement.test)}({scope})"
+
+    def _emit_fan_out(self, source: Source, rule: Rule) -> None:
+        """for_each: the request once per item; an item that fails its requirements (or whose values
+        fail) is rejected alone, with its index."""
+        assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
+        emit = source.emit
+        source.namespace["_not_a_list"] = lambda items: EvalError(
+            f"for_each {rule.for_each_source}: is {a_json_type(items)}, not a list")
+        emit(2, f"items = {source.bind(rule.for_each.evaluate)}(scope)")
+        emit(2, "if items is None:")
+        emit(3, "return final")
+        emit(2, "if not isinstance(items, list):")
+        emit(3, "raise _not_a_list(items)")
+        emit(2, "parent_vars = scope['vars']")
+        emit(2, "for index, item in enumerate(items):")
+        emit(3, "item_scope = dict(scope)")
+        emit(3, f"item_scope[{rule.item_name!r}] = item")
+        emit(3, "item_scope['index'] = index")
+        if rule.values:
+            emit(3, "item_scope['vars'] = Vars(values, item_scope, parent_vars)")
+        emit(3, "try:")
+        for requirement in rule.requires:
+            emit(4, f"if not {self._emit_test(source, requirement, 'item_scope', 4)}:")
+            emit(5, "result.item_rejections.append("
+                    f"_item(rule, index, text({source.bind(requirement.reason)}, item_scope) + suffix))")
+            emit(5, "continue")
+        if rule.warns:
+            source.namespace["warn"] = self._warn
+            emit(4, "warn(rule, item_scope, result)")
+        emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
+        emit(3, "except EvalError as error:")
+        emit(4, "result.item_rejections.append(_item(rule, index, _reason(rule, error)))")
 
     def _warn(self, rule: Rule, scope: dict[str, Any], result: MapResult) -> None:
         for warning in rule.warns:
@@ -324,70 +338,63 @@ class Mapper:
             raise EvalError(f"headers must be an object, got {json_type(value)}")
         return {str(k): to_string(v) for k, v in value.items() if v is not None}
 
-    def _builder(self, rule: Rule, plan: RequestPlan) -> _Build:
-        """The plan's request as one generated function, `build(scope, event_index, item_index)`.
-
-        Why: the plan is fixed, so only its steps are written out (url, query, headers, body, in
-        that order, with the same errors): a constant URL is joined to the base URL here, once, and
-        constant headers are copied from a ready dict. Values are bound names in its namespace.
-        """
-        ready = self._builders.get(id(plan))
-        if ready is not None:
-            return ready
-        namespace: dict[str, Any] = {
-            "Request": Request, "EvalError": EvalError, "ABSENT": ABSENT, "describe": describe,
-            "json_type": json_type, "_query_value": _query_value, "_with_query": _with_query,
-            "_headers": self._headers, "name": rule.name, "method": plan.method, "base_url": self.base_url,
-        }
-        lines = ["def build(scope, event_index, item_index):"]
+    def _emit_request(self, source: Source, plan: RequestPlan, scope: str, indent: int, item_index: str) -> str:
+        """The plan's request, written out: url, query, headers, body, in that order, with the same
+        errors; a constant URL is joined to the base URL here, once, and constant headers are copied
+        from a ready dict. Returns the name of the local holding the Request."""
+        emit, bind = source.emit, source.bind
+        url = source.temp()
         constant = plan.url.constant
         if isinstance(constant, str) and constant:  # joined once; any other constant fails as below, each time
-            namespace["url"] = self.base_url + (constant if constant.startswith("/") else "/" + constant) \
+            joined = self.base_url + (constant if constant.startswith("/") else "/" + constant) \
                 if plan.url_is_path else constant
-            lines.append("    full_url = url")
+            emit(indent, f"{url} = {bind(joined)}")
         else:
-            namespace["url"] = plan.url.evaluate
-            lines += ["    full_url = url(scope)",
-                      "    if not isinstance(full_url, str) or not full_url:",
-                      "        raise EvalError(f'request url is {describe(None if full_url is ABSENT else full_url)}, "
-                      "not a string')"]
+            emit(indent, f"{url} = {emit_value(plan.url, source, scope, indent)}")
+            emit(indent, f"if not isinstance({url}, str) or not {url}:")
+            emit(indent + 1, f"raise {bind(_not_a_url)}({url})")
             if plan.url_is_path:
-                lines.append("    full_url = base_url + (full_url if full_url.startswith('/') else '/' + full_url)")
+                emit(indent, f"{url} = {bind(self.base_url)} + ({url} if {url}.startswith('/') else '/' + {url})")
         if plan.query is not None:
-            namespace["query"] = plan.query.evaluate
-            lines.append("    full_url = _with_query(full_url, query(scope))")
+            emit(indent, f"{url} = {bind(_with_query)}({url}, {emit_value(plan.query, source, scope, indent)})")
+        headers = source.temp()
         if self._constant_headers is not None:
-            namespace["constant_headers"] = self._constant_headers
-            lines.append("    headers = constant_headers.copy()")
+            emit(indent, f"{headers} = {bind(self._constant_headers)}.copy()")
         elif self.mapping_set.default_headers is not None:
-            namespace["default_headers"] = self.mapping_set.default_headers.evaluate
-            lines.append("    headers = _headers(default_headers(scope))")
+            value = emit_value(self.mapping_set.default_headers, source, scope, indent)
+            emit(indent, f"{headers} = {bind(self._headers)}({value})")
         else:
-            lines.append("    headers = {}")
+            emit(indent, f"{headers} = {{}}")
         if plan.headers is not None:
-            namespace["plan_headers"] = plan.headers.evaluate
-            lines.append("    headers.update(_headers(plan_headers(scope)))")
-        namespace["body_kind"] = plan.body_kind
-        request = "Request(name, method, full_url, headers, {}, {}, event_index, item_index)"
+            value = emit_value(plan.headers, source, scope, indent)
+            emit(indent, f"{headers}.update({bind(self._headers)}({value}))")
+        out = source.temp()
+        request = f"{bind(Request)}(rule.name, {bind(plan.method)}, {url}, {headers}, {{}}, {{}}, result.index, " \
+                  f"{item_index})"
         if plan.body is None:
-            lines.append("    return " + request.format("body_kind", "None"))
-        else:
-            namespace["body"] = plan.body.evaluate
-            lines += ["    value = body(scope)", "    if value is ABSENT:",
-                      "        return " + request.format("None", "None")]
-            if plan.body_kind == "form":
-                lines += ["    if not isinstance(value, dict):",
-                          "        raise EvalError(f'form body must be an object, got {json_type(value)}')",
-                          "    value = {k: _query_value(k, v) for k, v in value.items()}"]
-            lines.append("    return " + request.format("body_kind", "value"))
-        exec("\n".join(lines), namespace)  # noqa: S102 - generated from the plan's shape and bound names only
-        build: _Build = namespace["build"]
-        self._builders[id(plan)] = build
-        return build
+            emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
+            return out
+        value = emit_value(plan.body, source, scope, indent)
+        emit(indent, f"if {value} is ABSENT:")
+        emit(indent + 1, f"{out} = " + request.format("None", "None"))
+        emit(indent, "else:")
+        if plan.body_kind == "form":
+            emit(indent + 1, f"{value} = {bind(_form_body)}({value})")
+        emit(indent + 1, f"{out} = " + request.format(bind(plan.body_kind), value))
+        return out
 
 
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
-_Build = Callable[[dict[str, Any], int, "int | None"], Request]
+
+
+def _not_a_url(url: Any) -> EvalError:
+    return EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
+
+
+def _form_body(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise EvalError(f"form body must be an object, got {json_type(value)}")
+    return {k: _query_value(k, v) for k, v in value.items()}
 
 
 def _with_query(url: str, query: Any) -> str:

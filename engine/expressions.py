@@ -21,6 +21,7 @@ from jmespath import functions as jfunctions
 from jmespath import visitor as jvisitor
 from jmespath.parser import Parser
 
+from .codegen import Source
 from .functions import FUNCTIONS, EvalError
 
 Evaluator = Callable[[Any], Any]
@@ -406,23 +407,18 @@ class _Codegen:
     other value (literals, functions) is bound in the function's namespace.
     """
 
-    def __init__(self, loose: bool):
+    def __init__(self, loose: bool, source: Source | None = None, named_root: str | None = None):
         self.loose = loose
-        self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {"_equals": _equals, "_instance": _FUNCTIONS_INSTANCE}
-        self.temps = 0
-
-    def bind(self, value: Any) -> str:
-        name = f"k{len(self.namespace)}"
-        self.namespace[name] = value
-        return name
-
-    def temp(self) -> str:
-        self.temps += 1
-        return f"t{self.temps}"
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
+        self.source = source if source is not None else Source()
+        self.source.namespace.update(_equals=_equals, _instance=_FUNCTIONS_INSTANCE)
+        self.lines = self.source.lines
+        self.namespace = self.source.namespace
+        self.bind = self.source.bind
+        self.temp = self.source.temp
+        self.emit = self.source.emit
+        # The scope's variable when the caller's scope holds named values under `vars` (a dict that
+        # computes a name on first use): `vars.NAME` read from it by key, not by a .get() call.
+        self.named_root = named_root
 
     @staticmethod
     def falsy(name: str) -> str:
@@ -439,6 +435,19 @@ class _Codegen:
         if kind == "field" and not self.loose:
             out = self.temp()
             self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+            return out
+        if kind == "subexpression" and cur == self.named_root and not self.loose and _is_named_value(node):
+            out = self.temp()
+            name = children[1]["value"]
+            self.emit(indent, f"{out} = {cur}.get('vars')")
+            self.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
+            for child in children[2:]:
+                if child["type"] != "field" or self.loose:
+                    self.emit(indent, f"if {out} is not None:")
+                    value = self.gen(child, out, indent + 1)
+                    self.emit(indent + 1, f"{out} = {value}")
+                else:
+                    self.emit(indent, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
             return out
         if kind == "subexpression":
             out = self.temp()
@@ -556,6 +565,13 @@ class _Codegen:
 _NOT_LITERAL: Any = object()
 
 
+def _is_named_value(node: dict[str, Any]) -> bool:
+    """`vars.NAME...`: a subexpression whose first two steps are the field vars and a field."""
+    children = node["children"]
+    return (len(children) >= 2 and children[0]["type"] == "field" and children[0]["value"] == "vars"
+            and children[1]["type"] == "field")
+
+
 def _generate(ast: dict[str, Any], loose: bool, source: str, guard: bool) -> Evaluator:
     """One Python function for the whole expression (see _Codegen)."""
     indent = 2 if guard else 1
@@ -569,6 +585,29 @@ def _generate(ast: dict[str, Any], loose: bool, source: str, guard: bool) -> Eva
     exec("\n".join(["def expression(cur):"] + body), codegen.namespace)  # noqa: S102 - see _Codegen
     function: Evaluator = codegen.namespace["expression"]
     return function
+
+
+def emit_expression(expression: Expression, source: Source, cur: str, indent: int,
+                    named_root: str | None = None) -> str:
+    """Write the expression's code into `source`, computing it on the variable `cur`; return the
+    name holding its value. jmespath's own errors become EvalErrors naming the source, as in
+    compile_expression. With `named_root` (the scope's variable), `vars.NAME` is read by key."""
+    codegen = _Codegen(expression.loose, source, named_root)
+    if not _needs_guard(expression.ast, expression.loose):
+        return codegen.gen(expression.ast, cur, indent)
+    out = source.temp()
+    source.emit(indent, "try:")
+    value = codegen.gen(expression.ast, cur, indent + 1)
+    source.emit(indent + 1, f"{out} = {value}")
+    source.emit(indent, f"except {source.bind(jexc.JMESPathError)} as exc:")
+    source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(expression.source + ': ')} + str(exc)) "
+                            "from None")
+    return out
+
+
+def falsy(name: str) -> str:
+    """Python source testing JMESPath falsiness of the variable `name` (false, null, "", [], {})."""
+    return _Codegen.falsy(name)
 
 
 Branch = tuple[bool, Any]  # (True, a constant) or (False, a function of the same argument)

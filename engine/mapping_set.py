@@ -9,6 +9,7 @@ raised together as one MappingSetError; an invalid set is never returned.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ import cerberus
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, _plain, normalize_lookup_key
+from .values import Compiled, Known, TableDef, ValueCompiler, _plain, generate_function, normalize_lookup_key
 from .yaml_loader import PosDict, YamlError, load_yaml
 
 SET_FILE = "mapping.yaml"
@@ -279,6 +280,10 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
 
     if problems:
         raise MappingSetError(problems.sorted())
+    # Named values are computed on first use (evaluate.Vars calls evaluate): each one's whole tree
+    # as one generated function.
+    for compiled in [*named_values.values(), *(value for rule in _all_rules(rules) for value in rule.values.values())]:
+        compiled.evaluate = generate_function(compiled, "named_value")
     return MappingSet(
         name=str(head["name"]),
         folder=folder,
@@ -296,6 +301,12 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         files=[file for file, _ in documents],
         _settings_schema=settings_schema,
     )
+
+
+def _all_rules(rules: list[Rule]) -> Iterator[Rule]:
+    for rule in rules:
+        yield rule
+        yield from _all_rules(rule.children)
 
 
 def _check_cycles(values: dict[str, Compiled], compiler: ValueCompiler, problems: ProblemList,

@@ -25,6 +25,7 @@ class Requirement:
     test: Callable[[dict[str, Any]], bool]
     reason: Compiled
     position: Position
+    check: Compiled | None = None  # a `check` condition, which generated rule code writes out inline
 
 
 @dataclass
@@ -150,6 +151,8 @@ class RuleCompiler:
         if action == "request":
             rule.request = self._request(node["request"], name, values)
         elif action in ("reject", "skip"):
+            if "for_each" in node:
+                values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
             rule.action = action
             rule.message = values.value(node[action], node.value_places[action], f"rule '{name}' {action}")
         else:
@@ -167,8 +170,9 @@ class RuleCompiler:
             values.problem(place.position, f"{field_path}: needs exactly one of check, one_of or present")
             return Requirement(_always_true, Compiled(lambda scope: ""), place.position)
         kind = kinds[0]
+        check = None
         if kind == "check":
-            compiled = values.condition(node["check"], node.value_places["check"], field_path)
+            check = compiled = values.condition(node["check"], node.value_places["check"], field_path)
             test = compiled.evaluate if compiled else _always_true
             default_reason = f"check failed: {node['check']}"
         else:
@@ -190,7 +194,7 @@ class RuleCompiler:
             reason = values.value(node["reason"], node.value_places["reason"], field_path + ".reason")
         else:
             reason = Compiled(_constant(default_reason))
-        return Requirement(test, reason, place.position)
+        return Requirement(test, reason, place.position, check)
 
     def _request(self, node: PosDict, name: str, values: ValueCompiler) -> RequestPlan:
         field_path = f"rule '{name}' request"

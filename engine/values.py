@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import Expression, ExpressionError, _normalize_key, compile_expression, generate_test
+from .codegen import Source
+from .expressions import (Expression, ExpressionError, _normalize_key, compile_expression, emit_expression,
+                          falsy, generate_test)
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
 from .templates import TemplateError, compile_template, looks_like_template
@@ -42,6 +44,9 @@ ABSENT: Any = _Absent()
 
 Scope = dict[str, Any]
 Evaluate = Callable[[Scope], Any]
+# Writes a value's code into a generated function: (source, the scope's variable, indent) -> the
+# name of the local (or bound constant) holding the value, ABSENT included.
+Emit = Callable[[Source, str, int], str]
 
 # Root names the engine puts in every scope; event fields of the same name are shadowed.
 RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index")
@@ -72,9 +77,12 @@ class Compiled:
     var_refs: set[str] = field(default_factory=set)  # named values read (vars.NAME)
     constant: Any = NOT_CONSTANT  # an immutable scalar when the value is always that scalar
     # select only: rebuild it as one function with a constant default and a cast (default, cast) -> evaluate
-    fuse: Callable[[Any, Any], Evaluate] | None = None
+    fuse: Callable[[Any, Any], Compiled] | None = None
     # objects only: (key, part) in order, and omit_empty; parents inline it in their generated code
     shape: tuple[tuple[tuple[str, Compiled], ...], bool] | None = None
+    # the value's code, for a parent that writes its parts into one generated function; None: the
+    # parent calls evaluate
+    emit: Emit | None = None
 
     @property
     def reads_event(self) -> bool:
@@ -206,7 +214,16 @@ class ValueCompiler:
         # JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), generated in one
         # function with the expression; its errors are located at this field.
         test = generate_test(expression, lambda exc: _locate(exc, field_path, position))
-        return self._with_deps(test, [expression])
+        compiled = self._with_deps(test, [expression])
+
+        def emit(source: Source, scope: str, indent: int) -> str:
+            value = _emit_condition(source, expression, scope, indent, field_path, position)
+            out = source.temp()
+            source.emit(indent, f"{out} = not {falsy(value)}")
+            return out
+
+        compiled.emit = emit
+        return compiled
 
     def _with_deps(self, evaluate: Evaluate, expressions: list[Expression]) -> Compiled:
         compiled = Compiled(evaluate)
@@ -240,7 +257,19 @@ class ValueCompiler:
                         out.append(value)
                 return out
 
-            return Compiled(build_list, *_merge_deps(parts))
+            compiled = Compiled(build_list, *_merge_deps(parts))
+
+            def emit_list(source: Source, scope: str, indent: int) -> str:
+                out = source.temp()
+                source.emit(indent, f"{out} = []")
+                for part in parts:
+                    value = emit_value(part, source, scope, indent)
+                    source.emit(indent, f"if {value} is not ABSENT:")
+                    source.emit(indent + 1, f"{out}.append({value})")
+                return out
+
+            compiled.emit = emit_list
+            return compiled
         if isinstance(node, str) and looks_like_template(node):
             return self.template(node, place, field_path)
         constant = node
@@ -276,10 +305,7 @@ class ValueCompiler:
             key: self.value(value, node.value_places[key], f"{field_path}.{key}" if field_path else key)
             for key, value in node.items()
         }
-        shape = (tuple(parts.items()), omit_empty)
-        compiled = Compiled(_object_function(shape), *_merge_deps(list(parts.values())))
-        compiled.shape = shape
-        return compiled
+        return _object(tuple(parts.items()), omit_empty, *_merge_deps(list(parts.values())))
 
     def _option_bool(self, node: PosDict, key: str, field_path: str) -> bool:
         value = node.get(key, False)
@@ -306,9 +332,8 @@ class ValueCompiler:
         if compiled.fuse is not None and (default is not None or cast is not None) and (
                 default is None or default.constant is not NOT_CONSTANT) and ("cast" not in node or cast):
             # select + constant default + cast in one function: what _defaulted and _cast do, inline.
-            evaluate = compiled.fuse(NOT_CONSTANT if default is None else default.constant,
-                                     None if cast is None else (cast_name, cast, node.value_places["cast"].position))
-            return Compiled(evaluate, compiled.paths, compiled.var_refs)
+            return compiled.fuse(NOT_CONSTANT if default is None else default.constant,
+                                 None if cast is None else (cast_name, cast, node.value_places["cast"].position))
         if default is not None:
             compiled = self._defaulted(compiled, default)
         if "cast" in node:
@@ -322,7 +347,14 @@ class ValueCompiler:
             value = primary(scope)
             return fallback(scope) if value is ABSENT else value
 
-        return Compiled(evaluate, *_merge_deps([compiled, default]))
+        def emit(source: Source, scope: str, indent: int) -> str:
+            out = source.temp()
+            source.emit(indent, f"{out} = {emit_value(compiled, source, scope, indent)}")
+            source.emit(indent, f"if {out} is ABSENT:")
+            source.emit(indent + 1, f"{out} = {emit_value(default, source, scope, indent + 1)}")
+            return out
+
+        return Compiled(evaluate, *_merge_deps([compiled, default]), emit=emit)
 
     def _cast(self, compiled: Compiled, cast_name: Any, place: ScalarPlace, field_path: str) -> Compiled:
         cast = CASTS.get(cast_name) if isinstance(cast_name, str) else None
@@ -341,7 +373,16 @@ class ValueCompiler:
             except EvalError as exc:
                 raise FieldError(f"cannot cast to {cast_name}: {exc}", field_path, position) from None
 
-        return Compiled(evaluate, compiled.paths, compiled.var_refs)
+        def emit(source: Source, scope: str, indent: int) -> str:
+            value = emit_value(compiled, source, scope, indent)
+            out = source.temp()
+            source.emit(indent, f"if {value} is ABSENT:")
+            source.emit(indent + 1, f"{out} = ABSENT")
+            source.emit(indent, "else:")
+            _emit_cast(source, value, out, (cast_name, cast, position), field_path, indent + 1)
+            return out
+
+        return Compiled(evaluate, compiled.paths, compiled.var_refs, emit=emit)
 
     # -- directives ----------------------------------------------------------------------------------
     def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
@@ -361,8 +402,8 @@ class ValueCompiler:
         position = place.position
         if expressions and not loose:
             # One function for the whole select, plain paths read inline: no call per path.
-            compiled = self._with_deps(_select_function(expressions, field_path, position), expressions)
-            compiled.fuse = lambda default, cast: _select_function(expressions, field_path, position, default, cast)
+            compiled = _select(expressions, field_path, position)
+            compiled.fuse = lambda default, cast: _select(expressions, field_path, position, default, cast)
             return compiled
         if len(evaluators) == 1:
             only = evaluators[0]
@@ -404,7 +445,17 @@ class ValueCompiler:
                     return value
             return ABSENT
 
-        return Compiled(first, *_merge_deps(parts))
+        def emit(source: Source, scope: str, indent: int) -> str:
+            out = source.temp()
+            level = indent
+            for part in parts:  # each option only when the ones before it gave nothing
+                source.emit(level, f"{out} = {emit_value(part, source, scope, level)}")
+                source.emit(level, f"if {out} is ABSENT or {out} is None:")
+                level += 1
+            source.emit(level, f"{out} = ABSENT")
+            return out
+
+        return Compiled(first, *_merge_deps(parts), emit=emit)
 
     def _directive_template(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         return self.template(node["template"], place, field_path)
@@ -430,7 +481,18 @@ class ValueCompiler:
         if_path, position = field_path + ".if", place.position
         choose = generate_test(expression, lambda exc: _locate(exc, if_path, position), _branch(then),
                                (True, ABSENT) if otherwise is None else _branch(otherwise))
-        return Compiled(choose, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+
+        def emit(source: Source, scope: str, indent: int) -> str:
+            value = _emit_condition(source, expression, scope, indent, if_path, position)
+            out = source.temp()
+            source.emit(indent, f"if {falsy(value)}:")
+            chosen = "ABSENT" if otherwise is None else emit_value(otherwise, source, scope, indent + 1)
+            source.emit(indent + 1, f"{out} = {chosen}")
+            source.emit(indent, "else:")
+            source.emit(indent + 1, f"{out} = {emit_value(then, source, scope, indent + 1)}")
+            return out
+
+        return Compiled(choose, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])), emit=emit)
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None
@@ -450,10 +512,7 @@ class ValueCompiler:
             if not omit_empty:
                 return compiled_table
             if compiled_table.shape is not None:
-                shape = (compiled_table.shape[0], True)
-                compiled = Compiled(_object_function(shape), compiled_table.paths, compiled_table.var_refs)
-                compiled.shape = shape
-                return compiled
+                return _object(compiled_table.shape[0], True, compiled_table.paths, compiled_table.var_refs)
             build = compiled_table.evaluate
 
             def evaluate_now(scope: Scope) -> Any:
@@ -509,7 +568,25 @@ class ValueCompiler:
                 out.update(value)  # later parts win
             return ABSENT if omit_empty and not out else out
 
-        return Compiled(merge, *_merge_deps(parts))
+        def emit(source: Source, scope: str, indent: int) -> str:
+            out = source.temp()
+            source.emit(indent, f"{out} = {{}}")
+            for part in parts:
+                value = emit_value(part, source, scope, indent)
+                if part.shape is not None and not part.shape[1]:  # an object: always a dict
+                    source.emit(indent, f"{out}.update({value})")
+                    continue
+                source.emit(indent, f"if {value} is not ABSENT:")
+                source.emit(indent + 1, f"if not isinstance({value}, dict):")
+                source.emit(indent + 2, f"raise {source.bind(_not_an_object)}({value}, "
+                                        f"{source.bind(field_path)}, {source.bind(position)})")
+                source.emit(indent + 1, f"{out}.update({value})")
+            if omit_empty:
+                source.emit(indent, f"if not {out}:")
+                source.emit(indent + 1, f"{out} = ABSENT")
+            return out
+
+        return Compiled(merge, *_merge_deps(parts), emit=emit)
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         keys_option = node.get("keys", "exact")
@@ -698,58 +775,88 @@ class ValueCompiler:
                 part = parts[key]
                 cast = CASTS.get(table.cast) if isinstance(table.cast, str) else None
                 if part.fuse is not None and cast is not None:  # the select casts, in its own function
-                    evaluate = part.fuse(NOT_CONSTANT, (table.cast, cast, table.cast_place.position))
-                    parts[key] = Compiled(evaluate, part.paths, part.var_refs)
+                    parts[key] = part.fuse(NOT_CONSTANT, (table.cast, cast, table.cast_place.position))
                 else:
                     parts[key] = self._cast(part, table.cast, table.cast_place, field_path)
-        shape = (tuple(parts.items()), False)
-        compiled = Compiled(_object_function(shape), *_merge_deps(list(parts.values())))
-        compiled.shape = shape
-        return compiled
+        return _object(tuple(parts.items()), False, *_merge_deps(list(parts.values())))
 
 
-def _object_function(shape: tuple[tuple[tuple[str, Compiled], ...], bool]) -> Evaluate:
-    """An object's value as one generated function, nested objects built inline.
+def emit_value(part: Compiled, source: Source, scope: str, indent: int) -> str:
+    """Write `part`'s code into `source` (its emit, a bound constant, or a call of its evaluate)."""
+    if part.constant is not NOT_CONSTANT:
+        return source.bind(part.constant)
+    if part.emit is not None:
+        return part.emit(source, scope, indent)
+    out = source.temp()
+    source.emit(indent, f"{out} = {source.bind(part.evaluate)}({scope})")
+    return out
 
-    Keys are inserted in order, constants as they are, computed parts only when not ABSENT (each
-    part evaluated at its key's turn, as before); a nested object with omit_empty is left out when
-    empty, and so is this one. A leading run of constant keys starts as a copy of a ready dict.
-    Keys go into the source through repr(); constants and functions are bound in its namespace.
-    """
-    namespace: dict[str, Any] = {"ABSENT": ABSENT}
-    lines = ["def build(scope):"]
-    names = iter(range(1_000_000))
 
-    def bind(value: Any) -> str:
-        name = f"k{next(names)}"
-        namespace[name] = value
-        return name
+def new_source() -> Source:
+    """A Source whose namespace has the names every value's code uses."""
+    return Source({"ABSENT": ABSENT})
 
-    def emit(parts: tuple[tuple[str, Compiled], ...], target: str) -> None:
-        leading = 0
-        while leading < len(parts) and parts[leading][1].constant is not NOT_CONSTANT:
-            leading += 1
-        if leading:
-            lines.append(f"    {target} = {bind({key: part.constant for key, part in parts[:leading]})}.copy()")
-        else:
-            lines.append(f"    {target} = {{}}")
-        for key, part in parts[leading:]:
-            if part.constant is not NOT_CONSTANT:
-                lines.append(f"    {target}[{key!r}] = {bind(part.constant)}")
-            elif part.shape is not None:
-                child = f"o{next(names)}"
-                emit(part.shape[0], child)
-                lines.append(f"    if {child}:" if part.shape[1] else "    if True:")
-                lines.append(f"        {target}[{key!r}] = {child}")
-            else:
-                lines.extend([f"    v = {bind(part.evaluate)}(scope)", "    if v is not ABSENT:",
-                              f"        {target}[{key!r}] = v"])
 
-    emit(shape[0], "o")
-    lines.append("    return o if o else ABSENT" if shape[1] else "    return o")
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from keys (repr) and bound names only
-    function: Evaluate = namespace["build"]
+def generate_function(part: Compiled, name: str = "value") -> Evaluate:
+    """`part` as one generated function of the scope (its evaluate when it has no code to write)."""
+    if part.emit is None:
+        return part.evaluate
+    source = new_source()
+    source.emit(1, f"return {part.emit(source, 'scope', 1)}")
+    function: Evaluate = source.define(f"{name}(scope)")
     return function
+
+
+def _object(parts: tuple[tuple[str, Compiled], ...], omit_empty: bool, paths: set[tuple[str, ...]],
+            var_refs: set[str]) -> Compiled:
+    shape = (parts, omit_empty)
+    compiled = Compiled(lambda scope: ABSENT, paths, var_refs, shape=shape,
+                        emit=lambda source, scope, indent: _emit_object(shape, source, scope, indent))
+    compiled.evaluate = generate_function(compiled, "build")
+    return compiled
+
+
+def _emit_object(shape: tuple[tuple[tuple[str, Compiled], ...], bool], source: Source, scope: str,
+                 indent: int) -> str:
+    """An object's code: keys inserted in order, constants as they are, computed parts only when not
+    ABSENT (each part evaluated at its key's turn); with omit_empty, ABSENT when empty. A leading
+    run of constant keys starts as a copy of a ready dict."""
+    parts, omit_empty = shape
+    out = source.temp()
+    leading = 0
+    while leading < len(parts) and parts[leading][1].constant is not NOT_CONSTANT:
+        leading += 1
+    if leading:
+        source.emit(indent, f"{out} = {source.bind({key: part.constant for key, part in parts[:leading]})}.copy()")
+    else:
+        source.emit(indent, f"{out} = {{}}")
+    for key, part in parts[leading:]:
+        value = emit_value(part, source, scope, indent)
+        if part.constant is not NOT_CONSTANT or (part.shape is not None and not part.shape[1]):
+            source.emit(indent, f"{out}[{key!r}] = {value}")  # never ABSENT
+        else:
+            source.emit(indent, f"if {value} is not ABSENT:")
+            source.emit(indent + 1, f"{out}[{key!r}] = {value}")
+    if omit_empty:
+        source.emit(indent, f"if not {out}:")
+        source.emit(indent + 1, f"{out} = ABSENT")
+    return out
+
+
+def _not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
+    return FieldError(f"merge: {describe(value)} is not an object", field_path, position)
+
+
+def _emit_condition(source: Source, expression: Expression, scope: str, indent: int, field_path: str,
+                    position: Position) -> str:
+    """The expression's value (not yet its truthiness), its errors located at this field."""
+    out = source.temp()
+    source.emit(indent, "try:")
+    source.emit(indent + 1, f"{out} = {emit_expression(expression, source, scope, indent + 1, scope)}")
+    source.emit(indent, f"except {source.bind(EvalError)} as exc:")
+    source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
+                            "from None")
+    return out
 
 
 def _branch(compiled: Compiled) -> tuple[bool, Any]:
@@ -768,68 +875,90 @@ def _plain_path(expression: Expression) -> tuple[str, ...] | None:
     return None
 
 
-def _select_function(expressions: list[Expression], field_path: str, position: Position,
-                     default: Any = NOT_CONSTANT, cast: tuple[str, Callable[[Any], Any], Position] | None = None
-                     ) -> Evaluate:
-    """select's first present value (not null, not missing), else ABSENT, as one generated function.
+Cast = tuple[str, Callable[[Any], Any], Position]  # (name, function, position of the option)
+
+
+def _emit_cast(source: Source, value: str, out: str, cast: Cast, field_path: str, indent: int) -> None:
+    """out = cast(value); its error names the cast and is located at the option."""
+    cast_name, function, position = cast
+    if function is CASTS["string"]:
+        source.emit(indent, f"if {value}.__class__ is str:")
+        source.emit(indent + 1, f"{out} = {value}")
+        source.emit(indent, "else:")
+        indent += 1
+    source.emit(indent, "try:")
+    source.emit(indent + 1, f"{out} = {source.bind(function)}({value})")
+    source.emit(indent, f"except {source.bind(EvalError)} as exc:")
+    source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(f'cannot cast to {cast_name}: ')} + str(exc), "
+                            f"{source.bind(field_path)}, {source.bind(position)}) from None")
+
+
+def _select(expressions: list[Expression], field_path: str, position: Position, default: Any = NOT_CONSTANT,
+            cast: Cast | None = None) -> Compiled:
+    def emit(source: Source, scope: str, indent: int) -> str:
+        return _emit_select(source, scope, indent, expressions, field_path, position, default, cast)
+
+    compiled = Compiled(lambda scope: ABSENT, emit=emit)
+    for expression in expressions:
+        for path in expression.info.paths:
+            if path[0] == "vars" and len(path) > 1:
+                compiled.var_refs.add(path[1])
+            else:
+                compiled.paths.add(path)
+    compiled.evaluate = generate_function(compiled, "select")
+    return compiled
+
+
+def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expression], field_path: str,
+                 position: Position, default: Any = NOT_CONSTANT, cast: Cast | None = None) -> str:
+    """select's first present value (not null, not missing), else ABSENT (or a constant `default`).
 
     Plain paths are read inline (`scope.get('traits')`, then `.get('email')` while the value is an
     object), the same reads JMESPath makes; `vars.NAME` is read by key (the named values compute a
-    name on first use); any other expression is called. Keys go into the source through repr().
-    With a constant `default` (used when nothing is present) and a `cast` (name, function, position
-    of the option), it also does what _defaulted and _cast do.
+    name on first use); any other expression is written out too. Each expression is tried only
+    when the ones before it found nothing. With a `cast`, found values and the default are cast.
     """
-    namespace: dict[str, Any] = {"ABSENT": ABSENT, "EvalError": EvalError, "_locate": _locate,
-                                 "field_path": field_path, "position": position, "FieldError": FieldError,
-                                 "default": default}
-    found = ["return v"]
-    if cast is not None:
-        cast_name, namespace["cast"], namespace["cast_position"] = cast
-        namespace["cast_message"] = f"cannot cast to {cast_name}: "
-        found = ["if v.__class__ is str:", "    return v"] if cast[1] is CASTS["string"] else []
-        found += ["try:", "    return cast(v)", "except EvalError as exc:",
-                  "    raise FieldError(cast_message + str(exc), field_path, cast_position) from None"]
-
-    def finish(indent: str) -> list[str]:
-        return [indent + line for line in found]
-
-    lines = ["def select(scope):", "    try:"]
+    out, value = source.temp(), source.temp()
+    source.emit(indent, f"{out} = ABSENT")
+    source.emit(indent, "try:")
+    level = indent + 1
     roots: dict[str, str] = {}
-    for number, expression in enumerate(expressions):
+    for expression in expressions:
         path = _plain_path(expression)
         if path is None:
-            namespace[f"e{number}"] = expression.evaluate
-            lines += [f"        v = e{number}(scope)", "        if v is not None:", *finish("            ")]
-            continue
-        if path[0] not in roots:
-            roots[path[0]] = f"r{len(roots)}"
-            lines.append(f"        {roots[path[0]]} = scope.get({path[0]!r})")
-        root = roots[path[0]]
-        if len(path) == 1:
-            lines += [f"        if {root} is not None:", f"            v = {root}", *finish("            ")]
-            continue
-        indent = "        "
-        if path[0] == "vars":  # named values: read by key, computed on first use
-            lines += [f"{indent}if {root} is not None:", f"{indent}    v = {root}[{path[1]!r}]"]
-            indent += "    "
-            rest = path[2:]
+            source.emit(level, f"{value} = {emit_expression(expression, source, scope, level, scope)}")
         else:
-            lines.append(f"{indent}v = {root}")
-            rest = path[1:]
-        for key in rest:
-            lines += [f"{indent}if isinstance(v, dict):", f"{indent}    v = v.get({key!r})"]
-            indent += "    "
-        lines += [f"{indent}if v is not None:", *finish(indent + "    ")]
-    lines += ["    except EvalError as exc:", "        raise _locate(exc, field_path, position) from None"]
-    if default is NOT_CONSTANT:
-        lines.append("    return ABSENT")
-    elif cast is None:
-        lines.append("    return default")
-    else:  # the default is cast too (outside the select's own error handling, as _cast does)
-        lines += ["    v = default", *finish("    ")]
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from keys (repr) and bound names only
-    function: Evaluate = namespace["select"]
-    return function
+            root = roots.get(path[0])
+            if root is None:
+                root = roots[path[0]] = source.temp()
+                source.emit(level, f"{root} = {scope}.get({path[0]!r})")
+            steps = path[1:]
+            if path[0] == "vars" and steps:  # named values: read by key, computed on first use
+                source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
+                steps = steps[1:]
+            else:
+                source.emit(level, f"{value} = {root}")
+            for key in steps:
+                source.emit(level, f"{value} = {value}.get({key!r}) if isinstance({value}, dict) else None")
+        source.emit(level, f"if {value} is not None:")
+        if cast is None:
+            source.emit(level + 1, f"{out} = {value}")
+        else:
+            _emit_cast(source, value, out, cast, field_path, level + 1)
+        source.emit(level, "else:")
+        level += 1
+    source.emit(level, "pass")
+    source.emit(indent, f"except {source.bind(EvalError)} as exc:")
+    source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
+                            "from None")
+    if default is not NOT_CONSTANT:  # the default is cast too (outside the select's own error handling)
+        source.emit(indent, f"if {out} is ABSENT:")
+        if cast is None:
+            source.emit(indent + 1, f"{out} = {source.bind(default)}")
+        else:
+            source.emit(indent + 1, f"{value} = {source.bind(default)}")
+            _emit_cast(source, value, out, cast, field_path, indent + 1)
+    return out
 
 
 def _named_value_reader(expression: Expression) -> Evaluate | None:

@@ -1,0 +1,48 @@
+"""Generated Python source, shared by the compile stage: many compiled parts written into one function.
+
+Why: a rule's value tree evaluated node by node costs a Python call per node, per event; written
+out as straight-line code in one function it costs none. Every generator (JMESPath selectors,
+value directives, rule runners) writes into a `Source`. Only names made here and keys passed
+through repr() reach the text; every other value (functions, constants, messages) is bound in the
+function's namespace under a generated name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class Source:
+    """The lines of one generated function, and the namespace its names are bound in."""
+
+    def __init__(self, namespace: dict[str, Any] | None = None):
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = dict(namespace or {})
+        self._bound: dict[int, str] = {}
+        self._count = 0
+
+    def bind(self, value: Any) -> str:
+        """A name for `value` in the namespace (the same object is bound once)."""
+        name = self._bound.get(id(value))
+        if name is None or self.namespace.get(name) is not value:
+            self._count += 1
+            name = self._bound[id(value)] = f"k{self._count}"
+            self.namespace[name] = value
+        return name
+
+    def temp(self) -> str:
+        """A fresh local variable name."""
+        self._count += 1
+        return f"t{self._count}"
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def define(self, header: str) -> Callable[..., Any]:
+        """Compile the lines under `def NAME(ARGS):` (the header, without `def` and colon)."""
+        name = header.split("(", 1)[0]
+        self.text = text = "\n".join([f"def {header}:", *(self.lines or ["    pass"])])
+        exec(compile(text, f"<generated {name}>", "exec"), self.namespace)  # noqa: S102 - see module doc
+        function: Callable[..., Any] = self.namespace[name]
+        return function
