@@ -19,6 +19,7 @@ import jmespath
 from jmespath import exceptions as jexc
 from jmespath import functions as jfunctions
 from jmespath import visitor as jvisitor
+from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
 from .codegen import Source
@@ -711,6 +712,24 @@ class Expression:
 
 
 _PARSER = Parser()
+_LEXER = Lexer()
+
+
+_LITERAL_WORDS = frozenset({"null", "true", "false"})
+
+
+def _check_words(source: str, problems: list[ExpressionError]) -> None:
+    """A bare null, true or false is a field of that name in JMESPath, not the literal: `a == null`
+    compares a with the event's field "null" and `a == true` is never true. After a dot (a.null)
+    it is plainly a field, and allowed."""
+    previous = None
+    for token in _LEXER.tokenize(source):
+        if token["type"] == "unquoted_identifier" and token["value"] in _LITERAL_WORDS and previous != "dot":
+            word = token["value"]
+            problems.append(ExpressionError(
+                f"'{word}' here is a field named {word}, not the literal: write `{word}` (in backticks), "
+                f"or \"{word}\" for the field", token["start"]))
+        previous = token["type"]
 
 
 def _check_tree(node: dict[str, Any], source: str, problems: list[ExpressionError]) -> None:
@@ -758,6 +777,7 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
     except jexc.LexerError as exc:
         raise ExpressionError(f"invalid JMESPath: {exc.msg}", exc.lexer_position) from None
     found: list[ExpressionError] = []
+    _check_words(source, found)
     _check_tree(ast, source, found)
     if found:
         raise found[0]
