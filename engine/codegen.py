@@ -21,6 +21,9 @@ class Source:
         self.namespace: dict[str, Any] = dict(namespace or {})
         self._bound: dict[int, str] = {}
         self._count = 0
+        # Writes the read of the named value NAME (`vars.NAME`) and returns the local holding it
+        # (None when absent); None: read it from the scope's `vars`.
+        self.named: Callable[[str, int], str] | None = None
 
     def bind(self, value: Any) -> str:
         """A name for `value` in the namespace (the same object is bound once)."""

@@ -16,7 +16,7 @@ from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
 from .codegen import Source
 from .rules import Requirement, RequestPlan, Rule, normalize_event_name
-from .values import ABSENT, FieldError, emit_value, new_source
+from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
 
 MASK = "***"
 
@@ -163,7 +163,7 @@ class Mapper:
         """The top-level rules that can match this event type, in order (cached for the usual types)."""
         rules = self._rules_by_type.get(event_type)
         if rules is None:
-            rules = [self._runner(rule, False) for rule in self.mapping_set.rules
+            rules = [self._runner(rule, False, (self.mapping_set.values,)) for rule in self.mapping_set.rules
                      if rule.types is None or event_type in rule.types]
             if len(self._rules_by_type) < 64:
                 self._rules_by_type[event_type] = rules
@@ -223,16 +223,17 @@ class Mapper:
     # node cost a call per node; the plan is fixed at load time, so only the steps this rule has are
     # written out, in the same order, with its conditions and its request's values inline (each
     # value's own code, see values.emit_value). Names and messages are bound, never source text.
-    def _runner(self, rule: Rule, check_type: bool) -> _Runner:
+    def _runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         """The rule's function (made on first use, once per Mapper); check_type for nested rules,
-        whose type _rules_for has not filtered."""
+        whose type _rules_for has not filtered; `outer`: the named values of the set, then of each
+        enclosing group that has some (the Vars chain the rule is called with)."""
         key = (id(rule), check_type)
         run = self._runners.get(key)
         if run is None:
-            run = self._runners[key] = self._generate_runner(rule, check_type)
+            run = self._runners[key] = self._generate_runner(rule, check_type, outer)
         return run
 
-    def _generate_runner(self, rule: Rule, check_type: bool) -> _Runner:
+    def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         source = new_source()
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
@@ -247,22 +248,29 @@ class Mapper:
             emit(1, "if not matches(event_type, event_name): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
+        # The Vars of each outer level, innermost first (see NamedReads), and their scopes.
+        levels: list[Level] = []
+        for number in range(len(outer) - 1, -1, -1):
+            emit(1, f"V{number} = scope['vars']" if number == len(outer) - 1 else f"V{number} = V{number + 1}._parent")
+            emit(1, f"S{number} = V{number}._scope")
+            levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
+        source.named = NamedReads(source, levels)
+        inner = len(outer)  # the number of this rule's own level, when it has values
         emit(1, "try:")  # inside: an EvalError of any step rejects the event
         if rule.when is not None:
             emit(2, f"if not {emit_value(rule.when, source, 'scope', 2)}:")
             emit(3, "return False  # a rule that does not run ends nothing")
         if rule.for_each is not None:
-            self._emit_fan_out(source, rule)
+            self._emit_fan_out(source, rule, levels, inner)
         else:
             if rule.values:
                 emit(2, "scope = dict(scope)")
-                emit(2, "scope['vars'] = Vars(values, scope, scope['vars'])")
+                emit(2, f"scope['vars'] = V{inner} = Vars(values, scope, scope['vars'])")
+                source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "scope")])
             for requirement in rule.requires:
                 emit(2, f"if not {self._emit_test(source, requirement, 'scope', 2)}:")
                 emit(3, f"raise _Rejected(text({source.bind(requirement.reason)}, scope) + suffix)")
-            if rule.warns:
-                source.namespace["warn"] = self._warn
-                emit(2, "warn(rule, scope, result)")
+            self._emit_warnings(source, rule, "scope", 2)
             source.namespace["message"] = rule.message
             if rule.action == "reject":
                 emit(2, "raise _Rejected(text(message, scope) + suffix)")
@@ -270,7 +278,8 @@ class Mapper:
                 emit(2, "raise _Skipped(text(message, scope))")
             elif rule.action == "group":
                 for child in rule.children:
-                    emit(2, f"if {source.bind(self._runner(child, True))}(scope, event_type, event_name, result):")
+                    run_child = self._runner(child, True, (*outer, rule.values) if rule.values else outer)
+                    emit(2, f"if {source.bind(run_child)}(scope, event_type, event_name, result):")
                     emit(3, "return True")
             else:
                 assert rule.request is not None
@@ -287,7 +296,7 @@ class Mapper:
             return emit_value(requirement.check, source, scope, indent)
         return f"{source.bind(requirement.test)}({scope})"
 
-    def _emit_fan_out(self, source: Source, rule: Rule) -> None:
+    def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
         assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
@@ -305,24 +314,25 @@ class Mapper:
         emit(3, f"item_scope[{rule.item_name!r}] = item")
         emit(3, "item_scope['index'] = index")
         if rule.values:
-            emit(3, "item_scope['vars'] = Vars(values, item_scope, parent_vars)")
+            emit(3, f"item_scope['vars'] = V{inner} = Vars(values, item_scope, parent_vars)")
+            source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
         emit(3, "try:")
         for requirement in rule.requires:
             emit(4, f"if not {self._emit_test(source, requirement, 'item_scope', 4)}:")
             emit(5, "result.item_rejections.append("
                     f"_item(rule, index, text({source.bind(requirement.reason)}, item_scope) + suffix))")
             emit(5, "continue")
-        if rule.warns:
-            source.namespace["warn"] = self._warn
-            emit(4, "warn(rule, item_scope, result)")
+        self._emit_warnings(source, rule, "item_scope", 4)
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
         emit(3, "except EvalError as error:")
         emit(4, "result.item_rejections.append(_item(rule, index, _reason(rule, error)))")
 
-    def _warn(self, rule: Rule, scope: dict[str, Any], result: MapResult) -> None:
+    def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
         for warning in rule.warns:
-            if warning.test(scope):
-                result.warnings.append(f"{self._text(warning.message, scope)} (rule '{rule.name}')")
+            test = (emit_value(warning.condition, source, scope, indent) if warning.condition is not None
+                    else f"{source.bind(warning.test)}({scope})")
+            source.emit(indent, f"if {test}:")
+            source.emit(indent + 1, f"result.warnings.append(text({source.bind(warning.message)}, {scope}) + suffix)")
 
     @staticmethod
     def _text(compiled: Any, scope: dict[str, Any]) -> str:

@@ -438,10 +438,16 @@ class _Codegen:
             self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
             return out
         if kind == "subexpression" and cur == self.named_root and not self.loose and _is_named_value(node):
-            out = self.temp()
             name = children[1]["value"]
-            self.emit(indent, f"{out} = {cur}.get('vars')")
-            self.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
+            if self.source.named is not None:
+                out = self.source.named(name, indent)
+            else:
+                out = self.temp()
+                self.emit(indent, f"{out} = {cur}.get('vars')")
+                self.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
+            if len(children) > 2:  # a copy: the next steps must not overwrite the named value's local
+                value, out = out, self.temp()
+                self.emit(indent, f"{out} = {value}")
             for child in children[2:]:
                 if child["type"] != "field" or self.loose:
                     self.emit(indent, f"if {out} is not None:")

@@ -282,8 +282,11 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         raise MappingSetError(problems.sorted())
     # Named values are computed on first use (evaluate.Vars calls evaluate): each one's whole tree
     # as one generated function.
-    for compiled in [*named_values.values(), *(value for rule in _all_rules(rules) for value in rule.values.values())]:
-        compiled.evaluate = generate_function(compiled, "named_value")
+    for compiled in named_values.values():
+        compiled.evaluate = generate_function(compiled, "named_value", named_values)
+    for rule in _all_rules(rules):
+        for compiled in rule.values.values():
+            compiled.evaluate = generate_function(compiled, "named_value", rule.values)
     return MappingSet(
         name=str(head["name"]),
         folder=folder,

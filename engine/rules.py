@@ -32,6 +32,7 @@ class Requirement:
 class Warning_:
     test: Callable[[dict[str, Any]], bool]
     message: Compiled
+    condition: Compiled | None = None  # the test, which generated rule code writes out inline
 
 
 @dataclass
@@ -138,7 +139,7 @@ class RuleCompiler:
             test = values.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
             message = values.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
             if test is not None:
-                rule.warns.append(Warning_(test.evaluate, message))
+                rule.warns.append(Warning_(test.evaluate, message, test))
             del place
 
         actions = [key for key in ("request", "reject", "skip", "rules") if key in node]

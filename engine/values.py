@@ -797,11 +797,65 @@ def new_source() -> Source:
     return Source({"ABSENT": ABSENT})
 
 
-def generate_function(part: Compiled, name: str = "value") -> Evaluate:
-    """`part` as one generated function of the scope (its evaluate when it has no code to write)."""
+Level = tuple[dict[str, Compiled], str, str]  # named values defined, their Vars' variable, their scope's variable
+
+
+class NamedReads:
+    """Reads of named values in generated code (Source.named): each name is computed where it is
+    first needed, inline, in the scope of the level that defines it, and remembered in that level's
+    Vars; a name already there (computed by an earlier rule, or a template) is read from it.
+
+    Why: a named value computed through Vars.__missing__ cost two calls, and a rule's own Vars
+    a third for every outer name it read. `levels` runs from the outermost (the set's values) in.
+    """
+
+    MAX_DEPTH = 4  # names inside names inside ...: deeper ones go through Vars (code stays small)
+
+    def __init__(self, source: Source, levels: list[Level], depth: int = 0):
+        self.source = source
+        self.levels = levels
+        self.depth = depth
+        source.namespace.update(_dget=dict.get, UNSET=_UNSET, ABSENT=ABSENT)
+
+    def __call__(self, name: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        for number in range(len(self.levels) - 1, -1, -1):
+            definitions, vars_name, scope_name = self.levels[number]
+            if name in definitions:
+                break
+        else:  # not defined at these levels (an outer rule's, or unknown): as Vars would
+            source.emit(indent, f"{out} = {self.levels[-1][1]}[{name!r}]")
+            return out
+        source.emit(indent, f"{out} = _dget({vars_name}, {name!r}, UNSET)")
+        source.emit(indent, f"if {out} is UNSET:")
+        if self.depth >= self.MAX_DEPTH:
+            source.emit(indent + 1, f"{out} = {vars_name}[{name!r}]")
+            return out
+        source.named = NamedReads(source, self.levels[: number + 1], self.depth + 1)
+        try:
+            value = emit_value(definitions[name], source, scope_name, indent + 1)
+        finally:
+            source.named = self
+        source.emit(indent + 1, f"{out} = None if {value} is ABSENT else {value}")
+        source.emit(indent + 1, f"{vars_name}[{name!r}] = {out}")
+        return out
+
+
+_UNSET: Any = object()  # not yet computed
+
+
+def generate_function(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None) -> Evaluate:
+    """`part` as one generated function of the scope (its evaluate when it has no code to write).
+
+    With `values` (the named values of the scope's own `vars`), those are read as NamedReads does.
+    """
     if part.emit is None:
         return part.evaluate
     source = new_source()
+    if values is not None:
+        source.emit(1, "V0 = scope['vars']")
+        source.named = NamedReads(source, [(values, "V0", "scope")])
     source.emit(1, f"return {part.emit(source, 'scope', 1)}")
     function: Evaluate = source.define(f"{name}(scope)")
     return function
@@ -929,11 +983,14 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             source.emit(level, f"{value} = {emit_expression(expression, source, scope, level, scope)}")
         else:
             root = roots.get(path[0])
-            if root is None:
+            if root is None and not (path[0] == "vars" and len(path) > 1 and source.named is not None):
                 root = roots[path[0]] = source.temp()
                 source.emit(level, f"{root} = {scope}.get({path[0]!r})")
             steps = path[1:]
-            if path[0] == "vars" and steps:  # named values: read by key, computed on first use
+            if path[0] == "vars" and steps and source.named is not None:
+                source.emit(level, f"{value} = {source.named(steps[0], level)}")
+                steps = steps[1:]
+            elif path[0] == "vars" and steps:  # named values: read by key, computed on first use
                 source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
                 steps = steps[1:]
             else:
