@@ -508,6 +508,8 @@ class _Codegen:
             return out
         if kind == "function_expression" and all(child["type"] != "expref" for child in children):
             return self.function(node, cur, indent)
+        if kind in ("projection", "filter_projection") and not self.loose:
+            return self.projection(node, cur, indent)
         # Projections, slices, exprefs, loose keys: the closure.
         closure = self.bind(_compile(node, self.loose))
         out = self.temp()
@@ -543,6 +545,26 @@ class _Codegen:
         self.emit(indent, f"{out} = ({left} {python_op} {right}) if {test} else None")
         return out
 
+    def projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """`a[*].b` and `a[?cond].b`: b of each element of a (for which cond is true), nulls left out."""
+        children = node["children"]
+        base = self.gen(children[0], cur, indent)
+        out, element = self.temp(), self.temp()
+        self.emit(indent, f"if not isinstance({base}, list):")
+        self.emit(indent + 1, f"{out} = None")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, f"{out} = []")
+        self.emit(indent + 1, f"for {element} in {base}:")
+        level = indent + 2
+        if node["type"] == "filter_projection":
+            condition = self.gen(children[2], element, level)
+            self.emit(level, f"if {self.falsy(condition)}:")
+            self.emit(level + 1, "continue")
+        value = self.gen(children[1], element, level)
+        self.emit(level, f"if {value} is not None:")
+        self.emit(level + 1, f"{out}.append({value})")
+        return out
+
     def function(self, node: dict[str, Any], cur: str, indent: int) -> str:
         name = node["value"]
         arguments = [self.gen(child, cur, indent) for child in node["children"]]
@@ -552,8 +574,16 @@ class _Codegen:
             function = self.bind(FUNCTIONS[name][0])
             self.emit(indent, f"{out} = {function}({listed})")
             return out
-        direct = _direct_builtin(name, len(arguments))
         call_function = f"_instance.call_function({name!r}, [{listed}])"
+        inline = _INLINE_BUILTINS.get(name)
+        if inline is not None and len(arguments) == 1:
+            # The common case written out; any other argument goes through jmespath (its checks, its errors).
+            self.namespace["_JSON_TYPES"] = _JSON_TYPES
+            test, value = inline
+            argument = arguments[0]
+            self.emit(indent, f"{out} = {value.format(argument)} if {test.format(argument)} else {call_function}")
+            return out
+        direct = _direct_builtin(name, len(arguments))
         if direct is None:
             self.emit(indent, f"{out} = {call_function}")
             return out
@@ -570,6 +600,16 @@ class _Codegen:
 
 
 _NOT_LITERAL: Any = object()
+
+# JMESPath type names of the exact Python classes JSON decodes to (subclasses go through jmespath).
+_JSON_TYPES: dict[type, str] = {str: "string", int: "number", float: "number", bool: "boolean", list: "array",
+                                dict: "object", type(None): "null"}
+# builtin -> (the test its argument must pass, the value then), each a format of the argument's name
+_INLINE_BUILTINS: dict[str, tuple[str, str]] = {
+    "type": ("{0}.__class__ in _JSON_TYPES", "_JSON_TYPES[{0}.__class__]"),
+    "length": ("isinstance({0}, (str, list, dict))", "len({0})"),
+    "keys": ("isinstance({0}, dict)", "list({0})"),
+}
 
 
 def _is_named_value(node: dict[str, Any]) -> bool:

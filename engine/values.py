@@ -729,8 +729,35 @@ class ValueCompiler:
                     out.append(result)
             return ABSENT if omit_empty and not out else out
 
+        def emit(source: Source, scope: str, indent: int) -> str:
+            items, out, inner_scope, item = source.temp(), source.temp(), source.temp(), source.temp()
+            source.emit(indent, f"{items} = {emit_expression(expression, source, scope, indent, scope)}")
+            source.emit(indent, f"if {items} is None:")
+            source.emit(indent + 1, f"{out} = ABSENT" if omit_empty else f"{out} = []")
+            source.emit(indent, f"elif not isinstance({items}, list):")
+            source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(source_text)} + ' is ' + "
+                                    f"{source.bind(a_json_type)}({items}) + ', not a list', "
+                                    f"{source.bind(field_path)}, {source.bind(position)})")
+            source.emit(indent, "else:")
+            source.emit(indent + 1, f"{out} = []")
+            source.emit(indent + 1, f"{inner_scope} = dict({scope})")
+            source.emit(indent + 1, f"for {inner_scope}['index'], {item} in enumerate({items}):")
+            level = indent + 2
+            source.emit(level, f"{inner_scope}[{name!r}] = {item}")
+            if where is not None:
+                source.emit(level, f"if not {emit_value(where, source, inner_scope, level)}:")
+                source.emit(level + 1, "continue")
+            result = emit_value(value, source, inner_scope, level)
+            source.emit(level, f"if {result} is not ABSENT:")
+            source.emit(level + 1, f"{out}.append({result})")
+            if omit_empty:
+                source.emit(indent + 1, f"if not {out}:")
+                source.emit(indent + 2, f"{out} = ABSENT")
+            return out
+
         paths, refs = _merge_deps([value] + ([where] if where else []))
         compiled = self._with_deps(each, [expression])
+        compiled.emit = emit
         compiled.paths |= {p for p in paths if p[0] not in (name, "index")}
         compiled.var_refs |= refs
         return compiled
