@@ -651,7 +651,30 @@ class ValueCompiler:
                 out = {k: v for k, v in source.items() if v is not None and k not in excluded}
             return ABSENT if omit_empty and not out else out
 
-        return self._with_deps(rest, [expression])
+        def emit(source: Source, scope: str, indent: int) -> str:
+            if loose or keep_null:
+                out = source.temp()
+                source.emit(indent, f"{out} = {source.bind(rest)}({scope})")
+                return out
+            found, out = emit_expression(expression, source, scope, indent, scope), source.temp()
+            source.emit(indent, f"if {found} is None:")
+            source.emit(indent + 1, f"{out} = ABSENT" if omit_empty else f"{out} = {{}}")
+            source.emit(indent, f"elif not isinstance({found}, dict):")
+            source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(source_text)} + ' is ' + "
+                                    f"{source.bind(a_json_type)}({found}) + ', not an object', "
+                                    f"{source.bind(field_path)}, {source.bind(position)})")
+            source.emit(indent, "else:")
+            # `excluded` is bound, not copied: except_fields fill it once every table is compiled
+            source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if v is not None and k not in "
+                                    f"{source.bind(excluded)}}}")
+            if omit_empty:
+                source.emit(indent + 1, f"if not {out}:")
+                source.emit(indent + 2, f"{out} = ABSENT")
+            return out
+
+        compiled = self._with_deps(rest, [expression])
+        compiled.emit = emit
+        return compiled
 
     def consumed_paths(self, compiled: Compiled) -> set[tuple[str, ...]]:
         """Root paths a value reads, following named values transitively."""
@@ -688,7 +711,22 @@ class ValueCompiler:
             except TypeError:  # unhashable key (an object or a list) is simply not in the table
                 return ABSENT
 
-        return Compiled(lookup, key.paths, key.var_refs)
+        def emit(source: Source, scope: str, indent: int) -> str:
+            value, out = emit_value(key, source, scope, indent), source.temp()
+            if not entries:  # an empty table (the key is still evaluated, for its errors)
+                source.emit(indent, f"{out} = ABSENT")
+                return out
+            source.emit(indent, f"if {value} is ABSENT:")
+            source.emit(indent + 1, f"{out} = ABSENT")
+            source.emit(indent, "else:")
+            source.emit(indent + 1, "try:")
+            source.emit(indent + 2, f"{out} = {source.bind(entries)}.get({source.bind(normalize_lookup_key)}"
+                                    f"({value}, {ignore_case!r}), ABSENT)")
+            source.emit(indent + 1, "except TypeError:  # unhashable: not in the table")
+            source.emit(indent + 2, f"{out} = ABSENT")
+            return out
+
+        return Compiled(lookup, key.paths, key.var_refs, emit=emit)
 
     def _directive_each(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         expression = self.expression(node["each"], place, field_path)
