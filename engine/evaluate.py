@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from .codegen import Source
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
-from .codegen import Source
-from .rules import Requirement, RequestPlan, Rule, normalize_event_name
+from .rules import RequestPlan, Requirement, Rule, normalize_event_name
 from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
 
 MASK = "***"

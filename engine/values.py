@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codegen import Source
-from .expressions import (Expression, ExpressionError, _normalize_key, compile_expression, emit_expression,
-                          falsy, generate_test)
+from .expressions import (
+    Expression,
+    ExpressionError,
+    _normalize_key,
+    compile_expression,
+    emit_expression,
+    falsy,
+    generate_test,
+)
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
 from .templates import TemplateError, compile_template, looks_like_template
@@ -1008,7 +1015,8 @@ def _emit_cast(source: Source, value: str, out: str, cast: Cast, field_path: str
     source.emit(indent, "try:")
     source.emit(indent + 1, f"{out} = {source.bind(function)}({value})")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
-    source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(f'cannot cast to {cast_name}: ')} + str(exc), "
+    message = source.bind(f"cannot cast to {cast_name}: ")
+    source.emit(indent + 1, f"raise {source.bind(FieldError)}({message} + str(exc), "
                             f"{source.bind(field_path)}, {source.bind(position)}) from None")
 
 
