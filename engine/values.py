@@ -588,9 +588,7 @@ class ValueCompiler:
                 source.emit(indent + 2, f"raise {source.bind(_not_an_object)}({value}, "
                                         f"{source.bind(field_path)}, {source.bind(position)})")
                 source.emit(indent + 1, f"{out}.update({value})")
-            if omit_empty:
-                source.emit(indent, f"if not {out}:")
-                source.emit(indent + 1, f"{out} = ABSENT")
+            _emit_absent_if_empty(source, out, omit_empty, indent)
             return out
 
         return Compiled(merge, *_merge_deps(parts), emit=emit)
@@ -664,19 +662,11 @@ class ValueCompiler:
                 source.emit(indent, f"{out} = {source.bind(rest)}({scope})")
                 return out
             found, out = emit_expression(expression, source, scope, indent, scope), source.temp()
-            source.emit(indent, f"if {found} is None:")
-            source.emit(indent + 1, f"{out} = ABSENT" if omit_empty else f"{out} = {{}}")
-            source.emit(indent, f"elif not isinstance({found}, dict):")
-            source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(source_text)} + ' is ' + "
-                                    f"{source.bind(a_json_type)}({found}) + ', not an object', "
-                                    f"{source.bind(field_path)}, {source.bind(position)})")
-            source.emit(indent, "else:")
+            _emit_source_check(source, found, out, "dict", omit_empty, (source_text, field_path, position), indent)
             # `excluded` is bound, not copied: except_fields fill it once every table is compiled
             source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if v is not None and k not in "
                                     f"{source.bind(excluded)}}}")
-            if omit_empty:
-                source.emit(indent + 1, f"if not {out}:")
-                source.emit(indent + 2, f"{out} = ABSENT")
+            _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
         compiled = self._with_deps(rest, [expression])
@@ -777,13 +767,7 @@ class ValueCompiler:
         def emit(source: Source, scope: str, indent: int) -> str:
             items, out, inner_scope, item = source.temp(), source.temp(), source.temp(), source.temp()
             source.emit(indent, f"{items} = {emit_expression(expression, source, scope, indent, scope)}")
-            source.emit(indent, f"if {items} is None:")
-            source.emit(indent + 1, f"{out} = ABSENT" if omit_empty else f"{out} = []")
-            source.emit(indent, f"elif not isinstance({items}, list):")
-            source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(source_text)} + ' is ' + "
-                                    f"{source.bind(a_json_type)}({items}) + ', not a list', "
-                                    f"{source.bind(field_path)}, {source.bind(position)})")
-            source.emit(indent, "else:")
+            _emit_source_check(source, items, out, "list", omit_empty, (source_text, field_path, position), indent)
             source.emit(indent + 1, f"{out} = []")
             source.emit(indent + 1, f"{inner_scope} = dict({scope})")
             source.emit(indent + 1, f"for {inner_scope}['index'], {item} in enumerate({items}):")
@@ -795,9 +779,7 @@ class ValueCompiler:
             result = emit_value(value, source, inner_scope, level)
             source.emit(level, f"if {result} is not ABSENT:")
             source.emit(level + 1, f"{out}.append({result})")
-            if omit_empty:
-                source.emit(indent + 1, f"if not {out}:")
-                source.emit(indent + 2, f"{out} = ABSENT")
+            _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
         paths, refs = _merge_deps([value] + ([where] if where else []))
@@ -963,10 +945,31 @@ def _emit_object(shape: tuple[tuple[tuple[str, Compiled], ...], bool], source: S
         else:
             source.emit(indent, f"if {value} is not ABSENT:")
             source.emit(indent + 1, f"{out}[{key!r}] = {value}")
+    _emit_absent_if_empty(source, out, omit_empty, indent)
+    return out
+
+
+def _emit_absent_if_empty(source: Source, out: str, omit_empty: bool, indent: int) -> None:
+    """omit_empty: an empty object or list is ABSENT."""
     if omit_empty:
         source.emit(indent, f"if not {out}:")
         source.emit(indent + 1, f"{out} = ABSENT")
-    return out
+
+
+def _emit_source_check(source: Source, found: str, out: str, kind: str, omit_empty: bool,
+                       where: tuple[str, str, Position], indent: int) -> None:
+    """What rest (kind dict) and each (kind list) do with their source before using it: null or
+    missing is empty (ABSENT with omit_empty); another type is an error naming the source text.
+    Ends with `else:`, under which (at indent + 1) the caller writes its work on `found`."""
+    source_text, field_path, position = where
+    source.emit(indent, f"if {found} is None:")
+    source.emit(indent + 1, f"{out} = ABSENT" if omit_empty else f"{out} = {kind}()")
+    source.emit(indent, f"elif not isinstance({found}, {kind}):")
+    not_kind = source.bind(", not an object" if kind == "dict" else ", not a list")
+    source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(source_text)} + ' is ' + "
+                            f"{source.bind(a_json_type)}({found}) + {not_kind}, "
+                            f"{source.bind(field_path)}, {source.bind(position)})")
+    source.emit(indent, "else:")
 
 
 def _not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
@@ -1055,19 +1058,20 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
         if path is None:
             source.emit(level, f"{value} = {emit_expression(expression, source, scope, level, scope)}")
         else:
-            root = roots.get(path[0])
-            if root is None and not (path[0] == "vars" and len(path) > 1 and source.named is not None):
-                root = roots[path[0]] = source.temp()
-                source.emit(level, f"{root} = {scope}.get({path[0]!r})")
             steps = path[1:]
-            if path[0] == "vars" and steps and source.named is not None:
+            if path[0] == "vars" and steps and source.named is not None:  # see NamedReads
                 source.emit(level, f"{value} = {source.named(steps[0], level)}")
                 steps = steps[1:]
-            elif path[0] == "vars" and steps:  # named values: read by key, computed on first use
-                source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
-                steps = steps[1:]
             else:
-                source.emit(level, f"{value} = {root}")
+                root = roots.get(path[0])
+                if root is None:
+                    root = roots[path[0]] = source.temp()
+                    source.emit(level, f"{root} = {scope}.get({path[0]!r})")
+                if path[0] == "vars" and steps:  # named values: read by key, computed on first use
+                    source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
+                    steps = steps[1:]
+                else:
+                    source.emit(level, f"{value} = {root}")
             for key in steps:
                 source.emit(level, f"{value} = {value}.get({key!r}) if isinstance({value}, dict) else None")
         source.emit(level, f"if {value} is not None:")
