@@ -45,7 +45,7 @@ class Source:
     def define(self, header: str) -> Callable[..., Any]:
         """Compile the lines under `def NAME(ARGS):` (the header, without `def` and colon)."""
         name = header.split("(", 1)[0]
-        self.text = text = "\n".join([f"def {header}:", *(self.lines or ["    pass"])])
+        text = "\n".join([f"def {header}:", *(self.lines or ["    pass"])])
         exec(compile(text, f"<generated {name}>", "exec"), self.namespace)  # noqa: S102 - see module doc
         function: Callable[..., Any] = self.namespace[name]
         return function

@@ -399,21 +399,20 @@ def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
 
 
 class _Codegen:
-    """Compiles a JMESPath tree to the source of one Python function, `expression(cur)`.
+    """Writes a JMESPath tree's code into a generated function (a codegen.Source).
 
     It does what the closures of `_compile` do, node for node and in the same order, without a
-    call per node: paths, indexes, literals, comparisons, and/or/not, pipes, lists and function
-    calls become straight-line Python; the rarer nodes (projections, slices, exprefs, loose keys)
-    call their `_compile` closure. Keys and names reach the source only through repr(); every
-    other value (literals, functions) is bound in the function's namespace.
+    call per node: paths, indexes, literals, comparisons, and/or/not, pipes, lists, projections,
+    filters and function calls become straight-line Python; the rarer nodes (flatten, value
+    projections, slices, exprefs, loose keys) call their `_compile` closure. Keys and names reach
+    the source only through repr(); every other value (literals, functions) is bound in the
+    function's namespace.
     """
 
-    def __init__(self, loose: bool, source: Source | None = None, named_root: str | None = None):
+    def __init__(self, loose: bool, source: Source, named_root: str | None = None):
         self.loose = loose
-        self.source = source if source is not None else Source()
+        self.source = source
         self.source.namespace.update(_equals=_equals, _instance=_FUNCTIONS_INSTANCE)
-        self.lines = self.source.lines
-        self.namespace = self.source.namespace
         self.bind = self.source.bind
         self.temp = self.source.temp
         self.emit = self.source.emit
@@ -578,7 +577,7 @@ class _Codegen:
         inline = _INLINE_BUILTINS.get(name)
         if inline is not None and len(arguments) == 1:
             # The common case written out; any other argument goes through jmespath (its checks, its errors).
-            self.namespace["_JSON_TYPES"] = _JSON_TYPES
+            self.source.namespace["_JSON_TYPES"] = _JSON_TYPES
             test, value = inline
             argument = arguments[0]
             self.emit(indent, f"{out} = {value.format(argument)} if {test.format(argument)} else {call_function}")
@@ -619,18 +618,11 @@ def _is_named_value(node: dict[str, Any]) -> bool:
             and children[1]["type"] == "field")
 
 
-def _generate(ast: dict[str, Any], loose: bool, source: str, guard: bool) -> Evaluator:
+def _generate(ast: dict[str, Any], loose: bool, text: str) -> Evaluator:
     """One Python function for the whole expression (see _Codegen)."""
-    indent = 2 if guard else 1
-    codegen = _Codegen(loose)
-    result = codegen.gen(ast, "cur", indent)
-    body = codegen.lines + ["    " * indent + f"return {result}"]
-    if guard:  # jmespath's own errors (a builtin given the wrong type) become EvalErrors naming the source
-        codegen.namespace.update(JMESPathError=jexc.JMESPathError, EvalError=EvalError, source=source)
-        body = ["    try:"] + body + ["    except JMESPathError as exc:",
-                                       "        raise EvalError(f'{source}: {exc}') from None"]
-    exec("\n".join(["def expression(cur):"] + body), codegen.namespace)  # noqa: S102 - see _Codegen
-    function: Evaluator = codegen.namespace["expression"]
+    source = Source()
+    source.emit(1, f"return {_emit(ast, loose, text, source, 'cur', 1, None)}")
+    function: Evaluator = source.define("expression(cur)")
     return function
 
 
@@ -639,16 +631,20 @@ def emit_expression(expression: Expression, source: Source, cur: str, indent: in
     """Write the expression's code into `source`, computing it on the variable `cur`; return the
     name holding its value. jmespath's own errors become EvalErrors naming the source, as in
     compile_expression. With `named_root` (the scope's variable), `vars.NAME` is read by key."""
-    codegen = _Codegen(expression.loose, source, named_root)
-    if not _needs_guard(expression.ast, expression.loose):
-        return codegen.gen(expression.ast, cur, indent)
+    return _emit(expression.ast, expression.loose, expression.source, source, cur, indent, named_root)
+
+
+def _emit(ast: dict[str, Any], loose: bool, text: str, source: Source, cur: str, indent: int,
+          named_root: str | None) -> str:
+    codegen = _Codegen(loose, source, named_root)
+    if not _needs_guard(ast, loose):
+        return codegen.gen(ast, cur, indent)
     out = source.temp()
     source.emit(indent, "try:")
-    value = codegen.gen(expression.ast, cur, indent + 1)
+    value = codegen.gen(ast, cur, indent + 1)
     source.emit(indent + 1, f"{out} = {value}")
     source.emit(indent, f"except {source.bind(jexc.JMESPathError)} as exc:")
-    source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(expression.source + ': ')} + str(exc)) "
-                            "from None")
+    source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(text + ': ')} + str(exc)) from None")
     return out
 
 
@@ -669,25 +665,22 @@ def generate_test(expression: Expression, locate: Callable[[EvalError], Exceptio
     own become EvalErrors naming the source, as in compile_expression) are raised through `locate`;
     the branches' errors are their own.
     """
-    codegen = _Codegen(expression.loose)
-    result = codegen.gen(expression.ast, "cur", 2)
-    codegen.namespace.update(JMESPathError=jexc.JMESPathError, EvalError=EvalError, source=expression.source,
-                             locate=locate)
+    source = Source({"EvalError": EvalError, "locate": locate})
 
     def branch(chosen: Branch | None, default: bool) -> str:
         if chosen is None:
             return repr(default)
         is_constant, value = chosen
-        return codegen.bind(value) if is_constant else f"{codegen.bind(value)}(cur)"
+        return source.bind(value) if is_constant else f"{source.bind(value)}(cur)"
 
-    lines = ["def test(cur):", "    try:", *codegen.lines, f"        result = {result}"]
-    if _needs_guard(expression.ast, expression.loose):
-        lines += ["    except JMESPathError as exc:", "        raise locate(EvalError(f'{source}: {exc}')) from None"]
-    lines += ["    except EvalError as exc:", "        raise locate(exc) from None",
-              f"    if {codegen.falsy('result')}:", f"        return {branch(otherwise, False)}",
-              f"    return {branch(then, True)}"]
-    exec("\n".join(lines), codegen.namespace)  # noqa: S102 - see _Codegen
-    function: Evaluator = codegen.namespace["test"]
+    source.emit(1, "try:")
+    source.emit(2, f"result = {emit_expression(expression, source, 'cur', 2)}")
+    source.emit(1, "except EvalError as exc:")
+    source.emit(2, "raise locate(exc) from None")
+    source.emit(1, f"if {falsy('result')}:")
+    source.emit(2, f"return {branch(otherwise, False)}")
+    source.emit(1, f"return {branch(then, True)}")
+    function: Evaluator = source.define("test(cur)")
     return function
 
 
@@ -831,7 +824,7 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
     _collect(ast, info)
     guard = _needs_guard(ast, loose_keys)
     if ast["type"] != "field" or loose_keys:
-        return Expression(source, _generate(ast, loose_keys, source, guard), info, ast, loose_keys)
+        return Expression(source, _generate(ast, loose_keys, source), info, ast, loose_keys)
     compiled = _compile(ast, loose_keys)
     if not guard:
         return Expression(source, compiled, info, ast, loose_keys)
