@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 from .codegen import Source
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import MappingSet
-from .rules import RequestPlan, Requirement, Rule, normalize_event_name
+from .rules import RequestPlan, Rule, normalize_event_name
 from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
 
 MASK = "***"
@@ -268,7 +268,7 @@ class Mapper:
                 emit(2, f"scope['vars'] = V{inner} = Vars(values, scope, scope['vars'])")
                 source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "scope")])
             for requirement in rule.requires:
-                emit(2, f"if not {self._emit_test(source, requirement, 'scope', 2)}:")
+                emit(2, f"if not {emit_value(requirement.test, source, 'scope', 2)}:")
                 emit(3, f"raise _Rejected(text({source.bind(requirement.reason)}, scope) + suffix)")
             self._emit_warnings(source, rule, "scope", 2)
             source.namespace["message"] = rule.message
@@ -289,12 +289,6 @@ class Mapper:
         emit(1, "return final")
         run: _Runner = source.define("run(scope, event_type, event_name, result)")
         return run
-
-    @staticmethod
-    def _emit_test(source: Source, requirement: Requirement, scope: str, indent: int) -> str:
-        if requirement.check is not None:
-            return emit_value(requirement.check, source, scope, indent)
-        return f"{source.bind(requirement.test)}({scope})"
 
     def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
@@ -318,7 +312,7 @@ class Mapper:
             source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
         emit(3, "try:")
         for requirement in rule.requires:
-            emit(4, f"if not {self._emit_test(source, requirement, 'item_scope', 4)}:")
+            emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
             emit(5, "result.item_rejections.append("
                     f"_item(rule, index, text({source.bind(requirement.reason)}, item_scope) + suffix))")
             emit(5, "continue")
@@ -329,9 +323,7 @@ class Mapper:
 
     def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
         for warning in rule.warns:
-            test = (emit_value(warning.condition, source, scope, indent) if warning.condition is not None
-                    else f"{source.bind(warning.test)}({scope})")
-            source.emit(indent, f"if {test}:")
+            source.emit(indent, f"if {emit_value(warning.test, source, scope, indent)}:")
             source.emit(indent + 1, f"result.warnings.append(text({source.bind(warning.message)}, {scope}) + suffix)")
 
     @staticmethod

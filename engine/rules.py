@@ -22,17 +22,15 @@ def normalize_event_name(name: str) -> str:
 
 @dataclass
 class Requirement:
-    test: Callable[[dict[str, Any]], bool]
+    test: Compiled  # true when the requirement is met
     reason: Compiled
     position: Position
-    check: Compiled | None = None  # a `check` condition, which generated rule code writes out inline
 
 
 @dataclass
 class Warning_:
-    test: Callable[[dict[str, Any]], bool]
+    test: Compiled  # true when the warning applies
     message: Compiled
-    condition: Compiled | None = None  # the test, which generated rule code writes out inline
 
 
 @dataclass
@@ -139,7 +137,7 @@ class RuleCompiler:
             test = values.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
             message = values.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
             if test is not None:
-                rule.warns.append(Warning_(test.evaluate, message, test))
+                rule.warns.append(Warning_(test, message))
             del place
 
         actions = [key for key in ("request", "reject", "skip", "rules") if key in node]
@@ -169,12 +167,10 @@ class RuleCompiler:
         field_path = f"rule '{name}' require"
         if len(kinds) != 1:
             values.problem(place.position, f"{field_path}: needs exactly one of check, one_of or present")
-            return Requirement(_always_true, Compiled(lambda scope: ""), place.position)
+            return Requirement(Compiled(_always_true), Compiled(lambda scope: ""), place.position)
         kind = kinds[0]
-        check = None
         if kind == "check":
-            check = compiled = values.condition(node["check"], node.value_places["check"], field_path)
-            test = compiled.evaluate if compiled else _always_true
+            test = values.condition(node["check"], node.value_places["check"], field_path) or Compiled(_always_true)
             default_reason = f"check failed: {node['check']}"
         else:
             sources: PosList = node[kind]
@@ -182,20 +178,20 @@ class RuleCompiler:
             evaluators = [e.evaluate for e in expressions if e is not None]
             names = ", ".join(str(s) for s in sources)
             if kind == "one_of":
-                def test(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
+                def any_present(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
                     return any(evaluate(scope) is not None for evaluate in _e)
 
-                default_reason = f"needs one of {names}; none is present"
+                test, default_reason = Compiled(any_present), f"needs one of {names}; none is present"
             else:
-                def test(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
+                def all_present(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
                     return all(evaluate(scope) is not None for evaluate in _e)
 
-                default_reason = f"needs {names}"
+                test, default_reason = Compiled(all_present), f"needs {names}"
         if "reason" in node:
             reason = values.value(node["reason"], node.value_places["reason"], field_path + ".reason")
         else:
             reason = Compiled(_constant(default_reason))
-        return Requirement(test, reason, place.position, check)
+        return Requirement(test, reason, place.position)
 
     def _request(self, node: PosDict, name: str, values: ValueCompiler) -> RequestPlan:
         field_path = f"rule '{name}' request"
