@@ -24,6 +24,26 @@ class Source:
         # Writes the read of the named value NAME (`vars.NAME`) and returns the local holding it
         # (None when absent); None: read it from the scope's `vars`.
         self.named: Callable[[str, int], str] | None = None
+        # Scope roots whose value is fixed for this function (a Mapper's settings): read while
+        # generating, so that a condition on a setting is decided once, not per event.
+        self.roots: dict[str, Any] = {}
+        self.known: dict[str, Any] = {}  # bound names whose value is known while generating
+        self.booleans: set[str] = set()  # locals that hold True or False
+
+    def constant(self, value: Any) -> str:
+        """A bound name for `value`, known while generating (see falsy)."""
+        name = self.bind(value)
+        self.known[name] = value
+        return name
+
+    def falsy(self, name: str) -> str:
+        """Source testing JMESPath falsiness of `name` (false, null, "", [], {}; 0 is true):
+        `True` or `False` when its value is known, `(not name)` when it is a boolean."""
+        if name in self.known:
+            return repr(is_falsy(self.known[name]))
+        if name in self.booleans:
+            return f"(not {name})"
+        return f"({name} is None or {name} is False or (not {name} and isinstance({name}, (str, list, dict))))"
 
     def bind(self, value: Any) -> str:
         """A name for `value` in the namespace (the same object is bound once)."""
@@ -49,3 +69,8 @@ class Source:
         exec(compile(text, f"<generated {name}>", "exec"), self.namespace)  # noqa: S102 - see module doc
         function: Callable[..., Any] = self.namespace[name]
         return function
+
+
+def is_falsy(value: Any) -> bool:
+    """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
+    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)

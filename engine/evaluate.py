@@ -235,6 +235,8 @@ class Mapper:
 
     def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         source = new_source()
+        # Fixed for this Mapper: conditions on settings are decided here, once.
+        source.roots = {"settings": self.settings, "mapping": self.mapping_info}
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,

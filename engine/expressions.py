@@ -22,7 +22,7 @@ from jmespath import visitor as jvisitor
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
-from .codegen import Source
+from .codegen import Source, is_falsy
 from .functions import FUNCTIONS, EvalError
 
 Evaluator = Callable[[Any], Any]
@@ -420,21 +420,38 @@ class _Codegen:
         # computes a name on first use): `vars.NAME` read from it by key, not by a .get() call.
         self.named_root = named_root
 
-    @staticmethod
-    def falsy(name: str) -> str:
-        return f"({name} is None or {name} is False or (not {name} and isinstance({name}, (str, list, dict))))"
+    def falsy(self, name: str) -> str:
+        return self.source.falsy(name)
+
+    def root_constant(self, node: dict[str, Any], cur: str) -> str | None:
+        """A read of a fixed scope root (Source.roots), done now: `settings.x` -> its value, bound."""
+        if cur != self.named_root or self.loose:
+            return None
+        steps = [node] if node["type"] == "field" else node["children"] if node["type"] == "subexpression" else []
+        if not steps or any(step["type"] != "field" for step in steps) or steps[0]["value"] not in self.source.roots:
+            return None
+        value = self.source.roots[steps[0]["value"]]
+        for step in steps[1:]:
+            value = value.get(step["value"]) if isinstance(value, dict) else None
+        return self.source.constant(value)
 
     def gen(self, node: dict[str, Any], cur: str, indent: int) -> str:
         """Emit statements computing `node` on the value named `cur`; return the name holding it."""
         kind = node["type"]
         children = node["children"]
         if kind == "literal":
-            return self.bind(node["value"])
+            return self.source.constant(node["value"])
         if kind in ("current", "identity"):
             return cur
+        fixed = self.root_constant(node, cur)
+        if fixed is not None:
+            return fixed
         if kind == "field" and not self.loose:
             out = self.temp()
-            self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+            if cur == self.named_root:  # the scope: always a dict
+                self.emit(indent, f"{out} = {cur}.get({node['value']!r})")
+            else:
+                self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
             return out
         if kind == "subexpression" and cur == self.named_root and not self.loose and _is_named_value(node):
             name = children[1]["value"]
@@ -457,11 +474,13 @@ class _Codegen:
             return out
         if kind == "subexpression":
             out = self.temp()
-            self.emit(indent, f"{out} = None")
-            self.emit(indent, f"if {cur} is not None:")
-            value = self.gen(children[0], cur, indent + 1)
-            self.emit(indent + 1, f"{out} = {value}")
-            depth = indent + 1
+            depth = indent
+            if cur != self.named_root:  # (the scope is never null)
+                self.emit(indent, f"{out} = None")
+                self.emit(indent, f"if {cur} is not None:")
+                depth += 1
+            value = self.gen(children[0], cur, depth)
+            self.emit(depth, f"{out} = {value}")
             for child in children[1:]:
                 if child["type"] == "field" and not self.loose:
                     self.emit(depth, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
@@ -481,18 +500,29 @@ class _Codegen:
         if kind == "comparator":
             return self.comparator(node, cur, indent)
         if kind in ("and_expression", "or_expression"):
-            out = self.temp()
             left = self.gen(children[0], cur, indent)
+            if left in self.source.known:  # decided now: the left side, or the right side alone
+                left_falsy = is_falsy(self.source.known[left])
+                if left_falsy == (kind == "and_expression"):
+                    return left
+                return self.gen(children[1], cur, indent)
+            out = self.temp()
             self.emit(indent, f"{out} = {left}")
-            test = self.falsy(out)
+            test = self.falsy(left)
             self.emit(indent, f"if {'not ' if kind == 'and_expression' else ''}{test}:")
             right = self.gen(children[1], cur, indent + 1)
             self.emit(indent + 1, f"{out} = {right}")
+            if left in self.source.booleans and (right in self.source.booleans or right in self.source.known
+                                                 and isinstance(self.source.known[right], bool)):
+                self.source.booleans.add(out)
             return out
         if kind == "not_expression":
             operand = self.gen(children[0], cur, indent)
+            if operand in self.source.known:
+                return self.source.constant(is_falsy(self.source.known[operand]))
             out = self.temp()
             self.emit(indent, f"{out} = {self.falsy(operand)}")
+            self.source.booleans.add(out)
             return out
         if kind == "pipe":
             left = self.gen(children[0], cur, indent)
@@ -534,6 +564,7 @@ class _Codegen:
             else:
                 call = f"_equals({left}, {right})"
                 self.emit(indent, f"{out} = {call}" if op == "eq" else f"{out} = not {call}")
+            self.source.booleans.add(out)
             return out
         python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
         number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
@@ -648,11 +679,6 @@ def _emit(ast: dict[str, Any], loose: bool, text: str, source: Source, cur: str,
     return out
 
 
-def falsy(name: str) -> str:
-    """Python source testing JMESPath falsiness of the variable `name` (false, null, "", [], {})."""
-    return _Codegen.falsy(name)
-
-
 Branch = tuple[bool, Any]  # (True, a constant) or (False, a function of the same argument)
 
 
@@ -677,7 +703,7 @@ def generate_test(expression: Expression, locate: Callable[[EvalError], Exceptio
     source.emit(2, f"result = {emit_expression(expression, source, 'cur', 2)}")
     source.emit(1, "except EvalError as exc:")
     source.emit(2, "raise locate(exc) from None")
-    source.emit(1, f"if {falsy('result')}:")
+    source.emit(1, f"if {source.falsy('result')}:")
     source.emit(2, f"return {branch(otherwise, False)}")
     source.emit(1, f"return {branch(then, True)}")
     function: Evaluator = source.define("test(cur)")

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import Source
+from .codegen import Source, is_falsy
 from .expressions import (
     Expression,
     ExpressionError,
     _normalize_key,
     compile_expression,
     emit_expression,
-    falsy,
     generate_test,
 )
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
@@ -225,8 +224,13 @@ class ValueCompiler:
 
         def emit(source: Source, scope: str, indent: int) -> str:
             value = _emit_condition(source, expression, scope, indent, field_path, position)
+            if value in source.known:  # decided now (it reads only fixed roots such as settings)
+                return repr(not is_falsy(source.known[value]))
+            if value in source.booleans:
+                return value
             out = source.temp()
-            source.emit(indent, f"{out} = not {falsy(value)}")
+            source.emit(indent, f"{out} = not {source.falsy(value)}")
+            source.booleans.add(out)
             return out
 
         compiled.emit = emit
@@ -491,8 +495,11 @@ class ValueCompiler:
 
         def emit(source: Source, scope: str, indent: int) -> str:
             value = _emit_condition(source, expression, scope, indent, if_path, position)
+            if value in source.known:  # decided now: only the branch taken is written
+                chosen_part = otherwise if is_falsy(source.known[value]) else then
+                return "ABSENT" if chosen_part is None else emit_value(chosen_part, source, scope, indent)
             out = source.temp()
-            source.emit(indent, f"if {falsy(value)}:")
+            source.emit(indent, f"if {source.falsy(value)}:")
             chosen = "ABSENT" if otherwise is None else emit_value(otherwise, source, scope, indent + 1)
             source.emit(indent + 1, f"{out} = {chosen}")
             source.emit(indent, "else:")
@@ -979,12 +986,21 @@ def _not_an_object(value: Any, field_path: str, position: Position) -> FieldErro
 def _emit_condition(source: Source, expression: Expression, scope: str, indent: int, field_path: str,
                     position: Position) -> str:
     """The expression's value (not yet its truthiness), its errors located at this field."""
-    out = source.temp()
+    start = len(source.lines)
     source.emit(indent, "try:")
-    source.emit(indent + 1, f"{out} = {emit_expression(expression, source, scope, indent + 1, scope)}")
+    value = emit_expression(expression, source, scope, indent + 1, scope)
+    if value in source.known and len(source.lines) == start + 1:  # nothing to run: a constant
+        del source.lines[start:]
+        return value
+    out = source.temp()
+    source.emit(indent + 1, f"{out} = {value}")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
+    if value in source.booleans:
+        source.booleans.add(out)
+    elif value in source.known:
+        source.known[out] = source.known[value]
     return out
 
 
@@ -1055,6 +1071,18 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     roots: dict[str, str] = {}
     for expression in expressions:
         path = _plain_path(expression)
+        if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
+            fixed = source.roots[path[0]]
+            for key in path[1:]:
+                fixed = fixed.get(key) if isinstance(fixed, dict) else None
+            if fixed is None:
+                continue  # never present: the next expression is tried
+            source.emit(level, f"{value} = {source.constant(fixed)}")
+            if cast is None:
+                source.emit(level, f"{out} = {value}")
+            else:
+                _emit_cast(source, value, out, cast, field_path, level)
+            break  # found: no later expression is tried
         if path is None:
             source.emit(level, f"{value} = {emit_expression(expression, source, scope, level, scope)}")
         else:
