@@ -28,7 +28,8 @@ class Source:
         # generating, so that a condition on a setting is decided once, not per event.
         self.roots: dict[str, Any] = {}
         self.known: dict[str, Any] = {}  # bound names whose value is known while generating
-        self.booleans: set[str] = set()  # locals that hold True or False
+        # locals that hold True, False or None, whose JMESPath truthiness is Python's
+        self.booleans: set[str] = set()
 
     def constant(self, value: Any) -> str:
         """A bound name for `value`, known while generating (see falsy)."""

@@ -573,6 +573,7 @@ class _Codegen:
         else:
             test = f"{number.format(left)} and {number.format(right)}"
         self.emit(indent, f"{out} = ({left} {python_op} {right}) if {test} else None")
+        self.source.booleans.add(out)
         return out
 
     def projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
@@ -670,13 +671,14 @@ def _emit(ast: dict[str, Any], loose: bool, text: str, source: Source, cur: str,
     codegen = _Codegen(loose, source, named_root)
     if not _needs_guard(ast, loose):
         return codegen.gen(ast, cur, indent)
-    out = source.temp()
     source.emit(indent, "try:")
-    value = codegen.gen(ast, cur, indent + 1)
-    source.emit(indent + 1, f"{out} = {value}")
+    start = len(source.lines)
+    value = codegen.gen(ast, cur, indent + 1)  # assigned inside the try, or a constant: usable after it
+    if len(source.lines) == start:
+        source.emit(indent + 1, "pass")
     source.emit(indent, f"except {source.bind(jexc.JMESPathError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(text + ': ')} + str(exc)) from None")
-    return out
+    return value
 
 
 Branch = tuple[bool, Any]  # (True, a constant) or (False, a function of the same argument)

@@ -988,20 +988,14 @@ def _emit_condition(source: Source, expression: Expression, scope: str, indent: 
     """The expression's value (not yet its truthiness), its errors located at this field."""
     start = len(source.lines)
     source.emit(indent, "try:")
-    value = emit_expression(expression, source, scope, indent + 1, scope)
-    if value in source.known and len(source.lines) == start + 1:  # nothing to run: a constant
+    value = emit_expression(expression, source, scope, indent + 1, scope)  # usable after the try
+    if len(source.lines) == start + 1:  # nothing to run (a constant, or the scope itself)
         del source.lines[start:]
         return value
-    out = source.temp()
-    source.emit(indent + 1, f"{out} = {value}")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
-    if value in source.booleans:
-        source.booleans.add(out)
-    elif value in source.known:
-        source.known[out] = source.known[value]
-    return out
+    return value
 
 
 def _branch(compiled: Compiled) -> tuple[bool, Any]:
