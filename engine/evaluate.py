@@ -84,14 +84,6 @@ class MapResult:
         return lines
 
 
-class _Rejected(Exception):
-    pass
-
-
-class _Skipped(Exception):
-    pass
-
-
 class Vars(dict[str, Any]):
     """Named values, computed on first use per event and then remembered."""
 
@@ -190,14 +182,6 @@ class Mapper:
             for run in self._rules_for(event_type):
                 if run(scope, event_type, event_name, result):
                     break
-        except _Rejected as rejected:
-            result.rejection = str(rejected)
-            result.requests = []
-            result.item_rejections = []
-            return result
-        except _Skipped as skipped:
-            if not result.requests:
-                result.skipped = str(skipped)
         except Exception as exc:  # a bug must not lose the event: reject it, saying so, and go on
             # The rules' generated functions are made again from the plan for the next event.
             self._rules_by_type.clear()
@@ -206,8 +190,10 @@ class Mapper:
             result.requests = []
             result.item_rejections = []
             return result
-        if not result.requests and result.rejection is None and result.skipped is None \
-                and not result.item_rejections:
+        if result.rejection is not None:  # an event is rejected whole: nothing half-built is output
+            result.requests = []
+            result.item_rejections = []
+        elif not result.requests and result.skipped is None and not result.item_rejections:
             what = f"{event_type} event {event_name!r}" if event_type == "track" else f"{event_type} events"
             result.skipped = f"no rule handles {what}"
         return result
@@ -218,7 +204,8 @@ class Mapper:
 
     # -- rules -----------------------------------------------------------------------------------------
     # Each rule runs as one generated function, `run(scope, event_type, event_name, result) -> bool`
-    # (True when no later rule may run: final, or a terminal action). Why: interpreting the plan
+    # (True when no later rule may run: final, or a terminal action; a rejection or a skip is written
+    # on the result, not raised: exceptions cost more than the rest of a skipped event). Why: interpreting the plan
     # tested a dozen attributes of every rule on every event, and evaluating its value trees node by
     # node cost a call per node; the plan is fixed at load time, so only the steps this rule has are
     # written out, in the same order, with its conditions and its request's values inline (each
@@ -240,8 +227,8 @@ class Mapper:
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,
-            "Vars": Vars, "values": rule.values, "EvalError": EvalError, "_Rejected": _Rejected,
-            "_Skipped": _Skipped, "_reason": _reason, "final": rule.final, "_item": _item,
+            "Vars": Vars, "values": rule.values, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
+            "_item": _item,
         })
         emit = source.emit
         if check_type and rule.types is not None:
@@ -271,13 +258,18 @@ class Mapper:
                 source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "scope")])
             for requirement in rule.requires:
                 emit(2, f"if not {emit_value(requirement.test, source, 'scope', 2)}:")
-                emit(3, f"raise _Rejected(text({source.bind(requirement.reason)}, scope) + suffix)")
+                emit(3, f"result.rejection = text({source.bind(requirement.reason)}, scope) + suffix")
+                emit(3, "return True")
             self._emit_warnings(source, rule, "scope", 2)
             source.namespace["message"] = rule.message
             if rule.action == "reject":
-                emit(2, "raise _Rejected(text(message, scope) + suffix)")
+                emit(2, "result.rejection = text(message, scope) + suffix")
+                emit(2, "return True")
             elif rule.action == "skip":
-                emit(2, "raise _Skipped(text(message, scope))")
+                emit(2, "skipped = text(message, scope)")
+                emit(2, "if not result.requests:")
+                emit(3, "result.skipped = skipped")
+                emit(2, "return True")
             elif rule.action == "group":
                 for child in rule.children:
                     run_child = self._runner(child, True, (*outer, rule.values) if rule.values else outer)
@@ -287,7 +279,8 @@ class Mapper:
                 assert rule.request is not None
                 emit(2, f"result.requests.append({self._emit_request(source, rule.request, 'scope', 2, 'None')})")
         emit(1, "except EvalError as error:")
-        emit(2, "raise _Rejected(_reason(rule, error)) from None")
+        emit(2, "result.rejection = _reason(rule, error)")
+        emit(2, "return True")
         emit(1, "return final")
         run: _Runner = source.define("run(scope, event_type, event_name, result)")
         return run
