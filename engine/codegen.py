@@ -63,11 +63,13 @@ class Source:
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
 
-    def define(self, header: str) -> Callable[..., Any]:
-        """Compile the lines under `def NAME(ARGS):` (the header, without `def` and colon)."""
+    def define(self, header: str, label: str = "") -> Callable[..., Any]:
+        """Compile the lines under `def NAME(ARGS):` (the header, without `def` and colon); `label`
+        names what it was generated from in tracebacks and profiles."""
         name = header.split("(", 1)[0]
         text = "\n".join([f"def {header}:", *(self.lines or ["    pass"])])
-        exec(compile(text, f"<generated {name}>", "exec"), self.namespace)  # noqa: S102 - see module doc
+        filename = f"<generated {name} {label}>" if label else f"<generated {name}>"
+        exec(compile(text, filename, "exec"), self.namespace)  # noqa: S102 - see module doc
         function: Callable[..., Any] = self.namespace[name]
         return function
 

@@ -282,7 +282,7 @@ class Mapper:
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
         emit(1, "return final")
-        run: _Runner = source.define("run(scope, event_type, event_name, result)")
+        run: _Runner = source.define("run(scope, event_type, event_name, result)", f"for rule {rule.name!r}")
         return run
 
     def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int) -> None:

@@ -1078,32 +1078,35 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
                 _emit_cast(source, value, out, cast, field_path, level)
             break  # found: no later expression is tried
         if path is None:
-            source.emit(level, f"{value} = {emit_expression(expression, source, scope, level, scope)}")
+            found = emit_expression(expression, source, scope, level, scope)
         else:
             steps = path[1:]
             if path[0] == "vars" and steps and source.named is not None:  # see NamedReads
-                source.emit(level, f"{value} = {source.named(steps[0], level)}")
+                found = source.named(steps[0], level)
                 steps = steps[1:]
             else:
                 root = roots.get(path[0])
                 if root is None:
                     root = roots[path[0]] = source.temp()
                     source.emit(level, f"{root} = {scope}.get({path[0]!r})")
+                found = root
                 if path[0] == "vars" and steps:  # named values: read by key, computed on first use
                     source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
-                    steps = steps[1:]
-                else:
-                    source.emit(level, f"{value} = {root}")
+                    found, steps = value, steps[1:]
             for key in steps:
-                source.emit(level, f"{value} = {value}.get({key!r}) if isinstance({value}, dict) else None")
-        source.emit(level, f"if {value} is not None:")
+                source.emit(level, f"{value} = {found}.get({key!r}) if isinstance({found}, dict) else None")
+                found = value
+        source.emit(level, f"if {found} is not None:")
         if cast is None:
-            source.emit(level + 1, f"{out} = {value}")
+            source.emit(level + 1, f"{out} = {found}")
         else:
-            _emit_cast(source, value, out, cast, field_path, level + 1)
+            _emit_cast(source, found, out, cast, field_path, level + 1)
         source.emit(level, "else:")
         level += 1
-    source.emit(level, "pass")
+    if source.lines[-1].endswith("else:"):  # nothing more to try
+        source.lines.pop()
+    if source.lines[-1].endswith("try:"):  # nothing at all to try (settings that are not set)
+        source.emit(indent + 1, "pass")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
