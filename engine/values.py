@@ -876,7 +876,7 @@ class NamedReads:
         self.source = source
         self.levels = levels
         self.depth = depth
-        source.namespace.update(_dget=dict.get, UNSET=_UNSET, ABSENT=ABSENT)
+        source.namespace["ABSENT"] = ABSENT
 
     def __call__(self, name: str, indent: int) -> str:
         source = self.source
@@ -888,11 +888,12 @@ class NamedReads:
         else:  # not defined at these levels (an outer rule's, or unknown): as Vars would
             source.emit(indent, f"{out} = {self.levels[-1][1]}[{name!r}]")
             return out
-        source.emit(indent, f"{out} = _dget({vars_name}, {name!r}, UNSET)")
-        source.emit(indent, f"if {out} is UNSET:")
         if self.depth >= self.MAX_DEPTH:
-            source.emit(indent + 1, f"{out} = {vars_name}[{name!r}]")
+            source.emit(indent, f"{out} = {vars_name}[{name!r}]")
             return out
+        source.emit(indent, f"if {name!r} in {vars_name}:")
+        source.emit(indent + 1, f"{out} = {vars_name}[{name!r}]")
+        source.emit(indent, "else:")
         source.named = NamedReads(source, self.levels[: number + 1], self.depth + 1)
         try:
             value = emit_value(definitions[name], source, scope_name, indent + 1)
@@ -901,9 +902,6 @@ class NamedReads:
         source.emit(indent + 1, f"{out} = None if {value} is ABSENT else {value}")
         source.emit(indent + 1, f"{vars_name}[{name!r}] = {out}")
         return out
-
-
-_UNSET: Any = object()  # not yet computed
 
 
 def generate_function(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None) -> Evaluate:
