@@ -89,6 +89,7 @@ class Compiled:
     # the value's code, for a parent that writes its parts into one generated function; None: the
     # parent calls evaluate
     emit: Emit | None = None
+    always_object: bool = False  # its value is always a dict (never ABSENT): parents skip their checks
 
     @property
     def reads_event(self) -> bool:
@@ -587,7 +588,7 @@ class ValueCompiler:
             source.emit(indent, f"{out} = {{}}")
             for part in parts:
                 value = emit_value(part, source, scope, indent)
-                if part.shape is not None and not part.shape[1]:  # an object: always a dict
+                if part.always_object:
                     source.emit(indent, f"{out}.update({value})")
                     continue
                 source.emit(indent, f"if {value} is not ABSENT:")
@@ -598,7 +599,7 @@ class ValueCompiler:
             _emit_absent_if_empty(source, out, omit_empty, indent)
             return out
 
-        return Compiled(merge, *_merge_deps(parts), emit=emit)
+        return Compiled(merge, *_merge_deps(parts), emit=emit, always_object=not omit_empty)
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         keys_option = node.get("keys", "exact")
@@ -678,6 +679,7 @@ class ValueCompiler:
 
         compiled = self._with_deps(rest, [expression])
         compiled.emit = emit
+        compiled.always_object = not omit_empty
         return compiled
 
     def consumed_paths(self, compiled: Compiled) -> set[tuple[str, ...]]:
@@ -924,7 +926,8 @@ def _object(parts: tuple[tuple[str, Compiled], ...], omit_empty: bool, paths: se
             var_refs: set[str]) -> Compiled:
     shape = (parts, omit_empty)
     compiled = Compiled(lambda scope: ABSENT, paths, var_refs, shape=shape,
-                        emit=lambda source, scope, indent: _emit_object(shape, source, scope, indent))
+                        emit=lambda source, scope, indent: _emit_object(shape, source, scope, indent),
+                        always_object=not omit_empty)
     compiled.evaluate = generate_function(compiled, "build")
     return compiled
 
@@ -945,7 +948,7 @@ def _emit_object(shape: tuple[tuple[tuple[str, Compiled], ...], bool], source: S
         source.emit(indent, f"{out} = {{}}")
     for key, part in parts[leading:]:
         value = emit_value(part, source, scope, indent)
-        if part.constant is not NOT_CONSTANT or (part.shape is not None and not part.shape[1]):
+        if part.constant is not NOT_CONSTANT or part.always_object:
             source.emit(indent, f"{out}[{key!r}] = {value}")  # never ABSENT
         else:
             source.emit(indent, f"if {value} is not ABSENT:")
