@@ -480,15 +480,22 @@ class _Codegen:
                 self.emit(indent, f"if {cur} is not None:")
                 depth += 1
             value = self.gen(children[0], cur, depth)
-            self.emit(depth, f"{out} = {value}")
             for child in children[1:]:
                 if child["type"] == "field" and not self.loose:
-                    self.emit(depth, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
+                    # (the first step reads the first child's value, not a copy of it)
+                    self.emit(depth, f"{out} = {value}.get({child['value']!r}) if isinstance({value}, dict) else None")
+                    value = out
                     continue
+                if value != out:
+                    self.emit(depth, f"{out} = {value}")
+                    value = out
                 self.emit(depth, f"if {out} is not None:")
                 value = self.gen(child, out, depth + 1)
                 self.emit(depth + 1, f"{out} = {value}")
+                value = out
                 depth += 1
+            if value != out:
+                self.emit(depth, f"{out} = {value}")
             return out
         if kind == "index_expression" and children[1]["type"] == "index":
             value = self.gen(children[0], cur, indent)
