@@ -139,6 +139,7 @@ class Mapper:
                 if resolved.get(name) not in (None, ""):
                     resolved[name] = MASK
         self.settings = resolved
+        self._values = mapping_set.values
         self.base_url = (base_url or mapping_set.base_url).rstrip("/")
         self.mapping_info = {"name": mapping_set.name, "base_url": self.base_url, "revision": mapping_set.revision}
         self._constant_headers: dict[str, str] | None = None
@@ -162,24 +163,26 @@ class Mapper:
         return rules
 
     def map(self, event: Any, index: int = 0) -> MapResult:
-        message_id = event.get("messageId") if isinstance(event, dict) else None
-        result = MapResult(index, message_id)
         if not isinstance(event, dict):
+            result = MapResult(index, None)
             result.rejection = f"event is {a_json_type(event)}, not an object"
             return result
+        result = MapResult(index, event.get("messageId"))
         event_type = event.get("type")
         if not isinstance(event_type, str) or not event_type:
             result.rejection = ("event has no type" if event_type is None
                                 else f"event type {describe(event_type)} is not a string")
             return result
         scope = dict(event)
-        scope["input"] = event  # the event as received, e.g. to fingerprint it without the settings
-        scope["settings"] = self.settings
-        scope["mapping"] = self.mapping_info
-        scope["vars"] = Vars(self.mapping_set.values, scope)
+        # (the event as received, e.g. to fingerprint it without the settings)
+        scope.update(input=event, settings=self.settings, mapping=self.mapping_info)
+        scope["vars"] = Vars(self._values, scope)
         event_name = event.get("event")
+        rules = self._rules_by_type.get(event_type)
+        if rules is None:
+            rules = self._rules_for(event_type)
         try:
-            for run in self._rules_for(event_type):
+            for run in rules:
                 if run(scope, event_type, event_name, result):
                     break
         except Exception as exc:  # a bug must not lose the event: reject it, saying so, and go on
