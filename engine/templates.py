@@ -18,6 +18,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .codegen import Source
 from .functions import FUNCTIONS, EvalError
 
 _ENVIRONMENT = ImmutableSandboxedEnvironment(
@@ -41,11 +42,17 @@ class TemplateError(Exception):
         super().__init__(message)
 
 
+# Writes a template's fast path into generated code: (source, the scope's variable, indent, the
+# name of a function of the scope to call when the fast path can't answer) -> the result's name.
+Emit = Callable[[Source, str, int, str], str]
+
+
 @dataclass
 class Template:
     source: str
     render: Callable[[dict[str, Any]], str]
     roots: frozenset[str]  # the top-level names the template reads (traits, settings, vars, …)
+    emit: Emit | None = None  # for templates the fast path handles
 
 
 def compile_template(source: str) -> Template:
@@ -83,7 +90,7 @@ def compile_template(source: str) -> Template:
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render, roots)
+    return Template(source, render, roots, _fast_emitter(syntax_tree) if fast is not None else None)
 
 
 # -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
@@ -182,3 +189,70 @@ def _fast_render(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None
         return "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
 
     return render
+
+
+# -- the same fast path, written into a rule's generated function --------------------------------------
+def _fast_getattr(obj: Any, attribute: str) -> Any:
+    """`obj.attribute` as the fast path reads it from anything but a plain dict (see getattr_)."""
+    if not isinstance(obj, dict) or hasattr(type(obj), attribute):
+        raise _Slow
+    return obj[attribute]  # a KeyError: the caller lets Jinja render
+
+
+def _fast_getitem(obj: Any, item: Any) -> Any:
+    if not isinstance(obj, (dict, list)):
+        raise _Slow
+    try:
+        return obj[item]
+    except (LookupError, TypeError):
+        raise _Slow from None
+
+
+def _fast_emitter(tree: nodes.Template) -> Emit:
+    """Code doing what _fast_render's closures do, for a template they handle (the caller checks).
+
+    A missing name or key, or anything unusual, falls back to calling the template's function,
+    which renders with Jinja and raises its exact error."""
+    parts = [node for statement in tree.body for node in statement.nodes]  # type: ignore[attr-defined]
+
+    def emit(source: Source, scope: str, indent: int, fallback: str) -> str:
+        out = source.temp()
+        source.emit(indent, "try:")
+        pieces = []
+        for node in parts:
+            if isinstance(node, nodes.TemplateData):
+                pieces.append(source.bind(node.data))
+            else:
+                pieces.append(f"str({_emit_expression(node, source, scope, indent + 1)})")
+        source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
+        source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(_Slow)}):")
+        source.emit(indent + 1, f"{out} = {fallback}({scope})")
+        return out
+
+    return emit
+
+
+def _emit_expression(node: nodes.Node, source: Source, scope: str, indent: int) -> str:
+    out = source.temp()
+    if isinstance(node, nodes.Const):
+        return source.bind(node.value)
+    if isinstance(node, nodes.Name):
+        source.emit(indent, f"{out} = {scope}[{node.name!r}]")
+    elif isinstance(node, nodes.Getattr):
+        if (isinstance(node.node, nodes.Name) and node.node.name == "vars" and source.named is not None):
+            return source.named(node.attr, indent)  # a named value: as the rule's code reads it
+        inner = _emit_expression(node.node, source, scope, indent)
+        source.emit(indent, f"{out} = {inner}[{node.attr!r}] if {inner}.__class__ is dict else "
+                            f"{source.bind(_fast_getattr)}({inner}, {node.attr!r})")
+    elif isinstance(node, nodes.Getitem):
+        assert isinstance(node.arg, nodes.Const)  # (_fast_expression handles no other)
+        inner = _emit_expression(node.node, source, scope, indent)
+        source.emit(indent, f"{out} = {source.bind(_fast_getitem)}({inner}, {source.bind(node.arg.value)})")
+    elif isinstance(node, (nodes.Or, nodes.And)):
+        source.emit(indent, f"{out} = {_emit_expression(node.left, source, scope, indent)}")
+        source.emit(indent, f"if {'not ' if isinstance(node, nodes.Or) else ''}{out}:")
+        source.emit(indent + 1, f"{out} = {_emit_expression(node.right, source, scope, indent + 1)}")
+    else:
+        assert isinstance(node, nodes.Not)
+        source.emit(indent, f"{out} = not {_emit_expression(node.node, source, scope, indent)}")
+    return out

@@ -309,8 +309,12 @@ class ValueCompiler:
 
         # Which roots a template reads: a template of settings alone is the same for every event.
         # (Named values read through `vars` count as reading the event.)
-        return Compiled(evaluate, {(root,) for root in template.roots if root != "vars"} | (
+        compiled = Compiled(evaluate, {(root,) for root in template.roots if root != "vars"} | (
             {("vars",)} if "vars" in template.roots else set()), set())
+        fast = template.emit
+        if fast is not None:
+            compiled.emit = lambda source, scope, indent: fast(source, scope, indent, source.bind(evaluate))
+        return compiled
 
     def object(self, node: PosDict, field_path: str, omit_empty: bool) -> Compiled:
         parts = {
