@@ -24,6 +24,7 @@ class Source:
         # Writes the read of the named value NAME (`vars.NAME`) and returns the local holding it
         # (None when absent); None: read it from the scope's `vars`.
         self.named: Callable[[str, int], str] | None = None
+        self.named_reads = 0  # how many reads `named` wrote
         # Scope roots whose value is fixed for this function (a Mapper's settings): read while
         # generating, so that a condition on a setting is decided once, not per event.
         self.roots: dict[str, Any] = {}

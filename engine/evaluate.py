@@ -242,10 +242,12 @@ class Mapper:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
         # The Vars of each outer level, innermost first (see NamedReads), and their scopes.
         levels: list[Level] = []
+        setup = len(source.lines)
         for number in range(len(outer) - 1, -1, -1):
             emit(1, f"V{number} = scope['vars']" if number == len(outer) - 1 else f"V{number} = V{number + 1}._parent")
             emit(1, f"S{number} = V{number}._scope")
             levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
+        setup_end = len(source.lines)
         source.named = NamedReads(source, levels)
         inner = len(outer)  # the number of this rule's own level, when it has values
         emit(1, "try:")  # inside: an EvalError of any step rejects the event
@@ -285,6 +287,8 @@ class Mapper:
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
         emit(1, "return final")
+        if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
+            del source.lines[setup:setup_end]
         run: _Runner = source.define("run(scope, event_type, event_name, result)", f"for rule {rule.name!r}")
         return run
 

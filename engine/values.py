@@ -886,6 +886,7 @@ class NamedReads:
 
     def __call__(self, name: str, indent: int) -> str:
         source = self.source
+        source.named_reads += 1
         out = source.temp()
         for number in range(len(self.levels) - 1, -1, -1):
             definitions, vars_name, scope_name = self.levels[number]
