@@ -88,12 +88,11 @@ class Vars(dict[str, Any]):
     """Named values, computed on first use per event and then remembered."""
 
     __slots__ = ("_definitions", "_scope", "_parent")
-
-    def __init__(self, definitions: dict[str, Any], scope: dict[str, Any], parent: Vars | None = None):
-        # (starts empty: no dict.__init__ call needed, one per event and rule with values)
-        self._definitions = definitions
-        self._scope = scope
-        self._parent = parent
+    # No __init__: one is made per event, rule with values and fanned-out item, so the mapper and
+    # generated rules set the three slots themselves (see _new_vars), without a Python call.
+    _definitions: dict[str, Any]
+    _scope: dict[str, Any]
+    _parent: Vars | None
 
     def __missing__(self, name: str) -> Any:
         definition = self._definitions.get(name)
@@ -113,6 +112,18 @@ class Vars(dict[str, Any]):
     def get(self, name: str, default: Any = None) -> Any:
         value = self[name]
         return default if value is None else value
+
+
+def _new_vars(definitions: dict[str, Any], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
+    named = Vars()
+    named._definitions, named._scope, named._parent = definitions, scope, parent
+    return named
+
+
+def _new_vars_source(target: str, definitions: str, scope: str, parent: str) -> str:
+    """The source of `_new_vars` inline, for generated rules (names of locals and bound values)."""
+    return f"{target} = Vars(); {target}._definitions, {target}._scope, {target}._parent = " \
+           f"{definitions}, {scope}, {parent}"
 
 
 def _reason(rule: Rule, error: EvalError) -> str:
@@ -147,7 +158,7 @@ class Mapper:
         if headers is not None and not headers.reads_event:
             # Headers that read only settings are computed once, not per request.
             scope = {"settings": self.settings, "mapping": self.mapping_info}
-            scope["vars"] = Vars({}, scope)
+            scope["vars"] = _new_vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, list[_Runner]] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
@@ -176,7 +187,8 @@ class Mapper:
         scope = dict(event)
         # (the event as received, e.g. to fingerprint it without the settings)
         scope.update(input=event, settings=self.settings, mapping=self.mapping_info)
-        scope["vars"] = Vars(self._values, scope)
+        scope["vars"] = named = Vars()
+        named._definitions, named._scope, named._parent = self._values, scope, None  # (_new_vars, inline)
         event_name = event.get("event")
         rules = self._rules_by_type.get(event_type)
         if rules is None:
@@ -259,7 +271,8 @@ class Mapper:
         else:
             if rule.values:
                 emit(2, "scope = dict(scope)")
-                emit(2, f"scope['vars'] = V{inner} = Vars(values, scope, scope['vars'])")
+                emit(2, _new_vars_source(f"V{inner}", "values", "scope", "scope['vars']"))
+                emit(2, f"scope['vars'] = V{inner}")
                 source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "scope")])
             for requirement in rule.requires:
                 emit(2, f"if not {emit_value(requirement.test, source, 'scope', 2)}:")
@@ -310,7 +323,8 @@ class Mapper:
         emit(3, f"item_scope[{rule.item_name!r}] = item")
         emit(3, "item_scope['index'] = index")
         if rule.values:
-            emit(3, f"item_scope['vars'] = V{inner} = Vars(values, item_scope, parent_vars)")
+            emit(3, _new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
+            emit(3, f"item_scope['vars'] = V{inner}")
             source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
         emit(3, "try:")
         for requirement in rule.requires:
