@@ -393,12 +393,14 @@ class Mapper:
             emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
             return out
         value = emit_value(plan.body, source, scope, indent)
-        emit(indent, f"if {value} is ABSENT:")
-        emit(indent + 1, f"{out} = " + request.format("None", "None"))
-        emit(indent, "else:")
+        if not plan.body.always_object:
+            emit(indent, f"if {value} is ABSENT:")
+            emit(indent + 1, f"{out} = " + request.format("None", "None"))
+            emit(indent, "else:")
+            indent += 1
         if plan.body_kind == "form":
-            emit(indent + 1, f"{value} = {bind(_form_body)}({value})")
-        emit(indent + 1, f"{out} = " + request.format(bind(plan.body_kind), value))
+            emit(indent, f"{value} = {bind(_form_body)}({value})")
+        emit(indent, f"{out} = " + request.format(bind(plan.body_kind), value))
         return out
 
 

@@ -276,8 +276,9 @@ class ValueCompiler:
                 source.emit(indent, f"{out} = []")
                 for part in parts:
                     value = emit_value(part, source, scope, indent)
-                    source.emit(indent, f"if {value} is not ABSENT:")
-                    source.emit(indent + 1, f"{out}.append({value})")
+                    if value != "ABSENT":  # (a part decided now to be absent)
+                        source.emit(indent, f"if {value} is not ABSENT:")
+                        source.emit(indent + 1, f"{out}.append({value})")
                 return out
 
             compiled.emit = emit_list
@@ -594,6 +595,8 @@ class ValueCompiler:
                 value = emit_value(part, source, scope, indent)
                 if part.always_object:
                     source.emit(indent, f"{out}.update({value})")
+                    continue
+                if value == "ABSENT":  # (a part decided now to be absent)
                     continue
                 source.emit(indent, f"if {value} is not ABSENT:")
                 source.emit(indent + 1, f"if not isinstance({value}, dict):")
@@ -955,7 +958,7 @@ def _emit_object(shape: tuple[tuple[tuple[str, Compiled], ...], bool], source: S
         value = emit_value(part, source, scope, indent)
         if part.constant is not NOT_CONSTANT or part.always_object:
             source.emit(indent, f"{out}[{key!r}] = {value}")  # never ABSENT
-        else:
+        elif value != "ABSENT":  # (else a part decided now to be absent)
             source.emit(indent, f"if {value} is not ABSENT:")
             source.emit(indent + 1, f"{out}[{key!r}] = {value}")
     _emit_absent_if_empty(source, out, omit_empty, indent)
@@ -1068,7 +1071,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     source.emit(indent, f"{out} = ABSENT")
     source.emit(indent, "try:")
     level = indent + 1
-    roots: dict[str, str] = {}
+    roots: dict[tuple[str, ...], str] = {}  # path (prefix) -> the local holding it, once read
     for expression in expressions:
         path = _plain_path(expression)
         if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
@@ -1091,17 +1094,24 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
                 found = source.named(steps[0], level)
                 steps = steps[1:]
             else:
-                root = roots.get(path[0])
+                root = roots.get(path[:1])
                 if root is None:
-                    root = roots[path[0]] = source.temp()
+                    root = roots[path[:1]] = source.temp()
                     source.emit(level, f"{root} = {scope}.get({path[0]!r})")
                 found = root
                 if path[0] == "vars" and steps:  # named values: read by key, computed on first use
                     source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
                     found, steps = value, steps[1:]
-            for key in steps:
-                source.emit(level, f"{value} = {found}.get({key!r}) if isinstance({found}, dict) else None")
-                found = value
+                else:  # a prefix an earlier expression read (traits.address) is not read again
+                    done = max((n for n in range(1, len(path)) if path[:n] in roots), default=1)
+                    found, steps = roots[path[:done]], path[done:]
+            for number, key in enumerate(steps):
+                if path[0] != "vars" and number < len(steps) - 1:  # an inner object: kept for the next paths
+                    step = roots[path[:len(path) - len(steps) + number + 1]] = source.temp()
+                else:
+                    step = value
+                source.emit(level, f"{step} = {found}.get({key!r}) if isinstance({found}, dict) else None")
+                found = step
         source.emit(level, f"if {found} is not None:")
         if cast is None:
             source.emit(level + 1, f"{out} = {found}")
