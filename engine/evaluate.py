@@ -252,11 +252,16 @@ class Mapper:
             emit(1, "if not matches(event_type, event_name): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
-        # The Vars of each outer level, innermost first (see NamedReads), and their scopes.
+        # The Vars of each outer level, innermost first (see NamedReads), and their scopes; the
+        # innermost level's scope is the one the rule is called with.
         levels: list[Level] = []
         setup = len(source.lines)
         for number in range(len(outer) - 1, -1, -1):
-            emit(1, f"V{number} = scope['vars']" if number == len(outer) - 1 else f"V{number} = V{number + 1}._parent")
+            if number == len(outer) - 1:
+                emit(1, f"V{number} = scope['vars']")
+                levels.insert(0, (outer[number], f"V{number}", "scope"))
+                continue
+            emit(1, f"V{number} = V{number + 1}._parent")
             emit(1, f"S{number} = V{number}._scope")
             levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
         setup_end = len(source.lines)
@@ -269,33 +274,35 @@ class Mapper:
         if rule.for_each is not None:
             self._emit_fan_out(source, rule, levels, inner)
         else:
+            here = "scope"  # the rule's scope: its own copy when it has values
             if rule.values:
-                emit(2, "scope = dict(scope)")
-                emit(2, _new_vars_source(f"V{inner}", "values", "scope", "scope['vars']"))
-                emit(2, f"scope['vars'] = V{inner}")
-                source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "scope")])
+                here = "rule_scope"
+                emit(2, "rule_scope = dict(scope)")
+                emit(2, _new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
+                emit(2, f"rule_scope['vars'] = V{inner}")
+                source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "rule_scope")])
             for requirement in rule.requires:
-                emit(2, f"if not {emit_value(requirement.test, source, 'scope', 2)}:")
-                emit(3, f"result.rejection = text({source.bind(requirement.reason)}, scope) + suffix")
+                emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
+                emit(3, f"result.rejection = text({source.bind(requirement.reason)}, {here}) + suffix")
                 emit(3, "return True")
-            self._emit_warnings(source, rule, "scope", 2)
+            self._emit_warnings(source, rule, here, 2)
             source.namespace["message"] = rule.message
             if rule.action == "reject":
-                emit(2, "result.rejection = text(message, scope) + suffix")
+                emit(2, f"result.rejection = text(message, {here}) + suffix")
                 emit(2, "return True")
             elif rule.action == "skip":
-                emit(2, "skipped = text(message, scope)")
+                emit(2, f"skipped = text(message, {here})")
                 emit(2, "if not result.requests:")
                 emit(3, "result.skipped = skipped")
                 emit(2, "return True")
             elif rule.action == "group":
                 for child in rule.children:
                     run_child = self._runner(child, True, (*outer, rule.values) if rule.values else outer)
-                    emit(2, f"if {source.bind(run_child)}(scope, event_type, event_name, result):")
+                    emit(2, f"if {source.bind(run_child)}({here}, event_type, event_name, result):")
                     emit(3, "return True")
             else:
                 assert rule.request is not None
-                emit(2, f"result.requests.append({self._emit_request(source, rule.request, 'scope', 2, 'None')})")
+                emit(2, f"result.requests.append({self._emit_request(source, rule.request, here, 2, 'None')})")
         emit(1, "except EvalError as error:")
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
