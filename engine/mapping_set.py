@@ -20,7 +20,7 @@ import cerberus
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, _plain, generate_function, normalize_lookup_key
+from .values import Compiled, Known, TableDef, ValueCompiler, _plain, generated_on_first_use, normalize_lookup_key
 from .yaml_loader import PosDict, YamlError, load_yaml
 
 SET_FILE = "mapping.yaml"
@@ -280,13 +280,13 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
 
     if problems:
         raise MappingSetError(problems.sorted())
-    # Named values are computed on first use (evaluate.Vars calls evaluate): each one's whole tree
-    # as one generated function.
+    # Named values are computed on first use (evaluate.Vars calls evaluate, when generated rule
+    # code has not computed them itself): each one's whole tree as one generated function.
     for compiled in named_values.values():
-        compiled.evaluate = generate_function(compiled, "named_value", named_values)
+        compiled.evaluate = generated_on_first_use(compiled, "named_value", named_values)
     for rule in _all_rules(rules):
         for compiled in rule.values.values():
-            compiled.evaluate = generate_function(compiled, "named_value", rule.values)
+            compiled.evaluate = generated_on_first_use(compiled, "named_value", rule.values)
     return MappingSet(
         name=str(head["name"]),
         folder=folder,

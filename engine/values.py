@@ -914,6 +914,24 @@ class NamedReads:
         return out
 
 
+def generated_on_first_use(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None
+                           ) -> Evaluate:
+    """`part`'s evaluate, generated (generate_function) when first called, not at load: rules
+    write most values into their own functions and never call these, and compiling them all
+    was most of the time it took to load a set."""
+    if part.emit is None:  # nothing to generate: its evaluate is what there is
+        return part.evaluate
+    made: list[Evaluate] = []
+
+    def evaluate(scope: Scope) -> Any:
+        if not made:
+            made.append(generate_function(part, name, values))
+            part.evaluate = made[0]
+        return made[0](scope)
+
+    return evaluate
+
+
 def generate_function(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None) -> Evaluate:
     """`part` as one generated function of the scope (its evaluate when it has no code to write).
 
@@ -936,7 +954,7 @@ def _object(parts: tuple[tuple[str, Compiled], ...], omit_empty: bool, paths: se
     compiled = Compiled(lambda scope: ABSENT, paths, var_refs, shape=shape,
                         emit=lambda source, scope, indent: _emit_object(shape, source, scope, indent),
                         always_object=not omit_empty)
-    compiled.evaluate = generate_function(compiled, "build")
+    compiled.evaluate = generated_on_first_use(compiled, "build")
     return compiled
 
 
@@ -1054,7 +1072,7 @@ def _select(expressions: list[Expression], field_path: str, position: Position, 
                 compiled.var_refs.add(path[1])
             else:
                 compiled.paths.add(path)
-    compiled.evaluate = generate_function(compiled, "select")
+    compiled.evaluate = generated_on_first_use(compiled, "select")
     return compiled
 
 
