@@ -31,12 +31,21 @@ class Source:
         self.known: dict[str, Any] = {}  # bound names whose value is known while generating
         # locals that hold True, False or None, whose JMESPath truthiness is Python's
         self.booleans: set[str] = set()
+        self.numbers: set[str] = set()  # names that hold an int or a float (never a bool)
 
     def constant(self, value: Any) -> str:
         """A bound name for `value`, known while generating (see falsy)."""
         name = self.bind(value)
         self.known[name] = value
         return name
+
+    def truthy(self, name: str) -> str:
+        """Source testing JMESPath truthiness of `name` (the opposite of falsy)."""
+        if name in self.known:
+            return repr(not is_falsy(self.known[name]))
+        if name in self.booleans:
+            return name
+        return f"not {self.falsy(name)}"
 
     def falsy(self, name: str) -> str:
         """Source testing JMESPath falsiness of `name` (false, null, "", [], {}; 0 is true):

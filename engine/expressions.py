@@ -440,7 +440,10 @@ class _Codegen:
         kind = node["type"]
         children = node["children"]
         if kind == "literal":
-            return self.source.constant(node["value"])
+            name = self.source.constant(node["value"])
+            if isinstance(node["value"], (int, float)) and not isinstance(node["value"], bool):
+                self.source.numbers.add(name)
+            return name
         if kind in ("current", "identity"):
             return cur
         fixed = self.root_constant(node, cur)
@@ -515,8 +518,8 @@ class _Codegen:
                 return self.gen(children[1], cur, indent)
             out = self.temp()
             self.emit(indent, f"{out} = {left}")
-            test = self.falsy(left)
-            self.emit(indent, f"if {'not ' if kind == 'and_expression' else ''}{test}:")
+            test = self.source.truthy(left) if kind == "and_expression" else self.falsy(left)
+            self.emit(indent, f"if {test}:")
             right = self.gen(children[1], cur, indent + 1)
             self.emit(indent + 1, f"{out} = {right}")
             if left in self.source.booleans and (right in self.source.booleans or right in self.source.known
@@ -562,8 +565,10 @@ class _Codegen:
         if op in ("eq", "ne"):
             if constant is None or isinstance(constant, str):
                 # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
-                test = f"{left} is None" if constant is None else f"{left} == {right}"
-                self.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
+                if constant is None:
+                    self.emit(indent, f"{out} = {left} is {'' if op == 'eq' else 'not '}None")
+                else:
+                    self.emit(indent, f"{out} = {left} {'==' if op == 'eq' else '!='} {right}")
             elif isinstance(constant, bool):
                 # true/false equals only itself (never 1 or 0): an identity test, without _equals' call.
                 test = f"{left} is {constant!r}"
@@ -575,11 +580,12 @@ class _Codegen:
             return out
         python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
         number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
-        if isinstance(constant, (int, float)) and not isinstance(constant, bool):
-            test = number.format(left)
+        # (a side known to be a number, such as length()'s result or a number literal, is not tested)
+        tests = [number.format(side) for side in (left, right) if side not in self.source.numbers]
+        if not tests:
+            self.emit(indent, f"{out} = {left} {python_op} {right}")
         else:
-            test = f"{number.format(left)} and {number.format(right)}"
-        self.emit(indent, f"{out} = ({left} {python_op} {right}) if {test} else None")
+            self.emit(indent, f"{out} = ({left} {python_op} {right}) if {' and '.join(tests)} else None")
         self.source.booleans.add(out)
         return out
 
@@ -620,6 +626,8 @@ class _Codegen:
             test, value = inline
             argument = arguments[0]
             self.emit(indent, f"{out} = {value.format(argument)} if {test.format(argument)} else {call_function}")
+            if name == "length":  # an int, or jmespath's error
+                self.source.numbers.add(out)
             return out
         direct = _direct_builtin(name, len(arguments))
         if direct is None:

@@ -365,8 +365,11 @@ class ValueCompiler:
             return fallback(scope) if value is ABSENT else value
 
         def emit(source: Source, scope: str, indent: int) -> str:
+            value = emit_value(compiled, source, scope, indent)
+            if value == "ABSENT":  # decided now: the default
+                return emit_value(default, source, scope, indent)
             out = source.temp()
-            source.emit(indent, f"{out} = {emit_value(compiled, source, scope, indent)}")
+            source.emit(indent, f"{out} = {value}")
             source.emit(indent, f"if {out} is ABSENT:")
             source.emit(indent + 1, f"{out} = {emit_value(default, source, scope, indent + 1)}")
             return out
@@ -725,10 +728,10 @@ class ValueCompiler:
                 return ABSENT
 
         def emit(source: Source, scope: str, indent: int) -> str:
-            value, out = emit_value(key, source, scope, indent), source.temp()
-            if not entries:  # an empty table (the key is still evaluated, for its errors)
-                source.emit(indent, f"{out} = ABSENT")
-                return out
+            value = emit_value(key, source, scope, indent)
+            if not entries:  # an empty table: absent (the key is still evaluated, for its errors)
+                return "ABSENT"
+            out = source.temp()
             source.emit(indent, f"if {value} is ABSENT:")
             source.emit(indent + 1, f"{out} = ABSENT")
             source.emit(indent, "else:")
