@@ -1,5 +1,5 @@
 """The klaviyo-classic set against the 15 conformance vectors of Segment's last public server-side
-Klaviyo integration (../shared/conformance/segment-classic-server.json; read NOTE.md beside it).
+Klaviyo integration (tests/data/conformance/segment-classic-server.json; read NOTE.md beside it).
 
 Each vector runs through the real CLI, `segment-klaviyo map --mappings klaviyo-classic
 --show-secrets`, with its settings in a JSON file. Compared exactly: the number and order of
@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import PROJECT_ROOT, SHARED
+from conftest import PROJECT_ROOT, TEST_DATA
 
-VECTORS_FILE = SHARED / "conformance" / "segment-classic-server.json"
+VECTORS_FILE = TEST_DATA / "conformance" / "segment-classic-server.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import KLAVIYO_SPEC
+from conftest import FULL_SPEC_VARIABLE, KLAVIYO_SPEC
 
 from engine.delivery.config import DeliveryPlan
 from engine.delivery.spec_trim import trim_openapi
@@ -16,7 +17,11 @@ from engine.mapping_set import load_mapping_set
 from engine.problems import MappingSetError
 
 SET = Path(__file__).resolve().parent.parent / "mappings" / "klaviyo"
-needs_spec = pytest.mark.skipif(not KLAVIYO_SPEC.is_file(), reason="../shared/klaviyo-openapi is not here")
+FULL_SPEC = os.environ.get(FULL_SPEC_VARIABLE, "")
+needs_full_spec = pytest.mark.skipif(
+    not FULL_SPEC or not Path(FULL_SPEC).is_file(),
+    reason=f"Klaviyo's full OpenAPI document is not shipped; set {FULL_SPEC_VARIABLE} to its path to compare the "
+           "trimmed copy with it (mappings/klaviyo/openapi/NOTE.md says where it comes from)")
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +31,15 @@ def plan() -> DeliveryPlan:
 
 @pytest.fixture(scope="module")
 def full_spec() -> dict:
+    return json.loads(Path(FULL_SPEC).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def shipped_spec() -> dict:
     return json.loads(KLAVIYO_SPEC.read_text(encoding="utf-8"))
 
 
-@needs_spec
+@needs_full_spec
 def test_the_shipped_spec_is_exactly_the_full_specs_parts(plan: DeliveryPlan, full_spec: dict) -> None:
     assert plan.spec_path is not None
     shipped = json.loads(plan.spec_path.read_text(encoding="utf-8"))
@@ -46,10 +56,10 @@ def test_the_shipped_spec_is_exactly_the_full_specs_parts(plan: DeliveryPlan, fu
         {k: full_spec[k] for k in ("openapi", "info", "servers", "security")}
 
 
-@needs_spec
-def test_rate_limits_and_scopes_are_the_published_ones(plan: DeliveryPlan, full_spec: dict) -> None:
+def test_rate_limits_and_scopes_are_the_published_ones(plan: DeliveryPlan, shipped_spec: dict) -> None:
+    # (the shipped copy's operations are the full document's, unchanged: the test above)
     for name, endpoint in plan.endpoints.items():
-        operation = full_spec["paths"][endpoint.path][endpoint.method.lower()]
+        operation = shipped_spec["paths"][endpoint.path][endpoint.method.lower()]
         assert operation["operationId"] == name
         published = operation["x-klaviyo-ratelimit"]
         declared = {w.name: f"{w.limit}/{'s' if w.seconds == 1 else 'm'}" for w in endpoint.rate_windows}
