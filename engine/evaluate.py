@@ -7,6 +7,7 @@ as a whole produces no request at all, never a half-built one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,12 @@ from urllib.parse import quote, urlencode
 
 from .codegen import Source
 from .functions import EvalError, a_json_type, describe, json_type, to_string
-from .mapping_set import MappingSet
+from .mapping_set import PROGRAM, MappingSet
 from .rules import RequestPlan, Rule, normalize_event_name
 from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
 
 MASK = "***"
+log = logging.getLogger(f"{PROGRAM}.evaluate")
 
 
 @dataclass
@@ -64,6 +66,12 @@ class MapResult:
     skipped: str | None = None
     item_rejections: list[ItemRejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def reject(self, reason: str) -> None:
+        """Reject the event as a whole: no request, no item rejection, only this reason."""
+        self.rejection = reason
+        self.requests = []
+        self.item_rejections = []
 
     @property
     def rejected(self) -> bool:
@@ -201,9 +209,8 @@ class Mapper:
             # The rules' generated functions are made again from the plan for the next event.
             self._rules_by_type.clear()
             self._runners.clear()
-            result.rejection = f"internal error while mapping (please report it): {type(exc).__name__}: {exc}"
-            result.requests = []
-            result.item_rejections = []
+            log.debug("internal error while mapping event %d", index, exc_info=True)
+            result.reject(f"internal error while mapping (please report it): {type(exc).__name__}: {exc}")
             return result
         if result.rejection is not None:  # an event is rejected whole: nothing half-built is output
             result.requests = []

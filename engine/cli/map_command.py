@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import IO, Any
 
-from ..evaluate import Mapper
+from ..evaluate import Mapper, MapResult
 from ..events import InputError, read_events
 from ..problems import SettingsError
+from ..strict_json import NotStrictJSON, json_line, strict_dumps, unsendable
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -40,31 +40,46 @@ def run(args: argparse.Namespace) -> int:
             mapper = Mapper(mapping_set, settings, mask_secrets=not args.show_secrets)
         except SettingsError as exc:
             raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
-        source: IO[str] = open(args.file, encoding="utf-8") if args.file else sys.stdin
+        # (bytes: a line that is not UTF-8 is rejected alone, and nothing depends on the locale)
+        source: IO[bytes] = open(args.file, "rb") if args.file else sys.stdin.buffer
     except UsageError as exc:
         return fail(str(exc))
     except OSError as exc:
         return fail(f"{args.file}: {exc.strerror}")
     errors: IO[str] = open(args.errors, "w", encoding="utf-8") if args.errors else sys.stderr
-    out = sys.stdout
-    dumps = json.dumps
+    sys.stdout.flush()
+    out = sys.stdout.buffer
     rejected = False
     try:
         for index, event in enumerate(read_events(source)):
             if isinstance(event, InputError):
-                errors.write(dumps({"event": index, "messageId": None, "reason": event.reason}) + "\n")
+                errors.write(json_line({"event": index, "messageId": event.message_id, "reason": event.reason}) + "\n")
                 rejected = True
                 continue
             result = mapper.map(event, index)
-            for request in result.requests:
-                out.write(dumps(request.to_output(), ensure_ascii=False) + "\n")
+            text = output_lines(result)
+            if text:
+                out.write(text.encode("utf-8"))
             for line in result.error_lines():
-                errors.write(dumps(line, ensure_ascii=False) + "\n")
+                errors.write(json_line(line) + "\n")
             rejected = rejected or result.rejected
     finally:
-        if source is not sys.stdin:
+        if source is not sys.stdin.buffer:
             source.close()
         if errors is not sys.stderr:
             errors.close()
     out.flush()
     return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def output_lines(result: MapResult) -> str:
+    """The event's requests as `map` prints them, one strict JSON line each; a request that has no
+    strict JSON text rejects the whole event instead (nothing half-printed)."""
+    lines = []
+    for request in result.requests:
+        try:
+            lines.append(strict_dumps(request.to_output()) + "\n")
+        except NotStrictJSON as exc:
+            result.reject(unsendable(request.rule, exc))
+            return ""
+    return "".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 from ..delivery.outbox import OutboxLocked, SQLiteOutbox
 from ..delivery.sealing import Sealer
 from ..mapping_set import PROGRAM
+from ..strict_json import json_line
 from .common import EXIT_OK, fail
 
 
@@ -59,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
                                   "outbox": str(outbox.path)}) + "\n")
         elif args.action == "dead-letters":
             for letter in outbox.dead_letters():
-                out.write(masker.mask(json.dumps(letter, ensure_ascii=False)) + "\n")
+                out.write(masker.mask(json_line(letter)) + "\n")
         elif args.action == "rejected":
             for event in outbox.events("skipped" if args.skipped else "rejected"):
-                out.write(masker.mask(json.dumps(event, ensure_ascii=False)) + "\n")
+                out.write(masker.mask(json_line(event)) + "\n")
         elif args.action == "replay":
             count = outbox.requeue_dead(args.unit)
             print(f"{count} dead request(s) back to pending; deliver them with: "

@@ -29,6 +29,7 @@ from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, Wo
 from ..evaluate import MapResult
 from ..events import read_events
 from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet
+from ..strict_json import json_line
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -129,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--resume reads no input; leave out FILE")
         if args.time_scale <= 0 or args.concurrency < 1:
             raise UsageError("--time-scale must be > 0 and --concurrency ≥ 1")
-        source: IO[str] | None = None
+        source: IO[bytes] | None = None
         if not args.resume:
-            try:
-                source = open(args.file, encoding="utf-8") if args.file else sys.stdin
+            try:  # (bytes: a line that is not UTF-8 is rejected alone)
+                source = open(args.file, "rb") if args.file else sys.stdin.buffer
             except OSError as exc:
                 raise UsageError(f"{args.file}: {exc.strerror}") from None
     except UsageError as exc:
@@ -162,14 +163,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if fake is not None:
             fake.stop()
-        if source is not None and source is not sys.stdin:
+        if source is not None and source is not sys.stdin.buffer:
             source.close()
         if temporary is not None:
             temporary.cleanup()
 
 
 def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan, given: dict[str, Any],
-          resolved: dict[str, Any], outbox: SQLiteOutbox, source: IO[str] | None, base_url: str, started: float,
+          resolved: dict[str, Any], outbox: SQLiteOutbox, source: IO[bytes] | None, base_url: str, started: float,
           fake: FakeServer | None) -> int:
     recorded_by = outbox.get_meta("mapping_set")
     if recorded_by is None:
@@ -203,14 +204,14 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
         def on_result(index: int, event: Any, result: MapResult | None, record: NewEvent) -> None:
             lines: list[dict[str, Any]]
             if result is None:
-                lines = [{"event": index, "messageId": None, "reason": record.reason}]
+                lines = [{"event": index, "messageId": record.message_id, "reason": record.reason}]
             else:
                 lines = result.error_lines()
             with display.lock:
                 for line in lines:
                     if display.enabled:
                         display.stream.write("\r" + " " * 100 + "\r")
-                    errors_out.write(sealer.mask(json.dumps(line, ensure_ascii=False)) + "\n")
+                    errors_out.write(sealer.mask(json_line(line)) + "\n")
             display.read = index + 1
             if record.status != "pending":
                 display.final += 1
@@ -296,7 +297,7 @@ def _progress(display: _Display, stats: WorkerStats) -> None:
 def _write_dead_letters(outbox: SQLiteOutbox, sealer: Sealer, source: str | None, path: str) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for letter in outbox.dead_letters(source):
-            out.write(sealer.mask(json.dumps(letter, ensure_ascii=False)) + "\n")
+            out.write(sealer.mask(json_line(letter)) + "\n")
 
 
 def _print_fake(fake: FakeServer) -> None:

@@ -19,6 +19,7 @@ from typing import IO, Any, cast
 from ..evaluate import Mapper, MapResult
 from ..events import InputError, read_events
 from ..mapping_set import MappingSet
+from ..strict_json import NotStrictJSON, strict_dumps, unsendable
 from .outbox import NewEvent, NewUnit, Outbox
 from .sealing import Sealer
 
@@ -34,45 +35,45 @@ def source_id(prefix: bytes | str, given: str | None = None) -> str:
 
 
 class PrefixedStream:
-    """A text stream whose first part was already read (to name the source) and is replayed first."""
+    """A binary stream whose first part was already read (to name the source) and is replayed first."""
 
-    def __init__(self, head: str, rest: IO[str]):
-        self._head = io.StringIO(head)
+    def __init__(self, head: bytes, rest: IO[bytes]):
+        self._head = io.BytesIO(head)
         self._rest = rest
         self._head_done = not head
 
-    def readline(self) -> str:
+    def readline(self) -> bytes:
         if not self._head_done:
             line = self._head.readline()
-            if line.endswith("\n"):
+            if line.endswith(b"\n"):
                 return line
             self._head_done = True
             return line + self._rest.readline()
         return self._rest.readline()
 
-    def read(self) -> str:
-        head = "" if self._head_done else self._head.read()
+    def read(self) -> bytes:
+        head = b"" if self._head_done else self._head.read()
         self._head_done = True
         return head + self._rest.read()
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[bytes]:
         while True:
             line = self.readline()
             if not line:
                 return
             yield line
 
-    def __next__(self) -> str:
+    def __next__(self) -> bytes:
         line = self.readline()
         if not line:
             raise StopIteration
         return line
 
 
-def open_source(stream: IO[str], given_id: str | None = None) -> tuple[str, IO[str]]:
+def open_source(stream: IO[bytes], given_id: str | None = None) -> tuple[str, IO[bytes]]:
     """Read an input's first 64 KiB to name it; returns (source id, a stream that starts over)."""
     head = stream.read(SOURCE_PREFIX_BYTES)
-    return source_id(head, given_id), cast(IO[str], PrefixedStream(head, stream))
+    return source_id(head, given_id), cast(IO[bytes], PrefixedStream(head, stream))
 
 
 @dataclass
@@ -95,8 +96,14 @@ class Ingester:
 
     def to_record(self, event: Any, index: int) -> tuple[NewEvent, MapResult | None]:
         if isinstance(event, InputError):
-            return NewEvent(message_id=None, status="rejected", reason=event.reason), None
+            return NewEvent(message_id=event.message_id, status="rejected", reason=self.sealer.mask(event.reason),
+                            raw=self.sealer.mask(event.raw) if event.raw is not None else None), None
         result = self.mapper.map(event, index)
+        try:
+            units = self._units(result)
+        except NotStrictJSON as exc:
+            units = []
+            result.reject(str(exc))
         message_id = result.message_id if isinstance(result.message_id, str) else None
         notes = [f"item {r.item} ({r.rule}) rejected: {r.reason}" for r in result.item_rejections]
         notes += [f"warning: {w}" for w in result.warnings]
@@ -110,17 +117,22 @@ class Ingester:
             kept = json.dumps(event, ensure_ascii=False, separators=(",", ":")) if status == "rejected" else None
             return NewEvent(message_id, status, reason=reason, notes=notes,
                             raw=self.sealer.mask(kept) if kept else None), result
+        return NewEvent(message_id, "pending", notes=notes, units=units), result
+
+    def _units(self, result: MapResult) -> list[NewUnit]:
+        """The event's requests as the outbox stores them (sealed; strict JSON, or NotStrictJSON)."""
         units = []
         seal = self.sealer.seal
         base = self.base_url
         for position, request in enumerate(result.requests):
             url = request.url[len(base):] if request.url.startswith(base + "/") else request.url
-            body = None
-            if request.body_kind is not None:
-                body = seal(json.dumps(request.body, ensure_ascii=False, separators=(",", ":")))
-            units.append(NewUnit(position, request.rule, request.method, seal(url),
-                                 seal(json.dumps(request.headers, ensure_ascii=False)), request.body_kind, body))
-        return NewEvent(message_id, "pending", notes=notes, units=units), result
+            try:
+                body = None if request.body_kind is None else seal(strict_dumps(request.body, compact=True))
+                headers = seal(strict_dumps(request.headers))
+            except NotStrictJSON as exc:
+                raise NotStrictJSON(unsendable(request.rule, exc)) from None
+            units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body))
+        return units
 
     def record_batch(self, source: str, events: list[Any], label: str = "") -> list[tuple[NewEvent, MapResult | None]]:
         """Map and record events at the end of `source`, atomically (all or none).

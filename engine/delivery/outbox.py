@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..events import decode_json, event_problem
+
 EVENT_STATUSES = ("pending", "delivered", "rejected", "skipped", "dead")
 UNIT_STATUSES = ("pending", "delivered", "dead")
 OUTBOX_FILE = "outbox.sqlite3"
@@ -457,7 +459,7 @@ class SQLiteOutbox(Outbox):
         for row in rows:
             record = dict(row)
             record["notes"] = json.loads(record["notes"]) if record["notes"] else []
-            record["raw"] = json.loads(record["raw"]) if record["raw"] else None
+            record["raw"] = _raw_event(record["raw"])
             yield record
 
     def close(self) -> None:
@@ -478,3 +480,15 @@ class SQLiteOutbox(Outbox):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _raw_event(raw: str | None) -> Any:
+    """A stored input event as JSON, or as the text it is when it is not strict JSON (a line that was
+    not JSON, not UTF-8, or held NaN: the reason it was rejected)."""
+    if not raw:
+        return None
+    try:
+        value, suspect = decode_json(raw)
+    except json.JSONDecodeError:
+        return raw
+    return raw if suspect and event_problem(value) is not None else value

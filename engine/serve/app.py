@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Lifespan
 
+from ..events import InputError
 from ..mapping_set import PROGRAM
 from .metrics import Metrics
 from .tracking import BATCH_ENDPOINTS, CALL_TYPES, BadRequest, body_limit, decode_body, read_request, too_large
@@ -44,7 +45,7 @@ REALM = f'Basic realm="{PROGRAM}"'
 class Accept(Protocol):
     """Store every message durably, all or nothing; raise when that is not possible."""
 
-    def __call__(self, messages: list[dict[str, Any]], /) -> None: ...
+    def __call__(self, messages: list[dict[str, Any] | InputError], /) -> None: ...
 
 
 def _error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

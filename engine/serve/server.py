@@ -39,6 +39,7 @@ from ..delivery.ingest import Ingester
 from ..delivery.outbox import Finished, SQLiteOutbox
 from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
+from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
 from .metrics import Metrics
 
@@ -96,7 +97,7 @@ class Service:
         self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
 
     # -- for the app -----------------------------------------------------------------------------------
-    def accept(self, messages: list[dict[str, Any]], /) -> None:
+    def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
         """Map and record the messages of one request, atomically; then wake the worker."""
         records = self.ingester.record_batch(SOURCE, messages, label=SOURCE)
         for record, _ in records:

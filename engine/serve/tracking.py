@@ -28,6 +28,7 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
+from ..events import InputError, checked_event, decode_json, event_problem, input_error
 from ..functions import a_json_type
 
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -100,31 +101,32 @@ def _gunzip(raw: bytes, limit: int, endpoint: str) -> bytes:
             return bytes(out)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> tuple[Any, bool]:
+    """The body's JSON document, and whether its messages need event_problem's check (events.py)."""
     if not body.strip():
         raise BadRequest("the body is empty; send a JSON object", "invalid_json")
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        text, not_utf8 = body.decode("utf-8"), False
     except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 text", "invalid_json") from None
+        # Decoded anyway: the bytes that are not UTF-8 become lone surrogates, and only the messages
+        # that hold them are rejected.
+        text, not_utf8 = body.decode("utf-8", "surrogateescape"), True
+    try:
+        document, suspect = decode_json(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}",
                          "invalid_json") from None
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from None
+    return document, suspect or not_utf8
 
 
-def _check_type(message: dict[str, Any], where: str) -> None:
+def _type_problem(message: dict[str, Any], where: str) -> str | None:
     kind = message.get("type")
     if kind is None:
-        raise BadRequest(f"{where} has no type; it must be one of {', '.join(CALL_TYPES)}", "missing_type")
+        return f"{where} has no type; it must be one of {', '.join(CALL_TYPES)}"
     if kind not in CALL_TYPES:
         shown = json.dumps(kind) if isinstance(kind, str) else a_json_type(kind)
-        raise BadRequest(f"{where} has type {shown}; it must be one of {', '.join(CALL_TYPES)}", "invalid_type")
+        return f"{where} has type {shown}; it must be one of {', '.join(CALL_TYPES)}"
+    return None
 
 
 def message_size(message: Any) -> int:
@@ -145,21 +147,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-    """Messages of one request (already decoded), and the write key its body carried, if any."""
+def read_request(endpoint: str, body: bytes,
+                 received_at: str | None = None) -> tuple[list[dict[str, Any] | InputError], str | None]:
+    """Messages of one request (already decoded), and the write key its body carried, if any. A
+    message that cannot be taken (not an object, no call type, a string that is not text, NaN…) is
+    an InputError in its place, to be recorded as rejected: one bad message does not refuse the others."""
     if endpoint not in CALL_TYPES and endpoint not in BATCH_ENDPOINTS:
         raise BadRequest(f"unknown endpoint /v1/{endpoint}", "not_found", 404)
-    document = parse_json(body)
+    document, suspect = parse_json(body)
     if not isinstance(document, dict):
         what = "a batch request" if endpoint in BATCH_ENDPOINTS else "a message"
         raise BadRequest(f"the body is {a_json_type(document)}; {what} must be a JSON object", "invalid_message")
     body_key = document.get("writeKey")
-    write_key = body_key if isinstance(body_key, str) and body_key else None
+    write_key = body_key if isinstance(body_key, str) and body_key and event_problem(body_key) is None else None
     received = received_at or now_iso()
     if endpoint in CALL_TYPES:
         message = dict(document)
         message["type"] = endpoint
-        return [_normalize(message, received, None)], write_key
+        return [_checked(_normalize(message, received, None), "", suspect)], write_key
     items = document.get("batch")
     if not isinstance(items, list):
         got = "no batch" if items is None else f"batch is {a_json_type(items)}"
@@ -173,13 +178,18 @@ def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> 
             raise BadRequest(f"the batch's {key} is {a_json_type(value)}; it must be an object", "invalid_batch")
         shared[key] = value
     sent_at = document.get("sentAt")
-    messages = []
+    messages: list[dict[str, Any] | InputError] = []
     for index, item in enumerate(items):
         where = f"batch[{index}]"
+        # A bad item is rejected alone (recorded with its reason); the others are accepted.
         if not isinstance(item, dict):
-            raise BadRequest(f"{where} is {a_json_type(item)}; every message must be a JSON object",
-                             "invalid_message")
-        _check_type(item, where)
+            messages.append(input_error(f"{where} is {a_json_type(item)}; a message must be a JSON object", item))
+            continue
+        content = event_problem(item) if suspect else None
+        problem = f"{where}: {content}" if content else _type_problem(item, where)
+        if problem is not None:
+            messages.append(input_error(problem, item))
+            continue
         size = message_size(item)
         if size > MAX_MESSAGE_BYTES:
             raise BadRequest(f"{where} is {size} bytes; the limit is {_kb(MAX_MESSAGE_BYTES)} a message",
@@ -188,8 +198,13 @@ def read_request(endpoint: str, body: bytes, received_at: str | None = None) -> 
         for key, value in shared.items():
             own = message.get(key)
             message[key] = _merge(value, own) if isinstance(own, dict) else (value if own is None else own)
-        messages.append(_normalize(message, received, sent_at))
+        messages.append(_checked(_normalize(message, received, sent_at), f"{where}: ", suspect))
     return messages, write_key
+
+
+def _checked(message: dict[str, Any], where: str, suspect: bool) -> dict[str, Any] | InputError:
+    """The message, or its rejection when it holds what no destination takes (see events.py)."""
+    return checked_event(message, where) if suspect else message
 
 
 def _normalize(message: dict[str, Any], received_at: str, sent_at: Any) -> dict[str, Any]:
