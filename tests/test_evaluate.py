@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import engine
 from engine.values import Compiled
 
 
-def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     mapping_set = engine.load_mapping_set("klaviyo")
     mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
     good = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
@@ -18,9 +21,14 @@ def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPat
         raise RuntimeError("boom")
 
     monkeypatch.setattr(broken_rule, "when", Compiled(explode))
-    result = mapper.map(good, 3)
+    with caplog.at_level(logging.DEBUG, logger="segment-klaviyo.evaluate"):
+        result = mapper.map(good, 3)
     assert result.requests == []
     assert result.rejection == "internal error while mapping (please report it): RuntimeError: boom"
+    # the traceback is logged at debug level, for the bug report
+    [record] = caplog.records
+    assert record.levelno == logging.DEBUG and record.getMessage() == "internal error while mapping event 3"
+    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
     monkeypatch.undo()
     assert len(mapper.map(good).requests) == 1
 
