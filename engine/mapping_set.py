@@ -70,8 +70,8 @@ class MappingSet:
         if not isinstance(given, dict):
             raise SettingsError(["settings must be an object of key: value pairs"])
         validator = cerberus.Validator(self._settings_schema, allow_unknown=False)
+        messages = []
         if not validator.validate(given):
-            messages = []
             for key, errors in sorted(validator.errors.items()):
                 for error in errors:
                     text = error if isinstance(error, str) else str(error)
@@ -79,11 +79,32 @@ class MappingSet:
                         known = ", ".join(sorted(self.settings))
                         text = f"unknown setting (this mapping set's settings: {known})"
                     messages.append(f"setting '{key}': {text}")
+        for name in self.secret_settings:
+            value = given.get(name)
+            problem = secret_problem(value) if isinstance(value, str) else None
+            if problem:
+                messages.append(f"setting '{name}': {problem}")
+            if value not in (None, ""):  # a secret is never shown, not even in a message about it
+                messages = [m.replace(str(value), "***") for m in messages]
+        if messages:
             raise SettingsError(messages)
         return dict(validator.document)
 
     def missing_to_send(self, settings: dict[str, Any]) -> list[str]:
         return [n for n, spec in self.settings.items() if spec.required_to_send and settings.get(n) in (None, "")]
+
+
+def secret_problem(value: str) -> str | None:
+    """Why a secret (an API key) cannot be sent in an HTTP header as it is, without showing it; None
+    when it can. Keys are printable ASCII: anything else is a copy-and-paste accident."""
+    if value != value.strip():
+        return "a secret must not start or end with white space (a copy-and-paste accident?)"
+    for position, character in enumerate(value, 1):
+        if not " " < character < "\x7f":
+            what = ("a space" if character == " " else "a control character" if character < " " or character == "\x7f"
+                    else "a character that is not ASCII")
+            return f"a secret must be printable ASCII without spaces; it has {what} at character {position}"
+    return None
 
 
 def bundled_sets_folder() -> Path:

@@ -109,7 +109,8 @@ def test_the_outbox_records_such_an_event_as_rejected(unsendable_set: Path, tmp_
     outbox = SQLiteOutbox(tmp_path / "state")
     try:
         ingester = Ingester(load_mapping_set(unsendable_set), {}, outbox, Sealer({}, "0"))
-        records = ingester.record_batch("test", [{"type": "track", "event": name} for name in ("NaN", "Surrogate", "Ok")])
+        events = [{"type": "track", "event": name} for name in ("NaN", "Surrogate", "Ok")]
+        records = ingester.record_batch("test", events)
         assert [(r.status, r.reason) for r, _ in records] == [
             ("rejected", UNSENDABLE_REASONS[0]), ("rejected", UNSENDABLE_REASONS[1]), ("pending", None)]
         assert [e["raw"] for e in outbox.events("rejected")] == [{"type": "track", "event": "NaN"},

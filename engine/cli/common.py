@@ -52,8 +52,11 @@ def read_settings(path: str | None, overrides: list[str]) -> dict[str, Any]:
             raise UsageError(f"--settings {path}: {exc.strerror}") from None
         try:
             loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise UsageError(f"--settings {path}: not valid JSON/YAML: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--settings {path}: not valid JSON: {exc.msg} (line {exc.lineno}, "
+                             f"column {exc.colno})") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--settings {path}: not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -68,6 +71,14 @@ def read_settings(path: str | None, overrides: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             settings[key] = value
     return settings
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the line: a settings line may hold a key."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return type(error).__name__
 
 
 def fail(message: str) -> int:
