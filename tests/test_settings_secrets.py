@@ -12,8 +12,8 @@ import pytest
 from conftest import PROJECT_ROOT
 
 SECRET = "pk_abcdef123456"
-WHITE_SPACE = "bad settings:\nsetting 'privateKey': a secret must not start or end with white space (a copy-and-paste " \
-              "accident?)"
+WHITE_SPACE = ("bad settings:\nsetting 'privateKey': a secret must not start or end with white space "
+               "(a copy-and-paste accident?)")
 EVENT = json.dumps({"type": "track", "userId": "u", "event": "E", "messageId": "m"})
 
 
