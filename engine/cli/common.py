@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,19 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", metavar="FILE", help="destination settings, a JSON or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting; VALUE is read as a YAML scalar (true, 3, text)")
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="log internal errors with their tracebacks on stderr (for a bug report)")
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings and errors on stderr; with --debug, the mapping's internal errors with their tracebacks
+    too (only those: delivery's debug lines name URLs, which may carry a secret)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{PROGRAM}: %(levelname)s %(message)s")
+    if debug:
+        logging.getLogger(f"{PROGRAM}.evaluate").setLevel(logging.DEBUG)
 
 
 def load_set_or_exit(name: str) -> MappingSet:

@@ -14,7 +14,9 @@ from .common import (
     EXIT_OK,
     EXIT_REJECTED,
     UsageError,
+    add_debug_option,
     add_mapping_options,
+    configure_logging,
     fail,
     load_set_or_exit,
     read_settings,
@@ -27,12 +29,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE",
                         help="events: a JSON object, a JSON array, NDJSON or a batch envelope (default: stdin)")
     add_mapping_options(parser)
+    add_debug_option(parser)
     parser.add_argument("--errors", metavar="FILE", help="write rejections and skips here (default: stderr)")
     parser.add_argument("--show-secrets", action="store_true", help="print secret settings instead of ***")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.debug)
     try:
         mapping_set = load_set_or_exit(args.mappings)
         settings = read_settings(args.settings, args.overrides)

@@ -35,7 +35,9 @@ from .common import (
     EXIT_REJECTED,
     EXIT_USAGE,
     UsageError,
+    add_debug_option,
     add_mapping_options,
+    configure_logging,
     fail,
     prepare_delivery,
 )
@@ -49,6 +51,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE",
                         help="events: a JSON object, a JSON array, NDJSON or a batch envelope (default: stdin)")
     add_mapping_options(parser)
+    add_debug_option(parser)
     parser.add_argument("--base-url", metavar="URL",
                         help="send here instead of the mapping set's base URL (also: the environment "
                              f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
@@ -118,6 +121,7 @@ class _Display:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.debug)
     started = time.monotonic()
     try:
         setup = prepare_delivery(args, "send")
