@@ -33,6 +33,15 @@ def unsendable(rule: str, problem: NotStrictJSON) -> str:
     return f"rule '{rule}' built a request that cannot be sent: {problem}"
 
 
+def printable(text: str) -> str:
+    """The text, or, when it holds what UTF-8 cannot (a lone surrogate), the same with escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def json_line(value: Any) -> str:
     """One line of a report (errors, dead letters): UTF-8 printable whatever it quotes."""
     text = json.dumps(value, ensure_ascii=False)

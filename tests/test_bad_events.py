@@ -69,6 +69,9 @@ UNSENDABLE_SET = {
         "  - name: surrogate\n"
         "    match: {type: track, event: Surrogate}\n"
         "    request: {method: POST, path: /x, json: {s: \"\\ud800\"}}\n"
+        "  - name: odd-skip\n"
+        "    match: {type: track, event: Skip}\n"
+        "    skip: \"skipped \\ud800\"\n"
         "  - name: fine\n"
         "    match: {type: track}\n"
         "    request: {method: POST, path: /x, json: {ok: true}}\n"
@@ -109,10 +112,12 @@ def test_the_outbox_records_such_an_event_as_rejected(unsendable_set: Path, tmp_
     outbox = SQLiteOutbox(tmp_path / "state")
     try:
         ingester = Ingester(load_mapping_set(unsendable_set), {}, outbox, Sealer({}, "0"))
-        events = [{"type": "track", "event": name} for name in ("NaN", "Surrogate", "Ok")]
+        events = [{"type": "track", "event": name} for name in ("NaN", "Surrogate", "Skip", "Ok")]
         records = ingester.record_batch("test", events)
         assert [(r.status, r.reason) for r, _ in records] == [
-            ("rejected", UNSENDABLE_REASONS[0]), ("rejected", UNSENDABLE_REASONS[1]), ("pending", None)]
+            ("rejected", UNSENDABLE_REASONS[0]), ("rejected", UNSENDABLE_REASONS[1]),
+            ("skipped", "skipped \\ud800"),  # stored with an escape: SQLite holds UTF-8 text only
+            ("pending", None)]
         assert [e["raw"] for e in outbox.events("rejected")] == [{"type": "track", "event": "NaN"},
                                                                  {"type": "track", "event": "Surrogate"}]
     finally:

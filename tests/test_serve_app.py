@@ -229,6 +229,12 @@ def test_bad_messages_are_rejected_alone(client: TestClient, outbox: Outbox, pat
     assert [m["event"] for m in call if not isinstance(m, InputError)] == ["Fine"] * (len(call) - len(reasons))
 
 
+def test_a_byte_order_mark_is_skipped(client: TestClient, outbox: Outbox) -> None:
+    response = post(client, "/v1/track", "\ufeff".encode() + b'{"event": "E", "userId": "u"}')
+    assert response.json() == {"success": True}
+    assert [m["event"] for m in outbox.messages] == ["E"]
+
+
 def test_message_over_32_kb(client: TestClient, outbox: Outbox) -> None:
     big = {"event": "Big", "userId": "u", "properties": {"blob": "x" * MAX_MESSAGE_BYTES}}
     refused(post(client, "/v1/track", big), 400, "payload_too_large", "32 KB", "a message")

@@ -19,7 +19,7 @@ from typing import IO, Any, cast
 from ..evaluate import Mapper, MapResult
 from ..events import InputError, read_events
 from ..mapping_set import MappingSet
-from ..strict_json import NotStrictJSON, strict_dumps, unsendable
+from ..strict_json import NotStrictJSON, printable, strict_dumps, unsendable
 from .outbox import NewEvent, NewUnit, Outbox
 from .sealing import Sealer
 
@@ -105,17 +105,18 @@ class Ingester:
             units = []
             result.reject(str(exc))
         message_id = result.message_id if isinstance(result.message_id, str) else None
-        notes = [f"item {r.item} ({r.rule}) rejected: {r.reason}" for r in result.item_rejections]
-        notes += [f"warning: {w}" for w in result.warnings]
+        # (reasons and warnings may quote a rule file's constant: stored as text SQLite can hold)
+        notes = [printable(f"item {r.item} ({r.rule}) rejected: {r.reason}") for r in result.item_rejections]
+        notes += [printable(f"warning: {w}") for w in result.warnings]
         if result.rejection is not None:
             raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-            return NewEvent(message_id, "rejected", reason=self.sealer.mask(result.rejection), notes=notes,
+            return NewEvent(message_id, "rejected", reason=self.sealer.mask(printable(result.rejection)), notes=notes,
                             raw=self.sealer.mask(raw)), result
         if not result.requests:
             reason = result.skipped or ("every item was rejected" if result.item_rejections else "no request")
             status = "rejected" if result.item_rejections else "skipped"
             kept = json.dumps(event, ensure_ascii=False, separators=(",", ":")) if status == "rejected" else None
-            return NewEvent(message_id, status, reason=reason, notes=notes,
+            return NewEvent(message_id, status, reason=printable(reason), notes=notes,
                             raw=self.sealer.mask(kept) if kept else None), result
         return NewEvent(message_id, "pending", notes=notes, units=units), result
 

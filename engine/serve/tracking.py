@@ -111,6 +111,8 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
         # Decoded anyway: the bytes that are not UTF-8 become lone surrogates, and only the messages
         # that hold them are rejected.
         text, not_utf8 = body.decode("utf-8", "surrogateescape"), True
+    if text.startswith("\ufeff"):  # a byte-order mark, as map and send skip it
+        text = text[1:]
     try:
         document, suspect = decode_json(text)
     except json.JSONDecodeError as exc:
