@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..delivery.outbox import OutboxLocked
+from ..delivery.outbox import OutboxError
 from ..delivery.worker import WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
 from .common import EXIT_OK, UsageError, add_mapping_options, fail, prepare_delivery
@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
     try:
         service = Service(mapping_set, plan, settings, state, base_url, options)
-    except (OutboxLocked, OSError) as exc:
+    except OutboxError as exc:  # names the file and what to do
+        return fail(str(exc))
+    except OSError as exc:
         return fail(f"--state {state}: {exc}")
     app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan)
     run_server(app, args.host, args.port, state, base_url)

@@ -69,7 +69,7 @@ class Service:
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
                  metrics: Metrics | None = None):
         self.metrics = metrics or Metrics()
-        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxLocked when another process has it
+        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxError: locked by another process, damaged
         try:
             nonce = self.outbox.get_meta("seal_nonce")
             if nonce is None:
