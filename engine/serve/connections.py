@@ -94,6 +94,8 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         self.idle_since = time.monotonic()
         super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self._await_head()  # part of the next request came with this one (pipelined)
 
     def idle(self, since: float) -> bool:
         """No request in progress since `since` (monotonic): safe to close without losing anything."""
