@@ -268,3 +268,29 @@ def test_a_message_sent_again_is_recorded_as_a_duplicate_and_delivered_once(serv
     reasons = [(line["event"], line["messageId"], line["reason"]) for line in lines]
     duplicate = "duplicate: event 0 of this source has the same messageId (duplicates are skipped for 86400 s)"
     assert reasons == [(1, "m-retried", duplicate), (2, "m-retried", duplicate)]
+
+
+def test_a_dedupe_window_of_0_keeps_every_copy(serve: Callable[..., Serve]) -> None:
+    server = serve("--dedupe-window", "0")
+    message = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-twice"}
+    for _ in range(2):
+        assert httpx.post(server.url + "/v1/batch", json={"batch": [message]}, headers={"Authorization": BASIC},
+                          timeout=5).json() == {"success": True}
+    events = httpx.get(server.url + "/health", timeout=5).json()["events"]
+    assert (events["pending"] + events["delivered"] + events["dead"], events["skipped"]) == (2, 0)
+    assert server.metric("events_duplicate_total") == 0
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--head-timeout", "0", "--head-timeout must be > 0 seconds"),
+    ("--body-timeout", "-1", "--body-timeout must be > 0 seconds"),
+    ("--keep-alive-timeout", "0", "--keep-alive-timeout must be > 0 seconds"),
+    ("--max-connections", "0", "--max-connections must be ≥ 1 and --dedupe-window ≥ 0"),
+    ("--dedupe-window", "-5", "--max-connections must be ≥ 1 and --dedupe-window ≥ 0"),
+])
+def test_bad_limits_exit_2_with_one_line(tmp_path: Path, option: str, value: str, expected: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--port", "0", "--state", str(tmp_path / "s"),
+                           "--write-key", KEY, "--set", "privateKey=pk_x", "--set", "listId=L", option, value],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"segment-klaviyo: {expected}\n")
+    assert not (tmp_path / "s").exists()  # refused before the outbox was opened
