@@ -114,6 +114,8 @@ def test_an_empty_file_where_nothing_was_recorded_is_a_new_outbox(tmp_path: Path
     SQLiteOutbox(folder).close()
     assert not (folder / RECORDED_FILE).exists()
     (folder / OUTBOX_FILE).write_bytes(b"")
+    done = run_cli("outbox", "status", "--state", folder)
+    assert (done.returncode, done.stderr) == (2, f"segment-klaviyo: no outbox in {folder} ({OUTBOX_FILE} is empty)\n")
     with SQLiteOutbox(folder) as outbox:
         assert outbox.counts().total_events == 0
         outbox.append_events("s", [NewEvent("m", "pending", units=[UNIT])])

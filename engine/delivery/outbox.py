@@ -314,6 +314,8 @@ class SQLiteOutbox(Outbox):
         if self._recorded_marked and not size:
             what = "it is missing" if size is None else "it is empty (0 bytes)"
             raise OutboxDamaged(self.path, f"{what}, but {RECORDED_FILE} beside it says events were recorded in it")
+        if self.read_only and size == 0:  # a new, empty outbox: nothing to read (and no tables to read it from)
+            raise FileNotFoundError(f"no outbox in {self.folder} ({OUTBOX_FILE} is empty)")
         if size is None:
             if not create:
                 raise FileNotFoundError(f"no outbox in {self.folder} (expected {OUTBOX_FILE})")
