@@ -170,6 +170,19 @@ def test_open_private_truncates_and_is_owner_only(tmp_path: Path) -> None:
     assert (path.read_text(), mode(path)) == ("new\n", "0o600")
 
 
+def test_open_private_leaves_devices_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `send --errors /dev/null`: narrowing /dev/null (as root) would break it for every other user.
+    # fchmod is recorded, not done, so that a failure here cannot do that damage.
+    narrowed: list[int] = []
+    monkeypatch.setattr(os, "fchmod", lambda descriptor, mode: narrowed.append(mode))
+    with open_private(os.devnull) as out:
+        out.write("dropped\n")
+    assert narrowed == []
+    with open_private(tmp_path / "regular") as out:
+        out.write("kept\n")
+    assert narrowed == [0o600]
+
+
 def test_send_writes_dead_letters_and_errors_owner_only(tmp_path: Path) -> None:
     events = tmp_path / "events.ndjson"
     events.write_text('{"type": "track", "event": "E", "messageId": "no-user"}\n')

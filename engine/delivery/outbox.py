@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -260,10 +261,13 @@ def _is_damage(exc: sqlite3.Error) -> bool:
 def open_private(path: str | os.PathLike[str]) -> Any:
     """A text file for writing (truncated) that only its owner may read: it may hold events."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-    try:
-        os.fchmod(descriptor, PRIVATE_FILE)  # the mode above applies only to a new file
-    except OSError:
-        pass  # not ours to change; we may still write it
+    # The mode above applies only to a new file; narrow an existing regular one. Never a device or a
+    # pipe (`--errors /dev/null`): run as root, that would take /dev/null from every other user.
+    if stat.S_ISREG(os.fstat(descriptor).st_mode):
+        try:
+            os.fchmod(descriptor, PRIVATE_FILE)
+        except OSError:
+            pass  # not ours to change; we may still write it
     return os.fdopen(descriptor, "w", encoding="utf-8")
 
 
