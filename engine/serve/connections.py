@@ -44,12 +44,12 @@ IDLE_GRACE = 0.5  # seconds without a request before a connection may be closed 
 class _CapWarning:
     """One log line when the cap is reached, then at most one a minute (an attack must not flood the log)."""
 
-    last = 0.0
+    last: float | None = None
 
     @classmethod
     def reached(cls, limit: int, what: str) -> None:
         now = time.monotonic()
-        if now - cls.last >= CAP_WARNING_EVERY:
+        if cls.last is None or now - cls.last >= CAP_WARNING_EVERY:
             cls.last = now
             log.warning("%d connections open (the --max-connections cap): %s", limit, what)
 
