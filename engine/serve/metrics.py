@@ -29,7 +29,7 @@ COUNTERS = {
     "events_dead_lettered_total": "Events given up on, kept in the dead letters with the answer that condemned them.",
     "connections_closed_total": "Connections the server closed to protect itself, by reason: head_timeout "
                                 "(no request head in time), evicted_idle (room made under the cap), over_capacity "
-                                "(answered 503 busy: every connection was in a request).",
+                                "(over the cap with none idle: answered 503 busy, except /health and /metrics).",
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
 }
