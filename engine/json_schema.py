@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from .delivery.config import DELIVERY_SCHEMA
+from .mapping_set import PROGRAM
 from .schema import CASE_SCHEMA, RULE_FILE_SCHEMA, RULE_SCHEMA, SET_FILE_SCHEMA
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -92,7 +93,7 @@ def _object(fields: dict[str, Any]) -> dict[str, Any]:
 def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of one kind of file (a key of KINDS)."""
     description, shape = KINDS[kind]
-    document: dict[str, Any] = {"$schema": DIALECT, "$id": f"segment-klaviyo/{kind}.schema.json",
+    document: dict[str, Any] = {"$schema": DIALECT, "$id": f"{PROGRAM}/{kind}.schema.json",
                                 "title": description, **_object(shape)}
     properties = document["properties"]
     if "rules" in properties:  # rules are checked one by one (schema.check_rules), against RULE_SCHEMA

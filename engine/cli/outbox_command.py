@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from ..delivery.outbox import OutboxLocked, SQLiteOutbox
+from ..delivery.outbox import OutboxError, SQLiteOutbox
 from ..delivery.sealing import Sealer
 from ..mapping_set import PROGRAM
 from ..strict_json import json_line
@@ -44,8 +44,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        outbox = SQLiteOutbox(args.state, exclusive=args.action == "replay", create=False)
-    except (FileNotFoundError, OutboxLocked) as exc:
+        # Only replay writes; the others read, beside a running server or in a read-only folder.
+        writes = args.action == "replay"
+        outbox = SQLiteOutbox(args.state, exclusive=writes, create=False, read_only=not writes)
+    except (FileNotFoundError, OutboxError) as exc:
         return fail(str(exc))
     masker = Sealer({}, outbox.get_meta("seal_nonce") or "0")
     out = sys.stdout

@@ -23,7 +23,7 @@ from typing import IO, Any
 from ..delivery.config import DeliveryPlan
 from ..delivery.fake_server import FakeOptions, FakeServer
 from ..delivery.ingest import Ingester, open_source
-from ..delivery.outbox import NewEvent, OutboxLocked, SQLiteOutbox
+from ..delivery.outbox import NewEvent, OutboxError, SQLiteOutbox, open_private
 from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 from ..evaluate import MapResult
@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             outbox = SQLiteOutbox(state)
-        except (OutboxLocked, OSError) as exc:
+        except OutboxError as exc:  # names the file and what to do
+            return fail(str(exc))
+        except OSError as exc:
             return fail(f"--state {state}: {exc}")
         try:
             if args.fake:
@@ -199,7 +201,7 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     reader_error: list[str] = []
     stop_reading = threading.Event()
     reader: threading.Thread | None = None
-    errors_out: IO[str] = open(args.errors, "w", encoding="utf-8") if args.errors else sys.stderr
+    errors_out: IO[str] = open_private(args.errors) if args.errors else sys.stderr
     if source is not None:
         source_name, stream = open_source(source, args.source_id)
         label = args.file or "stdin"
@@ -299,7 +301,7 @@ def _progress(display: _Display, stats: WorkerStats) -> None:
 
 
 def _write_dead_letters(outbox: SQLiteOutbox, sealer: Sealer, source: str | None, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as out:
+    with open_private(path) as out:
         for letter in outbox.dead_letters(source):
             out.write(sealer.mask(json_line(letter)) + "\n")
 

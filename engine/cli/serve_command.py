@@ -2,28 +2,38 @@
 
 Segment's libraries (or anything that speaks the Tracking API) send to
 `POST /v1/identify|track|page|screen|group|alias|batch|import`, authenticated with HTTP Basic whose
-user name is one of the --write-key values. A request is answered {"success": true} only once every
+user name is one of the write keys (--write-key, --write-key-file or the environment variable
+$KEYS_ENV, comma-separated). A request is answered {"success": true} only once every
 message in it is recorded in the outbox (--state DIR, SQLite); a worker in the same process
 delivers the recorded requests with the same batching, rate limits and retries as `send`. Mapping
 rejections are recorded with their reason (`outbox rejected --state DIR`), not answered as errors.
 GET /health and GET /metrics (Prometheus) tell how it goes. SIGTERM or Ctrl-C stops it gracefully;
 what is not delivered yet stays in the outbox for the next start.
+
+Hostile or broken clients are bounded: a request head must arrive within --head-timeout seconds and
+its body within --body-timeout (408); at most --max-connections are open (idle ones are closed to
+make room; when all are busy new requests get 503, /health and /metrics still answer). A messageId
+already recorded within --dedupe-window seconds is recorded as a skipped duplicate, not sent again.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..delivery.outbox import OutboxLocked
+from ..delivery.outbox import OutboxError
 from ..delivery.worker import WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
+from ..serve.limits import DEDUPE_WINDOW, ConnectionLimits
 from .common import EXIT_OK, UsageError, add_mapping_options, fail, prepare_delivery
 
 DEFAULT_STATE = f"{PROGRAM}-state"
+KEYS_ENV = PROGRAM.upper().replace("-", "_") + "_WRITE_KEYS"
+__doc__ = (__doc__ or "").replace("$KEYS_ENV", KEYS_ENV)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +45,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--state", default=DEFAULT_STATE, metavar="DIR",
                         help=f"the outbox folder, kept across restarts (default: ./{DEFAULT_STATE})")
     parser.add_argument("--write-key", dest="write_keys", action="append", default=[], metavar="KEY",
-                        help="a write key clients may use (repeatable; at least one is required)")
+                        help="a write key clients may use (repeatable). At least one key is required, from here, "
+                             f"--write-key-file or {KEYS_ENV}; prefer those two: a command line is visible to "
+                             "other users of the machine")
+    parser.add_argument("--write-key-file", dest="write_key_files", action="append", default=[], metavar="FILE",
+                        help="write keys, one a line (blank lines and lines starting with # are ignored; repeatable)")
     parser.add_argument("--base-url", metavar="URL",
                         help="deliver here instead of the mapping set's base URL (also: the environment "
                              f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
@@ -48,6 +62,21 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                         help="the API's clock runs X times faster (only for a fake started with the same "
                              "--time-scale)")
+    limits = ConnectionLimits()
+    parser.add_argument("--head-timeout", type=float, default=limits.head_timeout, metavar="SECONDS",
+                        help="close a connection whose request line and headers take longer (default "
+                             f"{limits.head_timeout:g})")
+    parser.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="SECONDS",
+                        help=f"answer 408 to a request whose body takes longer (default {limits.body_timeout:g})")
+    parser.add_argument("--keep-alive-timeout", type=float, default=limits.keep_alive_timeout, metavar="SECONDS",
+                        help="close a connection idle this long between requests (default "
+                             f"{limits.keep_alive_timeout:g})")
+    parser.add_argument("--max-connections", type=int, default=limits.max_connections, metavar="N",
+                        help="open connections at most; beyond, idle ones are closed, or new requests get 503 "
+                             f"(/health and /metrics still answer) (default {limits.max_connections})")
+    parser.add_argument("--dedupe-window", type=float, default=DEDUPE_WINDOW, metavar="SECONDS",
+                        help="a messageId recorded this recently is recorded again as a skipped duplicate, not "
+                             f"sent (default {DEDUPE_WINDOW}, a day; 0: off)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="what to log on stderr (default info; debug also logs each rejected event)")
     parser.set_defaults(run=run)
@@ -57,13 +86,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup = prepare_delivery(args, "serve")
         mapping_set, plan, settings, base_url = setup.mapping_set, setup.plan, setup.given_settings, setup.base_url
-        write_keys = [key for key in args.write_keys if key]
+        write_keys = _write_keys(args)
         if not write_keys:
-            raise UsageError("give at least one --write-key: the key Segment's libraries are configured with")
+            raise UsageError(f"give at least one write key (--write-key-file FILE, {KEYS_ENV} or --write-key): "
+                             "the key Segment's libraries are configured with")
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port {args.port}: not a port number")
         if args.time_scale <= 0 or args.concurrency < 1 or args.linger < 0:
             raise UsageError("--time-scale must be > 0, --concurrency ≥ 1 and --linger ≥ 0")
+        for name in ("head_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(args, name) > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0 seconds")
+        if args.max_connections < 1 or args.dedupe_window < 0:
+            raise UsageError("--max-connections must be ≥ 1 and --dedupe-window ≥ 0")
+        limits = ConnectionLimits(args.head_timeout, args.body_timeout, args.keep_alive_timeout, args.max_connections)
     except UsageError as exc:
         return fail(str(exc))
 
@@ -78,9 +114,30 @@ def run(args: argparse.Namespace) -> int:
     state = Path(args.state)
     options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
     try:
-        service = Service(mapping_set, plan, settings, state, base_url, options)
-    except (OutboxLocked, OSError) as exc:
+        service = Service(mapping_set, plan, settings, state, base_url, options, dedupe_window=args.dedupe_window)
+    except OutboxError as exc:  # names the file and what to do
+        return fail(str(exc))
+    except OSError as exc:
         return fail(f"--state {state}: {exc}")
-    app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan)
-    run_server(app, args.host, args.port, state, base_url)
+    app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan,
+                     body_timeout=limits.body_timeout)
+    run_server(app, args.host, args.port, state, base_url, limits)
     return EXIT_OK
+
+
+def _write_keys(args: argparse.Namespace) -> list[str]:
+    """The keys from --write-key, each --write-key-file and the environment. Errors never quote a key."""
+    keys = [key for key in args.write_keys if key]
+    for path in args.write_key_files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--write-key-file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--write-key-file {path}: not UTF-8 text") from None
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+        if not found:
+            raise UsageError(f"--write-key-file {path}: no key in it (one a line)")
+        keys += found
+    keys += [key.strip() for key in os.environ.get(KEYS_ENV, "").split(",") if key.strip()]
+    return keys

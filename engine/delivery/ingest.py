@@ -135,14 +135,17 @@ class Ingester:
             units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body))
         return units
 
-    def record_batch(self, source: str, events: list[Any], label: str = "") -> list[tuple[NewEvent, MapResult | None]]:
+    def record_batch(self, source: str, events: list[Any], label: str = "",
+                     dedupe_window: float | None = None) -> list[tuple[NewEvent, MapResult | None]]:
         """Map and record events at the end of `source`, atomically (all or none).
 
         Safe to call from several threads at once: the end is found in the recording transaction
-        (the index given to the mapper is only an estimate then; nothing stored depends on it)."""
+        (the index given to the mapper is only an estimate then; nothing stored depends on it).
+        With `dedupe_window`, a messageId the source recorded within that many seconds is recorded
+        as a skipped duplicate (`Outbox.append_events`); the returned records say so."""
         start = self.outbox.progress(source)
         records = [self.to_record(event, start + i) for i, event in enumerate(events)]
-        self.outbox.append_events(source, [r for r, _ in records], label)
+        self.outbox.append_events(source, [r for r, _ in records], label, dedupe_window)
         return records
 
     def ingest(self, events: Iterable[Any], source: str, label: str = "", chunk: int = 500,

@@ -16,7 +16,14 @@ The contract a store keeps (`Outbox`): `add_events` is atomic — a batch of eve
 all recorded, together with the source's progress, or none is; `mark_delivered`/`mark_dead` are
 atomic per call. A unit is resent after a crash only if it was not yet marked, i.e. at most the
 requests that were in flight. `SQLiteOutbox` is the embedded default (one file, `outbox.sqlite3`, in
-the state folder; WAL journal, so a kill at any instant leaves the last committed state). Another
+the state folder; WAL journal, so a kill at any instant leaves the last committed state).
+
+The state folder holds emails and raw events, so it is created readable by its owner only (0700)
+and every file the outbox writes there is 0600 (SQLite gives its `-wal` and `-shm` files the mode of
+the database file). A damaged file (truncated, overwritten, emptied) raises `OutboxDamaged` naming
+it and what to do; it is never silently replaced by a new outbox. An emptied or deleted file cannot
+be told from a new folder by the file alone, so the first recorded event also writes a sidecar,
+`outbox.recorded`: while it is there, an empty or missing `outbox.sqlite3` is damage, not a fresh start. Another
 store (a server database or a broker shared by several workers) implements the same methods; with
 several workers, `pending_units` must hand each unit to one worker at a time (a lease), which the
 single-process SQLite store does not need: it holds an exclusive lock on the state folder instead.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +49,10 @@ EVENT_STATUSES = ("pending", "delivered", "rejected", "skipped", "dead")
 UNIT_STATUSES = ("pending", "delivered", "dead")
 OUTBOX_FILE = "outbox.sqlite3"
 LOCK_FILE = "outbox.lock"
+RECORDED_FILE = "outbox.recorded"  # written with the first recorded event: evidence the file held events
+PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600
+RECOVERY_HINT = ("stop whatever uses the folder, move it aside (mv {folder} {folder}.damaged) and start again with "
+                 "an empty --state; README's \"A damaged outbox\" says how to recover what the file still holds")
 
 
 @dataclass
@@ -128,11 +140,16 @@ class Outbox(ABC):
         Events below the source's progress are already recorded and are left out."""
 
     @abstractmethod
-    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "") -> int:
+    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "",
+                      dedupe_window: float | None = None) -> int:
         """Record events at the end of a source, atomically; returns the index of the first.
 
         Unlike `add_events` with `progress()` read beforehand, the end is found inside the same
-        transaction, so several threads (a server's requests) may append to one source at once."""
+        transaction, so several threads (a server's requests) may append to one source at once.
+
+        With `dedupe_window` (seconds), an event whose messageId the source recorded less than that
+        long ago (or earlier in `events`) is recorded as `skipped`, with the earlier event's index
+        as the reason and no request; its NewEvent is updated to say so."""
 
     @abstractmethod
     def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
@@ -194,6 +211,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (source, idx)
 );
 CREATE INDEX IF NOT EXISTS events_by_status ON events (source, status);
+CREATE INDEX IF NOT EXISTS events_by_message_id ON events (source, message_id);
 CREATE TABLE IF NOT EXISTS units (
     id INTEGER PRIMARY KEY,
     event_id INTEGER NOT NULL REFERENCES events (id),
@@ -216,8 +234,43 @@ CREATE INDEX IF NOT EXISTS units_dead ON units (id) WHERE status = 'dead';
 SCHEMA_VERSION = "1"
 
 
-class OutboxLocked(Exception):
+class OutboxError(Exception):
+    """The outbox cannot be used; the message names the file and what to do."""
+
+
+class OutboxLocked(OutboxError):
     """Another process is using this state folder."""
+
+
+class OutboxDamaged(OutboxError):
+    """The outbox file is not a sound SQLite database, or was emptied after events were recorded."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path} is damaged: {what}. Nothing was changed; "
+                         + RECOVERY_HINT.format(folder=path.parent))
+        self.path = path
+
+
+# SQLite's primary result codes for a file that is not (or no longer) a sound database
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _DAMAGE_CODES
+
+
+def open_private(path: str | os.PathLike[str]) -> Any:
+    """A text file for writing (truncated) that only its owner may read: it may hold events."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    # The mode above applies only to a new file; narrow an existing regular one. Never a device or a
+    # pipe (`--errors /dev/null`): run as root, that would take /dev/null from every other user.
+    if stat.S_ISREG(os.fstat(descriptor).st_mode):
+        try:
+            os.fchmod(descriptor, PRIVATE_FILE)
+        except OSError:
+            pass  # not ours to change; we may still write it
+    return os.fdopen(descriptor, "w", encoding="utf-8")
 
 
 class SQLiteOutbox(Outbox):
@@ -229,30 +282,94 @@ class SQLiteOutbox(Outbox):
 
     keep_delivered_bodies = False
 
-    def __init__(self, folder: str | os.PathLike[str], exclusive: bool = True, create: bool = True):
+    def __init__(self, folder: str | os.PathLike[str], exclusive: bool = True, create: bool = True,
+                 read_only: bool = False):
+        """Open (or, with `create`, make) the outbox in `folder`.
+
+        `read_only` opens it for reading only, writing nothing — neither the folder nor the file
+        (so it works on a read-only folder, and beside a running server). Raises OutboxLocked,
+        OutboxDamaged, OutboxError (another SQLite failure) or FileNotFoundError (no outbox, with
+        `create=False`)."""
         self.folder = Path(folder)
-        if create:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if create and not read_only:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
         self.path = self.folder / OUTBOX_FILE
-        if not create and not self.path.is_file():
-            raise FileNotFoundError(f"no outbox in {self.folder} (expected {OUTBOX_FILE})")
+        self._recorded_marked = (self.folder / RECORDED_FILE).is_file()
+        self._check_file(create and not read_only)
         self._lock_handle: Any = None
-        if exclusive:
+        if exclusive and not read_only:
             self._take_lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        self._db().executescript(_SCHEMA)  # idempotent; executescript commits on its own
-        with self._transaction() as db:
-            if db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        try:
+            self._open_schema()
+        except sqlite3.Error as exc:
+            self.close()
+            if _is_damage(exc):
+                raise OutboxDamaged(self.path, f"SQLite says: {exc}") from None
+            raise OutboxError(f"{self.path}: cannot be opened: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_file(self, create: bool) -> None:
+        """Refuse a missing or empty file where events were recorded; make a new one private."""
+        size = self.path.stat().st_size if self.path.is_file() else None
+        if self._recorded_marked and not size:
+            what = "it is missing" if size is None else "it is empty (0 bytes)"
+            raise OutboxDamaged(self.path, f"{what}, but {RECORDED_FILE} beside it says events were recorded in it")
+        if self.read_only and size == 0:  # a new, empty outbox: nothing to read (and no tables to read it from)
+            raise FileNotFoundError(f"no outbox in {self.folder} ({OUTBOX_FILE} is empty)")
+        if size is None:
+            if not create:
+                raise FileNotFoundError(f"no outbox in {self.folder} (expected {OUTBOX_FILE})")
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+        elif not self.read_only:
+            self._make_private()
+
+    def _make_private(self) -> None:
+        # An outbox made before files were private: narrow what this process owns (others it cannot).
+        for name in (OUTBOX_FILE, OUTBOX_FILE + "-wal", OUTBOX_FILE + "-shm", LOCK_FILE, RECORDED_FILE):
+            try:
+                path = self.folder / name
+                if path.stat().st_mode & 0o077:
+                    path.chmod(PRIVATE_FILE)
+            except OSError:
+                pass
+
+    def _open_schema(self) -> None:
+        db = self._db()
+        if self.read_only:
+            db.execute("SELECT count(*) FROM meta").fetchone()  # reads the header: a damaged file fails here
+        else:
+            db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+            with self._transaction() as tx:
+                if tx.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
+                    tx.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        # The pages are checked once at open: a file truncated or overwritten in the middle reads
+        # fine until the damaged page is reached, which would be mid-delivery.
+        problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise OutboxDamaged(self.path, "SQLite's check finds " + "; ".join(problems))
+        if not self.read_only and not self._recorded_marked and db.execute("SELECT 1 FROM events LIMIT 1").fetchone():
+            self._mark_recorded()  # an outbox from before the sidecar existed
+
+    def _mark_recorded(self) -> None:
+        marker = self.folder / RECORDED_FILE
+        with open_private(marker) as out:
+            out.write(f"{OUTBOX_FILE} in this folder has recorded events (since "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}). While this file is here, a "
+                      f"missing or empty {OUTBOX_FILE} is reported as damage rather than started afresh.\n")
+        self._recorded_marked = True
 
     def _take_lock(self) -> None:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
             return
-        handle = open(self.folder / LOCK_FILE, "a+")
+        handle = os.fdopen(os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE), "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -263,15 +380,31 @@ class SQLiteOutbox(Outbox):
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA busy_timeout = 30000")
+            db = self._connect()
             db.row_factory = sqlite3.Row
             self._local.db = db
             with self._guard:
                 self._connections.append(db)
         return db
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.read_only:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA busy_timeout = 30000")
+            return db
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL database in a folder this process cannot write, with no -shm file to share (no
+            # writer running): SQLite cannot open it read-only unless told nothing will change it.
+            db.close()
+            return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
 
     class _Tx:
         def __init__(self, db: sqlite3.Connection):
@@ -294,14 +427,42 @@ class SQLiteOutbox(Outbox):
 
     def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
         with self._transaction() as db:
-            return self._add_events(db, source, first_index, events, label)
+            progress = self._add_events(db, source, first_index, events, label)
+        if events and not self._recorded_marked:
+            self._mark_recorded()
+        return progress
 
-    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "") -> int:
+    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "",
+                      dedupe_window: float | None = None) -> int:
         with self._transaction() as db:
             row = db.execute("SELECT next_index FROM sources WHERE id = ?", (source,)).fetchone()
             first = int(row[0]) if row else 0
+            if dedupe_window is not None:
+                self._mark_duplicates(db, source, first, events, dedupe_window)
             self._add_events(db, source, first, events, label)
+        if events and not self._recorded_marked:
+            self._mark_recorded()
         return first
+
+    @staticmethod
+    def _mark_duplicates(db: sqlite3.Connection, source: str, first: int, events: Sequence[NewEvent],
+                         window: float) -> None:
+        since = time.time() - window
+        seen: dict[str, int] = {}
+        for offset, event in enumerate(events):
+            if event.message_id is None:
+                continue
+            earlier = seen.get(event.message_id)
+            if earlier is None:
+                row = db.execute("SELECT idx FROM events WHERE source = ? AND message_id = ? AND created >= ? "
+                                 "ORDER BY id LIMIT 1", (source, event.message_id, since)).fetchone()
+                earlier = int(row[0]) if row else None
+            if earlier is None:
+                seen[event.message_id] = first + offset
+                continue
+            event.status, event.units, event.raw = "skipped", [], None
+            event.reason = (f"duplicate: event {earlier} of this source has the same messageId "
+                            f"(duplicates are skipped for {window:g} s)")
 
     def _add_events(self, db: sqlite3.Connection, source: str, first_index: int, events: Sequence[NewEvent],
                     label: str) -> int:

@@ -11,12 +11,17 @@ all or nothing, and raise if it cannot; only when it has returned does the clien
 Mapping rejections are not HTTP errors here: like Segment's API, the server accepts a well-formed
 message and the delivery side records whatever the mapping set says about it.
 
+A body must arrive within `body_timeout` seconds of its head (408, and the connection is closed: a
+client trickling its body cannot hold a connection); a client that disconnects mid-body costs one
+log line (the request stored nothing).
+
 `GET /health` answers 200 with the outbox depth while the server and its worker live (503 when the
 health callable reports a problem); `GET /metrics` answers Prometheus text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -26,7 +31,7 @@ from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Lifespan
@@ -40,6 +45,8 @@ log = logging.getLogger(f"{PROGRAM}.serve")
 
 ENDPOINTS = CALL_TYPES + BATCH_ENDPOINTS
 REALM = f'Basic realm="{PROGRAM}"'
+BODY_TIMEOUT = 30.0  # seconds for a whole request body, from its head
+CLIENT_CLOSED = 499  # the status recorded (never sent) for a request whose client went away mid-body
 
 
 class Accept(Protocol):
@@ -85,23 +92,42 @@ class _Auth:
         return None if user and self.allows(user) else "unknown write key"
 
 
-async def _read_body(request: Request, limit: int, endpoint: str) -> bytes:
-    """The raw body, refused early when it cannot fit the limit (gzip gets room for its overhead)."""
+class _BodyTimeout(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, endpoint: str, timeout: float) -> bytes:
+    """The raw body, refused early when it cannot fit the limit (gzip gets room for its overhead).
+
+    Raises _BodyTimeout when it has not all arrived within `timeout` seconds, ClientDisconnect when
+    the client goes away first."""
     encoded = "gzip" in request.headers.get("content-encoding", "").lower()
     cap = limit + limit // 8 + 1024 if encoded else limit
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cap:
         raise too_large(endpoint, int(length) if not encoded else None)
     chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > cap:
-            raise too_large(endpoint, None)
-    return bytes(chunks)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    stream = request.stream()
+    try:
+        while True:
+            try:  # (asyncio.timeout would do, from Python 3.11)
+                chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
+            except StopAsyncIteration:
+                return bytes(chunks)
+            chunks += chunk
+            if len(chunks) > cap:
+                raise too_large(endpoint, None)
+    except asyncio.TimeoutError:
+        raise _BodyTimeout(len(chunks)) from None
+    except ClientDisconnect:
+        raise ClientDisconnect(len(chunks)) from None
 
 
 def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | None = None,
-               health: Callable[[], dict[str, Any]] | None = None, lifespan: Lifespan[Any] | None = None) -> Starlette:
+               health: Callable[[], dict[str, Any]] | None = None, lifespan: Lifespan[Any] | None = None,
+               body_timeout: float = BODY_TIMEOUT) -> Starlette:
     """The Tracking API app. `health()` returns the /health body; a false "ok" in it answers 503."""
     auth = _Auth(write_keys)
     stats = metrics or Metrics()
@@ -123,9 +149,17 @@ def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | Non
             if refusal is not None:
                 return _unauthorized(refusal)
         try:
-            raw = await _read_body(request, body_limit(endpoint), endpoint)
+            raw = await _read_body(request, body_limit(endpoint), endpoint, body_timeout)
             body = decode_body(raw, request.headers.get("content-encoding"), endpoint)
             messages, body_key = read_request(endpoint, body)
+        except _BodyTimeout as slow:
+            return _error(408, "request_timeout", f"the body did not arrive within {body_timeout:g} s "
+                          f"({slow.args[0]} bytes came); nothing was stored", {"Connection": "close"})
+        except ClientDisconnect as gone:
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.info("%s went away mid-body (%s bytes of /v1/%s came); nothing was stored", client, gone.args[0],
+                     endpoint)
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it; counted in the metrics
         except BadRequest as bad:
             if header is None:  # nobody proved who they are: say only that
                 return _unauthorized("no write key: send HTTP Basic with the write key as user name")

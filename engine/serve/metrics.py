@@ -24,7 +24,12 @@ COUNTERS = {
     "events_delivered_total": "Events whose requests the destination accepted.",
     "events_rejected_total": "Events the mapping set rejected (recorded with their reason, never sent).",
     "events_skipped_total": "Events no rule of the mapping set sends (recorded with the reason).",
+    "events_duplicate_total": "Messages whose messageId was already recorded within the de-duplication window "
+                              "(recorded as skipped, never sent again).",
     "events_dead_lettered_total": "Events given up on, kept in the dead letters with the answer that condemned them.",
+    "connections_closed_total": "Connections the server closed to protect itself, by reason: head_timeout "
+                                "(no request head in time), evicted_idle (room made under the cap), over_capacity "
+                                "(over the cap with none idle: answered 503 busy, except /health and /metrics).",
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
 }

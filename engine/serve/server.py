@@ -6,7 +6,9 @@
 
 Per request, `Service.accept` maps the messages and records them — events, their requests (sealed:
 no secret is stored) or the mapping's rejection with its reason — in one outbox transaction
-(`Ingester.record_batch`), then wakes the worker; only then does the app answer success. The worker
+(`Ingester.record_batch`; a messageId already recorded within the de-duplication window is recorded
+as a skipped duplicate instead, so a client's retry after a lost answer is not delivered twice),
+then wakes the worker; only then does the app answer success. The worker
 (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits, retries, dead letters) runs
 as a task in uvicorn's event loop for the server's whole life.
 
@@ -41,6 +43,8 @@ from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
 from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
+from .connections import guarded_protocol
+from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
 
 log = logging.getLogger(f"{PROGRAM}.serve")
@@ -68,9 +72,10 @@ class Service:
 
     def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, dedupe_window: float | None = DEDUPE_WINDOW):
         self.metrics = metrics or Metrics()
-        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxLocked when another process has it
+        self.dedupe_window = dedupe_window or None  # 0: keep every copy
+        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxError: locked by another process, damaged
         try:
             nonce = self.outbox.get_meta("seal_nonce")
             if nonce is None:
@@ -99,13 +104,15 @@ class Service:
     # -- for the app -----------------------------------------------------------------------------------
     def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
         """Map and record the messages of one request, atomically; then wake the worker."""
-        records = self.ingester.record_batch(SOURCE, messages, label=SOURCE)
+        records = self.ingester.record_batch(SOURCE, messages, label=SOURCE, dedupe_window=self.dedupe_window)
         for record, _ in records:
             if record.status == "rejected":
                 self.metrics.inc("events_rejected_total")
                 log.debug("rejected %s: %s", record.message_id, record.reason)
             elif record.status == "skipped":
                 self.metrics.inc("events_skipped_total")
+                if record.reason and record.reason.startswith("duplicate"):
+                    self.metrics.inc("events_duplicate_total")
         self.worker.notify()
 
     def pending(self) -> int:
@@ -145,10 +152,19 @@ class Service:
             log.exception("delivery stopped (requests keep being accepted and stored; restart to resume)")
 
 
-def run(app: Starlette, host: str, port: int, state: Path, base_url: str) -> None:
+def uvicorn_config(app: Starlette, host: str, port: int, limits: ConnectionLimits) -> uvicorn.Config:
+    """uvicorn's settings for the app: the h11 protocol with the head deadline and the connection cap."""
+    metrics = getattr(app.state, "metrics", None)
+    return uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
+                          log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE,
+                          http=guarded_protocol(limits, metrics if isinstance(metrics, Metrics) else None),
+                          timeout_keep_alive=limits.keep_alive_timeout)  # type: ignore[arg-type]  # a float works
+
+
+def run(app: Starlette, host: str, port: int, state: Path, base_url: str,
+        limits: ConnectionLimits | None = None) -> None:
     """Serve until SIGTERM/SIGINT; print where, once listening (with the real port when 0 was asked)."""
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
-                            log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE)
+    config = uvicorn_config(app, host, port, limits or ConnectionLimits())
     server = uvicorn.Server(config)
 
     async def serve() -> None:

@@ -16,8 +16,9 @@ What it follows from Segment's HTTP API documentation:
 - the write key may travel in the body (`writeKey`) instead of HTTP Basic; it is never stored.
 
 Normalization: `receivedAt` is set to the server's clock, a `sentAt` of the envelope is copied into
-messages that have none, and a message without `messageId` gets one (Segment adds it too, and the
-outbox deduplicates by it).
+messages that have none, and a message without `messageId` gets one (Segment adds it too). The
+server (server.py) records a messageId seen in the last 24 hours (`serve --dedupe-window`) as a
+skipped duplicate instead of delivering it again.
 """
 
 from __future__ import annotations

@@ -1,0 +1,149 @@
+"""Connections under hostile clients: a deadline for each request's head, and a cap on open connections.
+
+uvicorn closes a connection idle between requests (`timeout_keep_alive`) but gives none to a client
+that connects and sends its request head slowly, or never (slowloris): each holds a socket and a
+file descriptor for as long as it likes. `guarded_protocol(limits, metrics)` returns uvicorn's h11
+protocol with two additions:
+
+- a request head must arrive within `head_timeout` seconds of the connection (or of the first byte
+  of the next request on a kept-alive connection), or the connection is closed;
+- when a new connection makes more than `max_connections` open, the oldest *idle* one (no request
+  in progress for at least IDLE_GRACE seconds: a slow head, or a kept-alive client between
+  requests) is closed to make room. The grace keeps a burst of new connections, accepted before
+  any has sent its head, from closing each other. When none is idle (all are in requests, each
+  bounded by the body timeout in app.py, or are new), the new one is answered 503 `busy` with
+  `Connection: close` — except `GET /health` and `GET /metrics`, which are answered as usual, so a
+  monitor sees the server while it is full.
+
+uvicorn's own `limit_concurrency` is not used: it answers 503 to everything over the limit,
+`/health` too, and closes nothing that is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..mapping_set import PROGRAM
+from .limits import ConnectionLimits
+from .metrics import Metrics
+
+log = logging.getLogger(f"{PROGRAM}.serve")
+
+ALWAYS_ANSWERED = ("/health", "/metrics")  # answered even when the server is full
+CAP_WARNING_EVERY = 60.0  # seconds between two log lines saying the connection cap was reached
+IDLE_GRACE = 0.5  # seconds without a request before a connection may be closed to make room
+
+
+class _CapWarning:
+    """One log line when the cap is reached, then at most one a minute (an attack must not flood the log)."""
+
+    last: float | None = None
+
+    @classmethod
+    def reached(cls, limit: int, what: str) -> None:
+        now = time.monotonic()
+        if cls.last is None or now - cls.last >= CAP_WARNING_EVERY:
+            cls.last = now
+            log.warning("%d connections open (the --max-connections cap): %s", limit, what)
+
+
+async def _answer_busy(app: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope.get("type") == "http" and scope.get("method") == "GET" and scope.get("path") in ALWAYS_ANSWERED:
+        await app(scope, receive, send)
+        return
+    reason = "the server has too many open connections; send again shortly"
+    body = json.dumps({"success": False, "code": "busy", "message": reason, "reason": reason}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a request-head deadline and the connection cap (see the module)."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    metrics: ClassVar[Metrics | None] = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle_since = time.monotonic()
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._await_head()
+        if len(self.connections) > self.limits.max_connections:
+            self._make_room()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._await_head()  # the next request began (or the first is still coming)
+        else:
+            self._head_arrived()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self.idle_since = time.monotonic()
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self._await_head()  # part of the next request came with this one (pipelined)
+
+    def idle(self, since: float) -> bool:
+        """No request in progress since `since` (monotonic): safe to close without losing anything."""
+        return ((self.cycle is None or self.cycle.response_complete) and self.idle_since <= since
+                and not self.transport.is_closing())
+
+    def _await_head(self) -> None:
+        if self._head_deadline is None and not self.transport.is_closing():
+            self._head_deadline = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _head_arrived(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._count("head_timeout")
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        since = time.monotonic() - IDLE_GRACE
+        idle = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c.idle(since)]
+        if idle:
+            oldest = min(idle, key=lambda connection: connection.idle_since)
+            oldest._head_arrived()
+            oldest.transport.close()
+            self._count("evicted_idle")
+            _CapWarning.reached(self.limits.max_connections, "closing the oldest idle ones to make room")
+        else:
+            inner = self.app
+            self.app = lambda scope, receive, send: _answer_busy(inner, scope, receive, send)
+            self._count("over_capacity")
+            _CapWarning.reached(self.limits.max_connections,
+                                "all are in requests, so new ones are answered 503 (except /health)")
+
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("connections_closed_total", reason=reason)
+
+
+def guarded_protocol(limits: ConnectionLimits, metrics: Metrics | None) -> type[GuardedH11Protocol]:
+    """The protocol class to give uvicorn (`Config(http=…)`), bound to these limits."""
+
+    class Bound(GuardedH11Protocol):
+        pass
+
+    Bound.limits = limits
+    Bound.metrics = metrics
+    return Bound
