@@ -163,6 +163,18 @@ class Mapper:
         self._rules_by_type: dict[str, list[_Runner]] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
 
+    def settings_headers(self) -> dict[str, str]:
+        """The set's default headers for a request made from the settings alone, not for an event
+        (e.g. the key check's call); headers that read an event's fields find them absent."""
+        if self._constant_headers is not None:
+            return dict(self._constant_headers)
+        headers = self.mapping_set.default_headers
+        if headers is None:
+            return {}
+        scope: dict[str, Any] = {"settings": self.settings, "mapping": self.mapping_info}
+        scope["vars"] = _new_vars(self._values, scope)
+        return self._headers(headers.evaluate(scope))
+
     def _rules_for(self, event_type: str) -> list[_Runner]:
         """The top-level rules that can match this event type, in order (cached for the usual types)."""
         rules = self._rules_by_type.get(event_type)
