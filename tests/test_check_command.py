@@ -4,6 +4,7 @@ fake Klaviyo on 127.0.0.1; every answer's report and exit code, and the key neve
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ def test_check_with_fake_runs_as_a_command() -> None:
     result = run_cli("check", "--set", f"privateKey={KEY}", "--fake")
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [ANSWERS[0][2], *SCOPES]
+
+
+def test_the_readme_check_example_prints_what_it_shows() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    line = "segment-klaviyo check --settings examples/settings.yaml --fake"
+    after = readme[readme.index(f"```sh\n{line}\n```"):]
+    shown = re.search(r"```text\n(.*?)```", after, re.DOTALL)
+    assert shown is not None
+    result = run_cli(*line.split()[1:])
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == shown.group(1)
 
 
 def test_the_scopes_are_the_endpoints_published_ones() -> None:
