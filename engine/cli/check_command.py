@@ -1,6 +1,6 @@
 """`check`: does the private key work, and which scopes does the mapping set need?
 
-Makes the one call the mapping set declares for this (for `klaviyo`: `GET /api/accounts`, which
+Makes the one call the mapping set declares for this (`check:` in its delivery section: a call that
 changes nothing) with the settings given as for `send`, and prints what the answer means, then the
 scopes each of the set's endpoints needs. Exit 0: the key works; 2: it cannot be used (401: not a
 valid key; 403: it lacks a scope, named) or bad usage; 1: no clear answer (network error, 429, 5xx).
