@@ -168,18 +168,40 @@ class Mapper:
             scope = {"settings": self.settings, "mapping": self.mapping_info}
             scope["vars"] = _new_vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
-        self._rules_by_type: dict[str, list[_Runner]] = {}
+        self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
 
-    def _rules_for(self, event_type: str) -> list[_Runner]:
-        """The top-level rules that can match this event type, in order (cached for the usual types)."""
-        rules = self._rules_by_type.get(event_type)
-        if rules is None:
-            rules = [self._runner(rule, False, (self.mapping_set.values,)) for rule in self.mapping_set.rules
-                     if rule.types is None or event_type in rule.types]
+    def settings_headers(self) -> dict[str, str]:
+        """The set's default headers for a request made from the settings alone, not for an event
+        (e.g. the key check's call); headers that read an event's fields find them absent."""
+        if self._constant_headers is not None:
+            return dict(self._constant_headers)
+        headers = self.mapping_set.default_headers
+        if headers is None:
+            return {}
+        scope: dict[str, Any] = {"settings": self.settings, "mapping": self.mapping_info}
+        scope["vars"] = _new_vars(self._values, scope)
+        return self._headers(headers.evaluate(scope))
+
+    def _rules_for(self, event_type: str) -> _Dispatch:
+        """The top-level rules that can match this event type, in order: those for any event name, and
+        for each name some rule names exactly, its own list (cached for the usual types). So a rule
+        for a few named events costs other events nothing, not even its call."""
+        dispatch = self._rules_by_type.get(event_type)
+        if dispatch is None:
+            candidates = [rule for rule in self.mapping_set.rules if rule.types is None or event_type in rule.types]
+            outer = (self.mapping_set.values,)
+
+            def any_name(rule: Rule) -> bool:  # (a rule with patterns checks the name itself)
+                return rule.event_names is None or bool(rule.event_globs)
+
+            named = {name for rule in candidates if not any_name(rule) for name in rule.event_names or ()}
+            by_name = {name: [self._runner(rule, False, outer) for rule in candidates
+                              if any_name(rule) or name in (rule.event_names or ())] for name in named}
+            dispatch = ([self._runner(rule, False, outer) for rule in candidates if any_name(rule)], by_name or None)
             if len(self._rules_by_type) < 64:
-                self._rules_by_type[event_type] = rules
-        return rules
+                self._rules_by_type[event_type] = dispatch
+        return dispatch
 
     def map(self, event: Any, index: int = 0) -> MapResult:
         if not isinstance(event, dict):
@@ -198,9 +220,12 @@ class Mapper:
         scope["vars"] = named = Vars()
         named._definitions, named._scope, named._parent = self._values, scope, None  # (_new_vars, inline)
         event_name = event.get("event")
-        rules = self._rules_by_type.get(event_type)
-        if rules is None:
-            rules = self._rules_for(event_type)
+        dispatch = self._rules_by_type.get(event_type)
+        if dispatch is None:
+            dispatch = self._rules_for(event_type)
+        rules, by_name = dispatch
+        if by_name is not None and isinstance(event_name, str):
+            rules = by_name.get(normalize_event_name(event_name), rules)
         try:
             for run in rules:
                 if run(scope, event_type, event_name, result):
@@ -419,6 +444,8 @@ class Mapper:
 
 
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
+# An event type's rules: for any event name, and per normalized name that some rule names (or None)
+_Dispatch = tuple[list[_Runner], dict[str, list[_Runner]] | None]
 
 
 def _not_a_url(url: Any) -> EvalError:

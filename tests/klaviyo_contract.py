@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,41 @@ def _nulls(value: Any, path: str = "") -> list[str]:
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _nulls(v, f"{path}/{i}")]
     return []
+
+
+# path -> (profiles per job, the only consent value allowed)
+SUBSCRIPTION_JOBS = {"/api/profile-subscription-bulk-create-jobs": (1000, "SUBSCRIBED"),
+                     "/api/profile-subscription-bulk-delete-jobs": (100, "UNSUBSCRIBED")}
+CHANNEL_IDENTIFIERS = {"email": "email", "sms": "phone_number"}
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+
+
+def _format_problems(attributes: dict[str, Any]) -> list[str]:
+    problems = []
+    if "email" in attributes and "@" not in str(attributes["email"]):
+        problems.append(f"email {attributes['email']!r} is not an email address")
+    if "phone_number" in attributes and not E164.match(str(attributes["phone_number"])):
+        problems.append(f"phone_number {attributes['phone_number']!r} is not E.164")
+    return problems
+
+
+def _channel_problems(attributes: dict[str, Any], consent: str, historical: bool) -> list[str]:
+    """A (un)subscription profile: each channel has its identifier and each identifier its channel,
+    consent is the job's one value, consented_at comes with historical_import and only with it."""
+    problems = _format_problems(attributes)
+    channels = attributes["subscriptions"]
+    if not channels:
+        problems.append("a profile with no channel to (un)subscribe")
+    for channel, identifier in CHANNEL_IDENTIFIERS.items():
+        if (channel in channels) != (identifier in attributes):
+            problems.append(f"the {channel} channel goes with {identifier}, and only with it")
+    for channel, settings in channels.items():
+        marketing = settings.get("marketing", {})
+        if marketing.get("consent") != consent:
+            problems.append(f"{channel} consent {marketing.get('consent')!r}, not {consent}")
+        if ("consented_at" in marketing) != historical:
+            problems.append("consented_at goes with historical_import: true, and only with it")
+    return problems
 
 
 def contract_violations(request: Request) -> list[str]:
@@ -55,15 +91,19 @@ def contract_violations(request: Request) -> list[str]:
     elif url.path == "/api/profile-import":
         if not any(attributes.get(k) for k in IDENTIFIERS[:3]):
             problems.append("profile import has no identifier")
-    elif url.path == "/api/profile-subscription-bulk-create-jobs":
+    elif url.path in SUBSCRIPTION_JOBS:
+        limit, consent = SUBSCRIPTION_JOBS[url.path]
         profiles = attributes["profiles"]["data"]
-        if not 0 < len(profiles) <= 1000:
-            problems.append(f"{len(profiles)} profiles in one subscription job (1 to 1,000)")
+        if not 0 < len(profiles) <= limit:
+            problems.append(f"{len(profiles)} profiles in one job (1 to {limit:,})")
         historical = attributes.get("historical_import") is True
         for profile in profiles:
-            marketing = profile["attributes"]["subscriptions"]["email"]["marketing"]
-            if ("consented_at" in marketing) != historical:
-                problems.append("consented_at goes with historical_import: true, and only with it")
+            problems += _channel_problems(profile["attributes"], consent, historical)
+    elif url.path == "/api/data-privacy-deletion-jobs":
+        identifiers = [k for k, v in attributes["profile"]["data"]["attributes"].items() if v]
+        if len(identifiers) != 1 or identifiers[0] not in ("email", "phone_number"):
+            problems.append(f"a deletion names exactly one of email, phone_number, not {identifiers}")
+        problems += _format_problems(attributes["profile"]["data"]["attributes"])
     else:
         problems.append(f"unexpected endpoint {url.path}")
     return problems

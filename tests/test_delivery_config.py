@@ -97,6 +97,9 @@ def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:
      "the spec has POST /api/profile-import"),
     ("  statuses: [429", "  status: [429", "unknown key 'status'"),
     ("pointer: source.pointer", "pointer: source[", "not a JMESPath expression"),
+    ("  endpoint: get_accounts", "  endpoint: get_account", "check.endpoint: no endpoint 'get_account'"),
+    ("  shows: \"data[0]", "  shows: \"data[", "check.shows: not a JMESPath expression"),
+    ("    get_accounts:\n      data:", "    get_acounts:\n      data:", "fake.responses: no endpoint 'get_acounts'"),
 ])
 def test_a_broken_delivery_section_is_reported_at_its_place(tmp_path: Path, old: str, new: str, message: str) -> None:
     folder = _broken_copy(tmp_path, old, new)

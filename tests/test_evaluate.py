@@ -55,3 +55,47 @@ def test_unique_id_without_message_id_does_not_depend_on_the_key_or_masking() ->
                                ({"privateKey": "pk_1"}, True))
     }
     assert len(ids) == 1
+
+
+NAMED_RULES = """
+rules:
+  - name: exact
+    match: {type: track, event: [Signed Up, Order Completed]}
+    skip: "exact {{ event }}"
+  - name: pattern
+    match: {type: track, event: "Video *"}
+    skip: "pattern {{ event }}"
+  - name: any
+    match: {type: track}
+    skip: "any {{ event }}"
+"""
+
+
+@pytest.mark.parametrize(("name", "rules_called", "skipped"), [
+    ("Signed Up", ["exact", "pattern", "any"], "exact Signed Up"),
+    ("signed_up", ["exact", "pattern", "any"], "exact signed_up"),
+    ("ORDER-completed", ["exact", "pattern", "any"], "exact ORDER-completed"),
+    ("Video Played", ["pattern", "any"], "pattern Video Played"),
+    ("Clicked", ["pattern", "any"], "any Clicked"),
+    (7, ["pattern", "any"], "any 7"),
+    (None, ["pattern", "any"], "any None"),
+])
+def test_rules_that_name_events_are_called_for_those_names_only(tmp_path, name, rules_called,  # type: ignore[no-untyped-def]
+                                                                skipped) -> None:
+    (tmp_path / "mapping.yaml").write_text("name: named\ntitle: t\nbase_url: http://127.0.0.1:9\n"
+                                           "include: [rules.yaml]\n", encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(NAMED_RULES, encoding="utf-8")
+    mapper = engine.Mapper(engine.load_mapping_set(tmp_path))
+    called: list[str] = []
+    rules = {rule.name: rule for rule in mapper.mapping_set.rules}
+    for rule_name, rule in rules.items():  # wrap each rule's generated function to see it called
+        run = mapper._runner(rule, False, (mapper.mapping_set.values,))
+
+        def spy(*args, _run=run, _name=rule_name):  # type: ignore[no-untyped-def]
+            called.append(_name)
+            return _run(*args)
+
+        mapper._runners[(id(rule), False)] = spy
+    result = mapper.map({"type": "track", "event": name, "messageId": "m"})
+    assert result.skipped == skipped
+    assert called == rules_called[:rules_called.index(skipped.split()[0]) + 1]

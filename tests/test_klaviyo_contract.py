@@ -37,5 +37,22 @@ def test_contract_check_can_fail(klaviyo_set) -> None:  # type: ignore[no-untype
     assert any("metric name" in p for p in problems)
 
 
+def test_subscription_and_deletion_contracts_can_fail(klaviyo_set) -> None:  # type: ignore[no-untyped-def]
+    mapper = engine.Mapper(klaviyo_set, {"privateKey": "pk_x"})
+    unsubscribe = mapper.map({"type": "track", "event": "User Unsubscribed", "messageId": "m",
+                              "properties": {"email": "a@example.com"}}).requests[0]
+    unsubscribe.body["data"]["attributes"]["profiles"]["data"][0]["attributes"]["phone_number"] = "555"
+    unsubscribe.body["data"]["attributes"]["profiles"]["data"] *= 101
+    problems = contract_violations(unsubscribe)
+    assert "101 profiles in one job (1 to 100)" in problems
+    assert "phone_number '555' is not E.164" in problems
+    assert "the sms channel goes with phone_number, and only with it" in problems
+    deletion = mapper.map({"type": "delete", "messageId": "m", "userId": "u",
+                           "traits": {"email": "a@example.com"}}).requests[0]
+    deletion.body["data"]["attributes"]["profile"]["data"]["attributes"]["phone_number"] = "+15005550006"
+    assert contract_violations(deletion) == \
+        ["a deletion names exactly one of email, phone_number, not ['email', 'phone_number']"]
+
+
 def test_at_least_forty_golden_cases() -> None:
     assert len(load_cases("klaviyo")) >= 40

@@ -41,16 +41,18 @@ products = st.lists(st.one_of(json_values, st.fixed_dictionaries({}, optional={
 })), max_size=4)
 properties = st.one_of(json_values, st.fixed_dictionaries({}, optional={
     "revenue": json_values, "total": json_values, "currency": json_values, "orderId": json_values,
-    "eventId": json_values, "email": json_values, "products": st.one_of(products, json_values),
+    "eventId": json_values, "email": json_values, "phone": json_values, "products": st.one_of(products, json_values),
     "url": json_values, "misc": json_values,
 }))
 events = st.fixed_dictionaries({}, optional={
-    "type": st.one_of(st.sampled_from(["identify", "track", "page", "screen", "group", "alias"]), json_values),
+    "type": st.one_of(st.sampled_from(["identify", "track", "page", "screen", "group", "alias", "delete"]),
+                      json_values),
     "userId": st.one_of(st.text(min_size=1, max_size=12), st.emails(), json_values),
     "anonymousId": json_values,
     "messageId": st.one_of(st.text(min_size=1, max_size=12), json_values),
     "timestamp": timestamps,
-    "event": st.one_of(st.sampled_from(["Order Completed", "completed_order", "Signed Up"]), json_values),
+    "event": st.one_of(st.sampled_from(["Order Completed", "completed_order", "Signed Up",
+                                      "User Subscribed", "user_unsubscribed", "Product Viewed"]), json_values),
     "name": json_values,
     "traits": st.one_of(known_traits, json_values),
     "properties": properties,
@@ -62,7 +64,7 @@ events = st.fixed_dictionaries({}, optional={
 destination_settings = st.fixed_dictionaries({"privateKey": st.just("pk_fuzz")}, optional={
     "listId": st.sampled_from(["Y6nRLr", ""]), "confirmOptin": st.booleans(), "enforceEmail": st.booleans(),
     "sendAnonymous": st.booleans(), "useSegmentSpec": st.booleans(), "sendPageEvents": st.booleans(),
-    "defaultPhoneRegion": st.sampled_from(["US", "GB"]),
+    "defaultPhoneRegion": st.sampled_from(["US", "GB"]), "useKlaviyoMetricNames": st.booleans(),
 })
 
 

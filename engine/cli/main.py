@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "engine.cli.outbox_command",
     "engine.cli.serve_command",
     "engine.cli.schema_command",
+    "engine.cli.check_command",
 )
 
 

@@ -82,6 +82,11 @@ _FAKE_SCHEMA: dict[str, Any] = {
     "max_body_bytes": {"type": "integer", "min": 1},
     "error_statuses": {"type": "list", "schema": {"type": "integer", "min": 500, "max": 599}},
     "records": {"type": "dict", "valuesrules": {"type": "dict", "schema": _RECORD_SCHEMA}},
+    "responses": {"type": "dict"},
+}
+_CHECK_SCHEMA: dict[str, Any] = {
+    "endpoint": {"type": "string", "required": True, "empty": False},
+    "shows": {"type": "string", "empty": False},
 }
 DELIVERY_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
@@ -99,6 +104,7 @@ DELIVERY_SCHEMA: dict[str, Any] = {
                                           "detail": {"type": "string"},
                                           "item_status": {"type": "integer", "min": 400, "max": 499}}},
     "fake": {"type": "dict", "schema": _FAKE_SCHEMA},
+    "check": {"type": "dict", "schema": _CHECK_SCHEMA},
 }
 
 
@@ -205,6 +211,15 @@ class FakeConfig:
     max_body_bytes: int | None = None
     error_statuses: list[int] = field(default_factory=lambda: [500, 502, 503, 504])
     records: dict[str, RecordSpec] = field(default_factory=dict)
+    responses: dict[str, Any] = field(default_factory=dict)  # endpoint name -> canned answer body
+
+
+@dataclass
+class KeyCheck:
+    """How `check` tests a key: one call to `endpoint`; `shows` picks what to print of a 2xx answer."""
+
+    endpoint: Endpoint
+    shows: Selector | None
 
 
 @dataclass
@@ -227,6 +242,7 @@ class DeliveryPlan:
     error_pointer: Selector | None  # in one error: the JSON pointer of what it is about
     error_detail: Selector | None  # in one error: the text to show
     fake: FakeConfig
+    key_check: KeyCheck | None = None
     by_source: dict[str, BatchSpec] = field(default_factory=dict)
     by_target: dict[str, BatchSpec] = field(default_factory=dict)
 
@@ -465,6 +481,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
             problems.add(_at(raw_errors, "item_status"), "errors.item_status needs errors.pointer")
 
     fake = _compile_fake(document.get("fake"), endpoints, problems)
+    key_check = _compile_check(document.get("check"), endpoints, problems)
 
     if len(problems.problems) > before:
         return None
@@ -473,6 +490,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         profile_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
         same_profile=same_profile, retry=retry, stop=stop, item_error_status=item_status,
         error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"], fake=fake,
+        key_check=key_check,
     )
 
 
@@ -608,6 +626,12 @@ def _compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLi
         fake.max_body_bytes = int(node["max_body_bytes"])
     if "error_statuses" in node:
         fake.error_statuses = [int(s) for s in node["error_statuses"]]
+    responses = node.get("responses") or PosDict()
+    for endpoint_name, body in responses.items():
+        if endpoint_name not in endpoints:
+            problems.add(_key_at(responses, endpoint_name), f"fake.responses: no endpoint {endpoint_name!r}")
+            continue
+        fake.responses[endpoint_name] = _plain_tree(body)
     records = node.get("records") or PosDict()
     for endpoint_name, raw in records.items():
         if endpoint_name not in endpoints:
@@ -627,6 +651,18 @@ def _compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLi
             response=_plain_tree(raw.get("response")),
         )
     return fake
+
+
+def _compile_check(node: Any, endpoints: dict[str, Endpoint], problems: ProblemList) -> KeyCheck | None:
+    if not isinstance(node, PosDict):
+        return None
+    endpoint = endpoints.get(str(node["endpoint"]))
+    if endpoint is None:
+        problems.add(_at(node, "endpoint"), f"check.endpoint: no endpoint {node['endpoint']!r} "
+                                            "(declare it under endpoints)")
+        return None
+    shows = _jmespath(node["shows"], _at(node, "shows"), "check.shows", problems) if "shows" in node else None
+    return KeyCheck(endpoint, shows)
 
 
 def _plain_tree(value: Any) -> Any:

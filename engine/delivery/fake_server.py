@@ -363,6 +363,7 @@ class FakeServer:
 
     def _record(self, name: str, endpoint: Endpoint | None, method: str, path: str, body: Any,
                 items: list[SplitItem]) -> tuple[int, Any, dict[str, str]]:
+        canned = self.plan.fake.responses.get(name)  # an endpoint that only reads: its fixed answer
         spec = self.plan.by_target.get(name)
         source_name = spec.source.name if spec is not None else name
         source = self.plan.endpoints.get(source_name)
@@ -406,7 +407,7 @@ class FakeServer:
                             status = record.status_created
                         elif not created and record.status_updated is not None:
                             status = record.status_updated
-        response_body: Any = None
+        response_body: Any = canned
         if record is not None and record.response is not None:
             response_body = _fill(record.response, {"$profile_id": profile_id})
         return status, response_body, {}

@@ -7,12 +7,13 @@ spread by ±`jitter`; a 429 waits at least its Retry-After.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .config import RetryPolicy
+from .config import DeliveryPlan, Endpoint, RetryPolicy
 
 DELIVERED, RETRY, ITEM_ERRORS, DEAD, STOP = "delivered", "retry", "item_errors", "dead", "stop"
 
@@ -64,3 +65,33 @@ def retry_after(value: Any) -> float | None:
 
     now = datetime.datetime.now(when.tzinfo or datetime.timezone.utc)
     return max((when - now).total_seconds(), 0.0)
+
+
+def answer_errors(plan: DeliveryPlan, text: str | None) -> list[Any]:
+    """The errors of an error answer's body (the set's `errors.list`), [] when there are none."""
+    if not text or plan.error_list is None:
+        return []
+    try:
+        found = plan.error_list.search(json.loads(text))
+    except ValueError:
+        return []
+    return found if isinstance(found, list) else []
+
+
+def stop_message(plan: DeliveryPlan, endpoint: Endpoint | None, where: str, status: int | None, template: str,
+                 text: str | None) -> str:
+    """A stop answer explained: the set's `stop` message for it (with {endpoint}, {scopes}, {status}
+    filled in) and what the API itself said. Not masked: the caller masks secrets."""
+    name = endpoint.name if endpoint is not None else where
+    scopes = ", ".join(endpoint.scopes) if endpoint is not None and endpoint.scopes else "(not listed)"
+    try:
+        message = template.format(endpoint=name, scopes=scopes, status=status)
+    except (KeyError, IndexError, ValueError):
+        message = template
+    detail = ""
+    errors = answer_errors(plan, text)
+    if errors and plan.error_detail is not None:
+        detail = "; ".join(str(plan.error_detail.search(e)) for e in errors)
+    elif text:
+        detail = text[:200]
+    return f"HTTP {status} on {where} ({name}): {message}" + (f" — the API said: {detail}" if detail else "")

@@ -85,9 +85,30 @@ def trim_openapi(full: dict[str, Any], operation_ids: Sequence[str], note: str =
     return trimmed
 
 
+def _declared_endpoints(mappings: str) -> tuple[list[str], Path | None]:
+    """The endpoint names a set's delivery section declares, and its spec file. Read from the YAML as
+    it is, not through the loader: the loader checks the endpoints against the current copy, which
+    lacks the endpoints just added (the reason to regenerate it)."""
+    import yaml
+
+    from ..mapping_set import resolve_set_folder
+
+    try:
+        folder = resolve_set_folder(mappings)
+        head = yaml.safe_load((folder / "mapping.yaml").read_text(encoding="utf-8"))
+        section = head.get("delivery") if isinstance(head, dict) else None
+        if isinstance(section, str):
+            section = yaml.safe_load((folder / section).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{mappings}: cannot read the delivery section: {exc}") from None
+    if not isinstance(section, dict) or not isinstance(section.get("endpoints"), dict):
+        raise ValueError(f"{mappings}: the mapping set declares no endpoints in a delivery section")
+    spec = section.get("spec")
+    return [str(name) for name in section["endpoints"]], (folder / str(spec)) if spec else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..mapping_set import DEFAULT_SET, load_mapping_set
-    from .config import DeliveryPlan
+    from ..mapping_set import DEFAULT_SET
 
     parser = argparse.ArgumentParser(prog="python -m engine.delivery.spec_trim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write (default: the file the set's delivery section names)")
     parser.add_argument("--note", default="", help="the x-trimmed note (default: kept from the current copy)")
     args = parser.parse_args(argv)
-    plan = DeliveryPlan.for_set(load_mapping_set(args.mappings))
-    out = Path(args.out) if args.out else plan.spec_path
+    try:
+        endpoints, spec_path = _declared_endpoints(args.mappings)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else spec_path
     if out is None:
         print("the mapping set names no spec file; pass --out", file=sys.stderr)
         return 2
@@ -105,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not note and out.is_file():
         note = str(json.loads(out.read_text(encoding="utf-8")).get("x-trimmed", ""))
     full = json.loads(Path(args.full).read_text(encoding="utf-8"))
-    trimmed = trim_openapi(full, list(plan.endpoints), note)
+    trimmed = trim_openapi(full, endpoints, note)
     out.write_text(json.dumps(trimmed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {out} ({len(trimmed['paths'])} paths, "
           f"{sum(len(v) for v in trimmed['components'].values())} components)")

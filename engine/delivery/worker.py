@@ -45,7 +45,18 @@ from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
 from .config import BatchSpec, DeliveryPlan, Endpoint
 from .outbox import DeadLetter, Finished, Outbox, StoredUnit
 from .ratelimit import RateLimiter
-from .retry import DEAD, DELIVERED, ITEM_ERRORS, RETRY, STOP, backoff, classify, retry_after
+from .retry import (
+    DEAD,
+    DELIVERED,
+    ITEM_ERRORS,
+    RETRY,
+    STOP,
+    answer_errors,
+    backoff,
+    classify,
+    retry_after,
+    stop_message,
+)
 from .sealing import MissingSecret, Sealer
 
 log = logging.getLogger(f"{PROGRAM}.delivery")
@@ -589,22 +600,8 @@ class DeliveryWorker:
                           slot.attempts + slot.rate_limited + 1)
 
     def _stop_message(self, slot: Slot, status: int | None, template: str, text: str | None) -> str:
-        endpoint = slot.endpoint
-        name = endpoint.name if endpoint is not None else slot.url
-        scopes = ", ".join(endpoint.scopes) if endpoint is not None and endpoint.scopes else "(not listed)"
-        try:
-            message = template.format(endpoint=name, scopes=scopes, status=status)
-        except (KeyError, IndexError, ValueError):
-            message = template
-        detail = ""
-        errors = self._errors(text)
-        if errors and self.plan.error_detail is not None:
-            detail = "; ".join(str(self.plan.error_detail.search(e)) for e in errors)
-        elif text:
-            detail = text[:200]
         where = f"{slot.method} {slot.url.partition('?')[0]}"
-        full = f"HTTP {status} on {where} ({name}): {message}" + (f" — the API said: {detail}" if detail else "")
-        return self.sealer.mask(full)
+        return self.sealer.mask(stop_message(self.plan, slot.endpoint, where, status, template, text))
 
     async def _delivered(self, slot: Slot) -> None:
         ids = list(slot.units)
@@ -624,20 +621,10 @@ class DeliveryWorker:
         log.info("dead-lettered %d request(s): %s", len(ids), letter.error)
         self._progress()
 
-    def _errors(self, text: str | None) -> list[Any]:
-        """The errors of an error answer's body (the set's `errors.list`), [] when there are none."""
-        if not text or self.plan.error_list is None:
-            return []
-        try:
-            found = self.plan.error_list.search(json.loads(text))
-        except ValueError:
-            return []
-        return found if isinstance(found, list) else []
-
     async def _item_errors(self, slot: Slot, rendered: Rendered, status: int | None, text: str | None) -> bool:
         """Dead-letter the items an answer's errors name; False unless every error names items."""
         assert slot.builder is not None
-        errors = self._errors(text)
+        errors = answer_errors(self.plan, text)
         if not errors or self.plan.error_pointer is None:
             return False
         per_unit: dict[int, list[Any]] = {}
