@@ -78,7 +78,7 @@ def refused(response: Any, status: int, code: str, *words: str) -> None:
 
 
 # -- accepted requests ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("call", ["identify", "track", "page", "screen", "group", "alias"])
+@pytest.mark.parametrize("call", ["identify", "track", "page", "screen", "group", "alias", "delete"])
 def test_single_endpoint_gives_the_type(client: TestClient, outbox: Outbox, call: str) -> None:
     response = post(client, f"/v1/{call}", {"userId": "u1", "messageId": "m1"})
     assert response.status_code == 200 and response.json() == {"success": True}
@@ -198,11 +198,11 @@ FINE = b'{"type": "track", "event": "Fine", "userId": "u"}'
     ("/v1/batch", b'{"batch": [%s, 42]}' % FINE, ["batch[1] is a number; a message must be a JSON object"]),
     ("/v1/batch", b'{"batch": [%s, %s, null]}' % (FINE, FINE), ["batch[2] is null; a message must be a JSON object"]),
     ("/v1/batch", b'{"batch": [%s, {"event": "E", "userId": "u"}]}' % FINE,
-     ["batch[1] has no type; it must be one of identify, track, page, screen, group, alias"]),
+     ["batch[1] has no type; it must be one of identify, track, page, screen, group, alias, delete"]),
     ("/v1/batch", b'{"batch": [{"type": "purchase"}, %s]}' % FINE,
-     ['batch[0] has type "purchase"; it must be one of identify, track, page, screen, group, alias']),
+     ['batch[0] has type "purchase"; it must be one of identify, track, page, screen, group, alias, delete']),
     ("/v1/batch", b'{"batch": [{"type": 3}]}', ["batch[0] has type a number; it must be one of identify, track, "
-                                                "page, screen, group, alias"]),
+                                                "page, screen, group, alias, delete"]),
     ("/v1/batch", b'{"batch": [%s, {"type": "track", "event": "\\ud800"}]}' % FINE,
      ["batch[1]: event: the string holds a lone surrogate (\\ud800), which is not Unicode text"]),
     ("/v1/batch", b'{"batch": [{"type": "track", "event": "\xff"}, %s]}' % FINE,

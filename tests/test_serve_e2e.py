@@ -264,7 +264,7 @@ def test_bad_requests_store_nothing_and_rejections_are_recorded(fake_klaviyo: Ca
     reasons = {json.loads(x)["reason"] for x in listing.stdout.splitlines()}
     assert reasons >= {
         "batch[1] is a string; a message must be a JSON object",
-        "batch[2] has no type; it must be one of identify, track, page, screen, group, alias",
+        "batch[2] has no type; it must be one of identify, track, page, screen, group, alias, delete",
         "batch[3]: event: the string holds a lone surrogate (\\ud800), which is not Unicode text",
         "batch[4]: properties.n: NaN is not a number JSON allows",
     }

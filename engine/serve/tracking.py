@@ -32,7 +32,9 @@ from typing import Any
 from ..events import InputError, checked_event, decode_json, event_problem, input_error
 from ..functions import a_json_type
 
-CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+# The Tracking API's six calls, and `delete`: the message Segment sends a destination when a user asks to
+# be forgotten (accepted here so that a mapping set can act on it).
+CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias", "delete")
 BATCH_ENDPOINTS = ("batch", "import")
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
