@@ -17,6 +17,7 @@ from typing import Any
 
 import cerberus
 
+from .limits import MAX_FILE_BYTES
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
@@ -114,9 +115,20 @@ def resolve_set_folder(name_or_folder: str | os.PathLike[str]) -> Path:
 
 def _read(path: Path, shown: str, problems: ProblemList) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)  # (never more: the file may be huge)
     except OSError as exc:
         problems.add(Position(shown, 1, 1), f"cannot read: {exc.strerror}")
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        problems.add(Position(shown, 1, 1), f"file is larger than {MAX_FILE_BYTES} bytes; the limit is {MAX_FILE_BYTES}")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        problems.add(Position(shown, data.count(b"\n", 0, exc.start) + 1, exc.start - line_start + 1),
+                     f"not UTF-8 text: byte {data[exc.start]:#04x} cannot be decoded")
         return None
     try:
         document, duplicates = load_yaml(text, shown)
@@ -183,7 +195,11 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         delivery_path = folder / delivery
         listed.add(delivery_path.resolve())
         delivery_file = shown(delivery_path)
-        if not delivery_path.is_file():
+        if not delivery_path.resolve().is_relative_to(folder.resolve()):
+            problems.add(head.value_places["delivery"].position,
+                         f"delivery {delivery!r} is outside the mapping set's folder")
+            delivery, delivery_file = {}, None
+        elif not delivery_path.is_file():
             problems.add(head.value_places["delivery"].position, f"delivery {delivery!r}: no such file")
             delivery = {}
         else:

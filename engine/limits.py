@@ -1,0 +1,26 @@
+"""The limits a mapping set is loaded and evaluated under, in one place (README: Errors, Limits).
+
+A mapping folder may come from someone else. Each limit bounds the time or memory one hostile file,
+expression or template can take; a limit hit at load time is a problem at FILE:LINE:COL naming it,
+and one hit while mapping rejects that event with a reason naming the rule and the limit. The
+bundled sets are far inside every one of them (their largest rule file is under 20 KB).
+"""
+
+from __future__ import annotations
+
+# -- load: YAML ---------------------------------------------------------------------------------------
+MAX_FILE_BYTES = 1024 * 1024  # one rule file (mapping.yaml, an include, the delivery file)
+MAX_SPEC_BYTES = 16 * 1024 * 1024  # the OpenAPI document a delivery section names (JSON)
+MAX_YAML_ALIASES = 100  # alias uses (*name) in one file
+MAX_YAML_NODES = 100_000  # nodes of one file's tree, aliases counted as expanded
+MAX_YAML_DEPTH = 64  # nesting of mappings and sequences in one file
+
+# -- load: expressions and templates ------------------------------------------------------------------
+MAX_EXPRESSION_DEPTH = 64  # nesting of one JMESPath expression's syntax tree (parentheses, a.b.c steps)
+MAX_TEMPLATE_DEPTH = 64  # nesting of one template's syntax tree
+
+# -- evaluation: templates ----------------------------------------------------------------------------
+MAX_TEMPLATE_OUTPUT = 1024 * 1024  # characters a template renders, and any string or list it builds
+MAX_TEMPLATE_RANGE = 10_000  # items of one range()
+MAX_TEMPLATE_ITERATIONS = 100_000  # loop iterations of one rendering, all loops together
+MAX_POWER_BITS = 4096  # the size of an integer `a ** b` may build
