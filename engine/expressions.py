@@ -22,8 +22,9 @@ from jmespath import visitor as jvisitor
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
-from .codegen import Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Source, is_falsy
 from .functions import FUNCTIONS, EvalError
+from .limits import MAX_EXPRESSION_DEPTH
 
 Evaluator = Callable[[Any], Any]
 
@@ -449,6 +450,10 @@ class _Codegen:
         fixed = self.root_constant(node, cur)
         if fixed is not None:
             return fixed
+        if indent > MAX_INLINE_INDENT:  # deep: the node's closure, called (see codegen)
+            out = self.temp()
+            self.emit(indent, f"{out} = {self.bind(_compile(node, self.loose))}({cur})")
+            return out
         if kind == "field" and not self.loose:
             out = self.temp()
             if cur == self.named_root:  # the scope: always a dict
@@ -496,7 +501,8 @@ class _Codegen:
                 value = self.gen(child, out, depth + 1)
                 self.emit(depth + 1, f"{out} = {value}")
                 value = out
-                depth += 1
+                if depth < MAX_INLINE_INDENT:  # (deeper, the next steps test `out` again instead)
+                    depth += 1
             if value != out:
                 self.emit(depth, f"{out} = {value}")
             return out
@@ -793,7 +799,38 @@ class Expression:
     loose: bool = False  # keys: loose (field names matched ignoring case and punctuation)
 
 
-_PARSER = Parser()
+class _TooDeep(Exception):
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+class _DepthLimitedParser(Parser):
+    """jmespath's recursive-descent parser, stopped at MAX_EXPRESSION_DEPTH nested sub-expressions
+    (`((((a))))`, `!!!!a`), long before Python's recursion limit."""
+
+    _depth = 0
+
+    def _expression(self, binding_power: int = 0) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_EXPRESSION_DEPTH:
+                raise _TooDeep(self._lookahead_token(0)["start"])
+            return super()._expression(binding_power)
+        finally:
+            self._depth -= 1
+
+
+def _tree_depth(node: dict[str, Any]) -> int:
+    """The syntax tree's depth (without recursion: chains such as a[0][0]… or a || b || … nest)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in current["children"] if isinstance(child, dict))
+    return deepest
+
+
+_PARSER = _DepthLimitedParser()
 _LEXER = Lexer()
 
 
@@ -858,6 +895,12 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise ExpressionError(f"invalid JMESPath: unexpected token{token}", offset) from None
     except jexc.LexerError as exc:
         raise ExpressionError(f"invalid JMESPath: {exc.msg}", exc.lexer_position) from None
+    except _TooDeep as exc:
+        raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
+                              f"the limit is {MAX_EXPRESSION_DEPTH}", exc.offset) from None
+    depth = _tree_depth(ast)
+    if depth > MAX_EXPRESSION_DEPTH:
+        raise ExpressionError(f"expression nests {depth} levels deep; the limit is {MAX_EXPRESSION_DEPTH}", 0)
     found: list[ExpressionError] = []
     _check_words(source, found)
     _check_tree(ast, source, found)

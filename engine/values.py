@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Source, is_falsy
 from .expressions import (
     Expression,
     ExpressionError,
@@ -858,10 +858,13 @@ def emit_value(part: Compiled, source: Source, scope: str, indent: int) -> str:
     """Write `part`'s code into `source` (its emit, a bound constant, or a call of its evaluate)."""
     if part.constant is not NOT_CONSTANT:
         return source.bind(part.constant)
+    evaluate = part.evaluate
     if part.emit is not None:
-        return part.emit(source, scope, indent)
+        if indent <= MAX_INLINE_INDENT:
+            return part.emit(source, scope, indent)
+        evaluate = generated_on_first_use(part)  # deep: called, its own function (see codegen)
     out = source.temp()
-    source.emit(indent, f"{out} = {source.bind(part.evaluate)}({scope})")
+    source.emit(indent, f"{out} = {source.bind(evaluate)}({scope})")
     return out
 
 
