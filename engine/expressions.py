@@ -804,7 +804,7 @@ class _TooDeep(Exception):
         self.offset = offset
 
 
-class _DepthLimitedParser(Parser):
+class _DepthLimitedParser(Parser):  # type: ignore[misc]
     """jmespath's recursive-descent parser, stopped at MAX_EXPRESSION_DEPTH nested sub-expressions
     (`((((a))))`, `!!!!a`), long before Python's recursion limit."""
 

@@ -22,5 +22,5 @@ MAX_TEMPLATE_DEPTH = 64  # nesting of one template's syntax tree
 # -- evaluation: templates ----------------------------------------------------------------------------
 MAX_TEMPLATE_OUTPUT = 1024 * 1024  # characters a template renders, and any string or list it builds
 MAX_TEMPLATE_RANGE = 10_000  # items of one range()
-MAX_TEMPLATE_ITERATIONS = 100_000  # loop iterations of one rendering, all loops together
-MAX_POWER_BITS = 4096  # the size of an integer `a ** b` may build
+MAX_TEMPLATE_STEPS = 100_000  # loop iterations and calls of one rendering, all together
+MAX_INTEGER_BITS = 4096  # the size of an integer `**`, `*` or a call may build

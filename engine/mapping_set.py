@@ -121,7 +121,8 @@ def _read(path: Path, shown: str, problems: ProblemList) -> Any:
         problems.add(Position(shown, 1, 1), f"cannot read: {exc.strerror}")
         return None
     if len(data) > MAX_FILE_BYTES:
-        problems.add(Position(shown, 1, 1), f"file is larger than {MAX_FILE_BYTES} bytes; the limit is {MAX_FILE_BYTES}")
+        problems.add(Position(shown, 1, 1),
+                     f"file is larger than {MAX_FILE_BYTES} bytes; the limit is {MAX_FILE_BYTES}")
         return None
     try:
         text = data.decode("utf-8")

@@ -16,19 +16,19 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .codegen import Source
 from .functions import FUNCTIONS, EvalError
+from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_OUTPUT
+from .template_limits import BUDGET_KEY, Budget, check_function, count_in_rendering, limited_environment
 
-_ENVIRONMENT = ImmutableSandboxedEnvironment(
+_ENVIRONMENT = limited_environment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
 )
 for _name, (_function, _low, _high) in FUNCTIONS.items():
-    _ENVIRONMENT.globals[_name] = _function
-    _ENVIRONMENT.filters[_name] = _function
+    _ENVIRONMENT.globals[_name] = _ENVIRONMENT.filters[_name] = check_function(_name, _function)
 
 
 def looks_like_template(text: str) -> bool:
@@ -59,18 +59,29 @@ def compile_template(source: str) -> Template:
     """Parse a template once, at load time; raises TemplateError with the line inside it."""
     try:
         syntax_tree = _ENVIRONMENT.parse(source)
-        template = _ENVIRONMENT.from_string(syntax_tree)
+        depth, line = _tree_depth(syntax_tree)
+        if depth > MAX_TEMPLATE_DEPTH:
+            raise TemplateError(f"template nests {depth} levels deep; the limit is {MAX_TEMPLATE_DEPTH}", line)
+        roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
+        fast = _fast_render(syntax_tree)
+        emitter = _fast_emitter(syntax_tree) if fast is not None else None
+        # (a template that is one read of the event renders it as it is, by either path)
+        single_read = fast is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
+            parts[0], nodes.TemplateData)
+        template = _ENVIRONMENT.from_string(syntax_tree if single_read else count_in_rendering(syntax_tree))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}", exc.lineno or 1) from None
-    roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
+    except (RecursionError, SyntaxError, MemoryError):  # Jinja's recursive parser, or Python refusing its code
+        raise TemplateError(f"template nests too deeply to compile; the limit is {MAX_TEMPLATE_DEPTH} levels",
+                            1) from None
     # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
     # slow to iterate): render from one plain dict instead, with the globals flattened once here.
     globals_flat = dict(template.globals)
     root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
-    fast = _fast_render(syntax_tree)
 
     def jinja_render(scope: dict[str, Any]) -> str:
-        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope), True)
+        # (a fresh budget of steps and output for each rendering: see template_limits)
+        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope, **{BUDGET_KEY: Budget()}), True)
         return concat(root_render(context))
 
     def render(scope: dict[str, Any]) -> str:
@@ -87,10 +98,28 @@ def compile_template(source: str) -> Template:
             raise EvalError(f"template: {exc.message}") from None
         except EvalError:
             raise
+        except RecursionError:  # a macro or recursive loop calling itself without end
+            raise EvalError("template failed: it recurses too deeply") from None
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render, roots, _fast_emitter(syntax_tree) if fast is not None else None)
+    return Template(source, render, roots, emitter)
+
+
+def _output_pieces(tree: nodes.Template) -> list[nodes.Node]:
+    return [node for statement in tree.body for node in getattr(statement, "nodes", [statement])]
+
+
+def _tree_depth(tree: nodes.Template) -> tuple[int, int]:
+    """The syntax tree's depth, and the line of its deepest node (without recursion)."""
+    deepest, line = 0, 1
+    stack: list[tuple[nodes.Node, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest, line = depth, getattr(node, "lineno", line) or line
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return deepest, line
 
 
 # -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
@@ -183,10 +212,13 @@ def _fast_render(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None
             parts.append(evaluate)
     if len(parts) == 1 and not isinstance(parts[0], str):
         only = parts[0]
-        return lambda scope: str(only(scope))
+        return lambda scope: str(only(scope))  # (one value of the event, as it is: not limited)
 
     def render(scope: dict[str, Any]) -> str:
-        return "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
+        text = "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
+        if len(text) > MAX_TEMPLATE_OUTPUT:
+            raise _Slow  # Jinja renders it, and refuses it with the limit's message
+        return text
 
     return render
 
@@ -213,7 +245,7 @@ def _fast_emitter(tree: nodes.Template) -> Emit:
 
     A missing name or key, or anything unusual, falls back to calling the template's function,
     which renders with Jinja and raises its exact error."""
-    parts = [node for statement in tree.body for node in statement.nodes]  # type: ignore[attr-defined]
+    parts = _output_pieces(tree)
 
     def emit(source: Source, scope: str, indent: int, fallback: str) -> str:
         out = source.temp()
@@ -225,6 +257,8 @@ def _fast_emitter(tree: nodes.Template) -> Emit:
             else:
                 pieces.append(f"str({_emit_expression(node, source, scope, indent + 1)})")
         source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
+        if len(pieces) > 1:  # (see _fast_render)
+            source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(_Slow)}")
         source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(_Slow)}):")
         source.emit(indent + 1, f"{out} = {fallback}({scope})")
         return out

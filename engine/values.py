@@ -25,6 +25,7 @@ from .expressions import (
 )
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
+from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
@@ -301,6 +302,14 @@ class ValueCompiler:
             return Compiled(lambda scope: ABSENT)
         render = template.render
         position = place.position
+        if not template.roots:  # the same text for every event: a limit it passes is a load-time problem
+            try:
+                render({})
+            except TemplateLimit as exc:
+                self.problem(position, f"{field_path}: {exc}")
+                return Compiled(lambda scope: ABSENT)
+            except EvalError:
+                pass  # (any other failure rejects each event, with its reason, as it always has)
 
         def evaluate(scope: Scope) -> Any:
             try:

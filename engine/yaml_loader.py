@@ -98,7 +98,7 @@ class _LimitedLoader(yaml.SafeLoader):
         self.sizes: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (its nodes, its nesting)
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent):
             return self._alias(event, parent, index)
         self.depth += 1
@@ -109,16 +109,17 @@ class _LimitedLoader(yaml.SafeLoader):
         before, outer_deepest, self.deepest = self.expanded, self.deepest, self.depth
         self.open_anchors.append(event.anchor)
         try:
-            node: yaml.Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self.open_anchors.pop()
+        assert node is not None  # (an event was there: peek_event)
         if event.anchor is not None:
             self.sizes[id(node)] = (self.expanded - before + 1, self.deepest - self.depth + 1)
         self.depth -= 1
         self.deepest = max(outer_deepest, self.deepest)
         return node
 
-    def _alias(self, event: yaml.AliasEvent, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def _alias(self, event: Any, parent: yaml.Node | None, index: Any) -> yaml.Node:
         if event.anchor in self.open_anchors:
             raise _LimitHit(event.start_mark, f"alias *{event.anchor} is used inside its own anchor "
                                               f"&{event.anchor} (a recursive alias)")
@@ -126,7 +127,8 @@ class _LimitedLoader(yaml.SafeLoader):
         if self.alias_uses > MAX_YAML_ALIASES:
             raise _LimitHit(event.start_mark, f"more than {MAX_YAML_ALIASES} aliases in one file; "
                                               f"the limit is {MAX_YAML_ALIASES}")
-        node: yaml.Node = super().compose_node(parent, index)  # (an undefined alias: PyYAML's error)
+        node = super().compose_node(parent, index)  # (an undefined alias: PyYAML's error)
+        assert node is not None
         nodes, nesting = self.sizes.get(id(node), (1, 1))
         self._count(nodes, event.start_mark)
         if self.depth + nesting > MAX_YAML_DEPTH:
@@ -135,7 +137,7 @@ class _LimitedLoader(yaml.SafeLoader):
         self.deepest = max(self.deepest, self.depth + nesting)
         return node
 
-    def _count(self, nodes: int, mark: yaml.Mark) -> None:
+    def _count(self, nodes: int, mark: Any) -> None:
         self.expanded += nodes
         if self.expanded > MAX_YAML_NODES:
             raise _LimitHit(mark, f"aliases expand this file to more than {MAX_YAML_NODES} nodes; "
@@ -143,7 +145,7 @@ class _LimitedLoader(yaml.SafeLoader):
 
 
 class _LimitHit(Exception):
-    def __init__(self, mark: yaml.Mark, message: str):
+    def __init__(self, mark: Any, message: str):
         self.mark = mark
         self.message = message
 
