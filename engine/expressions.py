@@ -139,8 +139,20 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
             return current
 
         return subexpression
-    if kind == "index_expression" and children[1]["type"] == "index":
+    if kind == "index_expression" and _only_indexes(children):
         left = _compile(children[0], loose)
+        if len(children) > 2:  # a[0][1]…: jmespath's parser puts the indexes side by side
+            indexes = [child["value"] for child in children[1:]]
+
+            def indexed_many(current: Any) -> Any:
+                value = left(current)
+                for each in indexes:
+                    if not isinstance(value, list) or not -len(value) <= each < len(value):
+                        return None
+                    value = value[each]
+                return value
+
+            return indexed_many
         index = children[1]["value"]
 
         def indexed(current: Any) -> Any:
@@ -218,6 +230,11 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
         return _PROJECTIONS[kind](node)
     # Slices, exprefs: jmespath's interpreter, on the same tree.
     return lambda current: _INTERPRETER.visit(node, current)
+
+
+def _only_indexes(children: list[dict[str, Any]]) -> bool:
+    """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
+    return all(child["type"] == "index" for child in children[1:])
 
 
 def _chain2(first: str, second: str) -> Evaluator:
@@ -392,7 +409,7 @@ def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
         if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
             return True
     elif kind == "index_expression":
-        if node["children"][1]["type"] != "index":
+        if not _only_indexes(node["children"]):
             return True
     elif kind not in _UNGUARDED_KINDS or (loose and kind in _PROJECTIONS):
         return True
@@ -506,13 +523,15 @@ class _Codegen:
             if value != out:
                 self.emit(depth, f"{out} = {value}")
             return out
-        if kind == "index_expression" and children[1]["type"] == "index":
+        if kind == "index_expression" and _only_indexes(children):
             value = self.gen(children[0], cur, indent)
-            index = int(children[1]["value"])
-            out = self.temp()
-            self.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
-                              f"-len({value}) <= {index} < len({value}) else None")
-            return out
+            for child in children[1:]:
+                index = int(child["value"])
+                out = self.temp()
+                self.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
+                                  f"-len({value}) <= {index} < len({value}) else None")
+                value = out
+            return value
         if kind == "comparator":
             return self.comparator(node, cur, indent)
         if kind in ("and_expression", "or_expression"):

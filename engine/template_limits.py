@@ -113,7 +113,7 @@ def text_size(value: Any, limit: int = MAX_TEMPLATE_OUTPUT) -> int:
 
 def _check_integer(what: str, bits: int) -> None:
     if bits > MAX_INTEGER_BITS:
-        raise TemplateLimit(f"template: {what} builds an integer of {bits} bits; the limit is {MAX_INTEGER_BITS}")
+        raise TemplateLimit(f"template: {what} would build an integer of {bits} bits; the limit is {MAX_INTEGER_BITS}")
 
 
 def _sized(value: Any) -> bool:
