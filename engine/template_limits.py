@@ -238,7 +238,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
 
 # -- filters: the ones that can build more than they are given check first ---------------------------
-def _width_filter(name: str, position: int, keyword: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _width_filter(name: str, position: int, keyword: str, unit: str = "characters"
+                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A filter whose argument number `position` (or `keyword`) is a size it builds."""
 
     def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -246,7 +247,7 @@ def _width_filter(name: str, position: int, keyword: str) -> Callable[[Callable[
         def checked(value: Any, *args: Any, **kwargs: Any) -> Any:
             size = args[position] if len(args) > position else kwargs.get(keyword)
             if isinstance(size, int):
-                _check_length(f"{name}'s {keyword}", abs(size) * max(1, str(value).count("\n") + 1))
+                _check_length(f"{name}'s {keyword}", abs(size) * max(1, str(value).count("\n") + 1), unit)
             result = function(value, *args, **kwargs)
             check_result(result)
             return result
@@ -333,8 +334,8 @@ def _multiply_function(function: Callable[..., Any]) -> Callable[..., Any]:
 _FILTER_CHECKS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
     "center": _width_filter("center", 0, "width"),
     "indent": _width_filter("indent", 0, "width"),
-    "batch": _width_filter("batch", 0, "linecount"),
-    "slice": _width_filter("slice", 0, "slices"),
+    "batch": _width_filter("batch", 0, "linecount", "items"),
+    "slice": _width_filter("slice", 0, "slices", "items"),
     "tojson": _width_filter("tojson", 0, "indent"),
     "truncate": _checked_result,
     "join": _join_filter,

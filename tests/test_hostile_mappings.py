@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 import engine
+from engine.functions import EvalError
+from engine.templates import compile_template
 
 TESTS = Path(__file__).resolve().parent
 TABLE: dict[str, list[dict[str, Any]]] = yaml.safe_load(
@@ -160,3 +162,18 @@ def test_deep_chains_and_nesting_generate_code_python_accepts(tmp_path: Path, mo
     assert result.rejection is None
     assert [jmespath.search(expression, event) for expression in (chain, path, indexes)] == ["a", "b", "c"]
     assert result.requests[0].body == {"chain": "a", "path": "b", "indexes": "c", "nested": event["traits"]["l"]}
+
+
+@pytest.mark.parametrize("case", [c for c in TABLE["templates"] if c["name"].startswith(("plain reads", "one plain"))],
+                         ids=lambda c: c["name"])
+def test_the_fast_path_outside_generated_code_has_the_same_outcome(case: dict[str, Any]) -> None:
+    """A template's own render (named values and fallbacks call it) agrees with the rule's code."""
+    template = compile_template(case["template"])
+    assert template.emit is not None  # (a template the fast path handles)
+    scope = {"traits": traits_of(case)}
+    if "expect_rejection" in case:
+        with pytest.raises(EvalError) as raised:
+            template.render(scope)
+        assert str(raised.value) == case["expect_rejection"]
+    else:
+        assert len(template.render(scope)) == case["expect_length"]
