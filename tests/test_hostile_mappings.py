@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -177,3 +178,12 @@ def test_the_fast_path_outside_generated_code_has_the_same_outcome(case: dict[st
         assert str(raised.value) == case["expect_rejection"]
     else:
         assert len(template.render(scope)) == case["expect_length"]
+
+
+def test_the_readme_states_every_limit_as_it_is() -> None:
+    from engine import limits
+
+    readme = (TESTS.parent / "README.md").read_text(encoding="utf-8")
+    stated = dict(re.findall(r"^\| `(MAX_[A-Z_]+)` \| (\d+) \|", readme, re.MULTILINE))
+    defined = {name: str(getattr(limits, name)) for name in dir(limits) if name.startswith("MAX_")}
+    assert stated == defined
