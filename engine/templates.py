@@ -68,21 +68,21 @@ def compile_template(source: str) -> Template:
         # (a template that is one read of the event renders it as it is, by either path)
         single_read = fast is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
             parts[0], nodes.TemplateData)
-        template = _ENVIRONMENT.from_string(syntax_tree if single_read else count_in_rendering(syntax_tree))
+        _check_names(syntax_tree)
+        compiled: list[Callable[[dict[str, Any]], str]] = []
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}", exc.lineno or 1) from None
     except (RecursionError, SyntaxError, MemoryError):  # Jinja's recursive parser, or Python refusing its code
         raise TemplateError(f"template nests too deeply to compile; the limit is {MAX_TEMPLATE_DEPTH} levels",
                             1) from None
-    # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
-    # slow to iterate): render from one plain dict instead, with the globals flattened once here.
-    globals_flat = dict(template.globals)
-    root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
 
     def jinja_render(scope: dict[str, Any]) -> str:
-        # (a fresh budget of steps and output for each rendering: see template_limits)
-        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope, **{BUDGET_KEY: Budget()}), True)
-        return concat(root_render(context))
+        # Jinja compiles a template when it is first rendered, not at load: compiling is most of a
+        # load's time (a millisecond a template), and the fast path never needs it. Its load-time
+        # errors are checked above (syntax, depth, the names of filters and tests).
+        if not compiled:
+            compiled.append(_jinja_renderer(syntax_tree, single_read))
+        return compiled[0](scope)
 
     def render(scope: dict[str, Any]) -> str:
         try:
@@ -104,6 +104,31 @@ def compile_template(source: str) -> Template:
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
     return Template(source, render, roots, emitter)
+
+
+def _check_names(tree: nodes.Template) -> None:
+    """The check Jinja's compiler would make: every filter and test exists (in any branch)."""
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        is_filter = isinstance(node, nodes.Filter)
+        kind, known = ("filter", _ENVIRONMENT.filters) if is_filter else ("test", _ENVIRONMENT.tests)
+        if node.name not in known:
+            raise jinja2.TemplateSyntaxError(f"No {kind} named {node.name!r}.", node.lineno)
+
+
+def _jinja_renderer(tree: nodes.Template, single_read: bool) -> Callable[[dict[str, Any]], str]:
+    """Jinja's code for the template, rendering under the limits (see template_limits)."""
+    template = _ENVIRONMENT.from_string(tree if single_read else count_in_rendering(tree))
+    # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
+    # slow to iterate): render from one plain dict instead, with the globals flattened once here.
+    globals_flat = dict(template.globals)
+    root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
+
+    def jinja_render(scope: dict[str, Any]) -> str:
+        # (a fresh budget of steps and output for each rendering)
+        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope, **{BUDGET_KEY: Budget()}), True)
+        return concat(root_render(context))
+
+    return jinja_render
 
 
 def _output_pieces(tree: nodes.Template) -> list[nodes.Node]:

@@ -68,6 +68,8 @@ def build_folder(case: dict[str, Any], folder: Path) -> None:
             path.write_text(expand(text, repeats), encoding="utf-8")
     for name, target in case.get("symlinks", {}).items():
         os.symlink(target, folder / name)
+    for name in case.get("fifos", []):
+        os.mkfifo(folder / name)
 
 
 @pytest.mark.parametrize("case", TABLE["folders"], ids=[c["name"] for c in TABLE["folders"]])

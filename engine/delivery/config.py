@@ -341,6 +341,9 @@ def _rate_windows(node: PosDict, problems: ProblemList) -> list[RateWindow]:
 
 
 def _load_spec(path: Path, position: Position, problems: ProblemList) -> dict[str, Any] | None:
+    if not path.is_file():  # (a FIFO or a device would block the read, or never end)
+        problems.add(position, f"spec {path.name}: not a file")
+        return None
     try:
         with path.open("rb") as stream:
             data = stream.read(MAX_SPEC_BYTES + 1)  # (never more: the file may be huge)
