@@ -11,6 +11,7 @@ full JMESPath.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -914,6 +915,12 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise ExpressionError(f"invalid JMESPath: unexpected token{token}", offset) from None
     except jexc.LexerError as exc:
         raise ExpressionError(f"invalid JMESPath: {exc.msg}", exc.lexer_position) from None
+    except RecursionError:  # a `JSON literal` nested deeper than Python's json reads
+        raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
+                              f"the limit is {MAX_EXPRESSION_DEPTH}", 0) from None
+    except ValueError:  # a number of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ExpressionError(f"invalid JMESPath: a number has more than {sys.get_int_max_str_digits()} digits",
+                              0) from None
     except _TooDeep as exc:
         raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
                               f"the limit is {MAX_EXPRESSION_DEPTH}", exc.offset) from None

@@ -21,6 +21,7 @@ MAX_YAML_DEPTH = 64  # nesting of mappings and sequences in one file
 # -- load: expressions and templates ------------------------------------------------------------------
 MAX_EXPRESSION_DEPTH = 64  # nesting of one JMESPath expression's syntax tree (parentheses, a.b.c steps)
 MAX_TEMPLATE_DEPTH = 64  # nesting of one template's syntax tree
+MAX_TEMPLATE_LOOP_NESTING = 16  # loops inside loops in one template (Python allows 20 nested blocks)
 
 # -- evaluation: templates ----------------------------------------------------------------------------
 MAX_TEMPLATE_OUTPUT = 1024 * 1024  # characters a template renders, and any string or list it builds

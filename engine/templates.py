@@ -19,7 +19,7 @@ from jinja2.runtime import new_context
 
 from .codegen import Source
 from .functions import FUNCTIONS, EvalError
-from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_OUTPUT
+from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LOOP_NESTING, MAX_TEMPLATE_OUTPUT
 from .template_limits import BUDGET_KEY, Budget, check_function, count_in_rendering, limited_environment
 
 _ENVIRONMENT = limited_environment(
@@ -59,9 +59,11 @@ def compile_template(source: str) -> Template:
     """Parse a template once, at load time; raises TemplateError with the line inside it."""
     try:
         syntax_tree = _ENVIRONMENT.parse(source)
-        depth, line = _tree_depth(syntax_tree)
+        depth, line, loops, loop_line = _tree_depth(syntax_tree)
         if depth > MAX_TEMPLATE_DEPTH:
             raise TemplateError(f"template nests {depth} levels deep; the limit is {MAX_TEMPLATE_DEPTH}", line)
+        if loops > MAX_TEMPLATE_LOOP_NESTING:
+            raise TemplateError(f"template nests {loops} loops; the limit is {MAX_TEMPLATE_LOOP_NESTING}", loop_line)
         roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
         fast = _fast_render(syntax_tree)
         emitter = _fast_emitter(syntax_tree) if fast is not None else None
@@ -135,16 +137,21 @@ def _output_pieces(tree: nodes.Template) -> list[nodes.Node]:
     return [node for statement in tree.body for node in getattr(statement, "nodes", [statement])]
 
 
-def _tree_depth(tree: nodes.Template) -> tuple[int, int]:
-    """The syntax tree's depth, and the line of its deepest node (without recursion)."""
-    deepest, line = 0, 1
-    stack: list[tuple[nodes.Node, int]] = [(tree, 1)]
+def _tree_depth(tree: nodes.Template) -> tuple[int, int, int, int]:
+    """The syntax tree's depth and the line of its deepest node; the most loops nested in one
+    another and the line of the innermost (Python allows 20 nested blocks). Without recursion."""
+    deepest, line, most_loops, loop_line = 0, 1, 0, 1
+    stack: list[tuple[nodes.Node, int, int]] = [(tree, 1, 0)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, loops = stack.pop()
         if depth > deepest:
             deepest, line = depth, getattr(node, "lineno", line) or line
-        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
-    return deepest, line
+        if isinstance(node, nodes.For):
+            loops += 1
+            if loops > most_loops:
+                most_loops, loop_line = loops, node.lineno
+        stack.extend((child, depth + 1, loops) for child in node.iter_child_nodes())
+    return deepest, line, most_loops, loop_line
 
 
 # -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
