@@ -196,7 +196,12 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[tuple[Position, str]]]:
 
     Raises YamlError for text that is not YAML, or that passes a limit (engine/limits.py).
     """
-    loader = _LimitedLoader(text)
+    try:
+        loader = _LimitedLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a NUL, a control character)
+        before = text[:exc.position]
+        position = Position(file, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        raise YamlError(position, f"not valid YAML: character {exc.character:#06x} is not allowed") from None
     try:
         node = loader.get_single_node()
         if node is None:
