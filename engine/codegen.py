@@ -12,6 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+# Deeper than this, a part's code is not written inline but called (its own function or closure):
+# Python refuses more than 100 indentation levels and 20 nested blocks (for, try), and a deep value
+# tree or a long chain of projections in a rule file must not reach either.
+MAX_INLINE_INDENT = 12
+
 
 class Source:
     """The lines of one generated function, and the namespace its names are bound in."""

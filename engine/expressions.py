@@ -11,6 +11,7 @@ full JMESPath.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,9 @@ from jmespath import visitor as jvisitor
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
-from .codegen import Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Source, is_falsy
 from .functions import FUNCTIONS, EvalError
+from .limits import MAX_EXPRESSION_DEPTH
 
 Evaluator = Callable[[Any], Any]
 
@@ -138,8 +140,20 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
             return current
 
         return subexpression
-    if kind == "index_expression" and children[1]["type"] == "index":
+    if kind == "index_expression" and _only_indexes(children):
         left = _compile(children[0], loose)
+        if len(children) > 2:  # a[0][1]…: jmespath's parser puts the indexes side by side
+            indexes = [child["value"] for child in children[1:]]
+
+            def indexed_many(current: Any) -> Any:
+                value = left(current)
+                for each in indexes:
+                    if not isinstance(value, list) or not -len(value) <= each < len(value):
+                        return None
+                    value = value[each]
+                return value
+
+            return indexed_many
         index = children[1]["value"]
 
         def indexed(current: Any) -> Any:
@@ -217,6 +231,11 @@ def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
         return _PROJECTIONS[kind](node)
     # Slices, exprefs: jmespath's interpreter, on the same tree.
     return lambda current: _INTERPRETER.visit(node, current)
+
+
+def _only_indexes(children: list[dict[str, Any]]) -> bool:
+    """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
+    return all(child["type"] == "index" for child in children[1:])
 
 
 def _chain2(first: str, second: str) -> Evaluator:
@@ -391,7 +410,7 @@ def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
         if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
             return True
     elif kind == "index_expression":
-        if node["children"][1]["type"] != "index":
+        if not _only_indexes(node["children"]):
             return True
     elif kind not in _UNGUARDED_KINDS or (loose and kind in _PROJECTIONS):
         return True
@@ -449,6 +468,10 @@ class _Codegen:
         fixed = self.root_constant(node, cur)
         if fixed is not None:
             return fixed
+        if indent > MAX_INLINE_INDENT:  # deep: the node's closure, called (see codegen)
+            out = self.temp()
+            self.emit(indent, f"{out} = {self.bind(_compile(node, self.loose))}({cur})")
+            return out
         if kind == "field" and not self.loose:
             out = self.temp()
             if cur == self.named_root:  # the scope: always a dict
@@ -496,17 +519,20 @@ class _Codegen:
                 value = self.gen(child, out, depth + 1)
                 self.emit(depth + 1, f"{out} = {value}")
                 value = out
-                depth += 1
+                if depth < MAX_INLINE_INDENT:  # (deeper, the next steps test `out` again instead)
+                    depth += 1
             if value != out:
                 self.emit(depth, f"{out} = {value}")
             return out
-        if kind == "index_expression" and children[1]["type"] == "index":
+        if kind == "index_expression" and _only_indexes(children):
             value = self.gen(children[0], cur, indent)
-            index = int(children[1]["value"])
-            out = self.temp()
-            self.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
-                              f"-len({value}) <= {index} < len({value}) else None")
-            return out
+            for child in children[1:]:
+                index = int(child["value"])
+                out = self.temp()
+                self.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
+                                  f"-len({value}) <= {index} < len({value}) else None")
+                value = out
+            return value
         if kind == "comparator":
             return self.comparator(node, cur, indent)
         if kind in ("and_expression", "or_expression"):
@@ -793,7 +819,38 @@ class Expression:
     loose: bool = False  # keys: loose (field names matched ignoring case and punctuation)
 
 
-_PARSER = Parser()
+class _TooDeep(Exception):
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+class _DepthLimitedParser(Parser):  # type: ignore[misc]
+    """jmespath's recursive-descent parser, stopped at MAX_EXPRESSION_DEPTH nested sub-expressions
+    (`((((a))))`, `!!!!a`), long before Python's recursion limit."""
+
+    _depth = 0
+
+    def _expression(self, binding_power: int = 0) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_EXPRESSION_DEPTH:
+                raise _TooDeep(self._lookahead_token(0)["start"])
+            return super()._expression(binding_power)
+        finally:
+            self._depth -= 1
+
+
+def _tree_depth(node: dict[str, Any]) -> int:
+    """The syntax tree's depth (without recursion: chains such as a[0][0]… or a || b || … nest)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in current["children"] if isinstance(child, dict))
+    return deepest
+
+
+_PARSER = _DepthLimitedParser()
 _LEXER = Lexer()
 
 
@@ -858,6 +915,18 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise ExpressionError(f"invalid JMESPath: unexpected token{token}", offset) from None
     except jexc.LexerError as exc:
         raise ExpressionError(f"invalid JMESPath: {exc.msg}", exc.lexer_position) from None
+    except RecursionError:  # a `JSON literal` nested deeper than Python's json reads
+        raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
+                              f"the limit is {MAX_EXPRESSION_DEPTH}", 0) from None
+    except ValueError:  # a number of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ExpressionError(f"invalid JMESPath: a number has more than {sys.get_int_max_str_digits()} digits",
+                              0) from None
+    except _TooDeep as exc:
+        raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
+                              f"the limit is {MAX_EXPRESSION_DEPTH}", exc.offset) from None
+    depth = _tree_depth(ast)
+    if depth > MAX_EXPRESSION_DEPTH:
+        raise ExpressionError(f"expression nests {depth} levels deep; the limit is {MAX_EXPRESSION_DEPTH}", 0)
     found: list[ExpressionError] = []
     _check_words(source, found)
     _check_tree(ast, source, found)

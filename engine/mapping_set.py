@@ -17,6 +17,7 @@ from typing import Any
 
 import cerberus
 
+from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
@@ -133,11 +134,35 @@ def resolve_set_folder(name_or_folder: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"no mapping set '{text}': not a folder with {SET_FILE}, nor a bundled set ({known})")
 
 
-def _read(path: Path, shown: str, problems: ProblemList) -> Any:
+class _ReadBudget:
+    """Bytes the set's YAML files may still take (MAX_SET_BYTES): loading time grows with them."""
+
+    def __init__(self) -> None:
+        self.left = MAX_SET_BYTES
+
+
+def _read(path: Path, shown: str, problems: ProblemList, budget: _ReadBudget) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # (callers have checked it is a regular file, not a FIFO)
+            data = stream.read(MAX_FILE_BYTES + 1)  # (never more: the file may be huge)
     except OSError as exc:
         problems.add(Position(shown, 1, 1), f"cannot read: {exc.strerror}")
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        problems.add(Position(shown, 1, 1),
+                     f"file is larger than {MAX_FILE_BYTES} bytes; the limit is {MAX_FILE_BYTES}")
+        return None
+    budget.left -= len(data)
+    if budget.left < 0:
+        problems.add(Position(shown, 1, 1), f"the set's files are larger than {MAX_SET_BYTES} bytes together; "
+                                            f"the limit is {MAX_SET_BYTES}")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        problems.add(Position(shown, data.count(b"\n", 0, exc.start) + 1, exc.start - line_start + 1),
+                     f"not UTF-8 text: byte {data[exc.start]:#04x} cannot be decoded")
         return None
     try:
         document, duplicates = load_yaml(text, shown)
@@ -178,7 +203,8 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
             return str(path)
 
     set_path = folder / SET_FILE
-    head = _read(set_path, shown(set_path), problems)
+    budget = _ReadBudget()
+    head = _read(set_path, shown(set_path), problems, budget)
     if head is None or not check_shape(head, SET_FILE_SCHEMA, shown(set_path), problems):
         raise MappingSetError(problems.sorted())
 
@@ -193,7 +219,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         if not path.is_file():
             problems.add(place.position, f"include {include!r}: no such file in {shown(folder)}")
             continue
-        document = _read(path, shown(path), problems)
+        document = _read(path, shown(path), problems, budget)
         if document is not None and check_shape(document, RULE_FILE_SCHEMA, shown(path), problems):
             documents.append((shown(path), document))
             good_rules[id(document)] = check_rules(document, shown(path), problems)
@@ -204,11 +230,15 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         delivery_path = folder / delivery
         listed.add(delivery_path.resolve())
         delivery_file = shown(delivery_path)
-        if not delivery_path.is_file():
+        if not delivery_path.resolve().is_relative_to(folder.resolve()):
+            problems.add(head.value_places["delivery"].position,
+                         f"delivery {delivery!r} is outside the mapping set's folder")
+            delivery, delivery_file = {}, None
+        elif not delivery_path.is_file():
             problems.add(head.value_places["delivery"].position, f"delivery {delivery!r}: no such file")
             delivery = {}
         else:
-            delivery = _read(delivery_path, delivery_file, problems) or {}
+            delivery = _read(delivery_path, delivery_file, problems, budget) or {}
             if not isinstance(delivery, dict):
                 problems.add(Position(delivery_file, 1, 1), "the delivery file must hold a mapping")
                 delivery = {}

@@ -185,6 +185,9 @@ def check_rules(document: PosDict, file: str, problems: ProblemList) -> list[Pos
     return good
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], cerberus.Validator]] = {}
+
+
 def check_shape(document: Any, schema: dict[str, Any], file: str, problems: ProblemList,
                 what: str = "the file") -> bool:
     """Validate one file's (or one rule's) structure; adds every problem found, returns True if none."""
@@ -192,7 +195,10 @@ def check_shape(document: Any, schema: dict[str, Any], file: str, problems: Prob
         position = getattr(document, "position", Position(file, 1, 1))
         problems.add(position, f"{what} must be a mapping (key: value pairs)")
         return False
-    validator = cerberus.Validator(schema, allow_unknown=False)
+    cached = _VALIDATORS.get(id(schema))
+    if cached is None or cached[0] is not schema:  # (made once per schema: it costs more than a rule's check)
+        cached = _VALIDATORS[id(schema)] = (schema, cerberus.Validator(schema, allow_unknown=False))
+    validator = cached[1]
     if validator.validate(document):
         return True
     for error in _leaf_errors(validator._errors):

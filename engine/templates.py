@@ -16,19 +16,19 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .codegen import Source
 from .functions import FUNCTIONS, EvalError
+from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LOOP_NESTING, MAX_TEMPLATE_OUTPUT
+from .template_limits import BUDGET_KEY, Budget, check_function, count_in_rendering, limited_environment
 
-_ENVIRONMENT = ImmutableSandboxedEnvironment(
+_ENVIRONMENT = limited_environment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
 )
 for _name, (_function, _low, _high) in FUNCTIONS.items():
-    _ENVIRONMENT.globals[_name] = _function
-    _ENVIRONMENT.filters[_name] = _function
+    _ENVIRONMENT.globals[_name] = _ENVIRONMENT.filters[_name] = check_function(_name, _function)
 
 
 def looks_like_template(text: str) -> bool:
@@ -59,19 +59,32 @@ def compile_template(source: str) -> Template:
     """Parse a template once, at load time; raises TemplateError with the line inside it."""
     try:
         syntax_tree = _ENVIRONMENT.parse(source)
-        template = _ENVIRONMENT.from_string(syntax_tree)
+        depth, line, loops, loop_line = _tree_depth(syntax_tree)
+        if depth > MAX_TEMPLATE_DEPTH:
+            raise TemplateError(f"template nests {depth} levels deep; the limit is {MAX_TEMPLATE_DEPTH}", line)
+        if loops > MAX_TEMPLATE_LOOP_NESTING:
+            raise TemplateError(f"template nests {loops} loops; the limit is {MAX_TEMPLATE_LOOP_NESTING}", loop_line)
+        roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
+        fast = _fast_render(syntax_tree)
+        emitter = _fast_emitter(syntax_tree) if fast is not None else None
+        # (a template that is one read of the event renders it as it is, by either path)
+        single_read = fast is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
+            parts[0], nodes.TemplateData)
+        _check_names(syntax_tree)
+        compiled: list[Callable[[dict[str, Any]], str]] = []
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}", exc.lineno or 1) from None
-    roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
-    # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
-    # slow to iterate): render from one plain dict instead, with the globals flattened once here.
-    globals_flat = dict(template.globals)
-    root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
-    fast = _fast_render(syntax_tree)
+    except (RecursionError, SyntaxError, MemoryError):  # Jinja's recursive parser, or Python refusing its code
+        raise TemplateError(f"template nests too deeply to compile; the limit is {MAX_TEMPLATE_DEPTH} levels",
+                            1) from None
 
     def jinja_render(scope: dict[str, Any]) -> str:
-        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope), True)
-        return concat(root_render(context))
+        # Jinja compiles a template when it is first rendered, not at load: compiling is most of a
+        # load's time (a millisecond a template), and the fast path never needs it. Its load-time
+        # errors are checked above (syntax, depth, the names of filters and tests).
+        if not compiled:
+            compiled.append(_jinja_renderer(syntax_tree, single_read))
+        return compiled[0](scope)
 
     def render(scope: dict[str, Any]) -> str:
         try:
@@ -87,10 +100,58 @@ def compile_template(source: str) -> Template:
             raise EvalError(f"template: {exc.message}") from None
         except EvalError:
             raise
+        except RecursionError:  # a macro or recursive loop calling itself without end
+            raise EvalError("template failed: it recurses too deeply") from None
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render, roots, _fast_emitter(syntax_tree) if fast is not None else None)
+    return Template(source, render, roots, emitter)
+
+
+def _check_names(tree: nodes.Template) -> None:
+    """The check Jinja's compiler would make: every filter and test exists (in any branch)."""
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        is_filter = isinstance(node, nodes.Filter)
+        kind, known = ("filter", _ENVIRONMENT.filters) if is_filter else ("test", _ENVIRONMENT.tests)
+        if node.name not in known:
+            raise jinja2.TemplateSyntaxError(f"No {kind} named {node.name!r}.", node.lineno)
+
+
+def _jinja_renderer(tree: nodes.Template, single_read: bool) -> Callable[[dict[str, Any]], str]:
+    """Jinja's code for the template, rendering under the limits (see template_limits)."""
+    template = _ENVIRONMENT.from_string(tree if single_read else count_in_rendering(tree))
+    # Jinja's render() copies the scope, then copies it again merged with the globals (a ChainMap,
+    # slow to iterate): render from one plain dict instead, with the globals flattened once here.
+    globals_flat = dict(template.globals)
+    root_render, name, blocks, concat = template.root_render_func, template.name, template.blocks, "".join
+
+    def jinja_render(scope: dict[str, Any]) -> str:
+        # (a fresh budget of steps and output for each rendering)
+        context = new_context(_ENVIRONMENT, name, blocks, dict(globals_flat, **scope, **{BUDGET_KEY: Budget()}), True)
+        return concat(root_render(context))
+
+    return jinja_render
+
+
+def _output_pieces(tree: nodes.Template) -> list[nodes.Node]:
+    return [node for statement in tree.body for node in getattr(statement, "nodes", [statement])]
+
+
+def _tree_depth(tree: nodes.Template) -> tuple[int, int, int, int]:
+    """The syntax tree's depth and the line of its deepest node; the most loops nested in one
+    another and the line of the innermost (Python allows 20 nested blocks). Without recursion."""
+    deepest, line, most_loops, loop_line = 0, 1, 0, 1
+    stack: list[tuple[nodes.Node, int, int]] = [(tree, 1, 0)]
+    while stack:
+        node, depth, loops = stack.pop()
+        if depth > deepest:
+            deepest, line = depth, getattr(node, "lineno", line) or line
+        if isinstance(node, nodes.For):
+            loops += 1
+            if loops > most_loops:
+                most_loops, loop_line = loops, node.lineno
+        stack.extend((child, depth + 1, loops) for child in node.iter_child_nodes())
+    return deepest, line, most_loops, loop_line
 
 
 # -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
@@ -183,10 +244,13 @@ def _fast_render(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None
             parts.append(evaluate)
     if len(parts) == 1 and not isinstance(parts[0], str):
         only = parts[0]
-        return lambda scope: str(only(scope))
+        return lambda scope: str(only(scope))  # (one value of the event, as it is: not limited)
 
     def render(scope: dict[str, Any]) -> str:
-        return "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
+        text = "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
+        if len(text) > MAX_TEMPLATE_OUTPUT:
+            raise _Slow  # Jinja renders it, and refuses it with the limit's message
+        return text
 
     return render
 
@@ -213,7 +277,7 @@ def _fast_emitter(tree: nodes.Template) -> Emit:
 
     A missing name or key, or anything unusual, falls back to calling the template's function,
     which renders with Jinja and raises its exact error."""
-    parts = [node for statement in tree.body for node in statement.nodes]  # type: ignore[attr-defined]
+    parts = _output_pieces(tree)
 
     def emit(source: Source, scope: str, indent: int, fallback: str) -> str:
         out = source.temp()
@@ -225,6 +289,8 @@ def _fast_emitter(tree: nodes.Template) -> Emit:
             else:
                 pieces.append(f"str({_emit_expression(node, source, scope, indent + 1)})")
         source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
+        if len(pieces) > 1:  # (see _fast_render)
+            source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(_Slow)}")
         source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(_Slow)}):")
         source.emit(indent + 1, f"{out} = {fallback}({scope})")
         return out

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Source, is_falsy
 from .expressions import (
     Expression,
     ExpressionError,
@@ -25,6 +25,7 @@ from .expressions import (
 )
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
+from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
@@ -301,6 +302,14 @@ class ValueCompiler:
             return Compiled(lambda scope: ABSENT)
         render = template.render
         position = place.position
+        if not template.roots:  # the same text for every event: a limit it passes is a load-time problem
+            try:
+                render({})
+            except TemplateLimit as exc:
+                self.problem(position, f"{field_path}: {exc}")
+                return Compiled(lambda scope: ABSENT)
+            except EvalError:
+                pass  # (any other failure rejects each event, with its reason, as it always has)
 
         def evaluate(scope: Scope) -> Any:
             try:
@@ -858,10 +867,13 @@ def emit_value(part: Compiled, source: Source, scope: str, indent: int) -> str:
     """Write `part`'s code into `source` (its emit, a bound constant, or a call of its evaluate)."""
     if part.constant is not NOT_CONSTANT:
         return source.bind(part.constant)
+    evaluate = part.evaluate
     if part.emit is not None:
-        return part.emit(source, scope, indent)
+        if indent <= MAX_INLINE_INDENT:
+            return part.emit(source, scope, indent)
+        evaluate = generated_on_first_use(part)  # deep: called, its own function (see codegen)
     out = source.temp()
-    source.emit(indent, f"{out} = {source.bind(part.evaluate)}({scope})")
+    source.emit(indent, f"{out} = {source.bind(evaluate)}({scope})")
     return out
 
 

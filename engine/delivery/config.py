@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..expressions import ExpressionError, compile_expression
+from ..limits import MAX_SPEC_BYTES
 from ..problems import MappingSetError, Position, ProblemList
 from ..schema import check_shape
 from ..yaml_loader import PosDict, PosList, ScalarPlace
@@ -356,13 +357,30 @@ def _rate_windows(node: PosDict, problems: ProblemList) -> list[RateWindow]:
 
 
 def _load_spec(path: Path, position: Position, problems: ProblemList) -> dict[str, Any] | None:
+    if not path.is_file():  # (a FIFO or a device would block the read, or never end)
+        problems.add(position, f"spec {path.name}: not a file")
+        return None
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as stream:
+            data = stream.read(MAX_SPEC_BYTES + 1)  # (never more: the file may be huge)
     except OSError as exc:
         problems.add(position, f"spec {path.name}: cannot read: {exc.strerror}")
         return None
+    if len(data) > MAX_SPEC_BYTES:
+        problems.add(position, f"spec {path.name}: file is larger than {MAX_SPEC_BYTES} bytes; "
+                               f"the limit is {MAX_SPEC_BYTES}")
+        return None
+    try:
+        spec = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as exc:
         problems.add(position, f"spec {path.name}: not JSON: {exc.msg} (line {exc.lineno})")
+        return None
+    except UnicodeDecodeError as exc:
+        problems.add(position, f"spec {path.name}: not UTF-8 text: byte {data[exc.start]:#04x} at offset "
+                               f"{exc.start} cannot be decoded")
+        return None
+    except RecursionError:
+        problems.add(position, f"spec {path.name}: JSON nested too deeply to read")
         return None
     if not isinstance(spec, dict) or not isinstance(spec.get("paths"), dict):
         problems.add(position, f"spec {path.name}: not an OpenAPI document (no paths)")
