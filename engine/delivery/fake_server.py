@@ -346,9 +346,11 @@ class FakeServer:
         identifier = _path_parameter(endpoint.path, path) if endpoint is not None else None
         with self.store.lock:
             run = self.store.jobs.get(identifier or "")
-            if run is not None and name in self._job_pollers:
-                run.polls += 1
-                self.store.count("job_polls")
+            if run is not None:
+                self.store.count("accepted")  # a read that is answered, like any accepted request
+                if name in self._job_pollers:
+                    run.polls += 1
+                    self.store.count("job_polls")
         if run is None:
             raise Reply(404, [_error(404, f"No job {identifier!r}.", code="not_found", title="Not found.")])
         if name in self._job_pollers:
