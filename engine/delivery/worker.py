@@ -807,6 +807,9 @@ class DeliveryWorker:
             stored = await asyncio.to_thread(self.outbox.units_with_ids, job.unit_ids) if spec else []
             units = [self._prepare(record) for record in stored]
             if spec is None or not units or any(u.prepared is None or u.spec is not spec for u in units):
+                for unit in units:  # not followed: refill loads (and counts) them again
+                    if unit.backlog_of is not None:
+                        self._waiting[unit.backlog_of] -= 1
                 if units:  # the set no longer follows such jobs: send the units again (upserts)
                     log.warning("job %s: its batching %r is gone; its requests are sent again", job.job_id, job.batch)
                 await asyncio.to_thread(self.outbox.finish_job, job.job_id)
