@@ -66,6 +66,19 @@ def _write_corpus(path: Path, events_wanted: int, seed: int) -> int:
     return written
 
 
+def run_send(root: Path, source: Path, settings_path: Path, url: str,
+             time_scale: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`send` as a subprocess to the fake, its output discarded: (the process, wall seconds)."""
+    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
+               "--base-url", url, "--time-scale", str(time_scale), "--errors", os.devnull,
+               "--progress", "never"]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=str(root))
+    return process, time.perf_counter() - started
+
+
 def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0) -> dict[str, Any]:
     try:
         from engine.delivery.config import DeliveryPlan
@@ -101,17 +114,10 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
-               "--base-url", fake.url, "--time-scale", str(time_scale), "--errors", os.devnull,
-               "--progress", "never"]
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"  delivering {count:,} events with `send` to the fake Klaviyo (time scale {time_scale:g}, "
           f"ceiling {rate:,.0f} events/s) …", file=sys.stderr, flush=True)
-    started = time.perf_counter()
     try:
-        process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                 cwd=str(root))
-        elapsed = time.perf_counter() - started
+        process, elapsed = run_send(root, source, settings_path, fake.url, time_scale)
         finished_api = fake.api_now()
     finally:
         done.set()
@@ -215,17 +221,10 @@ def measure_profiles(root: Path, workdir: Path, seed: int = 7, identifies: int =
     settings_path.write_text(json.dumps(settings), encoding="utf-8")
     fake = FakeServer(DeliveryPlan.for_set(mapping_set), FakeOptions(api_keys=[settings["privateKey"]],
                                                                      time_scale=time_scale)).start()
-    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
-               "--base-url", fake.url, "--time-scale", str(time_scale), "--errors", os.devnull,
-               "--progress", "never"]
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"  delivering {count:,} identifies with `send` to the fake Klaviyo (time scale {time_scale:g}, "
           f"profile ceiling {rate:,.0f}/s) …", file=sys.stderr, flush=True)
-    started = time.perf_counter()
     try:
-        process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                 cwd=str(root))
-        elapsed = time.perf_counter() - started
+        process, elapsed = run_send(root, source, settings_path, fake.url, time_scale)
         snapshot = fake.store.snapshot()
     finally:
         fake.stop()
