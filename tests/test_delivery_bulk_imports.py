@@ -107,6 +107,44 @@ def test_rows_a_job_refuses_are_dead_lettered_with_the_apis_error(tmp_path: Path
     assert imported == {f"u{n}@example.com" for n in range(100) if not 10 <= n <= 14}
 
 
+def _cancelled(fake: Any, run: Any) -> Any:
+    return {"data": {"type": "profile-bulk-import-job", "id": run.job_id, "attributes": {
+        "status": "cancelled", "created_at": "2026-11-01T12:00:00+00:00", "total_count": run.total}}}
+
+
+def _refusals_not_listed(fake: Any, run: Any) -> Any:
+    return {"data": {"type": "profile-bulk-import-job", "id": run.job_id, "attributes": {
+        "status": "complete", "created_at": "2026-11-01T12:00:00+00:00", "total_count": run.total,
+        "completed_count": run.total - 3, "failed_count": 3}}}
+
+
+def _gone(fake: Any, run: Any) -> Any:
+    from engine.delivery.fake_server import Reply
+
+    if not run.polls:  # the answer to the bulk call itself
+        return {"data": {"type": "profile-bulk-import-job", "id": run.job_id, "attributes": {"status": "queued"}}}
+    raise Reply(404, [{"id": "e1", "status": 404, "code": "not_found", "title": "Not found.", "detail": "No job."}])
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (_cancelled, "the job {id} ended cancelled"),
+    (_refusals_not_listed, "the job {id} reported 3 refused row(s) but named 0; every other row is dead-lettered "
+                           "(replaying is safe for upserts)"),
+    (_gone, "the job {id} was accepted but its state could not be read (replaying is safe for upserts)"),
+])
+def test_a_job_whose_outcome_is_not_known_row_by_row_dead_letters_all_its_imports(
+        tmp_path: Path, fake_klaviyo: Any, answer: Any, error: str) -> None:
+    fake = fake_klaviyo(time_scale=50)
+    fake._job_body = lambda run: answer(fake, run)
+    _, counts = deliver(tmp_path, [identify(seq, seq) for seq in range(150)], fake.url, settings=NO_LIST)
+    assert counts == {"pending": 0, "delivered": 0, "rejected": 0, "skipped": 0, "dead": 150}
+    [run] = fake.store.jobs.values()
+    assert {letter["response"]["error"] for letter in dead_letters(tmp_path)} == {error.format(id=run.job_id)}
+    outbox = SQLiteOutbox(tmp_path, exclusive=False, create=False)
+    assert outbox.open_jobs() == []
+    outbox.close()
+
+
 def test_a_worker_stopped_while_polling_polls_the_job_again_instead_of_reimporting(tmp_path: Path,
                                                                                     fake_klaviyo: Any) -> None:
     from delivery_helpers import deliver as deliver_again

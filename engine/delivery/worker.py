@@ -684,6 +684,8 @@ class DeliveryWorker:
         if state.failed:
             await self._dead(self._all_units(slot), self._letter(status, text, "", slot,
                                                                  f"the job {identifier} ended {state.status}"))
+            self._held -= len(slot.units)
+            slot.units.clear()
         elif state.failed_count > 0 and job.errors is not None:
             if not await self._job_errors(slot, identifier, state.failed_count):
                 return
