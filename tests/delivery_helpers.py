@@ -31,6 +31,20 @@ def write_settings(folder: Path, **overrides: Any) -> Path:
     return path
 
 
+def set_without_bulk_imports(folder: Path) -> Path:
+    """A copy of the klaviyo set whose profile imports never go in bulk (a backlog never reaches the
+    threshold): for tests about many single requests (rate limits, chaos on each request)."""
+    import shutil
+
+    copy = folder / "klaviyo-singles"
+    shutil.copytree(PROJECT_ROOT / "mappings" / "klaviyo", copy)
+    delivery = copy / "delivery.yaml"
+    text = delivery.read_text(encoding="utf-8")
+    assert "when_backlog: 100 " in text
+    delivery.write_text(text.replace("when_backlog: 100 ", "when_backlog: 100000000 "), encoding="utf-8")
+    return copy
+
+
 def write_events(folder: Path, events: list[dict[str, Any]], name: str = "events.ndjson") -> Path:
     path = folder / name
     path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")

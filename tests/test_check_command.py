@@ -27,8 +27,11 @@ SCOPES = [
     "  accounts:read        get_accounts",
     "  data-privacy:write   request_profile_deletion",
     "  events:write         create_event, bulk_create_events",
-    "  lists:write          bulk_subscribe_profiles, bulk_unsubscribe_profiles",
-    "  profiles:write       create_or_update_profile, bulk_subscribe_profiles, bulk_unsubscribe_profiles",
+    "  lists:read           get_bulk_import_profiles_job",
+    "  lists:write          bulk_import_profiles, bulk_subscribe_profiles, bulk_unsubscribe_profiles",
+    "  profiles:read        get_bulk_import_profiles_job, get_errors_for_bulk_import_profiles_job",
+    "  profiles:write       create_or_update_profile, bulk_import_profiles,"
+    " bulk_subscribe_profiles, bulk_unsubscribe_profiles",
     "  subscriptions:write  bulk_subscribe_profiles, bulk_unsubscribe_profiles",
 ]
 

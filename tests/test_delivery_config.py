@@ -71,6 +71,7 @@ def test_batching_caps_are_klaviyos(plan: DeliveryPlan) -> None:
     caps = {spec.name: (spec.source.name, spec.target.name, spec.max_items, spec.max_bytes) for spec in plan.batches}
     assert caps == {
         "events": ("create_event", "bulk_create_events", 1000, 5_000_000),
+        "profile_imports": ("create_or_update_profile", "bulk_import_profiles", 10_000, 5_000_000),
         "subscribes": ("bulk_subscribe_profiles", "bulk_subscribe_profiles", 1000, 5_000_000),
         "unsubscribes": ("bulk_unsubscribe_profiles", "bulk_unsubscribe_profiles", 100, 5_000_000),
     }

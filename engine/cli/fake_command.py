@@ -45,6 +45,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--burst-429-length", type=float, default=1.0, metavar="S")
     parser.add_argument("--fail-items-matching", metavar="REGEX",
                         help="answer 400 naming the items whose JSON matches REGEX (tests dead-lettering)")
+    parser.add_argument("--fail-job-rows-matching", metavar="REGEX",
+                        help="accept bulk jobs but list their rows whose JSON matches REGEX as import errors")
     parser.add_argument("--seed", type=int, help="seed for the misbehaviour (reproducible runs)")
     parser.set_defaults(run=run)
 
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             time_scale=args.time_scale, enforce_rate_limits=not args.no_rate_limits, error_rate=args.error_rate,
             drop_rate=args.drop_rate, slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
             burst_429_every=args.burst_429_every, burst_429_length=args.burst_429_length,
-            fail_items_matching=args.fail_items_matching, seed=args.seed)
+            fail_items_matching=args.fail_items_matching, fail_job_rows_matching=args.fail_job_rows_matching,
+            seed=args.seed)
         try:
             fake = FakeServer(plan, options, host=args.host, port=args.port)
         except OSError as exc:

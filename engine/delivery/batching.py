@@ -175,9 +175,30 @@ class Prepared:
     unique: str | None  # de-duplication key within the call, None when the item has none
     size: int  # bytes the items add to a body
     layout: Layout
+    profile: frozenset[str] = frozenset()  # `name=value` of each identifier (one_per_profile only)
 
 
-def prepare(spec: BatchSpec, body: Any, context: str) -> Prepared | None:
+def merge_values(earlier: Any, later: Any) -> Any:
+    """Two upserts as one: objects merge key by key (recursively), anything else takes the later value."""
+    if isinstance(earlier, dict) and isinstance(later, dict):
+        merged = dict(earlier)
+        for key, value in later.items():
+            merged[key] = merge_values(merged[key], value) if key in merged else value
+        return merged
+    return later
+
+
+def profile_keys(spec: BatchSpec, body: Any, identifiers: list[str]) -> frozenset[str]:
+    """The identifiers of the profile a single request is about (empty unless one_per_profile)."""
+    if spec.one_per_profile is None:
+        return frozenset()
+    keys: set[str] = set()
+    for profile in spec.source.profiles(body):
+        keys.update(f"{name}={profile[name]}" for name in identifiers if profile.get(name) not in (None, ""))
+    return frozenset(keys)
+
+
+def prepare(spec: BatchSpec, body: Any, context: str, identifiers: list[str] | None = None) -> Prepared | None:
     """Split a single request's body into its part of a bulk call; None if it has not the shape.
 
     `context` is what else must match for two requests to share a call (URL, headers)."""
@@ -212,7 +233,8 @@ def prepare(spec: BatchSpec, body: Any, context: str) -> Prepared | None:
     rest = _without(body, spec.item_path)
     partition = context + "\n" + (canonical(rest) if rest else "")
     return Prepared(partition=partition, items=[text], group=group_text, unique=unique,
-                    size=len(text.encode()) + 1, layout=envelope_layout(spec))
+                    size=len(text.encode()) + 1, layout=envelope_layout(spec),
+                    profile=profile_keys(spec, body, identifiers or []))
 
 
 def _copy_along(item: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
@@ -269,11 +291,21 @@ class BatchBuilder:
         self.size = layout.overhead
         self._groups: dict[str, int] = {}  # group text → number of entries
         self._unique: dict[str, str | None] = {}  # unique key → group text
+        self._profiles: dict[str, Entry] = {}  # profile identifier → the entry about it (one_per_profile)
+        self.merged: dict[int, list[int]] = {}  # an entry's unit → later units merged into its item
 
     def accepts(self, prepared: Prepared) -> str:
-        """'add', 'duplicate' (same item already in: ride along, don't send twice) or 'no'."""
+        """'add', 'duplicate' (same item already in: ride along, don't send twice), 'merge' (an item
+        about the same profile is in: fold this one into it) or 'no'."""
         if prepared.unique is not None and prepared.unique in self._unique:
             return "duplicate" if self._unique[prepared.unique] == prepared.group else "no"
+        if prepared.profile and self._profiles:
+            about = {id(self._profiles[k]) for k in prepared.profile if k in self._profiles}
+            if about:  # never two rows about one profile: merge into the one row, or the next call
+                if len(about) > 1 or self.spec.one_per_profile != "merge" \
+                        or self.size + prepared.size > self.spec.max_bytes:
+                    return "no"
+                return "merge"
         count = self.count + len(prepared.items)
         size = self.size + prepared.size
         if prepared.group is not None and prepared.group not in self._groups:
@@ -292,10 +324,26 @@ class BatchBuilder:
             self._unique[prepared.unique] = prepared.group
         self.count += len(prepared.items)
         self.size += prepared.size
-        self.entries.append(Entry(unit, prepared))
+        entry = Entry(unit, prepared)
+        self.entries.append(entry)
+        for key in prepared.profile:
+            self._profiles[key] = entry
 
     def add_duplicate(self, unit: int) -> None:
         self.duplicates.append(unit)
+
+    def merge(self, unit: int, prepared: Prepared) -> None:
+        """Fold a later request about a profile into the item already in the call (later values win)."""
+        entry = next(self._profiles[k] for k in prepared.profile if k in self._profiles)
+        text = dumps(merge_values(json.loads(entry.prepared.items[0]), json.loads(prepared.items[0])))
+        size = len(text.encode()) + 1
+        self.size += size - entry.prepared.size
+        entry.prepared = Prepared(partition=entry.prepared.partition, items=[text], group=None, unique=None,
+                                  size=size, layout=entry.prepared.layout,
+                                  profile=entry.prepared.profile | prepared.profile)
+        for key in prepared.profile:
+            self._profiles[key] = entry
+        self.merged.setdefault(entry.unit, []).append(unit)
 
     @property
     def full(self) -> bool:
@@ -308,7 +356,8 @@ class BatchBuilder:
         """Drop units (after an error named them); the caps bookkeeping is rebuilt."""
         kept = [e for e in self.entries if e.unit not in units]
         self.entries, self.count, self.size = [], 0, self.layout.overhead
-        self._groups, self._unique = {}, {}
+        self._groups, self._unique, self._profiles = {}, {}, {}
+        self.merged = {u: m for u, m in self.merged.items() if u not in units}
         for entry in kept:
             self.add(entry.unit, entry.prepared)
 
@@ -429,6 +478,11 @@ def split(spec: BatchSpec, body: Any) -> list[SplitItem]:
             pointer = f"{prefix}/{g}{json_pointer(layout.items_at)}/{i}"
             result.append(SplitItem(pointer, _single(spec, item, value), f"{prefix}/{g}"))
     return result
+
+
+def single_request(spec: BatchSpec, item: Any) -> Any:
+    """The single request body an (ungrouped) item of a bulk call stands for."""
+    return _single(spec, item, None)
 
 
 def _single(spec: BatchSpec, item: Any, group: Any) -> Any:

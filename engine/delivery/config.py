@@ -49,6 +49,23 @@ _BATCH_SCHEMA: dict[str, Any] = {
     "group_by": {"type": "string", "empty": False},
     "unique": {"type": "list", "schema": {"type": "string", "empty": False}, "minlength": 1},
     "envelope": {"type": "dict"},
+    "when_backlog": {"type": "integer", "min": 1},
+    "one_per_profile": {"type": "string", "allowed": ["merge", "split"]},
+    "job": {"type": "dict", "schema": {
+        "id": {"type": "string", "required": True, "empty": False},
+        "poll": {"type": "string", "required": True, "empty": False},
+        "status": {"type": "string", "required": True, "empty": False},
+        "done": {"type": "list", "required": True, "minlength": 1, "schema": {"type": "string"}},
+        "failed": {"type": "list", "schema": {"type": "string"}},
+        "failed_count": {"type": "string", "empty": False},
+        "errors": {"type": "string", "empty": False},
+        "error_list": {"type": "string", "empty": False},
+        "error_item": {"type": "string", "empty": False},
+        "error_pointer": {"type": "string", "empty": False},
+        "error_detail": {"type": "string", "empty": False},
+        "next_page": {"type": "string", "empty": False},
+        "interval": {"type": "number", "min": 0.01},
+    }},
 }
 _BACKOFF_SCHEMA: dict[str, Any] = {
     "initial": {"type": "number", "min": 0},
@@ -84,6 +101,14 @@ _FAKE_SCHEMA: dict[str, Any] = {
     "error_statuses": {"type": "list", "schema": {"type": "integer", "min": 500, "max": 599}},
     "records": {"type": "dict", "valuesrules": {"type": "dict", "schema": _RECORD_SCHEMA}},
     "responses": {"type": "dict"},
+    "jobs": {"type": "dict", "valuesrules": {"type": "dict", "schema": {
+        "states": {"type": "list", "required": True, "minlength": 1, "schema": {"type": "string"}},
+        "seconds": {"type": "number", "min": 0},
+        "response": {"type": "dict", "required": True},
+        "errors_response": {"type": "dict", "required": True},
+        "error": {"type": "dict", "required": True},
+        "page_size": {"type": "integer", "min": 1},
+    }}},
 }
 _CHECK_SCHEMA: dict[str, Any] = {
     "endpoint": {"type": "string", "required": True, "empty": False},
@@ -173,6 +198,29 @@ class BatchSpec:
     envelope: Any  # the compiled envelope (with Markers), None for a same-endpoint merge
     position: Position
     layout_cache: Any = None  # batching.Layout, computed on first use
+    when_backlog: int | None = None  # merge only while this many requests of `source` wait; fewer go singly
+    one_per_profile: str | None = None  # merge | split: never two items about one profile in one call
+    job: JobSpec | None = None  # the bulk call starts an asynchronous job, followed to its end
+
+
+@dataclass
+class JobSpec:
+    """How a bulk call's asynchronous job is followed: where the answer names it, the endpoint that
+    tells its state, which states end it, and where the rows it refused are listed."""
+
+    id: Selector  # in the bulk call's 2xx answer: the job's id
+    poll: Endpoint  # GET with one path parameter, the job's id
+    status: Selector  # in the poll answer
+    done: frozenset[str]  # the job ended; its rows were imported but for those listed as errors
+    failed: frozenset[str]  # the job ended without importing: every unit is dead-lettered
+    failed_count: Selector | None  # in the poll answer: rows refused (0/absent: no need to read errors)
+    errors: Endpoint | None  # GET with one path parameter, the job's id: the refused rows
+    error_list: Selector | None
+    error_item: Selector | None  # in one error: the row as it was sent
+    error_pointer: Selector | None  # in one error: the JSON pointer of the row in the bulk body
+    error_detail: Selector | None
+    next_page: Selector | None  # in an errors answer: the URL of the next page (null on the last)
+    interval: float  # seconds (API time) between polls
 
 
 @dataclass
@@ -213,6 +261,7 @@ class FakeConfig:
     error_statuses: list[int] = field(default_factory=lambda: [500, 502, 503, 504])
     records: dict[str, RecordSpec] = field(default_factory=dict)
     responses: dict[str, Any] = field(default_factory=dict)  # endpoint name -> canned answer body
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +270,21 @@ class KeyCheck:
 
     endpoint: Endpoint
     shows: Selector | None
+
+
+@dataclass
+class FakeJob:
+    """How the fake runs a bulk endpoint's jobs: the states a job passes through (`seconds` of API
+    time in each), and the answers' shapes (placeholders: $job_id, $status, $total, $completed,
+    $failed, $created_at, $completed_at; $errors, $next; $error_id, $detail, $pointer, $item)."""
+
+    endpoint: str
+    states: list[str]
+    seconds: float
+    response: Any
+    errors_response: Any
+    error: Any
+    page_size: int
 
 
 @dataclass
@@ -570,12 +634,68 @@ def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], prob
         if group_by is not None:
             problems.add(_at(raw, "group_by"), f"batching {name}: group_by needs an envelope with $each_group")
             ok = False
+    one_per_profile = str(raw["one_per_profile"]) if "one_per_profile" in raw else None
+    if one_per_profile is not None and (source is None or source.profile is None or item_is_list
+                                        or group_by is not None):
+        problems.add(_at(raw, "one_per_profile"), f"batching {name}: one_per_profile needs a `from` endpoint "
+                                                  "that declares its profile, and whole items (no [] nor group_by)")
+        ok = False
+    job = _compile_job(name, raw["job"], endpoints, problems) if "job" in raw else None
+    if "job" in raw and job is None:
+        ok = False
     if not ok or source is None or target is None:
         return None
     return BatchSpec(name=name, source=source, target=target, max_items=int(raw["max_items"]),
                      max_bytes=int(raw.get("max_bytes", 5_000_000)), item_path=item_path,
                      item_is_list=item_is_list, group_by=group_by, unique=unique, envelope=envelope,
-                     position=raw.position)
+                     position=raw.position,
+                     when_backlog=int(raw["when_backlog"]) if "when_backlog" in raw else None,
+                     one_per_profile=one_per_profile, job=job)
+
+
+def _job_endpoint(batch: str, raw: PosDict, key: str, endpoints: dict[str, Endpoint],
+                  problems: ProblemList) -> Endpoint | None:
+    """A job's poll or errors endpoint: declared, GET, with exactly one path parameter (the job's id)."""
+    endpoint = endpoints.get(str(raw[key]))
+    if endpoint is None:
+        problems.add(_at(raw, key), f"batching {batch}: job.{key}: no endpoint {raw[key]!r} "
+                                    "(declare it under endpoints)")
+        return None
+    if endpoint.method != "GET" or endpoint.path.count("{") != 1:
+        problems.add(_at(raw, key), f"batching {batch}: job.{key}: {endpoint.name} must be a GET with exactly one "
+                                    "path parameter (the job's id)")
+        return None
+    return endpoint
+
+
+def _compile_job(batch: str, raw: PosDict, endpoints: dict[str, Endpoint], problems: ProblemList) -> JobSpec | None:
+    before = len(problems.problems)
+    poll = _job_endpoint(batch, raw, "poll", endpoints, problems)
+    errors = _job_endpoint(batch, raw, "errors", endpoints, problems) if "errors" in raw else None
+    selectors: dict[str, Selector | None] = {}
+    for key in ("id", "status", "failed_count", "error_list", "error_item", "error_pointer", "error_detail",
+                "next_page"):
+        selectors[key] = (_jmespath(raw[key], _at(raw, key), f"batching {batch}: job.{key}", problems)
+                          if key in raw else None)
+    done = frozenset(str(s) for s in raw["done"])
+    failed = frozenset(str(s) for s in raw.get("failed") or [])
+    if done & failed:
+        problems.add(_at(raw, "failed"), f"batching {batch}: job: {', '.join(sorted(done & failed))} "
+                                         "cannot be both done and failed")
+    if "errors" in raw and ("error_list" not in raw or ("error_item" not in raw and "error_pointer" not in raw)):
+        problems.add(_at(raw, "errors"), f"batching {batch}: job.errors needs error_list and error_item or "
+                                         "error_pointer (how an error names its row)")
+    if "failed_count" in raw and "errors" not in raw:
+        problems.add(_at(raw, "failed_count"), f"batching {batch}: job.failed_count needs job.errors "
+                                               "(where the refused rows are listed)")
+    identifier, status = selectors["id"], selectors["status"]
+    if len(problems.problems) > before or poll is None or identifier is None or status is None:
+        return None
+    return JobSpec(id=identifier, poll=poll, status=status, done=done, failed=failed,
+                   failed_count=selectors["failed_count"], errors=errors, error_list=selectors["error_list"],
+                   error_item=selectors["error_item"], error_pointer=selectors["error_pointer"],
+                   error_detail=selectors["error_detail"], next_page=selectors["next_page"],
+                   interval=float(raw.get("interval", 1.0)))
 
 
 def _compile_envelope(node: Any, grouped: bool, name: str, problems: ProblemList) -> Any:
@@ -668,6 +788,15 @@ def _compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLi
             status_updated=int(status["updated"]) if "updated" in status else None,
             response=_plain_tree(raw.get("response")),
         )
+    jobs = node.get("jobs") or PosDict()
+    for endpoint_name, raw in jobs.items():
+        if endpoint_name not in endpoints:
+            problems.add(_key_at(jobs, endpoint_name), f"fake.jobs: no endpoint {endpoint_name!r}")
+            continue
+        fake.jobs[endpoint_name] = FakeJob(
+            endpoint=endpoint_name, states=[str(s) for s in raw["states"]], seconds=float(raw.get("seconds", 1.0)),
+            response=_plain_tree(raw["response"]), errors_response=_plain_tree(raw["errors_response"]),
+            error=_plain_tree(raw["error"]), page_size=int(raw.get("page_size", 100)))
     return fake
 
 

@@ -26,6 +26,7 @@ package is installed. It is a test tool: thousands of requests a second, not mil
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import random
@@ -37,10 +38,10 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..openapi_check import OpenAPIDocument, load_openapi
-from .batching import SplitItem, canonical, split
+from .batching import SplitItem, canonical, get_path, split
 from .config import DeliveryPlan, Endpoint, RecordSpec
 
 
@@ -57,6 +58,7 @@ class FakeOptions:
     burst_429_every: float = 0.0  # API seconds between 429 bursts (0: none)
     burst_429_length: float = 1.0  # API seconds each burst lasts
     fail_items_matching: str | None = None  # 400 for items whose JSON matches this regex
+    fail_job_rows_matching: str | None = None  # a job's rows whose JSON matches: listed as import errors
     seed: int | None = None
     keep_requests: int = 100_000  # accepted requests kept for inspection
 
@@ -92,6 +94,7 @@ class FakeStore:
     records: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, FakeJobRun] = field(default_factory=dict)
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -123,6 +126,19 @@ class FakeStore:
             self.records.clear()
             self.requests.clear()
             self.counters.clear()
+            self.jobs.clear()
+
+
+@dataclass
+class FakeJobRun:
+    """A bulk job the fake accepted: when (API time), its rows, and the rows it refused."""
+
+    job_id: str
+    endpoint: str
+    created: float
+    total: int
+    refused: list[tuple[str, Any, str]]  # (pointer in the bulk body, the row as sent, why)
+    polls: int = 0
 
 
 class FakeServer:
@@ -141,6 +157,16 @@ class FakeServer:
         self._windows: dict[tuple[str, str, int], int] = {}
         self._window_lock = threading.Lock()
         self._fail_items = re.compile(self.options.fail_items_matching) if self.options.fail_items_matching else None
+        rows = self.options.fail_job_rows_matching
+        self._fail_rows = re.compile(rows) if rows else None
+        # which declared endpoint tells a job's state, and which lists its errors (batching.job)
+        self._job_pollers: dict[str, str] = {}
+        self._job_errors: dict[str, str] = {}
+        for batch in plan.batches:
+            if batch.job is not None and batch.target.name in plan.fake.jobs:
+                self._job_pollers[batch.job.poll.name] = batch.target.name
+                if batch.job.errors is not None:
+                    self._job_errors[batch.job.errors.name] = batch.target.name
         self._t0 = time.monotonic()
         self._server = _Server((host, port), _Handler)
         self._server.fake = self
@@ -193,7 +219,8 @@ class FakeServer:
     # -- the checks, in the API's order ------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]]:
         """One request: (status, JSON body or None, headers). Raises _Drop to drop the connection."""
-        path = urlsplit(target).path
+        parts = urlsplit(target)
+        path = parts.path
         store = self.store
         with store.lock:
             store.count("requests")
@@ -212,7 +239,7 @@ class FakeServer:
                 store.count("slow")
             time.sleep(options.slow_seconds)
         try:
-            status, body, extra = self._process(method, path, headers, raw)
+            status, body, extra = self._process(method, path, headers, raw, parts.query)
         except Reply as reply:
             with store.lock:
                 store.count(f"status_{reply.status}")
@@ -223,7 +250,8 @@ class FakeServer:
             raise _Drop()
         return status, body, extra
 
-    def _process(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]]:
+    def _process(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                 raw_query: str = "") -> tuple[int, Any, dict[str, str]]:
         fake = self.plan.fake
         operation = self.spec.find(method, path)
         if operation is None:
@@ -270,9 +298,73 @@ class FakeServer:
         problems = self.spec.validate_body(method, path, body)
         if problems:
             raise Reply(400, [_error(400, message, pointer=pointer) for pointer, message in map(_split, problems)])
+        if name in self._job_pollers or name in self._job_errors:
+            return self._job_answer(name, endpoint, path, raw_query)
         items = self._split(name, body)
         self._check_items(name, items)
-        return self._record(name, endpoint, method, path, body, items)
+        refused: list[tuple[str, Any, str]] = []
+        if name in self.plan.fake.jobs and self._fail_rows is not None:
+            spec = self.plan.by_target[name]
+            kept = []
+            for item in items:
+                if self._fail_rows.search(canonical(item.single)):
+                    refused.append((item.pointer, get_path(item.single, spec.item_path),
+                                    "This row was refused (fail_job_rows_matching)."))
+                else:
+                    kept.append(item)
+            items = kept
+            with self.store.lock:
+                self.store.count("refused_job_rows", len(refused))
+        status, answer, extra = self._record(name, endpoint, method, path, body, items)
+        if name in self.plan.fake.jobs:
+            return self._job_created(name, len(items) + len(refused), refused)
+        return status, answer, extra
+
+    # -- asynchronous jobs (fake.jobs) -------------------------------------------------------------------
+    def _job_created(self, name: str, total: int,
+                     refused: list[tuple[str, Any, str]]) -> tuple[int, Any, dict[str, str]]:
+        run = FakeJobRun(job_id=uuid.uuid4().hex[:20], endpoint=name, created=self.api_now(), total=total,
+                         refused=refused)
+        with self.store.lock:
+            self.store.jobs[run.job_id] = run
+            self.store.count("jobs_created")
+        return 202, self._job_body(run), {}
+
+    def _job_body(self, run: FakeJobRun) -> Any:
+        spec = self.plan.fake.jobs[run.endpoint]
+        elapsed = self.api_now() - run.created
+        step = len(spec.states) - 1 if spec.seconds <= 0 else min(int(elapsed / spec.seconds), len(spec.states) - 1)
+        ended = step == len(spec.states) - 1
+        failed = len(run.refused)
+        return _fill(spec.response, {
+            "$job_id": run.job_id, "$status": spec.states[step], "$total": run.total,
+            "$completed": run.total - failed if ended else 0, "$failed": failed if ended else 0,
+            "$created_at": _stamp(elapsed), "$completed_at": _stamp(0.0) if ended else None})
+
+    def _job_answer(self, name: str, endpoint: Endpoint | None, path: str,
+                    query: str) -> tuple[int, Any, dict[str, str]]:
+        identifier = _path_parameter(endpoint.path, path) if endpoint is not None else None
+        with self.store.lock:
+            run = self.store.jobs.get(identifier or "")
+            if run is not None:
+                self.store.count("accepted")  # a read that is answered, like any accepted request
+                if name in self._job_pollers:
+                    run.polls += 1
+                    self.store.count("job_polls")
+        if run is None:
+            raise Reply(404, [_error(404, f"No job {identifier!r}.", code="not_found", title="Not found.")])
+        if name in self._job_pollers:
+            return 200, self._job_body(run), {}
+        spec = self.plan.fake.jobs[run.endpoint]
+        cursor_text = parse_qs(query).get("page[cursor]", ["0"])[0]
+        cursor = int(cursor_text) if cursor_text.isdigit() else 0
+        page = run.refused[cursor:cursor + spec.page_size]
+        more = cursor + spec.page_size < len(run.refused)
+        errors = [_fill(spec.error, {"$error_id": f"{run.job_id}-{cursor + i}", "$detail": why, "$pointer": pointer,
+                                     "$item": row}) for i, (pointer, row, why) in enumerate(page)]
+        following = f"{self.url}{path}?page%5Bcursor%5D={cursor + spec.page_size}" if more else None
+        return 200, _fill(spec.errors_response, {"$errors": errors, "$next": following,
+                                                 "$self": f"{self.url}{path}"}), {}
 
     def _rate_limit(self, name: str, endpoint: Endpoint | None) -> None:
         options = self.options
@@ -402,15 +494,28 @@ class FakeServer:
                         entries[key] = {**entry, "times": entries[key].get("times", 1) + 1}
                     else:
                         entries[key] = {**entry, "times": 1}
-                    if len(items) == 1:
+                    if spec is None and len(items) == 1:
                         if created and record.status_created is not None:
                             status = record.status_created
                         elif not created and record.status_updated is not None:
                             status = record.status_updated
         response_body: Any = canned
-        if record is not None and record.response is not None:
+        if spec is None and record is not None and record.response is not None:
             response_body = _fill(record.response, {"$profile_id": profile_id})
         return status, response_body, {}
+
+
+def _path_parameter(template: str, path: str) -> str | None:
+    """The value a path gives the template's one {parameter}."""
+    names, given = template.split("/"), path.split("/")
+    if len(names) != len(given):
+        return None
+    return next((unquote(value) for name, value in zip(names, given, strict=True) if name.startswith("{")), None)
+
+
+def _stamp(api_seconds_ago: float) -> str:
+    moment = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=api_seconds_ago)
+    return moment.isoformat(timespec="microseconds")
 
 
 def _fill(template: Any, values: dict[str, Any]) -> Any:

@@ -188,6 +188,41 @@ class Outbox(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    # Asynchronous jobs (a bulk call answered "accepted, job J"): kept until the job's outcome is
+    # marked, so a restarted worker polls J again instead of sending its units a second time.
+    def save_job(self, job: OpenJob) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not keep asynchronous jobs")
+
+    def open_jobs(self) -> list[OpenJob]:
+        return []
+
+    def finish_job(self, job_id: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not keep asynchronous jobs")
+
+    def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
+        """The pending units among these ids, in id order."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep asynchronous jobs")
+
+
+@dataclass
+class OpenJob:
+    """A job the API accepted and whose outcome is not marked yet: its id, the batching that made
+    it, and the units it carries."""
+
+    job_id: str
+    batch: str
+    unit_ids: list[int]
+
+
+_JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    batch TEXT NOT NULL,
+    units TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -345,6 +380,7 @@ class SQLiteOutbox(Outbox):
             db.execute("SELECT count(*) FROM meta").fetchone()  # reads the header: a damaged file fails here
         else:
             db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+            db.executescript(_JOBS_SCHEMA)
             with self._transaction() as tx:
                 if tx.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
                     tx.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -504,6 +540,28 @@ class SQLiteOutbox(Outbox):
             "SELECT id, event_id, position, rule, method, url, headers, body_kind, body, attempts FROM units "
             "WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         return [StoredUnit(*row) for row in rows]
+
+    def save_job(self, job: OpenJob) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)",
+                       (job.job_id, job.batch, json.dumps(job.unit_ids), time.time()))
+
+    def open_jobs(self) -> list[OpenJob]:
+        rows = self._db().execute("SELECT job_id, batch, units FROM jobs ORDER BY created").fetchall()
+        return [OpenJob(str(r[0]), str(r[1]), [int(i) for i in json.loads(r[2])]) for r in rows]
+
+    def finish_job(self, job_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
+        found: list[StoredUnit] = []
+        for start in range(0, len(unit_ids), 500):
+            chunk = list(unit_ids[start:start + 500])
+            found += [StoredUnit(*row) for row in self._db().execute(
+                "SELECT id, event_id, position, rule, method, url, headers, body_kind, body, attempts FROM units "
+                f"WHERE status = 'pending' AND id IN ({','.join('?' * len(chunk))})", chunk)]
+        return sorted(found, key=lambda u: u.id)
 
     def _finish(self, db: sqlite3.Connection, unit_ids: Sequence[int]) -> Finished:
         finished = Finished()

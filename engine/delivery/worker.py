@@ -43,7 +43,8 @@ import httpx
 from ..mapping_set import PROGRAM
 from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
 from .config import BatchSpec, DeliveryPlan, Endpoint
-from .outbox import DeadLetter, Finished, Outbox, StoredUnit
+from .jobs import attribute_errors, error_page, job_id, job_path, job_state, same_origin_path
+from .outbox import DeadLetter, Finished, OpenJob, Outbox, StoredUnit
 from .ratelimit import RateLimiter
 from .retry import (
     DEAD,
@@ -95,7 +96,7 @@ class WorkerStats:
 
 class Unit:
     __slots__ = ("id", "event_id", "rule", "method", "url", "headers", "body_kind", "body", "attempts",
-                 "endpoint", "target", "spec", "prepared", "keys", "oversized")
+                 "endpoint", "target", "spec", "prepared", "keys", "oversized", "backlog_of")
 
     def __init__(self, stored: StoredUnit):
         self.id = stored.id
@@ -113,13 +114,14 @@ class Unit:
         self.prepared: Prepared | None = None
         self.keys: frozenset[str] = frozenset()
         self.oversized = False
+        self.backlog_of: str | None = None  # the adaptive batching it counts in (when_backlog)
 
 
 class Slot:
     """A call in the making, then in flight: one unit, or a bulk call of many."""
 
     __slots__ = ("units", "builder", "target_name", "endpoint", "method", "url", "headers", "keys", "created",
-                 "sealed", "attempts", "rate_limited", "open_key")
+                 "sealed", "attempts", "rate_limited", "open_key", "backlog", "backlog_of")
 
     def __init__(self, first: Unit, builder: BatchBuilder | None):
         self.units: dict[int, Unit] = {}
@@ -140,6 +142,8 @@ class Slot:
         self.attempts = 0
         self.rate_limited = 0
         self.open_key: tuple[str, str] | None = None
+        self.backlog = 0  # units counted in a when_backlog batching's backlog until dispatched
+        self.backlog_of = first.backlog_of
 
 
 class DeliveryWorker:
@@ -184,6 +188,8 @@ class DeliveryWorker:
         self._wake: asyncio.Event | None = None
         self._sending = 0  # HTTP requests on the wire (at most options.concurrency)
         self._slot_freed: asyncio.Condition | None = None
+        self._waiting: dict[str, int] = {}  # per when_backlog batching: its source's units not yet sent
+        self._resumed: set[int] = set()  # units of jobs accepted before a restart (followed, not resent)
 
     # -- control (thread-safe) ---------------------------------------------------------------------------
     def _poke(self) -> None:
@@ -221,6 +227,7 @@ class DeliveryWorker:
                 limits=httpx.Limits(max_connections=self.options.concurrency,
                                     max_keepalive_connections=self.options.concurrency))
         try:
+            await self._resume_jobs()
             while True:
                 self._wake.clear()
                 if self._fatal is not None:
@@ -274,15 +281,18 @@ class DeliveryWorker:
         if len(stored) == limit:
             self._more = True
         oversized: list[Unit] = []
-        for record in stored:
-            unit = self._prepare(record)
-            self._held += 1
+        # All are prepared before any is placed: an adaptive batching sees the whole backlog.
+        units = [self._prepare(record) for record in stored if record.id not in self._resumed]
+        self._held += len(units)
+        for unit in units:
             if unit.oversized:
                 oversized.append(unit)
                 continue
             self._place(unit)
         for unit in oversized:
             assert unit.spec is not None
+            if unit.backlog_of is not None:
+                self._waiting[unit.backlog_of] -= 1
             await self._dead([unit], DeadLetter(None, None, f"the request is larger than the {unit.spec.max_bytes} "
                                                             f"bytes a {unit.spec.name} call may carry", 0))
             self._held -= 1
@@ -311,11 +321,14 @@ class DeliveryWorker:
             spec = self.plan.by_source.get(endpoint.name)
             if spec is not None:
                 context = f"{spec.target.method} {unit.url.partition('?')[2]} {unit.headers}"
-                prepared = prepare(spec, body, context)
+                prepared = prepare(spec, body, context, self._identifiers)
                 if prepared is not None:
                     unit.spec, unit.prepared, unit.target = spec, prepared, spec.target
                     if prepared.layout.overhead + prepared.size > spec.max_bytes:
                         unit.oversized = True
+                    if spec.when_backlog is not None:
+                        unit.backlog_of = spec.name
+                        self._waiting[spec.name] = self._waiting.get(spec.name, 0) + 1
         unit.keys = frozenset(keys)
         return unit
 
@@ -329,6 +342,8 @@ class DeliveryWorker:
 
     def _hold(self, slot: Slot, unit: Unit) -> None:
         slot.units[unit.id] = unit
+        if unit.backlog_of is not None:
+            slot.backlog += 1
         for key in unit.keys:
             slot.keys.add(key)
             self._holders.setdefault(key, set()).add(slot)
@@ -352,6 +367,10 @@ class DeliveryWorker:
             del self._open[slot.open_key]
 
     def _place(self, unit: Unit) -> None:
+        spec = unit.spec
+        if spec is not None and spec.when_backlog is not None and unit.prepared is not None \
+                and self._waiting.get(spec.name, 0) < spec.when_backlog:
+            unit.spec, unit.prepared, unit.target = None, None, unit.endpoint  # a small backlog: on its own
         if unit.keys & self._blocked_keys:
             self._block(unit)
             return
@@ -376,6 +395,10 @@ class DeliveryWorker:
                 return
             if verdict == "duplicate":
                 slot.builder.add_duplicate(unit.id)
+                self._hold(slot, unit)
+                return
+            if verdict == "merge":
+                slot.builder.merge(unit.id, unit.prepared)
                 self._hold(slot, unit)
                 return
             if owners:
@@ -435,18 +458,25 @@ class DeliveryWorker:
                 limiter.record(now)
                 queue.remove(ready)
                 self._seal(ready)
+                if ready.backlog and ready.backlog_of is not None:
+                    self._waiting[ready.backlog_of] -= ready.backlog
+                    ready.backlog = 0
                 self._start(ready)
         return deadline
 
-    def _start(self, slot: Slot) -> None:
+    def _start(self, slot: Slot, resumed_job: str | None = None) -> None:
         self._calls += 1
-        self._sending += 1  # its first request goes out now
-        task = asyncio.get_running_loop().create_task(self._run_call(slot))
+        if resumed_job is None:
+            self._sending += 1  # its first request goes out now
+        task = asyncio.get_running_loop().create_task(self._run_call(slot, resumed_job))
         self._tasks.add(task)
 
-    async def _run_call(self, slot: Slot) -> None:
+    async def _run_call(self, slot: Slot, resumed_job: str | None = None) -> None:
         try:
-            await self._deliver(slot)
+            if resumed_job is not None:
+                await self._follow_job(slot, resumed_job)
+            else:
+                await self._deliver(slot)
         except DeliveryStopped as exc:
             self._fatal = exc
         except asyncio.CancelledError:
@@ -532,6 +562,9 @@ class DeliveryWorker:
                 self.stats.retried += 1
             verdict = classify(policy, status, self.plan.stop, self.plan.item_error_status, slot.builder is not None)
             if verdict.action == DELIVERED:
+                if slot.builder is not None and slot.builder.spec.job is not None:
+                    await self._job_started(slot, status, text)
+                    return
                 await self._delivered(slot)
                 return
             if verdict.action == STOP:
@@ -611,6 +644,201 @@ class DeliveryWorker:
         self.stats.delivered_events += finished.delivered
         self.stats.dead_events += finished.dead
         self._progress()
+
+    # -- asynchronous jobs (batching.job) ---------------------------------------------------------------
+    async def _job_started(self, slot: Slot, status: int | None, text: str | None) -> None:
+        """A bulk call was accepted as a job: record it, then follow it to its end."""
+        assert slot.builder is not None and slot.builder.spec.job is not None
+        identifier = job_id(slot.builder.spec.job, text)
+        if identifier is None:
+            await self._dead(self._all_units(slot), self._letter(
+                status, text, "", slot, "the API accepted the call but named no job to follow (its outcome is "
+                                        "unknown; replaying the dead letters is safe for upserts)"))
+            return
+        job = OpenJob(identifier, slot.builder.spec.name, sorted(slot.units))
+        await asyncio.to_thread(self.outbox.save_job, job)
+        await self._follow_job(slot, identifier)
+
+    async def _follow_job(self, slot: Slot, identifier: str) -> None:
+        """Poll the job until it ends; dead-letter the rows it refused, mark the rest delivered."""
+        assert slot.builder is not None and slot.builder.spec.job is not None
+        spec = slot.builder.spec
+        job = spec.job
+        assert job is not None
+        while True:
+            if not await self._pause(job.interval / self.options.time_scale):
+                return  # stopping: the job stays recorded and is polled again by the next run
+            answer = await self._fetch(slot, job.poll, job_path(job.poll, identifier))
+            if answer is None:
+                return
+            status, text = answer
+            if status is None or not 200 <= status < 300:
+                await self._job_unknown(slot, identifier, status, text, "its state could not be read")
+                return
+            state = job_state(job, text)
+            if state.ended:
+                break
+        if state.failed:
+            await self._dead(self._all_units(slot), self._letter(status, text, "", slot,
+                                                                 f"the job {identifier} ended {state.status}"))
+            self._held -= len(slot.units)
+            slot.units.clear()
+        elif state.failed_count > 0 and job.errors is not None:
+            if not await self._job_errors(slot, identifier, state.failed_count):
+                return
+        if slot.units:
+            await self._delivered(slot)
+        await asyncio.to_thread(self.outbox.finish_job, identifier)
+
+    async def _job_errors(self, slot: Slot, identifier: str, failed_count: int) -> bool:
+        """Read the job's refused rows and dead-letter their units with the API's error; False when
+        the worker is stopping (nothing marked, the job is polled again by the next run)."""
+        assert slot.builder is not None and slot.builder.spec.job is not None
+        spec = slot.builder.spec
+        job = spec.job
+        assert job is not None and job.errors is not None
+        errors: list[Any] = []
+        url: str | None = job_path(job.errors, identifier)
+        while url is not None:
+            answer = await self._fetch(slot, job.errors, url)
+            if answer is None:
+                return False
+            status, text = answer
+            if status is None or not 200 <= status < 300:
+                await self._job_unknown(slot, identifier, status, text, "its import errors could not be read")
+                return False
+            page = error_page(job, text)
+            errors += page.errors
+            url = same_origin_path(page.next_url) if page.errors and page.next_url else None
+        rendered = slot.builder.render()
+        found = attribute_errors(job, spec, rendered, self._identifiers, errors)
+        merged = slot.builder.merged
+        for unit_id, about in sorted(found.by_unit.items()):
+            victims = [slot.units[u] for u in [unit_id, *merged.get(unit_id, [])] if u in slot.units]
+            detail = "; ".join(str(job.error_detail.search(e)) for e in about) if job.error_detail else ""
+            await self._dead(victims, self._letter(200, json.dumps(about, ensure_ascii=False), "", slot,
+                                                   f"the job {identifier} refused this row" +
+                                                   (f": {detail}" if detail else "")))
+            for victim in victims:
+                del slot.units[victim.id]
+            self._held -= len(victims)
+        if found.unmatched or len(found.by_unit) < failed_count:
+            # Rows refused that no listed error names: no unit can be told delivered for sure.
+            reason = (f"the job {identifier} reported {failed_count} refused row(s) but named "
+                      f"{len(found.by_unit)}; every other row is dead-lettered (replaying is safe for upserts)")
+            await self._dead(self._all_units(slot), self._letter(
+                200, json.dumps(found.unmatched, ensure_ascii=False), "", slot, reason))
+            self._held -= len(slot.units)
+            slot.units.clear()
+        return True
+
+    async def _job_unknown(self, slot: Slot, identifier: str, status: int | None, text: str | None,
+                           why: str) -> None:
+        await self._dead(self._all_units(slot), self._letter(
+            status, text, "", slot, f"the job {identifier} was accepted but {why} (replaying is safe for upserts)"))
+        await asyncio.to_thread(self.outbox.finish_job, identifier)
+
+    async def _fetch(self, slot: Slot, endpoint: Endpoint, path: str) -> tuple[int | None, str | None] | None:
+        """GET an endpoint within its own rate limit, retried like any call: the last answer (status
+        None: no answer), or None when the worker is stopping."""
+        assert self._client is not None and self._slot_freed is not None
+        policy = self.plan.retry
+        limiter = self._limiters.get(endpoint.name) or self._limiters[""]
+        headers = json.loads(self.sealer.unseal(slot.headers))
+        headers.pop("Content-Type", None)
+        url = self.base_url + path
+        attempts = rate_limited = 0
+        while True:
+            async with self._slot_freed:
+                await self._slot_freed.wait_for(lambda: self._sending < self.options.concurrency)
+                self._sending += 1
+            try:
+                await limiter.acquire()
+            except BaseException:
+                await self._free_connection()
+                raise
+            if self._stopping:
+                await self._free_connection()
+                return None
+            status: int | None = None
+            text: str | None = None
+            response_headers: httpx.Headers | None = None
+            try:
+                response = await self._client.request("GET", url, headers=headers)
+                status, response_headers = response.status_code, response.headers
+                text = response.text[:MAX_RESPONSE_TEXT]
+            except httpx.TransportError:
+                pass
+            finally:
+                await self._free_connection()
+            self.stats.requests += 1
+            if attempts or rate_limited:
+                self.stats.retried += 1
+            verdict = classify(policy, status, self.plan.stop, None, False)
+            if verdict.action == STOP:
+                raise DeliveryStopped(self._stop_message(slot, status, verdict.reason, text))
+            if verdict.action != RETRY:
+                return status, text
+            if status == 429:
+                self.stats.rate_limited += 1
+                rate_limited += 1
+                if rate_limited > policy.max_rate_limited:
+                    return status, text
+                after = retry_after(response_headers.get(policy.retry_after_header)) if response_headers else None
+                wait = after if after is not None else backoff(policy, rate_limited, self._rng)
+                limiter.pause(wait)
+            else:
+                attempts += 1
+                if status is None:
+                    self.stats.network_errors += 1
+                else:
+                    self.stats.server_errors += 1
+                if attempts >= policy.max_attempts:
+                    return status, text
+                wait = backoff(policy, attempts, self._rng)
+            if not await self._pause(wait / self.options.time_scale):
+                return None
+
+    async def _resume_jobs(self) -> None:
+        """Jobs accepted before a restart: follow them again instead of resending their units."""
+        for job in await asyncio.to_thread(self.outbox.open_jobs):
+            spec = next((b for b in self.plan.batches if b.name == job.batch and b.job is not None), None)
+            stored = await asyncio.to_thread(self.outbox.units_with_ids, job.unit_ids) if spec else []
+            units = [self._prepare(record) for record in stored]
+            if spec is None or not units or any(u.prepared is None or u.spec is not spec for u in units):
+                for unit in units:  # not followed: refill loads (and counts) them again
+                    if unit.backlog_of is not None:
+                        self._waiting[unit.backlog_of] -= 1
+                if units:  # the set no longer follows such jobs: send the units again (upserts)
+                    log.warning("job %s: its batching %r is gone; its requests are sent again", job.job_id, job.batch)
+                await asyncio.to_thread(self.outbox.finish_job, job.job_id)
+                continue
+            slot = self._rebuild_job(units)
+            self._resumed.update(slot.units)
+            self._held += len(slot.units)
+            self._start(slot, resumed_job=job.job_id)
+
+    def _rebuild_job(self, units: list[Unit]) -> Slot:
+        """The job's call as it was sent (same units, same merges), holding its units' order keys."""
+        first = units[0]
+        assert first.spec is not None and first.prepared is not None
+        builder = BatchBuilder(first.spec, first.prepared.partition, first.prepared.layout)
+        slot = Slot(first, builder)
+        slot.sealed = True
+        for unit in units:
+            assert unit.prepared is not None
+            verdict = builder.accepts(unit.prepared)
+            if verdict == "merge":
+                builder.merge(unit.id, unit.prepared)
+            elif verdict == "duplicate":
+                builder.add_duplicate(unit.id)
+            else:
+                builder.add(unit.id, unit.prepared)
+            unit.backlog_of = None  # sent already: not part of any backlog
+            self._hold(slot, unit)
+        if first.spec.when_backlog is not None:
+            self._waiting[first.spec.name] -= len(units)
+        return slot
 
     async def _dead(self, units: list[Unit], letter: DeadLetter) -> None:
         ids = [u.id for u in units]

@@ -66,6 +66,19 @@ def _write_corpus(path: Path, events_wanted: int, seed: int) -> int:
     return written
 
 
+def run_send(root: Path, source: Path, settings_path: Path, url: str,
+             time_scale: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`send` as a subprocess to the fake, its output discarded: (the process, wall seconds)."""
+    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
+               "--base-url", url, "--time-scale", str(time_scale), "--errors", os.devnull,
+               "--progress", "never"]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=str(root))
+    return process, time.perf_counter() - started
+
+
 def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0) -> dict[str, Any]:
     try:
         from engine.delivery.config import DeliveryPlan
@@ -101,17 +114,10 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    command = [sys.executable, "-m", "engine", "send", str(source), "--settings", str(settings_path),
-               "--base-url", fake.url, "--time-scale", str(time_scale), "--errors", os.devnull,
-               "--progress", "never"]
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"  delivering {count:,} events with `send` to the fake Klaviyo (time scale {time_scale:g}, "
           f"ceiling {rate:,.0f} events/s) …", file=sys.stderr, flush=True)
-    started = time.perf_counter()
     try:
-        process = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                 cwd=str(root))
-        elapsed = time.perf_counter() - started
+        process, elapsed = run_send(root, source, settings_path, fake.url, time_scale)
         finished_api = fake.api_now()
     finally:
         done.set()
@@ -161,4 +167,92 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
         # window can run above the steady rate (nothing is left to wait for), so this is only a hint.
         "end_to_end_fraction": round(total / (elapsed * time_scale * rate), 4),
         "message": None if full else "the run was shorter than one full window",
+    }
+
+
+# -- identify-heavy traffic: profiles in bulk --------------------------------------------------------------
+def profile_ceiling(delivery: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Profiles/s the profile lane's limits allow: the single endpoint's min(burst, steady) per second
+    plus the bulk endpoint's min(burst, steady) per second x profiles per job."""
+    batch = next(b for b in delivery["batching"].values() if b.get("job") and b.get("when_backlog"))
+    single = delivery["endpoints"][batch["from"]]["rate_limit"]
+    bulk = delivery["endpoints"][batch["to"]]["rate_limit"]
+    single_per_s = min(_per_second(single["burst"]), _per_second(single["steady"]))
+    jobs_per_s = min(_per_second(bulk["burst"]), _per_second(bulk["steady"]))
+    return single_per_s + jobs_per_s * int(batch["max_items"]), {
+        "single": batch["from"], "single_limits": single, "bulk": batch["to"], "bulk_limits": bulk,
+        "max_items": batch["max_items"], "when_backlog": batch["when_backlog"]}
+
+
+def _write_identifies(path: Path, wanted: int, seed: int) -> int:
+    """The corpus's identifies only (with a userId), each for its own user: one profile each."""
+    written = 0
+    with path.open("w", encoding="utf-8") as out:
+        for event in corpus.generate(wanted * 4, seed):
+            if event["type"] == "identify" and "userId" in event:
+                event["userId"] = f"bench-{written}"
+                traits = event.setdefault("traits", {})
+                traits["email"] = f"bench-{written}@example.com"
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+                written += 1
+                if written == wanted:
+                    break
+    return written
+
+
+def measure_profiles(root: Path, workdir: Path, seed: int = 7, identifies: int = 100_000,
+                     time_scale: float = 1.0) -> dict[str, Any]:
+    """`send` of identifies only (no list: profile imports alone) against the fake at the published
+    limits: profiles imported per second, end to end, over the profile lane's ceiling."""
+    try:
+        from engine.delivery.config import DeliveryPlan
+        from engine.delivery.fake_server import FakeOptions, FakeServer
+        from engine.mapping_set import load_mapping_set
+    except ImportError as exc:
+        return {"profiles_per_s": None, "fraction_of_ceiling": None,
+                "message": f"not measured: `send` and the fake Klaviyo are not available ({exc})"}
+    mapping_set = load_mapping_set("klaviyo")
+    rate, limits = profile_ceiling(mapping_set.delivery)
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / f"identifies-{identifies}-{seed}.ndjson"
+    count = _write_identifies(source, identifies, seed)
+    settings = {k: v for k, v in corpus.PROFILES[0].items() if k != "listId"}
+    settings_path = workdir / "profile-settings.json"
+    settings_path.write_text(json.dumps(settings), encoding="utf-8")
+    fake = FakeServer(DeliveryPlan.for_set(mapping_set), FakeOptions(api_keys=[settings["privateKey"]],
+                                                                     time_scale=time_scale)).start()
+    print(f"  delivering {count:,} identifies with `send` to the fake Klaviyo (time scale {time_scale:g}, "
+          f"profile ceiling {rate:,.0f}/s) …", file=sys.stderr, flush=True)
+    try:
+        process, elapsed = run_send(root, source, settings_path, fake.url, time_scale)
+        snapshot = fake.store.snapshot()
+    finally:
+        fake.stop()
+    summary = SUMMARY.search(process.stderr)
+    if process.returncode != 0 or summary is None:
+        return {"profiles_per_s": None, "fraction_of_ceiling": None,
+                "message": f"not measured: send exited {process.returncode}: {process.stderr.strip()[-500:]}"}
+    events, delivered, requests, retried, answered_429 = (int(g) for g in summary.groups())
+    counters = snapshot["counters"]
+    imported = delivered  # an identify counts once its job completed without an error for its row
+    per_s = imported / (elapsed * time_scale)
+    return {
+        "profiles_per_s": round(per_s, 1),
+        "fraction_of_ceiling": round(per_s / rate, 4),
+        "fraction_429": round(answered_429 / requests, 4) if requests else None,
+        "ceiling_profiles_per_s": rate,
+        "limits": limits,
+        "time_scale": time_scale,
+        "input_identifies": events,
+        "delivered_identifies": delivered,
+        "profiles_imported": imported,
+        "profile_rows_accepted": counters.get("accepted_items", 0),  # rows about one profile are merged
+        "distinct_profiles_at_the_fake": len(snapshot["profiles"]),  # the fake merges shared identifiers
+        "every_profile_imported": imported == count,
+        "requests": requests,
+        "jobs": counters.get("jobs_created", 0),
+        "job_polls": counters.get("job_polls", 0),
+        "answered_429": answered_429,
+        "wall_seconds": round(elapsed, 1),
+        "message": None,
     }

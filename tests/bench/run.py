@@ -15,10 +15,14 @@
    (`wait4` rusage), whether RSS grew during the run, and the CLI's events/s.
 5. Delivery: `send` against the fake Klaviyo enforcing the published limits, as a fraction of the
    bulk-event ceiling and the share of 429s (when `send` and the fake are available).
+6. Identify-heavy delivery: --profile-identifies identifies only, each its own profile, through
+   `send` to the same fake: profiles imported per second end to end, over the profile lane's ceiling
+   (profile-import's rate plus Bulk Import Profiles jobs' rate x 10,000 profiles a job).
 
 With --json FILE, writes one object with (at least) the keys events, engine_events_per_s,
 baseline_events_per_s, engine_over_baseline, load_validate_ms, stream_1m_peak_rss_mb,
-delivery_fraction_of_ceiling, delivery_429_fraction. Not part of the test run (pytest does not
+delivery_fraction_of_ceiling, delivery_429_fraction, delivery_profiles_per_s,
+delivery_profile_fraction_of_ceiling. Not part of the test run (pytest does not
 collect this folder).
 """
 
@@ -251,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="full steady rate-limit windows (minutes of API time) the delivery run must fill")
     parser.add_argument("--delivery-time-scale", type=float, default=1.0,
                         help="the fake's (and send's) clock runs this much faster (1: real time)")
+    parser.add_argument("--profile-identifies", type=int, default=100_000,
+                        help="identifies in the identify-heavy delivery run (0: skip it)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "segment-klaviyo-bench"),
                         help="where the streaming corpus is written (and kept for the next run)")
     parser.add_argument("--profile", metavar="FILE", help="also profile the engine (cProfile) into FILE")
@@ -288,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     stream = None if args.no_stream else measure_stream(args.stream_events, args.seed, Path(args.workdir))
     delivered = None if args.no_delivery else delivery.measure(ROOT, Path(args.workdir), args.seed,
                                                                  args.delivery_windows, args.delivery_time_scale)
+    profiles = None if args.no_delivery or not args.profile_identifies else delivery.measure_profiles(
+        ROOT, Path(args.workdir), args.seed, args.profile_identifies, args.delivery_time_scale)
 
     figures: dict[str, Any] = {
         "events": args.events,
@@ -307,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "delivery_fraction_of_ceiling": delivered.get("fraction_of_ceiling") if delivered else None,
         "delivery_429_fraction": delivered.get("fraction_429") if delivered else None,
         "delivery": delivered,
+        "delivery_profiles_per_s": profiles.get("profiles_per_s") if profiles else None,
+        "delivery_profile_fraction_of_ceiling": profiles.get("fraction_of_ceiling") if profiles else None,
+        "delivery_profiles": profiles,
         "rounds": args.rounds,
         "seed": args.seed,
         "python": platform.python_version(),
@@ -351,6 +362,17 @@ def print_table(f: dict[str, Any], stream: dict[str, Any] | None) -> None:
         row("delivery, fraction of bulk-event ceiling", "null", "≥ 90%")
         row("delivery, requests answered 429", "null", "< 1%")
         print(f"\ndelivery: {reason}")
+    p = f["delivery_profiles"]
+    if p and p.get("profiles_per_s") is not None:
+        row("identifies only: profiles imported/s", f"{p['profiles_per_s']:,.0f}")
+        row(f"… fraction of profile ceiling ({p['ceiling_profiles_per_s']:,.0f}/s)", f"{p['fraction_of_ceiling']:.1%}",
+            "≥ 90%")
+        row("… requests answered 429", f"{p['fraction_429']:.2%}", "< 1%")
+        row("… every profile imported", "yes" if p["every_profile_imported"] else "NO", "yes")
+    else:
+        row("identifies only: profiles imported/s", "null")
+        if p:
+            print(f"\nprofile delivery: {p['message']}")
 
 
 if __name__ == "__main__":
