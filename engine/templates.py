@@ -53,6 +53,9 @@ class Template:
     render: Callable[[dict[str, Any]], str]
     roots: frozenset[str]  # the top-level names the template reads (traits, settings, vars, …)
     emit: Emit | None = None  # for templates the fast path handles
+    # The named values and settings it reads by name (("vars", NAME), ("settings", NAME)) and the
+    # engine's fan-out names it reads ("item",), ("index",): checked at load like a selector's paths.
+    reads: frozenset[tuple[str, ...]] = frozenset()
 
 
 def compile_template(source: str) -> Template:
@@ -105,7 +108,27 @@ def compile_template(source: str) -> Template:
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render, roots, emitter)
+    return Template(source, render, roots, emitter, _named_reads(syntax_tree, roots))
+
+
+_NAMED_ROOTS = ("vars", "settings")
+_FAN_OUT_ROOTS = ("item", "index")
+
+
+def _named_reads(tree: nodes.Template, roots: frozenset[str]) -> frozenset[tuple[str, ...]]:
+    """The names read under `vars` and `settings` (`vars.x`, `vars['x']`), and `item`/`index`,
+    when the template reads them from the scope (not from its own `set` or loop variables)."""
+    reads: set[tuple[str, ...]] = {(root,) for root in _FAN_OUT_ROOTS if root in roots}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, (nodes.Getattr, nodes.Getitem))
+        holder = node.node
+        if not isinstance(holder, nodes.Name) or holder.name not in _NAMED_ROOTS or holder.name not in roots:
+            continue
+        if isinstance(node, nodes.Getattr):
+            reads.add((holder.name, node.attr))
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            reads.add((holder.name, node.arg.value))
+    return frozenset(reads)
 
 
 def _check_names(tree: nodes.Template) -> None:

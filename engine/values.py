@@ -201,7 +201,9 @@ class ValueCompiler:
 
     def _check_reference(self, path: tuple[str, ...], text: str, place: ScalarPlace, field_path: str) -> None:
         root = path[0]
-        offset = max(text.find(".".join(path[:2])), 0)
+        offset = text.find(".".join(path[:2]))
+        if offset < 0:  # (`vars['name']` in a template)
+            offset = max(text.find(path[-1]), 0)
         if root == "settings" and len(path) > 1 and path[1] not in self.known.settings:
             known = ", ".join(sorted(self.known.settings)) or "none"
             self.problem(place.offset_position(text, offset),
@@ -300,6 +302,8 @@ class ValueCompiler:
             offset = sum(len(line) + 1 for line in lines[: exc.line - 1])
             self.problem(place.offset_position(text, offset), f"{field_path}: {exc.message}")
             return Compiled(lambda scope: ABSENT)
+        for path in sorted(template.reads):
+            self._check_reference(path, text, place, field_path)
         render = template.render
         position = place.position
         if not template.roots:  # the same text for every event: a limit it passes is a load-time problem
@@ -320,7 +324,8 @@ class ValueCompiler:
         # Which roots a template reads: a template of settings alone is the same for every event.
         # (Named values read through `vars` count as reading the event.)
         compiled = Compiled(evaluate, {(root,) for root in template.roots if root != "vars"} | (
-            {("vars",)} if "vars" in template.roots else set()), set())
+            {("vars",)} if "vars" in template.roots else set()),
+            {path[1] for path in template.reads if path[0] == "vars"})
         fast = template.emit
         if fast is not None:
             compiled.emit = lambda source, scope, indent: fast(source, scope, indent, source.bind(evaluate))
