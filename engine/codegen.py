@@ -9,8 +9,14 @@ function's namespace under a generated name.
 
 from __future__ import annotations
 
+import itertools
+import linecache
+import weakref
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
+
+from .problems import Position
 
 # Deeper than this, a part's code is not written inline but called (its own function or closure):
 # Python refuses more than 100 indentation levels and 20 nested blocks (for, try), and a deep value
@@ -23,6 +29,10 @@ class Source:
 
     def __init__(self, namespace: dict[str, Any] | None = None):
         self.lines: list[str] = []
+        # The rule file's place (and field) each line was written for: set by whoever writes a
+        # part's code (see values.emit_value), read back when generated code fails (see origin).
+        self.place: Origin | None = None
+        self.places: list[Origin | None] = []
         self.namespace: dict[str, Any] = dict(namespace or {})
         self._bound: dict[int, str] = {}
         self._count = 0
@@ -77,16 +87,69 @@ class Source:
 
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
+        self.places.append(self.place)
+
+    def drop(self, start: int, end: int | None = None) -> None:
+        """Take back the lines written from `start` (to `end`)."""
+        del self.lines[start:end]
+        del self.places[start:end]
+
+    def _annotated(self, header: str) -> list[tuple[str, Origin | None]]:
+        """The function's lines (`def HEADER:` first), each with its place; a comment naming the
+        place goes before the lines where it changes."""
+        out: list[tuple[str, Origin | None]] = [(f"def {header}:", None)]
+        lines, places = (self.lines, self.places) if self.lines else (["    pass"], [None])
+        for line, place in zip(lines, places, strict=True):
+            if place is not None and place != out[-1][1]:
+                indent = line[: len(line) - len(line.lstrip())]
+                # (repr: a key from the rule file cannot end the comment with a newline)
+                out.append((indent + "# " + repr(f"{place[0]} {place[1]}")[1:-1], place))
+            out.append((line, place))
+        return out
+
+    def text(self, header: str) -> str:
+        """The function's source, with the rule file's place of its lines as comments."""
+        return "\n".join(line for line, _ in self._annotated(header))
 
     def define(self, header: str, label: str = "") -> Callable[..., Any]:
         """Compile the lines under `def NAME(ARGS):` (the header, without `def` and colon); `label`
-        names what it was generated from in tracebacks and profiles."""
+        names what it was generated from in tracebacks and profiles. The source is registered with
+        linecache (tracebacks show its lines) and each line's place is kept for `origin`."""
         name = header.split("(", 1)[0]
-        text = "\n".join([f"def {header}:", *(self.lines or ["    pass"])])
-        filename = f"<generated {name} {label}>" if label else f"<generated {name}>"
-        exec(compile(text, filename, "exec"), self.namespace)  # noqa: S102 - see module doc
+        annotated = self._annotated(header)
+        text = "\n".join(line for line, _ in annotated)
+        filename = f"<generated {name} {label} #{next(_serial)}>" if label else f"<generated {name} #{next(_serial)}>"
+        code = compile(text, filename, "exec")
+        exec(code, self.namespace)  # noqa: S102 - see module doc
         function: Callable[..., Any] = self.namespace[name]
+        _SOURCES[filename] = [place for _, place in annotated]
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+        # Forgotten with the function (a Mapper's code lives as long as the Mapper).
+        weakref.finalize(function, _forget, filename)
         return function
+
+
+Origin = tuple[Position, str]  # a rule file's place and the field there, e.g. (rules.yaml:7:9, "json.email")
+_SOURCES: dict[str, list[Origin | None]] = {}  # generated file name -> the place of each of its lines
+_serial = itertools.count(1)
+
+
+def _forget(filename: str) -> None:
+    _SOURCES.pop(filename, None)
+    linecache.cache.pop(filename, None)
+
+
+def origin(traceback: TracebackType | None) -> Origin | None:
+    """The rule file's place of the innermost generated line a traceback went through, if any."""
+    found: Origin | None = None
+    while traceback is not None:
+        places = _SOURCES.get(traceback.tb_frame.f_code.co_filename)
+        if places is not None:
+            number = traceback.tb_lineno - 1  # (line 1 is the def)
+            if 0 <= number < len(places) and places[number] is not None:
+                found = places[number]
+        traceback = traceback.tb_next
+    return found
 
 
 def is_falsy(value: Any) -> bool:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .codegen import Source
+from .codegen import Source, origin
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
+from .problems import MappingSetError, Problem
 from .rules import RequestPlan, Rule, normalize_event_name
 from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
 
@@ -146,13 +147,18 @@ def _query_value(key: str, value: Any) -> str:
     return to_string(value)
 
 
+# Mapper's settings for `validate`: the set's defaults, unchecked (a required setting left out).
+UNCHECKED_DEFAULTS: Any = {}
+
+
 class Mapper:
     """A mapping set bound to one destination's settings: maps events to requests."""
 
     def __init__(self, mapping_set: MappingSet, settings: dict[str, Any] | None = None,
                  base_url: str | None = None, mask_secrets: bool = False):
         self.mapping_set = mapping_set
-        resolved = mapping_set.resolve_settings(dict(settings or {}))
+        resolved = mapping_set.default_settings() if settings is UNCHECKED_DEFAULTS else \
+            mapping_set.resolve_settings(dict(settings or {}))
         if mask_secrets:
             for name in mapping_set.secret_settings:
                 if resolved.get(name) not in (None, ""):
@@ -170,6 +176,19 @@ class Mapper:
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
+        self._sources: dict[str, str] = {}  # rule name -> its generated function's source
+        # Every rule's code is generated now, not on its first event: a set that builds a Mapper
+        # cannot fail to compile while mapping (validate builds one for the default settings).
+        for rule in mapping_set.rules:
+            self._runner(rule, False, (mapping_set.values,))
+
+    def source(self, rule_name: str) -> str:
+        """The Python generated for a rule (each line's rule-file place as a comment); KeyError
+        naming the rules when there is no such rule."""
+        try:
+            return self._sources[rule_name]
+        except KeyError:
+            raise KeyError(f"no rule {rule_name!r} (rules: {', '.join(self._sources)})") from None
 
     def settings_headers(self) -> dict[str, str]:
         """The set's default headers for a request made from the settings alone, not for an event
@@ -231,11 +250,10 @@ class Mapper:
                 if run(scope, event_type, event_name, result):
                     break
         except Exception as exc:  # a bug must not lose the event: reject it, saying so, and go on
-            # The rules' generated functions are made again from the plan for the next event.
-            self._rules_by_type.clear()
-            self._runners.clear()
             log.debug("internal error while mapping event %d", index, exc_info=True)
-            result.reject(f"internal error while mapping (please report it): {type(exc).__name__}: {exc}")
+            place = origin(exc.__traceback__)  # the rule file's line whose generated code failed
+            where = "" if place is None else f" (at {place[0]}, {place[1]})"
+            result.reject(f"internal error while mapping (please report it): {type(exc).__name__}: {exc}{where}")
             return result
         if result.rejection is not None:  # an event is rejected whole: nothing half-built is output
             result.requests = []
@@ -264,11 +282,16 @@ class Mapper:
         key = (id(rule), check_type)
         run = self._runners.get(key)
         if run is None:
-            run = self._runners[key] = self._generate_runner(rule, check_type, outer)
+            try:
+                run = self._runners[key] = self._generate_runner(rule, check_type, outer)
+            except (SyntaxError, RecursionError, MemoryError) as exc:  # a bug of the generator: say where
+                raise MappingSetError([Problem(rule.position, f"rule '{rule.name}': its generated code does not "
+                                               f"compile ({type(exc).__name__}: {exc}); please report it")]) from None
         return run
 
     def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         source = new_source()
+        source.place = (rule.position, f"rule '{rule.name}'")
         # Fixed for this Mapper: conditions on settings are decided here, once.
         source.roots = {"settings": self.settings, "mapping": self.mapping_info}
         source.namespace.update({
@@ -314,9 +337,11 @@ class Mapper:
                 emit(2, f"rule_scope['vars'] = V{inner}")
                 source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "rule_scope")])
             for requirement in rule.requires:
+                source.place = (requirement.position, f"rule '{rule.name}' require")
                 emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
                 emit(3, f"result.rejection = text({source.bind(requirement.reason)}, {here}) + suffix")
                 emit(3, "return True")
+            source.place = (rule.position, f"rule '{rule.name}'")
             self._emit_warnings(source, rule, here, 2)
             source.namespace["message"] = rule.message
             if rule.action == "reject":
@@ -340,8 +365,10 @@ class Mapper:
         emit(2, "return True")
         emit(1, "return final")
         if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
-            del source.lines[setup:setup_end]
-        run: _Runner = source.define("run(scope, event_type, event_name, result)", f"for rule {rule.name!r}")
+            source.drop(setup, setup_end)
+        header = "run(scope, event_type, event_name, result)"
+        run: _Runner = source.define(header, f"for rule {rule.name!r}")
+        self._sources[rule.name] = source.text(header)
         return run
 
     def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int) -> None:
@@ -367,6 +394,7 @@ class Mapper:
             source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
         emit(3, "try:")
         for requirement in rule.requires:
+            source.place = (requirement.position, f"rule '{rule.name}' require")
             emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
             emit(5, "result.item_rejections.append("
                     f"_item(rule, index, text({source.bind(requirement.reason)}, item_scope) + suffix))")

@@ -91,6 +91,11 @@ class MappingSet:
             raise SettingsError(messages)
         return dict(validator.document)
 
+    def default_settings(self) -> dict[str, Any]:
+        """The settings as declared, defaults filled in and nothing given (unchecked: a required
+        setting is left out); what `validate` compiles the rules for."""
+        return {name: spec.default for name, spec in self.settings.items() if spec.has_default}
+
     def missing_to_send(self, settings: dict[str, Any]) -> list[str]:
         return [n for n, spec in self.settings.items() if spec.required_to_send and settings.get(n) in (None, "")]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import MAX_INLINE_INDENT, Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Origin, Source, is_falsy
 from .expressions import (
     Expression,
     ExpressionError,
@@ -91,6 +91,7 @@ class Compiled:
     # parent calls evaluate
     emit: Emit | None = None
     always_object: bool = False  # its value is always a dict (never ABSENT): parents skip their checks
+    origin: Origin | None = None  # where in the rule files it was written (for generated code's places)
 
     @property
     def reads_event(self) -> bool:
@@ -238,6 +239,7 @@ class ValueCompiler:
             return out
 
         compiled.emit = emit
+        compiled.origin = (place.position, field_path)
         return compiled
 
     def _with_deps(self, evaluate: Evaluate, expressions: list[Expression]) -> Compiled:
@@ -252,6 +254,12 @@ class ValueCompiler:
 
     # -- value trees ---------------------------------------------------------------------------------
     def value(self, node: Any, place: ScalarPlace, field_path: str) -> Compiled:
+        compiled = self._value(node, place, field_path)
+        if compiled.origin is None:
+            compiled.origin = (place.position, field_path)
+        return compiled
+
+    def _value(self, node: Any, place: ScalarPlace, field_path: str) -> Compiled:
         if isinstance(node, PosDict):
             heads = [key for key in node if key in HEADS]
             if len(heads) > 1:
@@ -483,6 +491,10 @@ class ValueCompiler:
             out = source.temp()
             level = indent
             for part in parts:  # each option only when the ones before it gave nothing
+                if level - indent > CHAIN_NESTING:  # a long chain goes on from the outer level
+                    source.drop(-1)
+                    source.emit(indent, f"if {out} is ABSENT or {out} is None:")
+                    level = indent + 1
                 source.emit(level, f"{out} = {emit_value(part, source, scope, level)}")
                 source.emit(level, f"if {out} is ABSENT or {out} is None:")
                 level += 1
@@ -858,6 +870,7 @@ class ValueCompiler:
                 parts[key] = self.directive("select", shorthand, field_path)
             else:
                 parts[key] = self.value(entry, place, field_path)
+            parts[key].origin = parts[key].origin or (place.position, field_path)
             if table.cast is not None and table.cast_place is not None:
                 part = parts[key]
                 cast = CASTS.get(table.cast) if isinstance(table.cast, str) else None
@@ -872,20 +885,30 @@ def emit_value(part: Compiled, source: Source, scope: str, indent: int) -> str:
     """Write `part`'s code into `source` (its emit, a bound constant, or a call of its evaluate)."""
     if part.constant is not NOT_CONSTANT:
         return source.bind(part.constant)
-    evaluate = part.evaluate
-    if part.emit is not None:
-        if indent <= MAX_INLINE_INDENT:
-            return part.emit(source, scope, indent)
-        evaluate = generated_on_first_use(part)  # deep: called, its own function (see codegen)
-    out = source.temp()
-    source.emit(indent, f"{out} = {source.bind(evaluate)}({scope})")
-    return out
+    outer_place = source.place
+    if part.origin is not None:
+        source.place = part.origin
+    try:
+        evaluate = part.evaluate
+        if part.emit is not None:
+            if indent <= MAX_INLINE_INDENT:
+                return part.emit(source, scope, indent)
+            evaluate = generate_function(part)  # deep: called, its own function (see codegen)
+        out = source.temp()
+        source.emit(indent, f"{out} = {source.bind(evaluate)}({scope})")
+        return out
+    finally:
+        source.place = outer_place
 
 
 def new_source() -> Source:
     """A Source whose namespace has the names every value's code uses."""
     return Source({"ABSENT": ABSENT})
 
+
+# `select` and `first` try their options one inside the other; past this many levels they go on
+# from the outer level (one more test each), so a long list stays within Python's nesting limits.
+CHAIN_NESTING = 8
 
 Level = tuple[dict[str, Compiled], str, str]  # named values defined, their Vars' variable, their scope's variable
 
@@ -1037,7 +1060,7 @@ def _emit_condition(source: Source, expression: Expression, scope: str, indent: 
     source.emit(indent, "try:")
     value = emit_expression(expression, source, scope, indent + 1, scope)  # usable after the try
     if len(source.lines) == start + 1:  # nothing to run (a constant, or the scope itself)
-        del source.lines[start:]
+        source.drop(start)
         return value
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
@@ -1111,6 +1134,10 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     level = indent + 1
     roots: dict[tuple[str, ...], str] = {}  # path (prefix) -> the local holding it, once read
     for expression in expressions:
+        if level - indent > CHAIN_NESTING:  # a long chain goes on from the outer level
+            source.drop(-1)  # (the else:)
+            source.emit(indent + 1, f"if {out} is ABSENT:")
+            level = indent + 2
         path = _plain_path(expression)
         if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
             fixed = source.roots[path[0]]
@@ -1158,7 +1185,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
         source.emit(level, "else:")
         level += 1
     if source.lines[-1].endswith("else:"):  # nothing more to try
-        source.lines.pop()
+        source.drop(-1)
     if source.lines[-1].endswith("try:"):  # nothing at all to try (settings that are not set)
         source.emit(indent + 1, "pass")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")

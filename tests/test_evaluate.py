@@ -13,7 +13,6 @@ from engine.values import Compiled
 def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     mapping_set = engine.load_mapping_set("klaviyo")
-    mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
     good = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
     broken_rule = next(rule for rule in mapping_set.rules if rule.name == "track/event")
 
@@ -21,16 +20,20 @@ def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPat
         raise RuntimeError("boom")
 
     monkeypatch.setattr(broken_rule, "when", Compiled(explode))
+    mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
     with caplog.at_level(logging.DEBUG, logger="segment-klaviyo.evaluate"):
         result = mapper.map(good, 3)
     assert result.requests == []
-    assert result.rejection == "internal error while mapping (please report it): RuntimeError: boom"
+    # the rejection names the rule file's line whose generated code failed
+    assert result.rejection == ("internal error while mapping (please report it): RuntimeError: boom "
+                                "(at mappings/klaviyo/rules/track.yaml:2:5, rule 'track/event')")
     # the traceback is logged at debug level, for the bug report
     [record] = caplog.records
     assert record.levelno == logging.DEBUG and record.getMessage() == "internal error while mapping event 3"
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+    assert len(mapper.map({**good, "type": "identify"}).requests) == 1  # other events go on
     monkeypatch.undo()
-    assert len(mapper.map(good).requests) == 1
+    assert len(engine.Mapper(mapping_set, {"privateKey": "pk"}).map(good).requests) == 1
 
 
 def test_settings_only_headers_are_computed_once() -> None:

@@ -167,6 +167,26 @@ def test_deep_chains_and_nesting_generate_code_python_accepts(tmp_path: Path, mo
     assert result.requests[0].body == {"chain": "a", "path": "b", "indexes": "c", "nested": event["traits"]["l"]}
 
 
+@pytest.mark.parametrize(("found", "expected"), [
+    ({"f149": 1, "g149": 2}, {"v": 1, "w": 2}),  # only the last option is there
+    ({"f3": 1, "f149": 3, "g2": None, "g7": 2, "g140": 7}, {"v": 1, "w": 2}),  # the first present wins
+    ({}, {}),  # none: absent
+])
+def test_a_long_select_or_first_list_compiles_and_picks_the_first_present(
+        found: dict[str, Any], expected: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """150 options nest deeper than Python allows if each is tried inside the one before: `validate`
+    used to accept such a set and mapping raised IndentationError from the generated code."""
+    selects = ", ".join(f"traits.f{i}" for i in range(150))
+    firsts = ", ".join(f"{{select: traits.g{i}}}" for i in range(150))
+    values = f"{{v: {{select: [{selects}]}}, w: {{first: [{firsts}]}}}}"
+    (tmp_path / "mapping.yaml").write_text(DEFAULT_MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(RULE_WITH_TEMPLATE.replace("{v: TEMPLATE}", values), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = engine.Mapper(engine.load_mapping_set("."), {}).map({"type": "identify", "userId": "u", "traits": found})
+    assert result.rejection is None
+    assert result.requests[0].body == expected
+
+
 @pytest.mark.parametrize("case", [c for c in TABLE["templates"] if c["name"].startswith(("plain reads", "one plain"))],
                          ids=lambda c: c["name"])
 def test_the_fast_path_outside_generated_code_has_the_same_outcome(case: dict[str, Any]) -> None:

@@ -56,3 +56,44 @@ def test_map_refuses_an_invalid_set_before_reading_events(tmp_path: Path) -> Non
     assert run.returncode == 2
     assert run.stdout == ""
     assert "is invalid (5 problem(s))" in run.stderr
+
+
+SHOWN_RULE = """\
+rules:
+  - name: greet
+    request:
+      method: POST
+      path: /x
+      json: {who: {select: [traits.name, userId], cast: string}}
+"""
+
+
+def test_show_code_prints_a_rules_generated_python_with_its_places(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text(DEFAULT_MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(SHOWN_RULE, encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "validate", ".", "--show-code", "greet"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "def run(scope, event_type, event_name, result):"
+    # each part's lines follow the rule file's place they were written for
+    assert [line for line in lines if line.lstrip().startswith("#")] == [
+        "    # rules.yaml:2:5 rule 'greet'",
+        "        # rules.yaml:6:13 json",
+        "        # rules.yaml:6:19 json.who",
+        "        # rules.yaml:6:13 json",
+        "        # rules.yaml:2:5 rule 'greet'",
+    ]
+    assert "            t9 = t10.get('name') if isinstance(t10, dict) else None" in lines
+    assert lines[-1] == "t: valid (1 rules in 2 files, 1 settings, 0 named values)"
+    # the library call shows the same text
+    mapper = engine.Mapper(engine.load_mapping_set(tmp_path))
+    assert mapper.source("greet").replace(str(tmp_path / "rules.yaml"), "rules.yaml") == "\n".join(lines[:-1])
+
+
+def test_show_code_of_an_unknown_rule_names_the_rules(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text(DEFAULT_MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(SHOWN_RULE, encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine", "validate", ".", "--show-code", "gret"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (1, "segment-klaviyo: no rule 'gret' (rules: greet)\n")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..evaluate import UNCHECKED_DEFAULTS, Mapper
 from ..mapping_set import DEFAULT_SET, PROGRAM, load_mapping_set
 from ..problems import MappingSetError
 
@@ -14,6 +15,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("validate", help="check mapping sets without mapping anything",
                                    description=__doc__)
     parser.add_argument("sets", nargs="*", metavar="DIR", help=f"mapping set folders or names (default: {DEFAULT_SET})")
+    parser.add_argument("--show-code", metavar="RULE", action="append", default=[],
+                        help="print the Python generated for RULE (under the default settings), each line's "
+                             "rule-file place as a comment; may be given more than once")
     parser.set_defaults(run=run)
 
 
@@ -22,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.sets or [DEFAULT_SET]:
         try:
             mapping_set = load_mapping_set(name)
+            # Compiled for the default settings: every rule's code is generated (and compiled) now.
+            mapper = Mapper(mapping_set, UNCHECKED_DEFAULTS)
         except FileNotFoundError as exc:
             print(f"{PROGRAM}: {exc}", file=sys.stderr)
             code = 1
@@ -32,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: invalid, {len(exc.problems)} problem(s)")
             code = 1
             continue
+        for rule_name in args.show_code:
+            try:
+                print(mapper.source(rule_name))
+            except KeyError as exc:
+                print(f"{PROGRAM}: {exc.args[0]}", file=sys.stderr)
+                code = 1
         rule_count = _count_rules(mapping_set.rules)
         print(f"{mapping_set.name}: valid ({rule_count} rules in {len(mapping_set.files)} files, "
               f"{len(mapping_set.settings)} settings, {len(mapping_set.values)} named values)")
