@@ -722,37 +722,6 @@ def _emit(ast: dict[str, Any], loose: bool, text: str, source: Source, cur: str,
     return value
 
 
-Branch = tuple[bool, Any]  # (True, a constant) or (False, a function of the same argument)
-
-
-def generate_test(expression: Expression, locate: Callable[[EvalError], Exception],
-                  then: Branch | None = None, otherwise: Branch | None = None) -> Evaluator:
-    """The expression's JMESPath truthiness, generated in one function with the expression itself.
-
-    It returns True or False; or, given `then` and `otherwise`, the value of the branch chosen
-    (a constant, or a function called with the same argument). The expression's errors (jmespath's
-    own become EvalErrors naming the source, as in compile_expression) are raised through `locate`;
-    the branches' errors are their own.
-    """
-    source = Source({"EvalError": EvalError, "locate": locate})
-
-    def branch(chosen: Branch | None, default: bool) -> str:
-        if chosen is None:
-            return repr(default)
-        is_constant, value = chosen
-        return source.bind(value) if is_constant else f"{source.bind(value)}(cur)"
-
-    source.emit(1, "try:")
-    source.emit(2, f"result = {emit_expression(expression, source, 'cur', 2)}")
-    source.emit(1, "except EvalError as exc:")
-    source.emit(2, "raise locate(exc) from None")
-    source.emit(1, f"if {source.falsy('result')}:")
-    source.emit(2, f"return {branch(otherwise, False)}")
-    source.emit(1, f"return {branch(then, True)}")
-    function: Evaluator = source.define("test(cur)")
-    return function
-
-
 @dataclass
 class ExpressionInfo:
     """What an expression reads: field paths from the root, and names under reserved roots."""

@@ -68,10 +68,9 @@ def compile_template(source: str) -> Template:
         if loops > MAX_TEMPLATE_LOOP_NESTING:
             raise TemplateError(f"template nests {loops} loops; the limit is {MAX_TEMPLATE_LOOP_NESTING}", loop_line)
         roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
-        fast = _fast_render(syntax_tree)
-        emitter = _fast_emitter(syntax_tree) if fast is not None else None
+        emitter = _fast_emitter(syntax_tree) if _fast_handles(syntax_tree) else None
         # (a template that is one read of the event renders it as it is, by either path)
-        single_read = fast is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
+        single_read = emitter is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
             parts[0], nodes.TemplateData)
         _check_names(syntax_tree)
         compiled: list[Callable[[dict[str, Any]], str]] = []
@@ -89,14 +88,19 @@ def compile_template(source: str) -> Template:
             compiled.append(_jinja_renderer(syntax_tree, single_read))
         return compiled[0](scope)
 
+    # The fast path outside a rule's code: the same code, as its own function (something unusual,
+    # such as a missing name or not a dict, falls back to Jinja, which says exactly what).
+    # Made on first use: most templates are written into rules' code and never rendered alone.
+    fast: list[Callable[[dict[str, Any]], str]] = []
+
     def render(scope: dict[str, Any]) -> str:
+        if not fast:
+            code = Source()
+            if emitter is not None:
+                code.emit(1, f"return {emitter(code, 'scope', 1, code.bind(jinja_render))}")
+            fast.append(code.define("template(scope)") if emitter is not None else jinja_render)
         try:
-            if fast is not None:
-                try:
-                    return fast(scope)
-                except _Slow:
-                    pass  # something unusual (a missing name, not a dict): Jinja says exactly what
-            return jinja_render(scope)
+            return fast[0](scope)
         except SecurityError as exc:
             raise EvalError(f"template refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
@@ -182,100 +186,26 @@ class _Slow(Exception):
     """The fast path met something it does not handle; Jinja renders the template instead."""
 
 
+def _fast_handles(tree: nodes.Template) -> bool:
+    """Whether the template is only text and expressions the fast path reads as Jinja would: a
+    name from the scope, an item of a dict or list, a dict key written as an attribute (never a
+    dict method or a private name), and/or/not of those."""
+    def handled(node: nodes.Node) -> bool:
+        if isinstance(node, nodes.Const) or (isinstance(node, nodes.Name) and node.ctx == "load"):
+            return True
+        if isinstance(node, nodes.Getattr):
+            return not node.attr.startswith("_") and node.attr not in _DICT_ATTRIBUTES and handled(node.node)
+        if isinstance(node, nodes.Getitem):
+            return isinstance(node.arg, nodes.Const) and handled(node.node)
+        if isinstance(node, (nodes.Or, nodes.And)):
+            return handled(node.left) and handled(node.right)
+        return isinstance(node, nodes.Not) and handled(node.node)
+
+    return all(isinstance(statement, nodes.Output) for statement in tree.body) and all(
+        isinstance(node, nodes.TemplateData) or handled(node) for node in _output_pieces(tree))
+
+
 _DICT_ATTRIBUTES = frozenset(dir(dict))
-_Evaluate = Callable[[dict[str, Any]], Any]
-
-
-def _fast_expression(node: nodes.Node) -> _Evaluate | None:
-    """Plain Python for a Jinja expression, with the sandbox's results; None when not handled.
-
-    Only reads that Jinja would answer the same way are done here: a name from the scope, an item
-    of a dict or list, a dict key written as an attribute (never a dict method or a private name).
-    Anything else (missing, another type) raises _Slow, and the caller lets Jinja render.
-    """
-    if isinstance(node, nodes.Const):
-        constant = node.value
-        return lambda scope: constant
-    if isinstance(node, nodes.Name) and node.ctx == "load":
-        key = node.name
-
-        def name(scope: dict[str, Any]) -> Any:
-            try:
-                return scope[key]
-            except KeyError:
-                raise _Slow from None
-
-        return name
-    if isinstance(node, nodes.Getattr) and not node.attr.startswith("_") and node.attr not in _DICT_ATTRIBUTES:
-        inner_attr, attribute = _fast_expression(node.node), node.attr
-        if inner_attr is None:
-            return None
-        read_attr: _Evaluate = inner_attr
-
-        def getattr_(scope: dict[str, Any]) -> Any:
-            obj = read_attr(scope)
-            if type(obj) is not dict and (not isinstance(obj, dict) or hasattr(type(obj), attribute)):
-                raise _Slow
-            try:
-                return obj[attribute]
-            except KeyError:
-                raise _Slow from None
-
-        return getattr_
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        inner_item, item = _fast_expression(node.node), node.arg.value
-        if inner_item is None:
-            return None
-        read_item: _Evaluate = inner_item
-
-        def getitem(scope: dict[str, Any]) -> Any:
-            obj = read_item(scope)
-            if not isinstance(obj, (dict, list)):
-                raise _Slow
-            try:
-                return obj[item]
-            except (LookupError, TypeError):
-                raise _Slow from None
-
-        return getitem
-    if isinstance(node, (nodes.Or, nodes.And)):
-        left, right = _fast_expression(node.left), _fast_expression(node.right)
-        if left is None or right is None:
-            return None
-        if isinstance(node, nodes.Or):
-            return lambda scope: left(scope) or right(scope)
-        return lambda scope: left(scope) and right(scope)
-    if isinstance(node, nodes.Not):
-        operand = _fast_expression(node.node)
-        return None if operand is None else (lambda scope: not operand(scope))
-    return None
-
-
-def _fast_render(tree: nodes.Template) -> Callable[[dict[str, Any]], str] | None:
-    """A renderer for templates made only of text and handled expressions, or None."""
-    parts: list[str | _Evaluate] = []
-    for statement in tree.body:
-        if not isinstance(statement, nodes.Output):
-            return None
-        for node in statement.nodes:
-            if isinstance(node, nodes.TemplateData):
-                parts.append(node.data)
-                continue
-            evaluate = _fast_expression(node)
-            if evaluate is None:
-                return None
-            parts.append(evaluate)
-    if len(parts) == 1 and not isinstance(parts[0], str):
-        only = parts[0]
-        return lambda scope: str(only(scope))  # (one value of the event, as it is: not limited)
-
-    def render(scope: dict[str, Any]) -> str:
-        text = "".join([part if isinstance(part, str) else str(part(scope)) for part in parts])
-        if len(text) > MAX_TEMPLATE_OUTPUT:
-            raise _Slow  # Jinja renders it, and refuses it with the limit's message
-        return text
-
-    return render
 
 
 # -- the same fast path, written into a rule's generated function --------------------------------------
@@ -296,7 +226,7 @@ def _fast_getitem(obj: Any, item: Any) -> Any:
 
 
 def _fast_emitter(tree: nodes.Template) -> Emit:
-    """Code doing what _fast_render's closures do, for a template they handle (the caller checks).
+    """The fast path's code, for a template it handles (_fast_handles).
 
     A missing name or key, or anything unusual, falls back to calling the template's function,
     which renders with Jinja and raises its exact error."""
@@ -312,7 +242,7 @@ def _fast_emitter(tree: nodes.Template) -> Emit:
             else:
                 pieces.append(f"str({_emit_expression(node, source, scope, indent + 1)})")
         source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
-        if len(pieces) > 1:  # (see _fast_render)
+        if len(pieces) > 1:  # (one value alone is not limited: it is the event's)
             source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(_Slow)}")
         source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(_Slow)}):")
         source.emit(indent + 1, f"{out} = {fallback}({scope})")
@@ -334,7 +264,7 @@ def _emit_expression(node: nodes.Node, source: Source, scope: str, indent: int) 
         source.emit(indent, f"{out} = {inner}[{node.attr!r}] if {inner}.__class__ is dict else "
                             f"{source.bind(_fast_getattr)}({inner}, {node.attr!r})")
     elif isinstance(node, nodes.Getitem):
-        assert isinstance(node.arg, nodes.Const)  # (_fast_expression handles no other)
+        assert isinstance(node.arg, nodes.Const)  # (_fast_handles allows no other)
         inner = _emit_expression(node.node, source, scope, indent)
         source.emit(indent, f"{out} = {source.bind(_fast_getitem)}({inner}, {source.bind(node.arg.value)})")
     elif isinstance(node, (nodes.Or, nodes.And)):

@@ -21,7 +21,6 @@ from .expressions import (
     _normalize_key,
     compile_expression,
     emit_expression,
-    generate_test,
 )
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
@@ -99,6 +98,14 @@ class Compiled:
         if self.var_refs:
             return True
         return any(path[0] not in ("settings", "mapping") for path in self.paths)
+
+
+def _expression_reads(expressions: list[Expression]) -> tuple[set[tuple[str, ...]], set[str]]:
+    """The root paths and the named values (vars.NAME) the expressions read."""
+    paths: set[tuple[str, ...]] = set()
+    for expression in expressions:
+        paths |= expression.info.paths
+    return {p for p in paths if p[0] != "vars" or len(p) == 1}, {p[1] for p in paths if p[0] == "vars" and len(p) > 1}
 
 
 def _merge_deps(parts: list[Compiled]) -> tuple[set[tuple[str, ...]], set[str]]:
@@ -222,11 +229,9 @@ class ValueCompiler:
         if expression is None:
             return None
         position = place.position
-        # JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), generated in one
-        # function with the expression; its errors are located at this field.
-        test = generate_test(expression, lambda exc: _locate(exc, field_path, position))
-        compiled = self._with_deps(test, [expression])
 
+        # JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), its errors located
+        # at this field.
         def emit(source: Source, scope: str, indent: int) -> str:
             value = _emit_condition(source, expression, scope, indent, field_path, position)
             if value in source.known:  # decided now (it reads only fixed roots such as settings)
@@ -238,19 +243,14 @@ class ValueCompiler:
             source.booleans.add(out)
             return out
 
-        compiled.emit = emit
+        compiled = self._with_deps(emit, [expression])
         compiled.origin = (place.position, field_path)
         return compiled
 
-    def _with_deps(self, evaluate: Evaluate, expressions: list[Expression]) -> Compiled:
-        compiled = Compiled(evaluate)
-        for expression in expressions:
-            for path in expression.info.paths:
-                if path[0] == "vars" and len(path) > 1:
-                    compiled.var_refs.add(path[1])
-                else:
-                    compiled.paths.add(path)
-        return compiled
+    @staticmethod
+    def _with_deps(emit: Emit, expressions: list[Expression]) -> Compiled:
+        """A part written by `emit`, reading what the expressions read."""
+        return _generated(emit, *_expression_reads(expressions))
 
     # -- value trees ---------------------------------------------------------------------------------
     def value(self, node: Any, place: ScalarPlace, field_path: str) -> Compiled:
@@ -270,17 +270,6 @@ class ValueCompiler:
             return self.object(node, field_path, omit_empty=False)
         if isinstance(node, PosList):
             parts = [self.value(item, node.item_places[i], f"{field_path}[{i}]") for i, item in enumerate(node)]
-            evaluators = [part.evaluate for part in parts]
-
-            def build_list(scope: Scope) -> Any:
-                out = []
-                for evaluate in evaluators:
-                    value = evaluate(scope)
-                    if value is not ABSENT:
-                        out.append(value)
-                return out
-
-            compiled = Compiled(build_list, *_merge_deps(parts))
 
             def emit_list(source: Source, scope: str, indent: int) -> str:
                 out = source.temp()
@@ -292,8 +281,7 @@ class ValueCompiler:
                         source.emit(indent + 1, f"{out}.append({value})")
                 return out
 
-            compiled.emit = emit_list
-            return compiled
+            return _generated(emit_list, *_merge_deps(parts))
         if isinstance(node, str) and looks_like_template(node):
             return self.template(node, place, field_path)
         constant = node
@@ -379,13 +367,8 @@ class ValueCompiler:
             compiled = self._cast(compiled, node["cast"], node.value_places["cast"], field_path)
         return compiled
 
-    def _defaulted(self, compiled: Compiled, default: Compiled) -> Compiled:
-        primary, fallback = compiled.evaluate, default.evaluate
-
-        def evaluate(scope: Scope) -> Any:
-            value = primary(scope)
-            return fallback(scope) if value is ABSENT else value
-
+    @staticmethod
+    def _defaulted(compiled: Compiled, default: Compiled) -> Compiled:
         def emit(source: Source, scope: str, indent: int) -> str:
             value = emit_value(compiled, source, scope, indent)
             if value == "ABSENT":  # decided now: the default
@@ -396,24 +379,14 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(default, source, scope, indent + 1)}")
             return out
 
-        return Compiled(evaluate, *_merge_deps([compiled, default]), emit=emit)
+        return _generated(emit, *_merge_deps([compiled, default]))
 
     def _cast(self, compiled: Compiled, cast_name: Any, place: ScalarPlace, field_path: str) -> Compiled:
         cast = CASTS.get(cast_name) if isinstance(cast_name, str) else None
         if cast is None:
             self.problem(place.position, f"{field_path}: unknown cast {cast_name!r} (casts: {', '.join(CASTS)})")
             return compiled
-        inner = compiled.evaluate
         position = place.position
-
-        def evaluate(scope: Scope) -> Any:
-            value = inner(scope)
-            if value is ABSENT:
-                return ABSENT
-            try:
-                return cast(value)
-            except EvalError as exc:
-                raise FieldError(f"cannot cast to {cast_name}: {exc}", field_path, position) from None
 
         def emit(source: Source, scope: str, indent: int) -> str:
             value = emit_value(compiled, source, scope, indent)
@@ -424,7 +397,7 @@ class ValueCompiler:
             _emit_cast(source, value, out, (cast_name, cast, position), field_path, indent + 1)
             return out
 
-        return Compiled(evaluate, compiled.paths, compiled.var_refs, emit=emit)
+        return _generated(emit, compiled.paths, compiled.var_refs)
 
     # -- directives ----------------------------------------------------------------------------------
     def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
@@ -440,37 +413,11 @@ class ValueCompiler:
         else:
             pairs = [(sources, place)]
         expressions = [e for e in (self.expression(t, p, field_path, loose) for t, p in pairs) if e is not None]
-        evaluators = [_named_value_reader(expression) or expression.evaluate for expression in expressions]
+        # One function for the whole select, plain paths read inline: no call per path.
         position = place.position
-        if expressions and not loose:
-            # One function for the whole select, plain paths read inline: no call per path.
-            compiled = _select(expressions, field_path, position)
-            compiled.fuse = lambda default, cast: _select(expressions, field_path, position, default, cast)
-            return compiled
-        if len(evaluators) == 1:
-            only = evaluators[0]
-
-            def select_one(scope: Scope) -> Any:
-                try:
-                    value = only(scope)
-                except EvalError as exc:
-                    raise _locate(exc, field_path, position) from None
-                return ABSENT if value is None else value
-
-            return self._with_deps(select_one, expressions)
-
-        def select_first(scope: Scope) -> Any:
-            # First present: false, 0 and "" are values; only null and missing fall through.
-            try:
-                for evaluate in evaluators:
-                    value = evaluate(scope)
-                    if value is not None:
-                        return value
-            except EvalError as exc:
-                raise _locate(exc, field_path, position) from None
-            return ABSENT
-
-        return self._with_deps(select_first, expressions)
+        compiled = _select(expressions, field_path, position)
+        compiled.fuse = lambda default, cast: _select(expressions, field_path, position, default, cast)
+        return compiled
 
     def _directive_first(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         options = node["first"]
@@ -478,14 +425,6 @@ class ValueCompiler:
             self.problem(place.position, f"{field_path}: first needs a list of values")
             return Compiled(lambda scope: ABSENT)
         parts = [self.value(v, options.item_places[i], f"{field_path}.first[{i}]") for i, v in enumerate(options)]
-        evaluators = [part.evaluate for part in parts]
-
-        def first(scope: Scope) -> Any:
-            for evaluate in evaluators:
-                value = evaluate(scope)
-                if value is not ABSENT and value is not None:
-                    return value
-            return ABSENT
 
         def emit(source: Source, scope: str, indent: int) -> str:
             out = source.temp()
@@ -501,7 +440,7 @@ class ValueCompiler:
             source.emit(level, f"{out} = ABSENT")
             return out
 
-        return Compiled(first, *_merge_deps(parts), emit=emit)
+        return _generated(emit, *_merge_deps(parts))
 
     def _directive_template(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         return self.template(node["template"], place, field_path)
@@ -514,7 +453,7 @@ class ValueCompiler:
 
     def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         expression = self.expression(node["if"], place, field_path + ".if")
-        condition = None if expression is None else self._with_deps(lambda scope: None, [expression])
+        condition = None if expression is None else Compiled(_nothing, *_expression_reads([expression]))
         if "then" not in node:
             self.problem(node.key_positions["if"], f"{field_path}: if needs then")
             return Compiled(lambda scope: ABSENT)
@@ -523,10 +462,7 @@ class ValueCompiler:
                      else None)
         if expression is None or condition is None:
             return Compiled(lambda scope: ABSENT)
-        # The condition and the choice in one generated function; constant branches inline.
         if_path, position = field_path + ".if", place.position
-        choose = generate_test(expression, lambda exc: _locate(exc, if_path, position), _branch(then),
-                               (True, ABSENT) if otherwise is None else _branch(otherwise))
 
         def emit(source: Source, scope: str, indent: int) -> str:
             value = _emit_condition(source, expression, scope, indent, if_path, position)
@@ -541,7 +477,7 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(then, source, scope, indent + 1)}")
             return out
 
-        return Compiled(choose, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])), emit=emit)
+        return _generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None
@@ -603,19 +539,7 @@ class ValueCompiler:
             return Compiled(lambda scope: ABSENT)
         omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
         parts = [self.value(v, parts_node.item_places[i], field_path) for i, v in enumerate(parts_node)]
-        evaluators = [part.evaluate for part in parts]
         position = place.position
-
-        def merge(scope: Scope) -> Any:
-            out: dict[str, Any] = {}
-            for evaluate in evaluators:
-                value = evaluate(scope)
-                if value is ABSENT:
-                    continue
-                if not isinstance(value, dict):
-                    raise FieldError(f"merge: {describe(value)} is not an object", field_path, position)
-                out.update(value)  # later parts win
-            return ABSENT if omit_empty and not out else out
 
         def emit(source: Source, scope: str, indent: int) -> str:
             out = source.temp()
@@ -635,7 +559,9 @@ class ValueCompiler:
             _emit_absent_if_empty(source, out, omit_empty, indent)
             return out
 
-        return Compiled(merge, *_merge_deps(parts), emit=emit, always_object=not omit_empty)
+        compiled = _generated(emit, *_merge_deps(parts))  # (later parts win)
+        compiled.always_object = not omit_empty
+        return compiled
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         keys_option = node.get("keys", "exact")
@@ -672,7 +598,6 @@ class ValueCompiler:
 
                 self.links.append(link)
         omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
-        evaluate_source = expression.evaluate
         position = place.position
         source_text = node["rest"]
         loose_excluded: list[set[str]] = []  # normalized once, after except_fields are linked
@@ -686,35 +611,18 @@ class ValueCompiler:
                 loose_excluded.append({_normalize_key(k) for k in excluded})
             return _normalize_key(key) in loose_excluded[0]
 
-        def rest(scope: Scope) -> Any:
-            source = evaluate_source(scope)
-            if source is None:
-                return ABSENT if omit_empty else {}
-            if not isinstance(source, dict):
-                raise FieldError(f"{source_text} is {a_json_type(source)}, not an object", field_path, position)
-            if loose:
-                out = {k: v for k, v in source.items() if (keep_null or v is not None) and not left_out(k)}
-            elif keep_null:
-                out = {k: v for k, v in source.items() if k not in excluded}
-            else:  # the usual case: one set lookup per key, no call
-                out = {k: v for k, v in source.items() if v is not None and k not in excluded}
-            return ABSENT if omit_empty and not out else out
-
         def emit(source: Source, scope: str, indent: int) -> str:
-            if loose or keep_null:
-                out = source.temp()
-                source.emit(indent, f"{out} = {source.bind(rest)}({scope})")
-                return out
             found, out = emit_expression(expression, source, scope, indent, scope), source.temp()
             _emit_source_check(source, found, out, "dict", omit_empty, (source_text, field_path, position), indent)
-            # `excluded` is bound, not copied: except_fields fill it once every table is compiled
-            source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if v is not None and k not in "
-                                    f"{source.bind(excluded)}}}")
+            # `excluded` is bound, not copied: except_fields fill it once every table is compiled.
+            # The usual case (exact keys, nulls left out) is one set lookup per key, no call.
+            keep = "" if keep_null else "v is not None and "
+            kept = f"not {source.bind(left_out)}(k)" if loose else f"k not in {source.bind(excluded)}"
+            source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if {keep}{kept}}}")
             _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
-        compiled = self._with_deps(rest, [expression])
-        compiled.emit = emit
+        compiled = self._with_deps(emit, [expression])
         compiled.always_object = not omit_empty
         return compiled
 
@@ -740,18 +648,8 @@ class ValueCompiler:
         key = self.value(node["key"], node.value_places["key"], field_path + ".key")
         if table is None:
             return Compiled(lambda scope: ABSENT)
-        evaluate_key = key.evaluate
         entries = table.lookup
         ignore_case = table.ignore_case
-
-        def lookup(scope: Scope) -> Any:
-            value = evaluate_key(scope)
-            if value is ABSENT:
-                return ABSENT
-            try:
-                return entries.get(normalize_lookup_key(value, ignore_case), ABSENT)
-            except TypeError:  # unhashable key (an object or a list) is simply not in the table
-                return ABSENT
 
         def emit(source: Source, scope: str, indent: int) -> str:
             value = emit_value(key, source, scope, indent)
@@ -768,7 +666,7 @@ class ValueCompiler:
             source.emit(indent + 2, f"{out} = ABSENT")
             return out
 
-        return Compiled(lookup, key.paths, key.var_refs, emit=emit)
+        return _generated(emit, key.paths, key.var_refs)
 
     def _directive_each(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         expression = self.expression(node["each"], place, field_path)
@@ -785,29 +683,9 @@ class ValueCompiler:
             if "where" in node else None
         if expression is None:
             return Compiled(lambda scope: ABSENT)
-        source, produce = expression.evaluate, value.evaluate
-        keep = where.evaluate if where else None
         omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
         position = place.position
         source_text = node["each"]
-
-        def each(scope: Scope) -> Any:
-            items = source(scope)
-            if items is None:
-                return ABSENT if omit_empty else []
-            if not isinstance(items, list):
-                raise FieldError(f"{source_text} is {a_json_type(items)}, not a list", field_path, position)
-            out = []
-            inner_scope = dict(scope)
-            for index, item in enumerate(items):
-                inner_scope[name] = item
-                inner_scope["index"] = index
-                if keep is not None and not keep(inner_scope):
-                    continue
-                result = produce(inner_scope)
-                if result is not ABSENT:
-                    out.append(result)
-            return ABSENT if omit_empty and not out else out
 
         def emit(source: Source, scope: str, indent: int) -> str:
             items, out, inner_scope, item = source.temp(), source.temp(), source.temp(), source.temp()
@@ -828,8 +706,7 @@ class ValueCompiler:
             return out
 
         paths, refs = _merge_deps([value] + ([where] if where else []))
-        compiled = self._with_deps(each, [expression])
-        compiled.emit = emit
+        compiled = self._with_deps(emit, [expression])
         compiled.paths |= {p for p in paths if p[0] not in (name, "index")}
         compiled.var_refs |= refs
         return compiled
@@ -845,14 +722,13 @@ class ValueCompiler:
         value = self.value(node["value"], node.value_places["value"], field_path)
         if encoding is None:
             return value
-        produce = value.evaluate
-        encode = encoding
 
-        def encoded(scope: Scope) -> Any:
-            result = produce(scope)
-            return ABSENT if result is ABSENT else encode(result)
+        def emit(source: Source, scope: str, indent: int) -> str:
+            result, out = emit_value(value, source, scope, indent), source.temp()
+            source.emit(indent, f"{out} = ABSENT if {result} is ABSENT else {source.bind(encoding)}({result})")
+            return out
 
-        return Compiled(encoded, value.paths, value.var_refs)
+        return _generated(emit, value.paths, value.var_refs)
 
     # -- tables --------------------------------------------------------------------------------------
     def fields_table(self, table: TableDef) -> Compiled:
@@ -879,6 +755,18 @@ class ValueCompiler:
                 else:
                     parts[key] = self._cast(part, table.cast, table.cast_place, field_path)
         return _object(tuple(parts.items()), False, *_merge_deps(list(parts.values())))
+
+
+def _generated(emit: Emit, paths: set[tuple[str, ...]], var_refs: set[str]) -> Compiled:
+    """A part written by `emit`: its evaluate (for callers outside generated code) is the same code
+    as its own function, made on first use."""
+    compiled = Compiled(_nothing, paths, var_refs, emit=emit)
+    compiled.evaluate = generated_on_first_use(compiled)
+    return compiled
+
+
+def _nothing(scope: Scope) -> Any:
+    return ABSENT
 
 
 def emit_value(part: Compiled, source: Source, scope: str, indent: int) -> str:
@@ -1068,12 +956,6 @@ def _emit_condition(source: Source, expression: Expression, scope: str, indent: 
     return value
 
 
-def _branch(compiled: Compiled) -> tuple[bool, Any]:
-    if compiled.constant is not NOT_CONSTANT:
-        return (True, compiled.constant)
-    return (False, compiled.evaluate)
-
-
 def _plain_path(expression: Expression) -> tuple[str, ...] | None:
     """The keys of an expression that is a plain path (`a`, `a.b.c`), else None."""
     ast = expression.ast
@@ -1108,15 +990,7 @@ def _select(expressions: list[Expression], field_path: str, position: Position, 
     def emit(source: Source, scope: str, indent: int) -> str:
         return _emit_select(source, scope, indent, expressions, field_path, position, default, cast)
 
-    compiled = Compiled(lambda scope: ABSENT, emit=emit)
-    for expression in expressions:
-        for path in expression.info.paths:
-            if path[0] == "vars" and len(path) > 1:
-                compiled.var_refs.add(path[1])
-            else:
-                compiled.paths.add(path)
-    compiled.evaluate = generated_on_first_use(compiled, "select")
-    return compiled
+    return _generated(emit, *_expression_reads(expressions))
 
 
 def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expression], field_path: str,
@@ -1139,6 +1013,8 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             source.emit(indent + 1, f"if {out} is ABSENT:")
             level = indent + 2
         path = _plain_path(expression)
+        if expression.loose and path is not None and path[0] != "vars":  # (keys: loose: matched as JMESPath's are)
+            path = None
         if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
             fixed = source.roots[path[0]]
             for key in path[1:]:
@@ -1199,27 +1075,6 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             source.emit(indent + 1, f"{value} = {source.bind(default)}")
             _emit_cast(source, value, out, cast, field_path, indent + 1)
     return out
-
-
-def _named_value_reader(expression: Expression) -> Evaluate | None:
-    """For `vars.NAME`, a reader of the named value straight from the scope, else None.
-
-    The evaluator puts the named values in every scope under `vars`, a dict that computes a
-    name on first use (evaluate.Vars); reading it by key skips the generic path walk.
-    """
-    ast = expression.ast
-    if ast["type"] != "subexpression" or len(ast["children"]) != 2:
-        return None
-    root, leaf = ast["children"]
-    if root["type"] != "field" or root["value"] != "vars" or leaf["type"] != "field":
-        return None
-    name = leaf["value"]
-
-    def read_named_value(scope: Scope) -> Any:
-        named = scope.get("vars")
-        return None if named is None else named[name]
-
-    return read_named_value
 
 
 def _plain(value: Any) -> Any:

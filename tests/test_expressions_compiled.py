@@ -15,6 +15,9 @@ import jmespath
 
 from engine import expressions
 from engine.functions import EvalError
+from engine.problems import Position, ProblemList
+from engine.values import FieldError, Known, ValueCompiler
+from engine.yaml_loader import PosDict, ScalarPlace
 
 FIELDS = ["a", "b", "c", "vars", "settings"]
 LITERALS = ["`1`", "`0`", "`2.5`", "`true`", "`false`", "`null`", "'x'", "''", "`[]`", "`{}`", "`[1,2]`"]
@@ -92,15 +95,12 @@ def test_generated_code_matches_the_closures() -> None:
     assert compared > 4000
 
 
-def test_generated_tests_and_choices_match_truthiness() -> None:
+def test_generated_conditions_and_choices_match_truthiness() -> None:
+    """A rule's condition (`when`, `check`) and an `if` choose by JMESPath truthiness in their
+    generated code; an expression's error is raised located at the field."""
     rng = random.Random(11)
-
-    class Located(Exception):
-        pass
-
-    def locate(exc: EvalError) -> Exception:
-        return Located(str(exc))
-
+    place = ScalarPlace(Position("rules.yaml", 1, 1), None)
+    compiler = ValueCompiler(ProblemList(), Known({"x"}, set(), {}), "rules.yaml")
     compared = 0
     for _ in range(800):
         source = _expression(rng)
@@ -108,22 +108,29 @@ def test_generated_tests_and_choices_match_truthiness() -> None:
             compiled = expressions.compile_expression(source)
         except expressions.ExpressionError:
             continue
-        test = expressions.generate_test(compiled, locate)
-        choose = expressions.generate_test(compiled, locate, (True, "yes"), (False, lambda document: "no"))
+        if any(path[0] in ("vars", "settings") for path in compiled.info.paths):
+            continue  # (their names are checked at load; this compares values)
+        test = compiler.condition(source, place, "when")
+        node = PosDict({"if": source, "then": "yes", "else": "no"})
+        node.position, node.key_positions = place.position, dict.fromkeys(node, place.position)
+        node.value_places = dict.fromkeys(node, place)
+        choose = compiler.value(node, place, "v")
+        assert test is not None
         for _ in range(4):
             document = {"a": _document(rng), "b": _document(rng), "c": _document(rng)}
             expected = _outcome(compiled.evaluate, document)
             if expected[0] == "error":
-                for function in (test, choose):
+                for function, where in ((test.evaluate, "when"), (choose.evaluate, "v.if")):
                     try:
                         function(document)
-                    except Located as exc:
-                        assert str(exc) == expected[1]
+                    except FieldError as exc:
+                        assert (str(exc), exc.field_path) == (expected[1], where)
                     else:
                         raise AssertionError(f"{source}: expected {expected[1]}")
             elif expected[0] == "value":
                 truth = expressions.is_truthy(expected[1])
-                assert test(document) is truth, (source, document)
-                assert choose(document) == ("yes" if truth else "no"), (source, document)
+                assert bool(test.evaluate(document)) is truth, (source, document)  # (None for false, as in `if not`)
+                assert choose.evaluate(document) == ("yes" if truth else "no"), (source, document)
             compared += 1
-    assert compared > 2000
+    assert not compiler.problems
+    assert compared > 1000
