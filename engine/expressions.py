@@ -1,11 +1,11 @@
 """JMESPath selectors: parsed and checked at load time, compiled to plain Python.
 
-jmespath.py walks its syntax tree on every search. Here each expression is compiled once, at load
-time: `_compile` turns the tree into closures (paths, indexes, comparisons, and/or/not, pipes,
-function calls, projections and filters), and `_Codegen` turns it into the source of one Python
-function doing the same steps without a call per node, which is what runs. Anything rarer (slices,
-exprefs such as sort_by(&x)) is handed to jmespath's own interpreter, so the language is always
-full JMESPath.
+jmespath.py walks its syntax tree on every search. Here each expression is parsed and checked
+once, at load time, and `_Codegen` writes its steps as Python (paths, indexes, comparisons,
+and/or/not, pipes, lists, objects, function calls, projections, filters, flattening), into a rule's
+generated function or, for a caller outside generated code, an expression's own function made on
+its first use. Anything rarer (slices, exprefs such as sort_by(&x)) is handed to jmespath's own
+interpreter, so the language is always full JMESPath.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def _custom_functions_class() -> type[jfunctions.Functions]:
 
 
 _FUNCTIONS_INSTANCE = _custom_functions_class()()
-_INTERPRETER = jvisitor.TreeInterpreter(jmespath.Options(custom_functions=_FUNCTIONS_INSTANCE))
+# jmespath with the rule language's functions: what generated code must agree with (its tests
+# search with these options), and what runs the rarer nodes.
+JMESPATH_OPTIONS = jmespath.Options(custom_functions=_FUNCTIONS_INSTANCE)
+_INTERPRETER = jvisitor.TreeInterpreter(JMESPATH_OPTIONS)
 _BUILTINS: dict[str, Any] = dict(jfunctions.Functions.FUNCTION_TABLE)
 
 
@@ -60,30 +63,23 @@ def is_truthy(value: Any) -> bool:
     return True
 
 
-def _normalize_key(key: str) -> str:
+def normalize_key(key: str) -> str:
+    """A key as `keys: loose` compares it: lower case, letters and digits only."""
     return re.sub(r"[^0-9a-z]", "", key.lower())
 
 
-def _field(key: str, loose: bool) -> Evaluator:
-    if not loose:
-        def get(current: Any) -> Any:
-            return current.get(key) if isinstance(current, dict) else None
-
-        return get
-    wanted = _normalize_key(key)
-
-    def get_loose(current: Any) -> Any:
-        if not isinstance(current, dict):
-            return None
-        value = current.get(key)
-        if value is not None:
-            return value
-        for candidate, candidate_value in current.items():
-            if isinstance(candidate, str) and _normalize_key(candidate) == wanted:
-                return candidate_value
+def _loose_get(current: Any, key: str) -> Any:
+    """`current.key` under `keys: loose`: the exact key, else the first whose normalized form matches."""
+    if not isinstance(current, dict):
         return None
-
-    return get_loose
+    value = current.get(key)
+    if value is not None:
+        return value
+    wanted = normalize_key(key)
+    for candidate, candidate_value in current.items():
+        if isinstance(candidate, str) and normalize_key(candidate) == wanted:
+            return candidate_value
+    return None
 
 
 def _equals(a: Any, b: Any) -> bool:
@@ -95,171 +91,9 @@ def _equals(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _ordering(op: str) -> Callable[[Any, Any], Any]:
-    import operator
-
-    python_op = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}[op]
-
-    def compare(a: Any, b: Any) -> Any:
-        numbers = (int, float)
-        if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
-            return python_op(a, b)
-        return None
-
-    return compare
-
-
-def _compile(node: dict[str, Any], loose: bool) -> Evaluator:
-    kind = node["type"]
-    children = node["children"]
-    if kind == "field":
-        return _field(node["value"], loose)
-    if kind == "subexpression":
-        steps = [_compile(child, loose) for child in children]
-        if all(child["type"] == "field" for child in children) and not loose:
-            keys = [child["value"] for child in children]
-            if len(keys) == 2:
-                return _chain2(*keys)
-            if len(keys) == 3:
-                return _chain3(*keys)
-
-            def chain(current: Any) -> Any:
-                for key in keys:
-                    if not isinstance(current, dict):
-                        return None
-                    current = current.get(key)
-                return current
-
-            return chain
-
-        def subexpression(current: Any) -> Any:
-            for step in steps:
-                if current is None:
-                    return None
-                current = step(current)
-            return current
-
-        return subexpression
-    if kind == "index_expression" and _only_indexes(children):
-        left = _compile(children[0], loose)
-        if len(children) > 2:  # a[0][1]…: jmespath's parser puts the indexes side by side
-            indexes = [child["value"] for child in children[1:]]
-
-            def indexed_many(current: Any) -> Any:
-                value = left(current)
-                for each in indexes:
-                    if not isinstance(value, list) or not -len(value) <= each < len(value):
-                        return None
-                    value = value[each]
-                return value
-
-            return indexed_many
-        index = children[1]["value"]
-
-        def indexed(current: Any) -> Any:
-            value = left(current)
-            if isinstance(value, list) and -len(value) <= index < len(value):
-                return value[index]
-            return None
-
-        return indexed
-    if kind == "literal":
-        constant = node["value"]
-        return lambda current: constant
-    if kind == "current" or kind == "identity":
-        return lambda current: current
-    if kind == "comparator":
-        left, right = (_compile(child, loose) for child in children)
-        op = node["value"]
-        if op == "eq":
-            return lambda current: _equals(left(current), right(current))
-        if op == "ne":
-            return lambda current: not _equals(left(current), right(current))
-        ordering = _ordering(op)
-        return lambda current: ordering(left(current), right(current))
-    if kind == "and_expression":
-        left, right = (_compile(child, loose) for child in children)
-
-        def and_(current: Any) -> Any:
-            value = left(current)
-            if value is None or value is False or (not value and isinstance(value, (str, list, dict))):
-                return value
-            return right(current)
-
-        return and_
-    if kind == "or_expression":
-        left, right = (_compile(child, loose) for child in children)
-
-        def or_(current: Any) -> Any:
-            value = left(current)
-            if value is None or value is False or (not value and isinstance(value, (str, list, dict))):
-                return right(current)
-            return value
-
-        return or_
-    if kind == "not_expression":
-        operand = _compile(children[0], loose)
-
-        def not_(current: Any) -> bool:
-            value = operand(current)
-            return value is None or value is False or (not value and isinstance(value, (str, list, dict)))
-
-        return not_
-    if kind == "pipe":
-        left, right = (_compile(child, loose) for child in children)
-        return lambda current: right(left(current))
-    if kind == "multi_select_list":
-        parts = [_compile(child, loose) for child in children]
-        return lambda current: None if current is None else [part(current) for part in parts]
-    if kind == "function_expression" and node["value"] in FUNCTIONS and all(
-        child["type"] != "expref" for child in children
-    ):
-        python_function = FUNCTIONS[node["value"]][0]
-        arguments = [_compile(child, loose) for child in children]
-        if len(arguments) == 1:
-            only = arguments[0]
-            return lambda current: python_function(only(current))
-        return lambda current: python_function(*[argument(current) for argument in arguments])
-    if kind == "function_expression" and all(child["type"] != "expref" for child in children):
-        name = node["value"]
-        arguments = [_compile(child, loose) for child in children]
-        direct = _direct_builtin(name, len(arguments))
-        if direct is not None:
-            return _call_builtin(name, arguments, *direct)
-        return lambda current: _FUNCTIONS_INSTANCE.call_function(name, [a(current) for a in arguments])
-    if not loose and kind in _PROJECTIONS:
-        return _PROJECTIONS[kind](node)
-    # Slices, exprefs: jmespath's interpreter, on the same tree.
-    return lambda current: _INTERPRETER.visit(node, current)
-
-
 def _only_indexes(children: list[dict[str, Any]]) -> bool:
     """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
     return all(child["type"] == "index" for child in children[1:])
-
-
-def _chain2(first: str, second: str) -> Evaluator:
-    def chain2(current: Any) -> Any:
-        if isinstance(current, dict):
-            current = current.get(first)
-            if isinstance(current, dict):
-                return current.get(second)
-        return None
-
-    return chain2
-
-
-def _chain3(first: str, second: str, third: str) -> Evaluator:
-    def chain3(current: Any) -> Any:
-        if isinstance(current, dict):
-            current = current.get(first)
-            if isinstance(current, dict):
-                current = current.get(second)
-                if isinstance(current, dict):
-                    return current.get(third)
-        return None
-
-    return chain3
 
 
 def _direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[frozenset[str] | None]] | None:
@@ -283,120 +117,7 @@ def _direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[fro
     return spec["function"], allowed
 
 
-def _call_builtin(name: str, arguments: list[Evaluator], function: Callable[..., Any],
-                  allowed: list[frozenset[str] | None]) -> Evaluator:
-    """Call a builtin without jmespath's per-call validation when the argument types are allowed;
-    otherwise let call_function validate (and raise its exact error)."""
-    instance = _FUNCTIONS_INSTANCE
-    if len(arguments) == 1:
-        only, types = arguments[0], allowed[0]
-        if types is None:
-            return lambda current: function(instance, only(current))
-
-        def call_one(current: Any) -> Any:
-            value = only(current)
-            if type(value).__name__ in types:
-                return function(instance, value)
-            return instance.call_function(name, [value])
-
-        return call_one
-    pairs = list(zip(arguments, allowed, strict=True))
-
-    def call(current: Any) -> Any:
-        values = [argument(current) for argument in arguments]
-        for value, (_, types) in zip(values, pairs, strict=True):
-            if types is not None and type(value).__name__ not in types:
-                return instance.call_function(name, values)
-        return function(instance, *values)
-
-    return call
-
-
-def _projection(node: dict[str, Any]) -> Evaluator:
-    """`a[*].b`: b of each element of a, nulls left out (as jmespath's interpreter does)."""
-    left, right = (_compile(child, False) for child in node["children"][:2])
-
-    def project(current: Any) -> Any:
-        base = left(current)
-        if not isinstance(base, list):
-            return None
-        return [value for value in map(right, base) if value is not None]
-
-    return project
-
-
-def _filter_projection(node: dict[str, Any]) -> Evaluator:
-    """`a[?cond].b`: b of each element of a for which cond is true, nulls left out."""
-    left, right, condition = (_compile(child, False) for child in node["children"])
-
-    def project(current: Any) -> Any:
-        base = left(current)
-        if not isinstance(base, list):
-            return None
-        collected = []
-        for element in base:
-            if is_truthy(condition(element)):
-                value = right(element)
-                if value is not None:
-                    collected.append(value)
-        return collected
-
-    return project
-
-
-def _flatten(node: dict[str, Any]) -> Evaluator:
-    """`a[]`: a with nested lists merged one level."""
-    inner = _compile(node["children"][0], False)
-
-    def flatten(current: Any) -> Any:
-        base = inner(current)
-        if not isinstance(base, list):
-            return None
-        merged: list[Any] = []
-        for element in base:
-            if isinstance(element, list):
-                merged.extend(element)
-            else:
-                merged.append(element)
-        return merged
-
-    return flatten
-
-
-def _value_projection(node: dict[str, Any]) -> Evaluator:
-    """`a.*.b`: b of each value of the object a, nulls left out."""
-    left, right = (_compile(child, False) for child in node["children"][:2])
-
-    def project(current: Any) -> Any:
-        base = left(current)
-        if not isinstance(base, dict):
-            return None
-        return [value for value in map(right, base.values()) if value is not None]
-
-    return project
-
-
-def _multi_select_dict(node: dict[str, Any]) -> Evaluator:
-    """`{a: x, b: y}`: an object of the results (null in, null out)."""
-    pairs = [(child["value"], _compile(child["children"][0], False)) for child in node["children"]]
-
-    def select(current: Any) -> Any:
-        if current is None:
-            return None
-        return {key: evaluate(current) for key, evaluate in pairs}
-
-    return select
-
-
-_PROJECTIONS: dict[str, Callable[[dict[str, Any]], Evaluator]] = {
-    "projection": _projection,
-    "filter_projection": _filter_projection,
-    "flatten": _flatten,
-    "value_projection": _value_projection,
-    "multi_select_dict": _multi_select_dict,
-}
-
-# Node kinds compiled above that never raise jmespath's errors (function calls and the interpreter
+# Node kinds written out that never raise jmespath's errors (function calls and the interpreter
 # may: expressions holding those keep a guard that turns the error into an EvalError).
 _UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "identity", "comparator",
                               "and_expression", "or_expression", "not_expression", "pipe", "multi_select_list",
@@ -404,7 +125,7 @@ _UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "i
                               "multi_select_dict", "key_val_pair", "index"})
 
 
-def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
+def _needs_guard(node: dict[str, Any]) -> bool:
     kind = node["type"]
     if kind == "function_expression":
         if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
@@ -412,19 +133,19 @@ def _needs_guard(node: dict[str, Any], loose: bool) -> bool:
     elif kind == "index_expression":
         if not _only_indexes(node["children"]):
             return True
-    elif kind not in _UNGUARDED_KINDS or (loose and kind in _PROJECTIONS):
+    elif kind not in _UNGUARDED_KINDS:
         return True
-    return any(_needs_guard(child, loose) for child in node["children"] if isinstance(child, dict))
+    return any(_needs_guard(child) for child in node["children"] if isinstance(child, dict))
 
 
 class _Codegen:
     """Writes a JMESPath tree's code into a generated function (a codegen.Source).
 
-    It does what the closures of `_compile` do, node for node and in the same order, without a
-    call per node: paths, indexes, literals, comparisons, and/or/not, pipes, lists, projections,
-    filters and function calls become straight-line Python; the rarer nodes (flatten, value
-    projections, slices, exprefs, loose keys) call their `_compile` closure. Keys and names reach
-    the source only through repr(); every other value (literals, functions) is bound in the
+    It does what jmespath's interpreter does, node for node and in the same order, without a call
+    per node: paths, indexes, literals, comparisons, and/or/not, pipes, lists, objects,
+    projections, filters, flattening and function calls become straight-line Python (a loose key
+    is one call); slices and exprefs call the interpreter on their node. Keys and names reach the
+    source only through repr(); every other value (literals, functions) is bound in the
     function's namespace.
     """
 
@@ -468,13 +189,15 @@ class _Codegen:
         fixed = self.root_constant(node, cur)
         if fixed is not None:
             return fixed
-        if indent > MAX_INLINE_INDENT:  # deep: the node's closure, called (see codegen)
+        if indent > MAX_INLINE_INDENT:  # deep: the node as its own function, called (see codegen)
             out = self.temp()
-            self.emit(indent, f"{out} = {self.bind(_compile(node, self.loose))}({cur})")
+            self.emit(indent, f"{out} = {self.bind(_generate(node, self.loose, ''))}({cur})")
             return out
-        if kind == "field" and not self.loose:
+        if kind == "field":
             out = self.temp()
-            if cur == self.named_root:  # the scope: always a dict
+            if self.loose:
+                self.emit(indent, f"{out} = {self.bind(_loose_get)}({cur}, {node['value']!r})")
+            elif cur == self.named_root:  # the scope: always a dict
                 self.emit(indent, f"{out} = {cur}.get({node['value']!r})")
             else:
                 self.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
@@ -573,12 +296,31 @@ class _Codegen:
             return out
         if kind == "function_expression" and all(child["type"] != "expref" for child in children):
             return self.function(node, cur, indent)
-        if kind in ("projection", "filter_projection") and not self.loose:
+        if kind in ("projection", "filter_projection", "value_projection"):
             return self.projection(node, cur, indent)
-        # Projections, slices, exprefs, loose keys: the closure.
-        closure = self.bind(_compile(node, self.loose))
+        if kind == "flatten":
+            base, out, element = self.gen(children[0], cur, indent), self.temp(), self.temp()
+            self.emit(indent, f"if not isinstance({base}, list):")
+            self.emit(indent + 1, f"{out} = None")
+            self.emit(indent, "else:")
+            self.emit(indent + 1, f"{out} = []")
+            self.emit(indent + 1, f"for {element} in {base}:")
+            self.emit(indent + 2, f"if isinstance({element}, list):")
+            self.emit(indent + 3, f"{out}.extend({element})")
+            self.emit(indent + 2, "else:")
+            self.emit(indent + 3, f"{out}.append({element})")
+            return out
+        if kind == "multi_select_dict":
+            out = self.temp()
+            self.emit(indent, f"if {cur} is None:")
+            self.emit(indent + 1, f"{out} = None")
+            self.emit(indent, "else:")
+            pairs = [(child["value"], self.gen(child["children"][0], cur, indent + 1)) for child in children]
+            self.emit(indent + 1, f"{out} = {{{', '.join(f'{key!r}: {value}' for key, value in pairs)}}}")
+            return out
+        # Slices, exprefs: jmespath's interpreter, on the same tree (keys there are exact).
         out = self.temp()
-        self.emit(indent, f"{out} = {closure}({cur})")
+        self.emit(indent, f"{out} = {self.bind(_INTERPRETER.visit)}({self.bind(node)}, {cur})")
         return out
 
     def comparator(self, node: dict[str, Any], cur: str, indent: int) -> str:
@@ -616,15 +358,17 @@ class _Codegen:
         return out
 
     def projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        """`a[*].b` and `a[?cond].b`: b of each element of a (for which cond is true), nulls left out."""
+        """`a[*].b`, `a[?cond].b` and `a.*.b`: b of each element of the list a (for which cond is
+        true), or of each value of the object a, nulls left out."""
         children = node["children"]
         base = self.gen(children[0], cur, indent)
         out, element = self.temp(), self.temp()
-        self.emit(indent, f"if not isinstance({base}, list):")
+        of_object = node["type"] == "value_projection"
+        self.emit(indent, f"if not isinstance({base}, {'dict' if of_object else 'list'}):")
         self.emit(indent + 1, f"{out} = None")
         self.emit(indent, "else:")
         self.emit(indent + 1, f"{out} = []")
-        self.emit(indent + 1, f"for {element} in {base}:")
+        self.emit(indent + 1, f"for {element} in {base}{'.values()' if of_object else ''}:")
         level = indent + 2
         if node["type"] == "filter_projection":
             condition = self.gen(children[2], element, level)
@@ -692,9 +436,11 @@ def _is_named_value(node: dict[str, Any]) -> bool:
 
 
 def _generate(ast: dict[str, Any], loose: bool, text: str) -> Evaluator:
-    """One Python function for the whole expression (see _Codegen)."""
+    """One Python function for the expression (see _Codegen); `text` names it in jmespath's errors
+    ("": a part of an expression, whose caller's guard names the whole)."""
     source = Source()
-    source.emit(1, f"return {_emit(ast, loose, text, source, 'cur', 1, None)}")
+    value = _emit(ast, loose, text, source, "cur", 1, None) if text else _Codegen(loose, source).gen(ast, "cur", 1)
+    source.emit(1, f"return {value}")
     function: Evaluator = source.define("expression(cur)")
     return function
 
@@ -710,7 +456,7 @@ def emit_expression(expression: Expression, source: Source, cur: str, indent: in
 def _emit(ast: dict[str, Any], loose: bool, text: str, source: Source, cur: str, indent: int,
           named_root: str | None) -> str:
     codegen = _Codegen(loose, source, named_root)
-    if not _needs_guard(ast, loose):
+    if not _needs_guard(ast):
         return codegen.gen(ast, cur, indent)
     source.emit(indent, "try:")
     start = len(source.lines)
@@ -903,19 +649,17 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise found[0]
     info = ExpressionInfo()
     _collect(ast, info)
-    guard = _needs_guard(ast, loose_keys)
-    if ast["type"] != "field" or loose_keys:
-        return Expression(source, _generate(ast, loose_keys, source), info, ast, loose_keys)
-    compiled = _compile(ast, loose_keys)
-    if not guard:
-        return Expression(source, compiled, info, ast, loose_keys)
+    expression = Expression(source, _nothing, info, ast, loose_keys)
 
     def evaluate(current: Any) -> Any:
-        try:
-            return compiled(current)
-        except EvalError:
-            raise
-        except jexc.JMESPathError as exc:
-            raise EvalError(f"{source}: {exc}") from None
+        # Generated on first use: a rule writes the expression into its own code (emit_expression)
+        # and never calls this, so most expressions are never generated twice.
+        function = expression.evaluate = _generate(ast, loose_keys, source)
+        return function(current)
 
-    return Expression(source, evaluate, info, ast, loose_keys)
+    expression.evaluate = evaluate
+    return expression
+
+
+def _nothing(current: Any) -> Any:
+    return None

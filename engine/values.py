@@ -18,9 +18,9 @@ from .codegen import MAX_INLINE_INDENT, Origin, Source, is_falsy
 from .expressions import (
     Expression,
     ExpressionError,
-    _normalize_key,
     compile_expression,
     emit_expression,
+    normalize_key,
 )
 from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
 from .problems import Position, ProblemList
@@ -608,8 +608,8 @@ class ValueCompiler:
             if not loose or not isinstance(key, str):
                 return False
             if not loose_excluded:
-                loose_excluded.append({_normalize_key(k) for k in excluded})
-            return _normalize_key(key) in loose_excluded[0]
+                loose_excluded.append({normalize_key(k) for k in excluded})
+            return normalize_key(key) in loose_excluded[0]
 
         def emit(source: Source, scope: str, indent: int) -> str:
             found, out = emit_expression(expression, source, scope, indent, scope), source.temp()
