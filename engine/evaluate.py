@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from .codegen import Source, origin
+from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
 from .problems import MappingSetError, Problem
@@ -377,8 +378,8 @@ class Mapper:
         assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
         emit = source.emit
         source.namespace["_not_a_list"] = lambda items: EvalError(
-            f"for_each {rule.for_each_source}: is {a_json_type(items)}, not a list")
-        emit(2, f"items = {source.bind(rule.for_each.evaluate)}(scope)")
+            f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")
+        emit(2, f"items = {emit_expression(rule.for_each, source, 'scope', 2, 'scope')}")
         emit(2, "if items is None:")
         emit(3, "return final")
         emit(2, "if not isinstance(items, list):")

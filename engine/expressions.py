@@ -649,17 +649,15 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         raise found[0]
     info = ExpressionInfo()
     _collect(ast, info)
-    expression = Expression(source, _nothing, info, ast, loose_keys)
+    made: list[Evaluator] = []
 
     def evaluate(current: Any) -> Any:
         # Generated on first use: a rule writes the expression into its own code (emit_expression)
         # and never calls this, so most expressions are never generated twice.
-        function = expression.evaluate = _generate(ast, loose_keys, source)
-        return function(current)
+        if not made:
+            made.append(_generate(ast, loose_keys, source))
+            expression.evaluate = made[0]
+        return made[0](current)
 
-    expression.evaluate = evaluate
+    expression = Expression(source, evaluate, info, ast, loose_keys)
     return expression
-
-
-def _nothing(current: Any) -> Any:
-    return None

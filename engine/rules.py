@@ -9,8 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .codegen import Source
+from .expressions import Expression, emit_expression
 from .problems import Position
-from .values import ABSENT, Compiled, ValueCompiler
+from .values import ABSENT, Compiled, ValueCompiler, expression_reads, generated
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 
@@ -55,8 +57,7 @@ class Rule:
     when: Compiled | None = None
     final: bool = False
     values: dict[str, Compiled] = field(default_factory=dict)
-    for_each: Compiled | None = None
-    for_each_source: str = ""
+    for_each: Expression | None = None
     item_name: str = "item"
     requires: list[Requirement] = field(default_factory=list)
     warns: list[Warning_] = field(default_factory=list)
@@ -76,6 +77,25 @@ class Rule:
         if self.event_names is not None and normalized in self.event_names:
             return True
         return any(fnmatch.fnmatchcase(normalized, pattern) for pattern in self.event_globs)
+
+
+def _presence(expressions: list[Expression], any_one: bool) -> Compiled:
+    """one_of (any_one) or present: whether any (all) of the expressions is not null, each tried
+    only while the answer is open."""
+    def emit(source: Source, scope: str, indent: int) -> str:
+        out = source.temp()
+        source.emit(indent, f"{out} = {not any_one}")
+        for number, expression in enumerate(expressions):
+            level = indent
+            if number:  # (flat, not nested: a long list stays within Python's nesting limits)
+                source.emit(indent, f"if {'not ' if any_one else ''}{out}:")
+                level += 1
+            value = emit_expression(expression, source, scope, level, scope)
+            source.emit(level, f"{out} = {value} is not None")
+        source.booleans.add(out)
+        return out
+
+    return generated(emit, *expression_reads(expressions))
 
 
 def _constant(text: str) -> Callable[[dict[str, Any]], str]:
@@ -117,9 +137,7 @@ class RuleCompiler:
             rule.item_name = str(node.get("as", "item"))
             item_names = {rule.item_name, "index"}
             expression = values.expression(node["for_each"], node.value_places["for_each"], f"rule '{name}' for_each")
-            if expression is not None:
-                rule.for_each = Compiled(expression.evaluate)
-                rule.for_each_source = expression.source
+            rule.for_each = expression
         values = values.with_items(item_names)  # a child scope: rule-level names stay in this rule
 
         if "values" in node and isinstance(node["values"], PosDict):
@@ -174,19 +192,10 @@ class RuleCompiler:
             default_reason = f"check failed: {node['check']}"
         else:
             sources: PosList = node[kind]
-            expressions = [values.expression(s, sources.item_places[i], field_path) for i, s in enumerate(sources)]
-            evaluators = [e.evaluate for e in expressions if e is not None]
+            found = [values.expression(s, sources.item_places[i], field_path) for i, s in enumerate(sources)]
+            test = _presence([e for e in found if e is not None], kind == "one_of")
             names = ", ".join(str(s) for s in sources)
-            if kind == "one_of":
-                def any_present(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
-                    return any(evaluate(scope) is not None for evaluate in _e)
-
-                test, default_reason = Compiled(any_present), f"needs one of {names}; none is present"
-            else:
-                def all_present(scope: dict[str, Any], _e: list[Any] = evaluators) -> bool:
-                    return all(evaluate(scope) is not None for evaluate in _e)
-
-                test, default_reason = Compiled(all_present), f"needs {names}"
+            default_reason = f"needs one of {names}; none is present" if kind == "one_of" else f"needs {names}"
         if "reason" in node:
             reason = values.value(node["reason"], node.value_places["reason"], field_path + ".reason")
         else:

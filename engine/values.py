@@ -100,7 +100,7 @@ class Compiled:
         return any(path[0] not in ("settings", "mapping") for path in self.paths)
 
 
-def _expression_reads(expressions: list[Expression]) -> tuple[set[tuple[str, ...]], set[str]]:
+def expression_reads(expressions: list[Expression]) -> tuple[set[tuple[str, ...]], set[str]]:
     """The root paths and the named values (vars.NAME) the expressions read."""
     paths: set[tuple[str, ...]] = set()
     for expression in expressions:
@@ -250,7 +250,7 @@ class ValueCompiler:
     @staticmethod
     def _with_deps(emit: Emit, expressions: list[Expression]) -> Compiled:
         """A part written by `emit`, reading what the expressions read."""
-        return _generated(emit, *_expression_reads(expressions))
+        return generated(emit, *expression_reads(expressions))
 
     # -- value trees ---------------------------------------------------------------------------------
     def value(self, node: Any, place: ScalarPlace, field_path: str) -> Compiled:
@@ -281,7 +281,7 @@ class ValueCompiler:
                         source.emit(indent + 1, f"{out}.append({value})")
                 return out
 
-            return _generated(emit_list, *_merge_deps(parts))
+            return generated(emit_list, *_merge_deps(parts))
         if isinstance(node, str) and looks_like_template(node):
             return self.template(node, place, field_path)
         constant = node
@@ -379,7 +379,7 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(default, source, scope, indent + 1)}")
             return out
 
-        return _generated(emit, *_merge_deps([compiled, default]))
+        return generated(emit, *_merge_deps([compiled, default]))
 
     def _cast(self, compiled: Compiled, cast_name: Any, place: ScalarPlace, field_path: str) -> Compiled:
         cast = CASTS.get(cast_name) if isinstance(cast_name, str) else None
@@ -397,7 +397,7 @@ class ValueCompiler:
             _emit_cast(source, value, out, (cast_name, cast, position), field_path, indent + 1)
             return out
 
-        return _generated(emit, compiled.paths, compiled.var_refs)
+        return generated(emit, compiled.paths, compiled.var_refs)
 
     # -- directives ----------------------------------------------------------------------------------
     def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
@@ -440,7 +440,7 @@ class ValueCompiler:
             source.emit(level, f"{out} = ABSENT")
             return out
 
-        return _generated(emit, *_merge_deps(parts))
+        return generated(emit, *_merge_deps(parts))
 
     def _directive_template(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         return self.template(node["template"], place, field_path)
@@ -453,7 +453,7 @@ class ValueCompiler:
 
     def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         expression = self.expression(node["if"], place, field_path + ".if")
-        condition = None if expression is None else Compiled(_nothing, *_expression_reads([expression]))
+        condition = None if expression is None else Compiled(_nothing, *expression_reads([expression]))
         if "then" not in node:
             self.problem(node.key_positions["if"], f"{field_path}: if needs then")
             return Compiled(lambda scope: ABSENT)
@@ -477,7 +477,7 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(then, source, scope, indent + 1)}")
             return out
 
-        return _generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+        return generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None
@@ -559,7 +559,7 @@ class ValueCompiler:
             _emit_absent_if_empty(source, out, omit_empty, indent)
             return out
 
-        compiled = _generated(emit, *_merge_deps(parts))  # (later parts win)
+        compiled = generated(emit, *_merge_deps(parts))  # (later parts win)
         compiled.always_object = not omit_empty
         return compiled
 
@@ -666,7 +666,7 @@ class ValueCompiler:
             source.emit(indent + 2, f"{out} = ABSENT")
             return out
 
-        return _generated(emit, key.paths, key.var_refs)
+        return generated(emit, key.paths, key.var_refs)
 
     def _directive_each(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
         expression = self.expression(node["each"], place, field_path)
@@ -728,7 +728,7 @@ class ValueCompiler:
             source.emit(indent, f"{out} = ABSENT if {result} is ABSENT else {source.bind(encoding)}({result})")
             return out
 
-        return _generated(emit, value.paths, value.var_refs)
+        return generated(emit, value.paths, value.var_refs)
 
     # -- tables --------------------------------------------------------------------------------------
     def fields_table(self, table: TableDef) -> Compiled:
@@ -757,7 +757,7 @@ class ValueCompiler:
         return _object(tuple(parts.items()), False, *_merge_deps(list(parts.values())))
 
 
-def _generated(emit: Emit, paths: set[tuple[str, ...]], var_refs: set[str]) -> Compiled:
+def generated(emit: Emit, paths: set[tuple[str, ...]], var_refs: set[str]) -> Compiled:
     """A part written by `emit`: its evaluate (for callers outside generated code) is the same code
     as its own function, made on first use."""
     compiled = Compiled(_nothing, paths, var_refs, emit=emit)
@@ -990,7 +990,7 @@ def _select(expressions: list[Expression], field_path: str, position: Position, 
     def emit(source: Source, scope: str, indent: int) -> str:
         return _emit_select(source, scope, indent, expressions, field_path, position, default, cast)
 
-    return _generated(emit, *_expression_reads(expressions))
+    return generated(emit, *expression_reads(expressions))
 
 
 def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expression], field_path: str,
