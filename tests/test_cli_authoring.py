@@ -5,6 +5,8 @@ keeps the rest of the case file as its author wrote it."""
 from __future__ import annotations
 
 import filecmp
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +232,26 @@ def test_a_case_of_several_events(my_set: Path) -> None:
 ], ids=["nested", "added-key", "odd-key-and-bool", "shorter-list", "int-float", "long-value"])
 def test_differences_by_field_path(expected: object, actual: object, lines: list[str]) -> None:
     assert value_differences("x", expected, actual) == lines
+
+
+README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+TESTING = README[README.index("### Testing your mapping"):README.index("## The `klaviyo` mapping set")]
+
+
+def test_the_readme_walkthrough_prints_what_it_says(tmp_path: Path) -> None:
+    commands, printed = re.findall(r"```sh\n(.*?)```\n\n```text\n(.*?)```", TESTING, re.DOTALL)[0]
+    script = f'segment-klaviyo() {{ "{sys.executable}" -m engine "$@"; }}\n{commands}'
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert run.stdout == printed, run.stderr
+    case = (tmp_path / "my-klaviyo" / "tests" / "one-product.yaml").read_text(encoding="utf-8")
+    assert case.startswith(commands.split("<<'CASE'\n")[1].split("CASE\n")[0] + "expect:\n")
+
+
+def test_the_readme_cases_pass(my_set: Path) -> None:
+    cases = [text for text in re.findall(r"```yaml\n(.*?)```", TESTING, re.DOTALL) if "description:" in text]
+    assert len(cases) == 2
+    for number, text in enumerate(cases):
+        (my_set / "tests" / f"readme-{number}.yaml").write_text(text, encoding="utf-8")
+    run = cli(my_set.parent, "test", "myset", "-k", "readme-")
+    assert (run.returncode, run.stdout) == (0, "2 passed, 0 failed\n")
