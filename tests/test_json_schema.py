@@ -84,7 +84,11 @@ def test_every_bundled_file_fits_its_schema(kind: str, path: Path) -> None:
      ["'200' does not match '^4\\\\d\\\\d$'", "2 is greater than the maximum of 1"]),
     ("case", {"event": {}, "events": []},
      ["{'event': {}, 'events': []} should not be valid under {'required': ['event', 'events']}"]),
-], ids=["unknown-key", "excluded-and-not-allowed", "nested-rule", "name-and-url", "delivery", "case"])
+    ("rules", {"rules": [{"name": "a", "match": {"type": "trak"}, "skip": "x"},
+                         {"name": "b", "match": {"type": ["track", "pag"]}, "skip": "y"}]},
+     ["'pag' is not one of ['identify', 'track', 'page', 'screen', 'group', 'alias', 'delete']",
+      "'trak' is not one of ['identify', 'track', 'page', 'screen', 'group', 'alias', 'delete']"]),
+], ids=["unknown-key", "excluded-and-not-allowed", "nested-rule", "name-and-url", "delivery", "case", "match-type"])
 def test_the_schema_refuses_mistakes(kind: str, document: Any, expected: list[str]) -> None:
     assert problems(kind, document) == sorted(expected)
 
