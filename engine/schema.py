@@ -180,7 +180,8 @@ def _describe_error(error: Any, schema: dict[str, Any]) -> str:
     if rule == "allowed":
         given = error.value if isinstance(error.value, list) else [error.value]
         wrong = [v for v in given if v not in constraint]
-        close = difflib.get_close_matches(str(wrong[0]), [str(c) for c in constraint], n=1, cutoff=0.75) if wrong else []
+        choices = [str(c) for c in constraint]
+        close = difflib.get_close_matches(str(wrong[0]), choices, n=1, cutoff=0.75) if wrong else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"'{field}': {', '.join(map(repr, wrong))} is not one of {', '.join(map(str, constraint))}{hint}"
     if rule == "regex":
