@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
+# Segment's message types: the Tracking API's six calls, and `delete` (a user asks to be forgotten).
+MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias", "delete")
 MAX_DEPTH = 200  # objects and arrays inside each other
 MAX_NUMBER_DIGITS = 64  # an integer's digits (a double holds 17 significant ones)
 KEPT_RAW_CHARACTERS = 256 * 1024  # how much of a bad line is kept with its rejection

@@ -48,7 +48,11 @@ def _field(rules: dict[str, Any]) -> dict[str, Any]:
         if rule in ("type", "nullable", "required", "excludes"):  # (the last two: on the parent object)
             continue
         if rule == "allowed":
-            out["enum"] = list(value)
+            if "list" not in kinds:
+                out["enum"] = list(value)
+            else:  # (cerberus: each item of a list is one of them; a scalar, itself)
+                out.setdefault("allOf", []).append({"if": {"type": "array"}, "then": {"items": {"enum": list(value)}},
+                                                    "else": {"enum": list(value)}})
         elif rule == "regex":
             out["pattern"] = _pattern(value)
         elif rule == "empty" and value is False:

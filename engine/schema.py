@@ -11,6 +11,7 @@ from typing import Any
 
 import cerberus
 
+from .events import MESSAGE_TYPES
 from .problems import Position, ProblemList
 from .yaml_loader import PosDict, PosList
 
@@ -52,7 +53,7 @@ RULE_SCHEMA: dict[str, Any] = {
     "match": {
         "type": "dict",
         "schema": {
-            "type": {"type": ["string", "list"], "schema": {"type": "string"}},
+            "type": {"type": ["string", "list"], "allowed": list(MESSAGE_TYPES), "schema": {"type": "string"}},
             "event": {"type": ["string", "list"], "schema": {"type": "string"}},
         },
     },
@@ -105,23 +106,24 @@ SET_FILE_SCHEMA: dict[str, Any] = {
     "delivery": {"type": ["dict", "string"]},
 }
 
-# A test case of a mapping set (tests/golden/<set>/*.yaml): settings, one event or several, and
-# what must come out. An `expect_*` key holds the outcome as `map` reports it (see README).
+# A test case of a mapping set (<set>/tests/*.yaml): settings, one event or several, and what must
+# come out. An `expect_*` key holds the outcome as `map` reports it (see README and case_runner.py);
+# with `events`, a rejection and a skip are one line per event, so a list.
 CASE_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
     "settings": {"type": "dict"},
     "event": {"nullable": True, "excludes": "events"},
     "events": {"type": "list", "excludes": "event"},
     "expect": {"type": "list", "schema": {"type": "dict"}},
-    "expect_error": {"type": "string"},
+    "expect_error": {"type": ["string", "list"], "schema": {"type": "string"}},
     "expect_item_errors": {"type": "list", "schema": {"type": "string"}},
-    "expect_skipped": {"type": "string"},
+    "expect_skipped": {"type": ["string", "list"], "schema": {"type": "string"}},
     "expect_warnings": {"type": "list", "schema": {"type": "string"}},
 }
 
 
 _VOCABULARY = sorted({key for schema in (SETTING_SCHEMA, REQUEST_SCHEMA, REQUIREMENT_SCHEMA, RULE_SCHEMA,
-                                          TABLE_SCHEMA, SET_FILE_SCHEMA) for key in schema}
+                                          TABLE_SCHEMA, SET_FILE_SCHEMA, CASE_SCHEMA) for key in schema}
                      | {"type", "event"})
 
 
@@ -140,20 +142,48 @@ def _position_of(document: Any, path: tuple[Any, ...], at_key: bool) -> Position
     return position
 
 
-def _describe_error(error: Any) -> str:
+def _parent_schema(schema: dict[str, Any], schema_path: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields' schema an error's `schema_path` leads to (a registered name such as "rule" resolved)."""
+    node: Any = schema
+    for step in schema_path:
+        node = node.get(step) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            node = cerberus.schema_registry.get(node)
+    return node if isinstance(node, dict) else {}
+
+
+def _unknown_key(field: str, fields: dict[str, Any]) -> str:
+    """Why a key is unknown, in the words that help: a near miss, the section it belongs under, or
+    what may stand here."""
+    close = difflib.get_close_matches(field, [k for k in fields if k != field], n=1, cutoff=0.75)
+    if close:
+        return f"unknown key '{field}' (did you mean '{close[0]}'?)"
+    homes = [name for name, rules in fields.items() if isinstance(rules.get("schema"), dict)
+             and field in rules["schema"] and rules.get("type") == "dict"]
+    if homes:
+        return f"'{field}' does not go here: it belongs under '{homes[0]}'"
+    return f"unknown key '{field}' (keys here: {', '.join(fields)})"
+
+
+def _describe_error(error: Any, schema: dict[str, Any]) -> str:
+    """One cerberus error in plain words, naming the key."""
     field = error.field
     rule = error.rule
     constraint = error.constraint
     if rule == "required":
         return f"missing required key '{field}'"
     if error.code == cerberus.errors.UNKNOWN_FIELD.code:
-        close = difflib.get_close_matches(str(field), _VOCABULARY, n=1, cutoff=0.75)
-        return f"unknown key '{field}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+        return _unknown_key(str(field), _parent_schema(schema, tuple(error.schema_path)))
     if rule == "type":
         expected = " or ".join(constraint) if isinstance(constraint, list) else constraint
         return f"'{field}' must be a {expected}"
     if rule == "allowed":
-        return f"'{field}': {error.value!r} is not allowed (allowed: {', '.join(map(str, constraint))})"
+        given = error.value if isinstance(error.value, list) else [error.value]
+        wrong = [v for v in given if v not in constraint]
+        choices = [str(c) for c in constraint]
+        close = difflib.get_close_matches(str(wrong[0]), choices, n=1, cutoff=0.75) if wrong else []
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"'{field}': {', '.join(map(repr, wrong))} is not one of {', '.join(map(str, constraint))}{hint}"
     if rule == "regex":
         return f"'{field}': {error.value!r} does not match {constraint}"
     if rule == "excludes":
@@ -161,9 +191,15 @@ def _describe_error(error: Any) -> str:
         return f"'{field}' cannot be used together with '{other}'"
     if rule == "empty":
         return f"'{field}' must not be empty"
+    if rule == "nullable":
+        return f"'{field}' needs a value (it is empty)"
     if rule == "minlength":
         return f"'{field}' needs at least {constraint} item(s)"
-    return f"'{field}': fails {rule} {constraint!r}"
+    if rule == "min":
+        return f"'{field}' must be at least {constraint}"
+    if rule == "max":
+        return f"'{field}' must be at most {constraint}"
+    return f"'{field}' is not valid here ({rule}: {constraint!r})"
 
 
 def _leaf_errors(errors: Any) -> list[Any]:
@@ -205,5 +241,5 @@ def check_shape(document: Any, schema: dict[str, Any], file: str, problems: Prob
         path = tuple(error.document_path)
         at_key = error.code == cerberus.errors.UNKNOWN_FIELD.code
         position = _position_of(document, path if error.rule != "required" else path[:-1], at_key)
-        problems.add(position or Position(file, 1, 1), _describe_error(error))
+        problems.add(position or Position(file, 1, 1), _describe_error(error, schema))
     return False

@@ -20,16 +20,6 @@ KLAVIYO_SPEC = PROJECT_ROOT / "mappings" / "klaviyo" / "openapi" / "klaviyo-open
 FULL_SPEC_VARIABLE = "SEGMENT_KLAVIYO_FULL_OPENAPI"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true", default=False,
-                     help="rewrite golden expectations from the current output (review the diff!)")
-
-
-@pytest.fixture
-def update_golden(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden"))
-
-
 @pytest.fixture
 def fake_klaviyo() -> Iterator[Callable[..., FakeServer]]:
     """Start a fake Klaviyo on 127.0.0.1 (a free port): `fake = fake_klaviyo(error_rate=0.2, ...)`

@@ -297,9 +297,9 @@ def _broken(tmp_path: Path, old: str, new: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
-    ("when_backlog: 100 ", "when_backlog: 0 ", "delivery.yaml:108:19: 'when_backlog': fails min 1"),
+    ("when_backlog: 100 ", "when_backlog: 0 ", "delivery.yaml:108:19: 'when_backlog' must be at least 1"),
     ("one_per_profile: merge", "one_per_profile: fold",
-     "delivery.yaml:112:22: 'one_per_profile': 'fold' is not allowed (allowed: merge, split)"),
+     "delivery.yaml:112:22: 'one_per_profile': 'fold' is not one of merge, split"),
     ("poll: get_bulk_import_profiles_job", "poll: get_job",
      "delivery.yaml:123:13: batching profile_imports: job.poll: no endpoint 'get_job' (declare it under endpoints)"),
     ("poll: get_bulk_import_profiles_job", "poll: bulk_import_profiles",

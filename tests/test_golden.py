@@ -1,34 +1,32 @@
-"""Golden-file regression tests: every case under tests/golden/ maps exactly as recorded."""
+"""Golden-file regression tests: every case of the bundled sets (mappings/<set>/tests/) maps exactly
+as recorded, through the runner of `segment-klaviyo test` (record new outcomes with its --update)."""
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
-from golden_cases import EXPECT_KEYS, GoldenCase, load_cases, run_case, write_case
+from golden_cases import case_id, load_cases
+
+from engine.case_runner import Case, CaseRunner
+from engine.cli.test_command import spec_of
+from engine.mapping_set import load_mapping_set
 
 CASES = load_cases()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_golden_case(case: GoldenCase, update_golden: bool) -> None:
-    actual = run_case(case)
-    if update_golden:
-        write_case(case, actual)
-        return
-    assert any(key in case.data for key in EXPECT_KEYS), f"{case.path}: no expectation"
-    if "expect_error" in case.data:
-        assert "expect_error" in actual, f"expected a rejection, got {actual}"
-        assert case.data["expect_error"] in actual["expect_error"]
-    else:
-        assert actual.get("expect") == case.data["expect"]
-        assert "expect_error" not in actual
-    for key in ("expect_item_errors", "expect_warnings"):
-        expected = case.data.get(key, [])
-        got = actual.get(key, [])
-        assert len(got) == len(expected), f"{key}: {got}"
-        for want, have in zip(expected, got, strict=True):
-            assert want in have
-    assert case.data.get("expect_skipped") == actual.get("expect_skipped")
+@cache
+def runner(set_name: str) -> CaseRunner:
+    mapping_set = load_mapping_set(set_name)
+    return CaseRunner(mapping_set, spec_of(mapping_set))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_golden_case(case: Case) -> None:
+    result = runner(case.path.parent.parent.name).run(case)
+    assert case.problems + result.differences + result.spec_problems == []
 
 
 def test_there_are_golden_cases() -> None:
-    assert len(CASES) >= 1
+    assert {case.path.parent.parent.name for case in CASES} == {"klaviyo", "klaviyo-classic"}
+    assert len(CASES) >= 120

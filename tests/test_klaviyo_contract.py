@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from golden_cases import load_cases
+from golden_cases import case_id, load_cases
 from klaviyo_contract import contract_violations
 
 import engine
@@ -16,7 +16,7 @@ def klaviyo_set() -> engine.MappingSet:
     return engine.load_mapping_set("klaviyo")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_golden_requests_fit_klaviyo(case, klaviyo_set) -> None:  # type: ignore[no-untyped-def]
     mapper = engine.Mapper(klaviyo_set, case.data.get("settings") or {})
     result = mapper.map(case.data["event"])

@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES = (
     "engine.cli.serve_command",
     "engine.cli.schema_command",
     "engine.cli.check_command",
+    "engine.cli.test_command",
+    "engine.cli.init_command",
 )
 
 

@@ -3,7 +3,9 @@
     $PROG outbox status --state state/          # events and requests by status, per input
     $PROG outbox dead-letters --state state/    # each dead request with the answer that condemned it
     $PROG outbox rejected --state state/        # events the mapping rejected or skipped, with reasons
-    $PROG outbox replay --state state/ [--unit ID]...   # dead letters back to pending
+    $PROG outbox replay --state state/ [--unit ID]...   # dead letters back to pending, as they were
+    $PROG outbox replay --remap --state state/ --settings …  # or: dead events mapped again (the mapping
+                                                             # fixed), --rejected: rejected ones too
     $PROG send --resume --state state/ --settings …     # …then deliver them
 
 Output is NDJSON (status: one line per input and a total); secrets are printed as ***.
@@ -16,11 +18,13 @@ import json
 import sys
 from typing import Any
 
+from ..delivery.ingest import Ingester
 from ..delivery.outbox import OutboxError, SQLiteOutbox
 from ..delivery.sealing import Sealer
 from ..mapping_set import PROGRAM
+from ..problems import SettingsError
 from ..strict_json import json_line
-from .common import EXIT_OK, fail
+from .common import EXIT_OK, EXIT_REJECTED, UsageError, add_mapping_options, fail, load_set_or_exit, read_settings
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,12 +41,22 @@ def add_parser(subparsers: Any) -> None:
         if name == "replay":
             action.add_argument("--unit", type=int, action="append", metavar="ID",
                                 help="only this dead request (its `unit` in dead-letters; repeatable)")
+            action.add_argument("--remap", action="store_true",
+                                help="map the dead events again from their input, with the current mapping set and "
+                                     "settings, instead of resending the stored requests")
+            action.add_argument("--rejected", action="store_true",
+                                help="with --remap: map the events the mapping rejected again too")
+            add_mapping_options(action)
         if name == "rejected":
             action.add_argument("--skipped", action="store_true", help="list skipped events instead")
         action.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "replay" and args.rejected and not args.remap:
+        return fail("--rejected needs --remap")
+    if args.action == "replay" and args.remap and args.unit:
+        return fail("--remap maps whole events again: leave out --unit")
     try:
         # Only replay writes; the others read, beside a running server or in a read-only folder.
         writes = args.action == "replay"
@@ -66,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "rejected":
             for event in outbox.events("skipped" if args.skipped else "rejected"):
                 out.write(masker.mask(json_line(event)) + "\n")
+        elif args.action == "replay" and args.remap:
+            return remap(args, outbox)
         elif args.action == "replay":
             count = outbox.requeue_dead(args.unit)
             print(f"{count} dead request(s) back to pending; deliver them with: "
@@ -73,3 +89,36 @@ def run(args: argparse.Namespace) -> int:
     finally:
         outbox.close()
     return EXIT_OK
+
+
+def remap(args: argparse.Namespace, outbox: SQLiteOutbox) -> int:
+    """Map dead (and, with --rejected, rejected) events again from their raw input; one line each."""
+    try:
+        mapping_set = load_set_or_exit(args.mappings)
+        recorded_by = outbox.get_meta("mapping_set")
+        if recorded_by is not None and recorded_by != mapping_set.name:
+            raise UsageError(f"--state {args.state} holds events of mapping set '{recorded_by}', not "
+                             f"'{mapping_set.name}'")
+        try:
+            settings = mapping_set.resolve_settings(read_settings(args.settings, args.overrides))
+        except SettingsError as exc:
+            raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
+    except UsageError as exc:
+        return fail(str(exc))
+    secrets = {name: str(settings[name]) for name in mapping_set.secret_settings if settings.get(name)}
+    sealer = Sealer(secrets, outbox.get_meta("seal_nonce") or Sealer.new_nonce())
+    ingester = Ingester(mapping_set, settings, outbox, sealer)
+    outcomes: dict[str, int] = {}
+    for stored in outbox.events_to_remap(["dead", "rejected"] if args.rejected else ["dead"]):
+        record = ingester.remap(stored.raw, stored.index)
+        status = outbox.remap_event(stored.id, record)
+        outcomes[status] = outcomes.get(status, 0) + 1
+        line = {"source": stored.source, "event": stored.index, "was": stored.status, "now": status,
+                "requests": len(record.units)}
+        if record.reason is not None:
+            line["reason"] = record.reason
+        print(sealer.mask(json_line(line)))
+    told = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items())) or "none"
+    print(f"mapped again: {told}; deliver the pending ones with: {PROGRAM} send --resume --state {args.state} "
+          "--settings …", file=sys.stderr)
+    return EXIT_REJECTED if outcomes.get("rejected") else EXIT_OK

@@ -92,6 +92,7 @@ class _Display:
         self.total_known: int | None = None
         self._last = 0.0
         self._drawn = False
+        self._width = 0  # the longest bar drawn: what erasing it must cover
 
     def update(self, force: bool = False) -> None:
         if not self.enabled:
@@ -108,16 +109,33 @@ class _Display:
             filled = int(width * done / total) if total else 0
             bar = "#" * filled + "-" * (width - filled)
             extra = f" {stats.requests} requests, {stats.retried} retried, {stats.rate_limited} 429s" if stats else ""
-            self.stream.write(f"\r[{bar}] {done}/{total} events{'' if self.total_known else '+'}{extra}   ")
+            line = f"[{bar}] {done}/{total} events{'' if self.total_known else '+'}{extra}"
+            self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
             self.stream.flush()
+            self._width = max(self._width, len(line))
             self._drawn = True
 
     def clear(self) -> None:
+        with self.lock:
+            self._erase()
+
+    def _erase(self) -> None:
         if self.enabled and self._drawn:
-            with self.lock:
-                self.stream.write("\r" + " " * 100 + "\r")
-                self.stream.flush()
-                self._drawn = False
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._drawn = False
+
+    def write_lines(self, out: IO[str], lines: list[str]) -> None:
+        """Lines (skips, rejections) on `out`; when that is the bar's stream, the bar is erased first
+        and drawn again under them, so that a line never lands in the middle of the bar."""
+        if not lines:
+            return
+        with self.lock:
+            if out is self.stream:
+                self._erase()
+            out.write("".join(line + "\n" for line in lines))
+        if out is self.stream:
+            self.update(force=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,11 +231,7 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
                 lines = [{"event": index, "messageId": record.message_id, "reason": record.reason}]
             else:
                 lines = result.error_lines()
-            with display.lock:
-                for line in lines:
-                    if display.enabled:
-                        display.stream.write("\r" + " " * 100 + "\r")
-                    errors_out.write(sealer.mask(json_line(line)) + "\n")
+            display.write_lines(errors_out, [sealer.mask(json_line(line)) for line in lines])
             display.read = index + 1
             if record.status != "pending":
                 display.final += 1
@@ -278,6 +292,10 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
                + f" · {stats.requests} requests, {stats.retried} retried, {stats.rate_limited} answered 429"
                + f" · {time.monotonic() - started:.1f}s")
     print(summary, file=sys.stderr)
+    if events["dead"]:
+        reasons = outbox.dead_reasons(source_name)
+        print("most common dead-letter reasons: " + "; ".join(f"{count} × {_shortened(reason)}"
+                                                               for reason, count in reasons), file=sys.stderr)
     for message in reader_error:
         print(f"{PROGRAM}: {message}", file=sys.stderr)
     if stopped is not None:
@@ -293,6 +311,10 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     if reader_error:
         return EXIT_USAGE
     return EXIT_REJECTED if events["dead"] else EXIT_OK
+
+
+def _shortened(reason: str, limit: int = 160) -> str:
+    return reason if len(reason) <= limit else reason[:limit - 1] + "…"
 
 
 def _progress(display: _Display, stats: WorkerStats) -> None:

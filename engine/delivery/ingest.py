@@ -105,20 +105,28 @@ class Ingester:
             units = []
             result.reject(str(exc))
         message_id = result.message_id if isinstance(result.message_id, str) else None
+        # Kept until the event is delivered, so that a dead or rejected event can be mapped again.
+        raw = self.sealer.mask(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
         # (reasons and warnings may quote a rule file's constant: stored as text SQLite can hold)
         notes = [printable(f"item {r.item} ({r.rule}) rejected: {r.reason}") for r in result.item_rejections]
         notes += [printable(f"warning: {w}") for w in result.warnings]
         if result.rejection is not None:
-            raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             return NewEvent(message_id, "rejected", reason=self.sealer.mask(printable(result.rejection)), notes=notes,
-                            raw=self.sealer.mask(raw)), result
+                            raw=raw), result
         if not result.requests:
             reason = result.skipped or ("every item was rejected" if result.item_rejections else "no request")
             status = "rejected" if result.item_rejections else "skipped"
-            kept = json.dumps(event, ensure_ascii=False, separators=(",", ":")) if status == "rejected" else None
             return NewEvent(message_id, status, reason=printable(reason), notes=notes,
-                            raw=self.sealer.mask(kept) if kept else None), result
-        return NewEvent(message_id, "pending", notes=notes, units=units), result
+                            raw=raw if status == "rejected" else None), result
+        return NewEvent(message_id, "pending", notes=notes, raw=raw, units=units), result
+
+    def remap(self, raw: str | None, index: int) -> NewEvent:
+        """An event recorded earlier, mapped again from its raw input with the current mapping."""
+        if raw is None:
+            return NewEvent(None, "rejected", reason="its input was not kept (recorded by an older version, "
+                                                     "or already delivered): cannot map it again")
+        event = next(iter(read_events(io.BytesIO(raw.encode("utf-8")))), None)
+        return self.to_record(event, index)[0]
 
     def _units(self, result: MapResult) -> list[NewUnit]:
         """The event's requests as the outbox stores them (sealed; strict JSON, or NotStrictJSON)."""

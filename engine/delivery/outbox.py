@@ -4,8 +4,9 @@ What is stored:
 
 - an **event** per input event: its source and index in that source, its `messageId`, and its
   status — `pending` (requests not all answered yet), `delivered` (every request accepted),
-  `rejected` (the mapping refused it; `reason` says why; the raw event is kept), `skipped` (no rule
-  sends it; `reason` says why) or `dead` (some request was dead-lettered);
+  `rejected` (the mapping refused it; `reason` says why), `skipped` (no rule sends it; `reason` says
+  why) or `dead` (some request was dead-lettered). The raw input event is kept until the event is
+  delivered, so that a dead or rejected one can be mapped again (`outbox replay --remap`);
 - a **unit** per request the mapping made for the event: method, URL (relative to the base URL),
   headers, body, and its status `pending`, `delivered` or `dead` (with the response that condemned
   it). Secret settings never reach the store: the sender seals them into placeholders first;
@@ -74,7 +75,7 @@ class NewEvent:
     status: str  # pending | rejected | skipped
     reason: str | None = None
     notes: list[str] = field(default_factory=list)  # item rejections and warnings
-    raw: str | None = None  # the input event, kept for rejected ones
+    raw: str | None = None  # the input event, kept until it is delivered (for replay --remap)
     units: list[NewUnit] = field(default_factory=list)
 
 
@@ -202,6 +203,28 @@ class Outbox(ABC):
     def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
         """The pending units among these ids, in id order."""
         raise NotImplementedError(f"{type(self).__name__} does not keep asynchronous jobs")
+
+    # Mapping again (`outbox replay --remap`): the events to map again, and their new requests.
+    def events_to_remap(self, statuses: Sequence[str]) -> list[StoredEvent]:
+        raise NotImplementedError(f"{type(self).__name__} does not map events again")
+
+    def remap_event(self, event_id: int, event: NewEvent) -> str:
+        """Replace the event's undelivered requests by `event`'s (a request already delivered, same
+        position and rule, is not sent again), and its status and reason; returns the new status."""
+        raise NotImplementedError(f"{type(self).__name__} does not map events again")
+
+    def dead_reasons(self, source: str | None = None, limit: int = 3) -> list[tuple[str, int]]:
+        """The most common reasons requests were dead-lettered, with how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not count dead-letter reasons")
+
+
+@dataclass
+class StoredEvent:
+    id: int
+    source: str
+    index: int
+    status: str
+    raw: str | None
 
 
 @dataclass
@@ -583,6 +606,8 @@ class SQLiteOutbox(Outbox):
                 f"ELSE 'delivered' END WHERE id IN ({emarks})", event_ids)
             db.execute(f"UPDATE events SET finished = ? WHERE id IN ({emarks}) AND status != 'pending'",
                        [now, *event_ids])
+            if not self.keep_delivered_bodies:  # (the raw input is kept for a replay --remap only)
+                db.execute(f"UPDATE events SET raw = NULL WHERE id IN ({emarks}) AND status = 'delivered'", event_ids)
             for status, count in db.execute(
                     f"SELECT status, count(*) FROM events WHERE id IN ({emarks}) GROUP BY status", event_ids):
                 if status == "delivered":
@@ -631,6 +656,38 @@ class SQLiteOutbox(Outbox):
                 db.execute(f"UPDATE events SET status = 'pending', finished = NULL WHERE id IN "
                            f"(SELECT event_id FROM units WHERE id IN ({marks}))", chunk)
             return count
+
+    def events_to_remap(self, statuses: Sequence[str]) -> list[StoredEvent]:
+        marks = ",".join("?" * len(statuses))
+        rows = self._db().execute(f"SELECT id, source, idx, status, raw FROM events WHERE status IN ({marks}) "
+                                  "ORDER BY id", list(statuses))
+        return [StoredEvent(*row) for row in rows]
+
+    def remap_event(self, event_id: int, event: NewEvent) -> str:
+        with self._transaction() as db:
+            delivered = {(position, rule) for position, rule in db.execute(
+                "SELECT position, rule FROM units WHERE event_id = ? AND status = 'delivered'", (event_id,))}
+            db.execute("DELETE FROM units WHERE event_id = ? AND status != 'delivered'", (event_id,))
+            fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
+            db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
+                           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                           [(event_id, u.position, u.rule, u.method, u.url, u.headers, u.body_kind, u.body)
+                            for u in fresh])
+            status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
+            db.execute("UPDATE events SET status = ?, reason = ?, notes = ?, raw = ?, finished = ? WHERE id = ?",
+                       (status, event.reason, json.dumps(event.notes, ensure_ascii=False) if event.notes else None,
+                        None if status in ("delivered", "skipped") else event.raw,
+                        None if status == "pending" else time.time(), event_id))
+            return status
+
+    def dead_reasons(self, source: str | None = None, limit: int = 3) -> list[tuple[str, int]]:
+        where, args = ("AND e.source = ?", (source,)) if source is not None else ("", ())
+        rows = self._db().execute(
+            "SELECT json_extract(u.response, '$.status') AS answer, json_extract(u.response, '$.error') AS reason, "
+            f"count(*) FROM units u JOIN events e ON e.id = u.event_id WHERE u.status = 'dead' {where} "
+            "GROUP BY answer, reason ORDER BY count(*) DESC, min(u.id) LIMIT ?", (*args, limit))
+        return [(f"HTTP {answer}: {reason}" if answer is not None else str(reason), int(count))
+                for answer, reason, count in rows]
 
     def get_meta(self, key: str) -> str | None:
         row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

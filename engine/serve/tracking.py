@@ -29,12 +29,10 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
-from ..events import InputError, checked_event, decode_json, event_problem, input_error
+from ..events import MESSAGE_TYPES, InputError, checked_event, decode_json, event_problem, input_error
 from ..functions import a_json_type
 
-# The Tracking API's six calls, and `delete`: the message Segment sends a destination when a user asks to
-# be forgotten (accepted here so that a mapping set can act on it).
-CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias", "delete")
+CALL_TYPES = MESSAGE_TYPES  # one endpoint each
 BATCH_ENDPOINTS = ("batch", "import")
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
