@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 _format = msgspec.json.format
 _SORTED = msgspec.json.Encoder(order="sorted").encode
 
@@ -58,6 +59,11 @@ def sorted_text(value: Any) -> str:
         return _SORTED(value).decode("utf-8")
     except (TypeError, ValueError, OverflowError):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def decode_stored(text: str) -> Any:
+    """A JSON text this program wrote (strict JSON: a stored request body), decoded."""
+    return _decode(text)
 
 
 def strict_dumps_slowly(value: Any, compact: bool = False) -> str:

@@ -93,6 +93,9 @@ class Ingester:
         self.outbox = outbox
         self.sealer = sealer
         self.base_url = self.mapper.base_url
+        # A rule's headers are mostly the same for every request: their sealed text is made once
+        # (bounded: headers that vary per event, e.g. an idempotency key, are not kept).
+        self._headers_text: dict[tuple[tuple[str, str], ...], str] = {}
 
     def to_record(self, event: Any, index: int) -> tuple[NewEvent, MapResult | None]:
         if isinstance(event, InputError):
@@ -125,11 +128,17 @@ class Ingester:
         units = []
         seal = self.sealer.seal
         base = self.base_url
+        headers_text = self._headers_text
         for position, request in enumerate(result.requests):
             url = request.url[len(base):] if request.url.startswith(base + "/") else request.url
             try:
                 body = None if request.body_kind is None else seal(strict_dumps(request.body, compact=True))
-                headers = seal(strict_dumps(request.headers))
+                key = tuple(request.headers.items())
+                headers = headers_text.get(key)
+                if headers is None:
+                    headers = seal(strict_dumps(request.headers))
+                    if len(headers_text) < 256:
+                        headers_text[key] = headers
             except NotStrictJSON as exc:
                 raise NotStrictJSON(unsendable(request.rule, exc)) from None
             units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body))

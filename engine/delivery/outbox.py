@@ -512,22 +512,26 @@ class SQLiteOutbox(Outbox):
             done = int(row[0])
         if first_index > done:
             raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
+        # Ids are given here, so the events and their units go in with one statement each (not one
+        # round trip per event); the transaction holds the write lock, so no one else takes them.
+        last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        rows: list[tuple[Any, ...]] = []
         units: list[tuple[Any, ...]] = []
         for offset, event in enumerate(events):
             index = first_index + offset
             if index < done:
                 continue
             status = event.status if event.units or event.status != "pending" else "skipped"
-            cursor = db.execute(
-                "INSERT INTO events (source, idx, message_id, status, reason, notes, raw, created, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, index, event.message_id, status, event.reason,
-                 json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
-                 None if status == "pending" else now))
-            event_id = cursor.lastrowid
+            last_id += 1
+            rows.append((last_id, source, index, event.message_id, status, event.reason,
+                         json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
+                         None if status == "pending" else now))
             for unit in event.units:
-                units.append((event_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
+                units.append((last_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
                               unit.body_kind, unit.body))
+        if rows:
+            db.executemany("INSERT INTO events (id, source, idx, message_id, status, reason, notes, raw, created, "
+                           "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if units:
             db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
                            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 from ..mapping_set import PROGRAM
+from ..strict_json import decode_stored
 from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
 from .config import BatchSpec, DeliveryPlan, Endpoint
 from .jobs import attribute_errors, error_page, job_id, job_path, job_state, same_origin_path
@@ -310,7 +311,7 @@ class DeliveryWorker:
                        and endpoint.profile is not None)
         if unit.body_kind == "json" and unit.body is not None and endpoint is not None:
             if ordered or endpoint.name in self.plan.by_source:
-                body = json.loads(unit.body)
+                body = decode_stored(unit.body)
         if body is not None and endpoint is not None:
             if ordered:
                 for profile in endpoint.profiles(body):
