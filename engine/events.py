@@ -46,7 +46,7 @@ _ESCAPED_SURROGATE_BYTES = re.compile(_ESCAPED_SURROGATE.pattern.encode("ascii")
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"0" * 9)
 _TOO_MANY_DIGITS = b"0" * (MAX_NUMBER_DIGITS + 1)
 _fast_decode = msgspec.json.Decoder().decode
-_SLOW: Any = object()  # _quick_decode's answer for a text it leaves to the careful path
+NOT_QUICK: Any = object()  # quick_decode's answer for a text it leaves to the careful path
 
 
 @dataclass
@@ -138,17 +138,17 @@ def _cut_deep(text: str) -> str:
     return "".join(parts)
 
 
-def _quick_decode(data: str | bytes) -> Any:
-    """The value of a plain JSON text (one decode_json would find not suspect), or _SLOW."""
+def quick_decode(data: str | bytes) -> Any:
+    """The value of a plain JSON text (one decode_json would find not suspect), or NOT_QUICK."""
     try:
         if isinstance(data, str):
             data = data.encode("utf-8")
         value = _fast_decode(data)
     except (msgspec.DecodeError, RecursionError, ValueError):  # (UnicodeEncodeError is a ValueError)
-        return _SLOW
+        return NOT_QUICK
     if data.count(b"{") + data.count(b"[") > MAX_DEPTH or _ESCAPED_SURROGATE_BYTES.search(data) is not None \
             or _TOO_MANY_DIGITS in data.translate(_DIGITS_AS_ZERO):
-        return _SLOW
+        return NOT_QUICK
     return value
 
 
@@ -157,8 +157,8 @@ def decode_json(text: str) -> tuple[Any, bool]:
     number: nesting too deep and numbers no destination takes are left in the value as markers, and
     `suspect` is then True, as it is when the text may hold a string that is not Unicode; pass such a
     value to event_problem. Raises json.JSONDecodeError for text that is not JSON."""
-    quick = _quick_decode(text)
-    if quick is not _SLOW:
+    quick = quick_decode(text)
+    if quick is not NOT_QUICK:
         return quick, False
     try:
         value = _decoder.decode(text)
@@ -334,8 +334,8 @@ def read_events(stream: IO[str] | IO[bytes]) -> Iterator[Any]:
     # The rest, straight from the stream (`lines` stopped right after the second line): a plain
     # line is decoded at once; any other goes the careful way, as the first two did.
     for number, raw in enumerate(cast("Iterable[str | bytes]", stream), second.number + 1):
-        value = _quick_decode(raw)
-        if value is _SLOW:
+        value = quick_decode(raw)
+        if value is NOT_QUICK:
             text = _text(raw, number)
             if isinstance(text, InputError) or text.strip():
                 yield from _line_events(text, number)

@@ -45,8 +45,16 @@ def strict_dumps(value: Any, compact: bool = False) -> str:
     return strict_bytes(value, compact).decode("utf-8")
 
 
+def compact_bytes(value: Any) -> bytes:
+    """Compact JSON text (UTF-8) of a value that came from JSON text (nothing in it JSON does not allow)."""
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
 def compact_text(value: Any) -> str:
-    """Compact JSON text of a value that came from JSON text (nothing in it JSON does not allow)."""
+    """compact_bytes as text."""
     try:
         return _encode(value).decode("utf-8")
     except (TypeError, ValueError, OverflowError):

@@ -157,6 +157,26 @@ class Ingester:
         self.outbox.append_events(source, [r for r, _ in records], label, dedupe_window)
         return records
 
+    def record_groups(self, source: str, groups: list[list[Any]], label: str = "",
+                      dedupe_window: float | None = None) -> list[list[tuple[NewEvent, MapResult | None]] | Exception]:
+        """record_batch for several groups of events (a server's concurrent requests) in ONE outbox
+        transaction: one commit for all of them. A group whose mapping raised gets its exception in
+        its place and records nothing; the others are recorded together, all or none (a failed
+        transaction raises for all)."""
+        start = self.outbox.progress(source)
+        outcomes: list[list[tuple[NewEvent, MapResult | None]] | Exception] = []
+        for events in groups:
+            try:
+                outcomes.append([self.to_record(event, start + i) for i, event in enumerate(events)])
+            except Exception as exc:  # noqa: BLE001 - that request fails alone
+                outcomes.append(exc)
+            else:
+                start += len(events)
+        records = [record for outcome in outcomes if isinstance(outcome, list) for record, _ in outcome]
+        if records:
+            self.outbox.append_events(source, records, label, dedupe_window)
+        return outcomes
+
     def ingest(self, events: Iterable[Any], source: str, label: str = "", chunk: int = 500,
                on_chunk: Callable[[IngestStats], None] | None = None,
                on_result: Callable[[int, Any, MapResult | None, NewEvent], None] | None = None,

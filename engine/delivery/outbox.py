@@ -338,6 +338,7 @@ class SQLiteOutbox(Outbox):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        self._write_lock = threading.Lock()  # one write transaction at a time in this process
         try:
             self._open_schema()
         except sqlite3.Error as exc:
@@ -443,18 +444,29 @@ class SQLiteOutbox(Outbox):
             return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
+        def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
             self.db = db
+            self.lock = lock
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            # Threads of this process take turns on a lock, not on SQLite's busy handler, which polls
+            # with sleeps of up to 100 ms: a server's recording would wait on the worker's marking.
+            self.lock.acquire()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.lock.release()
+                raise
             return self.db
 
         def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            try:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.lock.release()
 
     def _transaction(self) -> SQLiteOutbox._Tx:
-        return SQLiteOutbox._Tx(self._db())
+        return SQLiteOutbox._Tx(self._db(), self._write_lock)
 
     # -- writing ---------------------------------------------------------------------------------------
     def progress(self, source: str) -> int:

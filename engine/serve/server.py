@@ -43,6 +43,7 @@ from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
 from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
+from .commits import CommitGroup
 from .connections import guarded_protocol
 from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
@@ -86,6 +87,7 @@ class Service:
             self.sealer = Sealer(secrets, nonce)
             self.ingester = Ingester(mapping_set, settings, self.outbox, self.sealer)
             self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
+            self.commits = CommitGroup(self._record)
         except BaseException:
             self.outbox.close()
             raise
@@ -102,9 +104,10 @@ class Service:
         self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
 
     # -- for the app -----------------------------------------------------------------------------------
-    def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
-        """Map and record the messages of one request, atomically; then wake the worker."""
-        records = self.ingester.record_batch(SOURCE, messages, label=SOURCE, dedupe_window=self.dedupe_window)
+    async def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
+        """Map and record the messages of one request, atomically (in one transaction with those of
+        the requests that arrive meanwhile: commits.py); then wake the worker."""
+        records = await self.commits.record(messages)
         for record, _ in records:
             if record.status == "rejected":
                 self.metrics.inc("events_rejected_total")
@@ -114,6 +117,9 @@ class Service:
                 if record.reason and record.reason.startswith("duplicate"):
                     self.metrics.inc("events_duplicate_total")
         self.worker.notify()
+
+    def _record(self, groups: list[list[dict[str, Any] | InputError]]) -> list[Any]:
+        return self.ingester.record_groups(SOURCE, groups, label=SOURCE, dedupe_window=self.dedupe_window)
 
     def pending(self) -> int:
         return self.outbox.counts().events["pending"]
