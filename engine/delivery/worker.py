@@ -78,6 +78,7 @@ class WorkerOptions:
     window: int = 20_000  # units held in memory
     linger: float = 0.25  # seconds a call that is not full waits for more items while input may come
     poll: float = 0.5  # seconds between looks at the outbox when idle and more input may come
+    refill_interval: float = 0.01  # at most one look a this many seconds however often it is told of more
     seed: int | None = None
 
 
@@ -244,7 +245,10 @@ class DeliveryWorker:
                     break
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
                 if not self._input_complete and not self._stopping:
-                    timeout = self.options.poll if timeout is None else min(timeout, self.options.poll)
+                    wait = self.options.poll
+                    if self._more:  # a refill put off by refill_interval
+                        wait = max(self._last_fetch + self.options.refill_interval - time.monotonic(), 0.001)
+                    timeout = wait if timeout is None else min(timeout, wait)
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except asyncio.TimeoutError:
@@ -266,8 +270,11 @@ class DeliveryWorker:
         """Load pending units when told there are more, or every `poll` seconds while input may come."""
         if self._exhausted and not self._more:
             return
-        if not self._more and time.monotonic() - self._last_fetch < self.options.poll:
+        since = time.monotonic() - self._last_fetch
+        if not self._more and since < self.options.poll:
             return
+        if since < self.options.refill_interval and not self._input_complete:
+            return  # told again within the interval (a server's every commit): one query serves them all
         room = self.options.window - self._held
         if room <= 0:
             return

@@ -110,18 +110,16 @@ async def _read_body(request: Request, limit: int, endpoint: str, timeout: float
     if length is not None and length.isdigit() and int(length) > cap:
         raise too_large(endpoint, int(length) if not encoded else None)
     chunks = bytearray()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    stream = request.stream()
-    try:
-        while True:
-            try:  # (asyncio.timeout would do, from Python 3.11)
-                chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
-            except StopAsyncIteration:
-                return bytes(chunks)
-            chunks += chunk
+
+    async def read_all() -> bytes:
+        async for chunk in request.stream():
+            chunks.extend(chunk)
             if len(chunks) > cap:
                 raise too_large(endpoint, None)
+        return bytes(chunks)
+
+    try:  # (one deadline for the whole body: one timer a request, not one a chunk)
+        return await asyncio.wait_for(read_all(), timeout)
     except asyncio.TimeoutError:
         raise _BodyTimeout(len(chunks)) from None
     except ClientDisconnect:
