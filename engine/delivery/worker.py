@@ -430,10 +430,19 @@ class DeliveryWorker:
         self._held -= len(slot.units)
         slot.units.clear()
         if self._blocked:
+            # Placed again, in order: the blocked units that share a key with this call, or with a unit
+            # placed again before them (they may now go). The others wait on something that did not
+            # change, so they are only blocked again: a backlog of thousands costs no work per answer.
             waiting, self._blocked, self._blocked_keys = self._blocked, [], set()
             self._blocked_for = {}
+            freed = set(slot.keys)
             for unit in waiting:
+                if freed.isdisjoint(unit.keys):
+                    self._block(unit)
+                    continue
                 self._place(unit)
+                if not self._blocked or self._blocked[-1] is not unit:
+                    freed.update(unit.keys)
 
     # -- dispatch --------------------------------------------------------------------------------------
     def _dispatchable(self, slot: Slot, now: float) -> bool:
