@@ -496,15 +496,18 @@ class SQLiteOutbox(Outbox):
     def _mark_duplicates(db: sqlite3.Connection, source: str, first: int, events: Sequence[NewEvent],
                          window: float) -> None:
         since = time.time() - window
+        ids = list(dict.fromkeys(e.message_id for e in events if e.message_id is not None))
         seen: dict[str, int] = {}
+        for start in range(0, len(ids), 500):  # one query a chunk of messageIds, not one an event
+            chunk = ids[start:start + 500]
+            # (SQLite: with min(id), the bare column idx is the one of the row holding that minimum)
+            seen.update((str(r[0]), int(r[1])) for r in db.execute(
+                f"SELECT message_id, idx, min(id) FROM events WHERE source = ? AND message_id IN "
+                f"({','.join('?' * len(chunk))}) AND created >= ? GROUP BY message_id", [source, *chunk, since]))
         for offset, event in enumerate(events):
             if event.message_id is None:
                 continue
             earlier = seen.get(event.message_id)
-            if earlier is None:
-                row = db.execute("SELECT idx FROM events WHERE source = ? AND message_id = ? AND created >= ? "
-                                 "ORDER BY id LIMIT 1", (source, event.message_id, since)).fetchone()
-                earlier = int(row[0]) if row else None
             if earlier is None:
                 seen[event.message_id] = first + offset
                 continue
