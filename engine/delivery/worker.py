@@ -64,6 +64,7 @@ from .sealing import MissingSecret, Sealer
 log = logging.getLogger(f"{PROGRAM}.delivery")
 
 MAX_RESPONSE_TEXT = 16_000
+PREPARE_SLICE = 250  # units prepared between two turns of the event loop (a few ms)
 
 
 class DeliveryStopped(Exception):
@@ -289,8 +290,15 @@ class DeliveryWorker:
         if len(stored) == limit:
             self._more = True
         oversized: list[Unit] = []
-        # All are prepared before any is placed: an adaptive batching sees the whole backlog.
-        units = [self._prepare(record) for record in stored if record.id not in self._resumed]
+        # All are prepared before any is placed: an adaptive batching sees the whole backlog. In slices,
+        # giving the loop back between them: 5,000 units take ~150 ms, which a server's requests
+        # would otherwise wait out.
+        units: list[Unit] = []
+        for start in range(0, len(stored), PREPARE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            units += [self._prepare(record) for record in stored[start:start + PREPARE_SLICE]
+                      if record.id not in self._resumed]
         self._held += len(units)
         for unit in units:
             if unit.oversized:
