@@ -1,7 +1,8 @@
 """Recording events in the outbox: map each one, then store it with its requests, before any is sent.
 
-`Ingester.record_batch` maps a list of events and records them atomically (what `serve` does for
-one HTTP request before answering); `Ingester.ingest` streams a whole input through it in chunks and
+`Ingester.record_batch` maps a list of events and records them atomically; `record_groups` does the
+same for the requests a server gathered, in one transaction (what `serve` does before answering
+them); `Ingester.ingest` streams a whole input through it in chunks and
 resumes where a previous run stopped (what `send` does). Rejections and skips are recorded with
 their reasons; requests are sealed (no secret reaches the store) and their URLs kept relative to the
 base URL, so a later run may send them elsewhere (`--base-url`).

@@ -5,8 +5,8 @@
     run(app, host, port)       # uvicorn; returns after SIGTERM/SIGINT once everything is closed
 
 Per request, `Service.accept` maps the messages and records them — events, their requests (sealed:
-no secret is stored) or the mapping's rejection with its reason — in one outbox transaction
-(`Ingester.record_batch`; a messageId already recorded within the de-duplication window is recorded
+no secret is stored) or the mapping's rejection with its reason — in one outbox transaction, shared
+with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; a messageId already recorded within the de-duplication window is recorded
 as a skipped duplicate instead, so a client's retry after a lost answer is not delivered twice),
 then wakes the worker; only then does the app answer success. The worker
 (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits, retries, dead letters) runs
