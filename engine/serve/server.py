@@ -6,11 +6,11 @@
 
 Per request, `Service.accept` maps the messages and records them — events, their requests (sealed:
 no secret is stored) or the mapping's rejection with its reason — in one outbox transaction, shared
-with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; a messageId already recorded within the de-duplication window is recorded
-as a skipped duplicate instead, so a client's retry after a lost answer is not delivered twice),
-then wakes the worker; only then does the app answer success. The worker
-(`DeliveryWorker.run`, the same one `send` uses: batching, rate limits, retries, dead letters) runs
-as a task in uvicorn's event loop for the server's whole life.
+with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; a messageId already
+recorded within the de-duplication window is recorded as a skipped duplicate instead, so a client's
+retry after a lost answer is not delivered twice), then wakes the worker; only then does the app
+answer success. The worker (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits,
+retries, dead letters) runs as a task in uvicorn's event loop for the server's whole life.
 
 Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting connections and lets the requests in flight
 finish; then the lifespan ends, the worker is told to stop (its calls in flight finish, nothing new
