@@ -9,7 +9,7 @@ from typing import IO, Any
 from ..evaluate import Mapper, MapResult
 from ..events import InputError, read_events
 from ..problems import SettingsError
-from ..strict_json import NotStrictJSON, json_line, strict_dumps, unsendable
+from ..strict_json import NotStrictJSON, json_line, strict_bytes, unsendable
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{args.file}: {exc.strerror}")
     errors: IO[str] = open(args.errors, "w", encoding="utf-8") if args.errors else sys.stderr
     sys.stdout.flush()
-    out = sys.stdout.buffer
+    write = sys.stdout.buffer.write
+    mapper_map = mapper.map
     rejected = False
     try:
         for index, event in enumerate(read_events(source)):
@@ -60,30 +61,32 @@ def run(args: argparse.Namespace) -> int:
                 errors.write(json_line({"event": index, "messageId": event.message_id, "reason": event.reason}) + "\n")
                 rejected = True
                 continue
-            result = mapper.map(event, index)
-            text = output_lines(result)
-            if text:
-                out.write(text.encode("utf-8"))
-            for line in result.error_lines():
-                errors.write(json_line(line) + "\n")
-            rejected = rejected or result.rejected
+            result = mapper_map(event, index)
+            if result.requests:
+                write(output_lines(result))
+            if result.rejection is not None or result.item_rejections or result.skipped is not None \
+                    or result.warnings:
+                for line in result.error_lines():
+                    errors.write(json_line(line) + "\n")
+                rejected = rejected or result.rejected
     finally:
         if source is not sys.stdin.buffer:
             source.close()
         if errors is not sys.stderr:
             errors.close()
-    out.flush()
+    sys.stdout.buffer.flush()
     return EXIT_REJECTED if rejected else EXIT_OK
 
 
-def output_lines(result: MapResult) -> str:
-    """The event's requests as `map` prints them, one strict JSON line each; a request that has no
-    strict JSON text rejects the whole event instead (nothing half-printed)."""
+def output_lines(result: MapResult) -> bytes:
+    """The event's requests as `map` prints them, one strict JSON line each (UTF-8); a request that
+    has no strict JSON text rejects the whole event instead (nothing half-printed)."""
     lines = []
     for request in result.requests:
         try:
-            lines.append(strict_dumps(request.to_output()) + "\n")
+            lines.append(strict_bytes(request.to_output()))
         except NotStrictJSON as exc:
             result.reject(unsendable(request.rule, exc))
-            return ""
-    return "".join(lines)
+            return b""
+    lines.append(b"")
+    return b"\n".join(lines)

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..strict_json import compact_text, sorted_text
 from .config import GROUP, ITEMS, BatchSpec, Marker
 
 _ITEMS_TOKEN = "@@batch:items@@"
@@ -32,17 +33,21 @@ _MISSING = object()
 
 def dumps(value: Any) -> str:
     """Compact JSON, UTF-8 characters kept (the form bodies are sent in)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact_text(value)
 
 
 def canonical(value: Any) -> str:
     """JSON with sorted keys: equal values give equal text."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return sorted_text(value)
 
 
 def get_path(value: Any, path: tuple[Any, ...]) -> Any:
-    for step in path:
-        if isinstance(value, dict) and isinstance(step, str) and step in value:
+    for step in path:  # (exact types first: bodies decoded from JSON hold plain dicts and lists)
+        if type(value) is dict and type(step) is str:
+            value = value.get(step, _MISSING)
+            if value is _MISSING:
+                return _MISSING
+        elif isinstance(value, dict) and isinstance(step, str) and step in value:
             value = value[step]
         elif isinstance(value, list) and isinstance(step, int) and -len(value) <= step < len(value):
             value = value[step]
@@ -151,8 +156,8 @@ def envelope_layout(spec: BatchSpec) -> Layout:
 def list_layout(spec: BatchSpec, body: Any) -> Layout:
     """The layout of a list-merged body: this request's body with its item list swapped out."""
     frame = copy.copy(body)
-    _replace_path(frame, spec.item_path, ITEMS)
-    return Layout(outer=_to_text(frame), items_at=spec.item_path)
+    _replace_path(frame, spec.item_path, _ITEMS_TOKEN)  # (what _to_text makes of ITEMS, without a walk)
+    return Layout(outer=dumps(frame), items_at=spec.item_path)
 
 
 def _replace_path(value: dict[str, Any], path: tuple[str, ...], new: Any) -> None:

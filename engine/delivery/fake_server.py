@@ -470,6 +470,7 @@ class FakeServer:
         with store.lock:
             store.count("accepted")
             store.count("accepted_items", len(items))
+            store.count(f"accepted_items:{name}", len(items))  # per endpoint (a lane's share of a mixed run)
             if len(store.requests) < self.options.keep_requests:
                 store.requests.append({"method": method, "path": path, "status": status, "items": len(items),
                                        "json": body})

@@ -1,7 +1,8 @@
 """Recording events in the outbox: map each one, then store it with its requests, before any is sent.
 
-`Ingester.record_batch` maps a list of events and records them atomically (what `serve` does for
-one HTTP request before answering); `Ingester.ingest` streams a whole input through it in chunks and
+`Ingester.record_batch` maps a list of events and records them atomically; `record_groups` does the
+same for the requests a server gathered, in one transaction (what `serve` does before answering
+them); `Ingester.ingest` streams a whole input through it in chunks and
 resumes where a previous run stopped (what `send` does). Rejections and skips are recorded with
 their reasons; requests are sealed (no secret reaches the store) and their URLs kept relative to the
 base URL, so a later run may send them elsewhere (`--base-url`).
@@ -93,6 +94,9 @@ class Ingester:
         self.outbox = outbox
         self.sealer = sealer
         self.base_url = self.mapper.base_url
+        # A rule's headers are mostly the same for every request: their sealed text is made once
+        # (bounded: headers that vary per event, e.g. an idempotency key, are not kept).
+        self._headers_text: dict[tuple[tuple[str, str], ...], str] = {}
 
     def to_record(self, event: Any, index: int) -> tuple[NewEvent, MapResult | None]:
         if isinstance(event, InputError):
@@ -133,11 +137,17 @@ class Ingester:
         units = []
         seal = self.sealer.seal
         base = self.base_url
+        headers_text = self._headers_text
         for position, request in enumerate(result.requests):
             url = request.url[len(base):] if request.url.startswith(base + "/") else request.url
             try:
                 body = None if request.body_kind is None else seal(strict_dumps(request.body, compact=True))
-                headers = seal(strict_dumps(request.headers))
+                key = tuple(request.headers.items())
+                headers = headers_text.get(key)
+                if headers is None:
+                    headers = seal(strict_dumps(request.headers))
+                    if len(headers_text) < 256:
+                        headers_text[key] = headers
             except NotStrictJSON as exc:
                 raise NotStrictJSON(unsendable(request.rule, exc)) from None
             units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body))
@@ -155,6 +165,26 @@ class Ingester:
         records = [self.to_record(event, start + i) for i, event in enumerate(events)]
         self.outbox.append_events(source, [r for r, _ in records], label, dedupe_window)
         return records
+
+    def record_groups(self, source: str, groups: list[list[Any]], label: str = "",
+                      dedupe_window: float | None = None) -> list[list[tuple[NewEvent, MapResult | None]] | Exception]:
+        """record_batch for several groups of events (a server's concurrent requests) in ONE outbox
+        transaction: one commit for all of them. A group whose mapping raised gets its exception in
+        its place and records nothing; the others are recorded together, all or none (a failed
+        transaction raises for all)."""
+        start = self.outbox.progress(source)
+        outcomes: list[list[tuple[NewEvent, MapResult | None]] | Exception] = []
+        for events in groups:
+            try:
+                outcomes.append([self.to_record(event, start + i) for i, event in enumerate(events)])
+            except Exception as exc:  # noqa: BLE001 - that request fails alone
+                outcomes.append(exc)
+            else:
+                start += len(events)
+        records = [record for outcome in outcomes if isinstance(outcome, list) for record, _ in outcome]
+        if records:
+            self.outbox.append_events(source, records, label, dedupe_window)
+        return outcomes
 
     def ingest(self, events: Iterable[Any], source: str, label: str = "", chunk: int = 500,
                on_chunk: Callable[[IngestStats], None] | None = None,

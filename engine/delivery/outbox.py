@@ -361,6 +361,7 @@ class SQLiteOutbox(Outbox):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        self._write_lock = threading.Lock()  # one write transaction at a time in this process
         try:
             self._open_schema()
         except sqlite3.Error as exc:
@@ -466,18 +467,29 @@ class SQLiteOutbox(Outbox):
             return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
+        def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
             self.db = db
+            self.lock = lock
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            # Threads of this process take turns on a lock, not on SQLite's busy handler, which polls
+            # with sleeps of up to 100 ms: a server's recording would wait on the worker's marking.
+            self.lock.acquire()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.lock.release()
+                raise
             return self.db
 
         def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            try:
+                self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.lock.release()
 
     def _transaction(self) -> SQLiteOutbox._Tx:
-        return SQLiteOutbox._Tx(self._db())
+        return SQLiteOutbox._Tx(self._db(), self._write_lock)
 
     # -- writing ---------------------------------------------------------------------------------------
     def progress(self, source: str) -> int:
@@ -507,15 +519,18 @@ class SQLiteOutbox(Outbox):
     def _mark_duplicates(db: sqlite3.Connection, source: str, first: int, events: Sequence[NewEvent],
                          window: float) -> None:
         since = time.time() - window
+        ids = list(dict.fromkeys(e.message_id for e in events if e.message_id is not None))
         seen: dict[str, int] = {}
+        for start in range(0, len(ids), 500):  # one query a chunk of messageIds, not one an event
+            chunk = ids[start:start + 500]
+            # (SQLite: with min(id), the bare column idx is the one of the row holding that minimum)
+            seen.update((str(r[0]), int(r[1])) for r in db.execute(
+                f"SELECT message_id, idx, min(id) FROM events WHERE source = ? AND message_id IN "
+                f"({','.join('?' * len(chunk))}) AND created >= ? GROUP BY message_id", [source, *chunk, since]))
         for offset, event in enumerate(events):
             if event.message_id is None:
                 continue
             earlier = seen.get(event.message_id)
-            if earlier is None:
-                row = db.execute("SELECT idx FROM events WHERE source = ? AND message_id = ? AND created >= ? "
-                                 "ORDER BY id LIMIT 1", (source, event.message_id, since)).fetchone()
-                earlier = int(row[0]) if row else None
             if earlier is None:
                 seen[event.message_id] = first + offset
                 continue
@@ -535,22 +550,26 @@ class SQLiteOutbox(Outbox):
             done = int(row[0])
         if first_index > done:
             raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
+        # Ids are given here, so the events and their units go in with one statement each (not one
+        # round trip per event); the transaction holds the write lock, so no one else takes them.
+        last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        rows: list[tuple[Any, ...]] = []
         units: list[tuple[Any, ...]] = []
         for offset, event in enumerate(events):
             index = first_index + offset
             if index < done:
                 continue
             status = event.status if event.units or event.status != "pending" else "skipped"
-            cursor = db.execute(
-                "INSERT INTO events (source, idx, message_id, status, reason, notes, raw, created, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, index, event.message_id, status, event.reason,
-                 json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
-                 None if status == "pending" else now))
-            event_id = cursor.lastrowid
+            last_id += 1
+            rows.append((last_id, source, index, event.message_id, status, event.reason,
+                         json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
+                         None if status == "pending" else now))
             for unit in event.units:
-                units.append((event_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
+                units.append((last_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
                               unit.body_kind, unit.body))
+        if rows:
+            db.executemany("INSERT INTO events (id, source, idx, message_id, status, reason, notes, raw, created, "
+                           "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if units:
             db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
                            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)

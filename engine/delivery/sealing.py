@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 MASK = "***"
+_ANY_PLACEHOLDER = re.compile(r"\{\{secret:[0-9a-f]+:[A-Za-z0-9_.-]+\}\}")
 
 
 class Sealer:
@@ -26,6 +27,8 @@ class Sealer:
         self._pattern = re.compile(r"\{\{secret:" + re.escape(nonce) + r":([A-Za-z0-9_.-]+)\}\}")
         # Longest first, so that a secret that contains another is replaced whole.
         self._order = sorted(self.values, key=lambda n: -len(self.values[n]))
+        # Each secret's forms, made once: sealing runs for every request recorded.
+        self._all_forms = [(name, self._forms(self.values[name])) for name in self._order]
 
     @staticmethod
     def new_nonce() -> str:
@@ -37,8 +40,8 @@ class Sealer:
 
     def seal(self, text: str) -> str:
         """Secret values (plain, JSON-escaped or URL-encoded) → placeholders."""
-        for name in self._order:
-            for form in self._forms(self.values[name]):
+        for name, forms in self._all_forms:
+            for form in forms:
                 if form in text:
                     text = text.replace(form, self._placeholder[name])
         return text
@@ -59,9 +62,9 @@ class Sealer:
         """Secret values and placeholders → ***."""
         if not isinstance(text, str):
             return text
-        text = re.sub(r"\{\{secret:[0-9a-f]+:[A-Za-z0-9_.-]+\}\}", MASK, text)
-        for name in self._order:
-            for form in self._forms(self.values[name]):
+        text = _ANY_PLACEHOLDER.sub(MASK, text)
+        for _, forms in self._all_forms:
+            for form in forms:
                 if form in text:
                     text = text.replace(form, MASK)
         return text

@@ -25,9 +25,10 @@ import asyncio
 import base64
 import binascii
 import hmac
+import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -46,13 +47,15 @@ log = logging.getLogger(f"{PROGRAM}.serve")
 ENDPOINTS = CALL_TYPES + BATCH_ENDPOINTS
 REALM = f'Basic realm="{PROGRAM}"'
 BODY_TIMEOUT = 30.0  # seconds for a whole request body, from its head
+SUCCESS = b'{"success":true}'  # the body of every accepted request, written once
 CLIENT_CLOSED = 499  # the status recorded (never sent) for a request whose client went away mid-body
 
 
 class Accept(Protocol):
-    """Store every message durably, all or nothing; raise when that is not possible."""
+    """Store every message durably, all or nothing; raise when that is not possible. A coroutine
+    function is awaited in the event loop; a plain one runs in a worker thread."""
 
-    def __call__(self, messages: list[dict[str, Any] | InputError], /) -> None: ...
+    def __call__(self, messages: list[dict[str, Any] | InputError], /) -> Awaitable[None] | None: ...
 
 
 def _error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -107,18 +110,16 @@ async def _read_body(request: Request, limit: int, endpoint: str, timeout: float
     if length is not None and length.isdigit() and int(length) > cap:
         raise too_large(endpoint, int(length) if not encoded else None)
     chunks = bytearray()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    stream = request.stream()
-    try:
-        while True:
-            try:  # (asyncio.timeout would do, from Python 3.11)
-                chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0))
-            except StopAsyncIteration:
-                return bytes(chunks)
-            chunks += chunk
+
+    async def read_all() -> bytes:
+        async for chunk in request.stream():
+            chunks.extend(chunk)
             if len(chunks) > cap:
                 raise too_large(endpoint, None)
+        return bytes(chunks)
+
+    try:  # (one deadline for the whole body: one timer a request, not one a chunk)
+        return await asyncio.wait_for(read_all(), timeout)
     except asyncio.TimeoutError:
         raise _BodyTimeout(len(chunks)) from None
     except ClientDisconnect:
@@ -131,6 +132,7 @@ def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | Non
     """The Tracking API app. `health()` returns the /health body; a false "ok" in it answers 503."""
     auth = _Auth(write_keys)
     stats = metrics or Metrics()
+    asynchronous = inspect.iscoroutinefunction(accept)
 
     async def tracking(request: Request) -> Response:
         endpoint = request.path_params["endpoint"]
@@ -169,13 +171,16 @@ def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | Non
                                  "no write key: send HTTP Basic with the write key as user name")
         if messages:
             try:
-                await run_in_threadpool(accept, messages)
+                if asynchronous:
+                    await cast("Awaitable[None]", accept(messages))
+                else:
+                    await run_in_threadpool(accept, messages)
             except Exception as exc:
                 log.exception("could not store %d message(s)", len(messages))
                 return _error(503, "unavailable", f"the messages could not be stored, send them again: {exc}",
                               {"Retry-After": "1"})
             stats.inc("messages_received_total", len(messages))
-        return JSONResponse({"success": True})
+        return Response(SUCCESS, media_type="application/json")
 
     async def health_check(request: Request) -> Response:
         body: dict[str, Any] = {"ok": True}

@@ -5,12 +5,12 @@
     run(app, host, port)       # uvicorn; returns after SIGTERM/SIGINT once everything is closed
 
 Per request, `Service.accept` maps the messages and records them — events, their requests (sealed:
-no secret is stored) or the mapping's rejection with its reason — in one outbox transaction
-(`Ingester.record_batch`; a messageId already recorded within the de-duplication window is recorded
-as a skipped duplicate instead, so a client's retry after a lost answer is not delivered twice),
-then wakes the worker; only then does the app answer success. The worker
-(`DeliveryWorker.run`, the same one `send` uses: batching, rate limits, retries, dead letters) runs
-as a task in uvicorn's event loop for the server's whole life.
+no secret is stored) or the mapping's rejection with its reason — in one outbox transaction, shared
+with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; a messageId already
+recorded within the de-duplication window is recorded as a skipped duplicate instead, so a client's
+retry after a lost answer is not delivered twice), then wakes the worker; only then does the app
+answer success. The worker (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits,
+retries, dead letters) runs as a task in uvicorn's event loop for the server's whole life.
 
 Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting connections and lets the requests in flight
 finish; then the lifespan ends, the worker is told to stop (its calls in flight finish, nothing new
@@ -43,6 +43,7 @@ from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
 from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
+from .commits import CommitGroup
 from .connections import guarded_protocol
 from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
@@ -86,6 +87,7 @@ class Service:
             self.sealer = Sealer(secrets, nonce)
             self.ingester = Ingester(mapping_set, settings, self.outbox, self.sealer)
             self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
+            self.commits = CommitGroup(self._record)
         except BaseException:
             self.outbox.close()
             raise
@@ -102,9 +104,10 @@ class Service:
         self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
 
     # -- for the app -----------------------------------------------------------------------------------
-    def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
-        """Map and record the messages of one request, atomically; then wake the worker."""
-        records = self.ingester.record_batch(SOURCE, messages, label=SOURCE, dedupe_window=self.dedupe_window)
+    async def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
+        """Map and record the messages of one request, atomically (in one transaction with those of
+        the requests that arrive meanwhile: commits.py); then wake the worker."""
+        records = await self.commits.record(messages)
         for record, _ in records:
             if record.status == "rejected":
                 self.metrics.inc("events_rejected_total")
@@ -114,6 +117,9 @@ class Service:
                 if record.reason and record.reason.startswith("duplicate"):
                     self.metrics.inc("events_duplicate_total")
         self.worker.notify()
+
+    def _record(self, groups: list[list[dict[str, Any] | InputError]]) -> list[Any]:
+        return self.ingester.record_groups(SOURCE, groups, label=SOURCE, dedupe_window=self.dedupe_window)
 
     def pending(self) -> int:
         return self.outbox.counts().events["pending"]

@@ -29,8 +29,18 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
-from ..events import MESSAGE_TYPES, InputError, checked_event, decode_json, event_problem, input_error
+from ..events import (
+    MESSAGE_TYPES,
+    NOT_QUICK,
+    InputError,
+    checked_event,
+    decode_json,
+    event_problem,
+    input_error,
+    quick_decode,
+)
 from ..functions import a_json_type
+from ..strict_json import compact_bytes
 
 CALL_TYPES = MESSAGE_TYPES  # one endpoint each
 BATCH_ENDPOINTS = ("batch", "import")
@@ -106,6 +116,9 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
     """The body's JSON document, and whether its messages need event_problem's check (events.py)."""
     if not body.strip():
         raise BadRequest("the body is empty; send a JSON object", "invalid_json")
+    quick = quick_decode(body)
+    if quick is not NOT_QUICK:
+        return quick, False
     try:
         text, not_utf8 = body.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -134,7 +147,7 @@ def _type_problem(message: dict[str, Any], where: str) -> str | None:
 
 def message_size(message: Any) -> int:
     """A message's size as Segment's libraries measure it: its compact JSON, in UTF-8 bytes."""
-    return len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(compact_bytes(message))
 
 
 def _merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:

@@ -53,12 +53,13 @@ def ceiling(delivery: dict[str, Any]) -> tuple[float, dict[str, Any]]:
                                                    "window_s": steady_window}
 
 
-def _write_corpus(path: Path, events_wanted: int, seed: int) -> int:
-    """Track and Order Completed events with a userId (delivered as Klaviyo events)."""
+def _write_corpus(path: Path, events_wanted: int, seed: int, mixed: bool = False) -> int:
+    """Track and Order Completed events with a userId (delivered as Klaviyo events); with `mixed`,
+    the whole corpus (identifies with subscriptions, pages, groups… too)."""
     written = 0
     with path.open("w", encoding="utf-8") as out:
         for event in corpus.generate(events_wanted * 4, seed):
-            if event["type"] == "track" and "userId" in event:
+            if mixed or (event["type"] == "track" and "userId" in event):
                 out.write(json.dumps(event, separators=(",", ":")) + "\n")
                 written += 1
                 if written == events_wanted:
@@ -79,7 +80,15 @@ def run_send(root: Path, source: Path, settings_path: Path, url: str,
     return process, time.perf_counter() - started
 
 
-def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0) -> dict[str, Any]:
+# Klaviyo events per input event: ~1.5 for tracks and orders (orders become one event per product
+# too), ~0.69 for the whole corpus (identifies, pages and groups make none).
+EVENTS_PER_INPUT = {False: 1.5, True: 0.69}
+
+
+def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0,
+            mixed: bool = False) -> dict[str, Any]:
+    """With `mixed`, the whole corpus goes (profiles and subscriptions flow too) and only the events
+    lane's accepted items are counted against its ceiling."""
     try:
         from engine.delivery.config import DeliveryPlan
         from engine.delivery.fake_server import FakeOptions, FakeServer
@@ -90,12 +99,12 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
     mapping_set = load_mapping_set("klaviyo")
     rate, limits = ceiling(mapping_set.delivery)
     window = limits["window_s"]
-    # Klaviyo events per input event is ~1.5 on this mix (orders become one event per product too):
-    # enough input for `windows` full windows at the ceiling and half of one more.
-    wanted = int(rate * window * (windows + 0.5) / 1.5)
+    # Enough input for `windows` full windows at the ceiling and half of one more.
+    wanted = int(rate * window * (windows + 0.5) / EVENTS_PER_INPUT[mixed])
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / f"delivery-{wanted}-{seed}.ndjson"
-    count = _write_corpus(source, wanted, seed)
+    source = workdir / f"delivery-{'mixed-' if mixed else ''}{wanted}-{seed}.ndjson"
+    count = _write_corpus(source, wanted, seed, mixed)
+    counter = f"accepted_items:{limits['endpoint']}"
     settings = dict(corpus.PROFILES[0])
     settings_path = workdir / "delivery-settings.json"
     settings_path.write_text(json.dumps(settings), encoding="utf-8")
@@ -108,13 +117,14 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
     def sample() -> None:
         while not done.is_set():
             with fake.store.lock:
-                accepted = fake.store.counters.get("accepted_items", 0)
+                accepted = fake.store.counters.get(counter, 0)
             samples.append((fake.api_now(), accepted))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    print(f"  delivering {count:,} events with `send` to the fake Klaviyo (time scale {time_scale:g}, "
+    print(f"  delivering {count:,} {'events of every kind' if mixed else 'events'} with `send` to the fake Klaviyo "
+          f"(time scale {time_scale:g}, "
           f"ceiling {rate:,.0f} events/s) …", file=sys.stderr, flush=True)
     try:
         process, elapsed = run_send(root, source, settings_path, fake.url, time_scale)
@@ -143,7 +153,7 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
         (t0, a0), (t1, a1) = samples[i - 1], samples[i]
         return a0 + (a1 - a0) * (api_time - t0) / (t1 - t0) if t1 > t0 else float(a1)
 
-    total = counters.get("accepted_items", 0)
+    total = counters.get(counter, 0)
     last_busy = next((t for t, a in samples if a >= total), finished_api)  # when the last event was accepted
     full = [k for k in range(int(last_busy // window)) if (k + 1) * window <= last_busy]
     per_window = [accepted_at((k + 1) * window) - accepted_at(k * window) for k in full]

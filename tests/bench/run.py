@@ -18,12 +18,18 @@
 6. Identify-heavy delivery: --profile-identifies identifies only, each its own profile, through
    `send` to the same fake: profiles imported per second end to end, over the profile lane's ceiling
    (profile-import's rate plus Bulk Import Profiles jobs' rate x 10,000 profiles a job).
+7. Mixed delivery: the whole corpus (tracks, identifies, orders, subscriptions) through `send` at the
+   published limits: the events lane's accepted events over its ceiling while profiles flow too.
+8. Lean paths (lean.py): `map` over a JSON pass-through floor, `send` CPU over `map` CPU (fake
+   without limits), `serve` over a bare Starlette app (load.py, floor_app.py) with its p99 at half
+   its maximum rate and its CPU per event in batches of 100 over `map`'s.
 
 With --json FILE, writes one object with (at least) the keys events, engine_events_per_s,
 baseline_events_per_s, engine_over_baseline, load_validate_ms, stream_1m_peak_rss_mb,
 delivery_fraction_of_ceiling, delivery_429_fraction, delivery_profiles_per_s,
-delivery_profile_fraction_of_ceiling. Not part of the test run (pytest does not
-collect this folder).
+delivery_profile_fraction_of_ceiling, delivery_mixed_fraction_of_ceiling, map_over_json_floor,
+send_cpu_over_map_cpu, serve_over_floor, serve_p99_ms_at_half_rate, serve_cpu_over_map_cpu. Not
+part of the test run (pytest does not collect this folder).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ sys.path.insert(0, str(HERE))
 import baseline as baseline_module  # noqa: E402
 import corpus  # noqa: E402
 import delivery  # noqa: E402
+import lean  # noqa: E402
 
 import engine  # noqa: E402
 
@@ -259,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="identifies in the identify-heavy delivery run (0: skip it)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "segment-klaviyo-bench"),
                         help="where the streaming corpus is written (and kept for the next run)")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-corpus delivery run")
+    parser.add_argument("--no-lean", action="store_true", help="skip map/send/serve against their floors")
+    parser.add_argument("--lean-events", type=int, default=200_000,
+                        help="events for map against the JSON floor (send against map: a quarter of them)")
+    parser.add_argument("--serve-seconds", type=float, default=5.0, help="seconds of each serve load run")
     parser.add_argument("--profile", metavar="FILE", help="also profile the engine (cProfile) into FILE")
     args = parser.parse_args(argv)
 
@@ -296,6 +308,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                  args.delivery_windows, args.delivery_time_scale)
     profiles = None if args.no_delivery or not args.profile_identifies else delivery.measure_profiles(
         ROOT, Path(args.workdir), args.seed, args.profile_identifies, args.delivery_time_scale)
+    mixed = None if args.no_delivery or args.no_mixed else delivery.measure(
+        ROOT, Path(args.workdir), args.seed, args.delivery_windows, args.delivery_time_scale, mixed=True)
+    lean_figures: dict[str, Any] = {}
+    if not args.no_lean:
+        workdir = Path(args.workdir)
+        lean_figures["map"] = lean.measure_map_floor(ROOT, workdir, args.lean_events, args.seed)
+        lean_figures["send"] = lean.measure_send_cpu(ROOT, workdir, args.lean_events // 4, args.seed)
+        lean_figures["serve"] = lean.measure_serve(ROOT, workdir, args.seed,
+                                                   lean_figures["send"]["map_cpu_us_per_event"], args.serve_seconds)
 
     figures: dict[str, Any] = {
         "events": args.events,
@@ -318,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         "delivery_profiles_per_s": profiles.get("profiles_per_s") if profiles else None,
         "delivery_profile_fraction_of_ceiling": profiles.get("fraction_of_ceiling") if profiles else None,
         "delivery_profiles": profiles,
+        "delivery_mixed_fraction_of_ceiling": mixed.get("fraction_of_ceiling") if mixed else None,
+        "delivery_mixed_429_fraction": mixed.get("fraction_429") if mixed else None,
+        "delivery_mixed": mixed,
+        "map_over_json_floor": lean_figures["map"]["map_over_json_floor"] if lean_figures else None,
+        "send_cpu_over_map_cpu": lean_figures["send"]["send_cpu_over_map_cpu"] if lean_figures else None,
+        "serve_over_floor": lean_figures["serve"]["serve_over_floor"] if lean_figures else None,
+        "serve_p99_ms_at_half_rate": lean_figures["serve"]["serve_p99_ms_at_half_rate"] if lean_figures else None,
+        "serve_cpu_over_map_cpu": lean_figures["serve"]["serve_cpu_over_map_cpu"] if lean_figures else None,
+        "lean": lean_figures or None,
         "rounds": args.rounds,
         "seed": args.seed,
         "python": platform.python_version(),
@@ -373,6 +403,26 @@ def print_table(f: dict[str, Any], stream: dict[str, Any] | None) -> None:
         row("identifies only: profiles imported/s", "null")
         if p:
             print(f"\nprofile delivery: {p['message']}")
+    m = f["delivery_mixed"]
+    if m and m.get("fraction_of_ceiling") is not None:
+        row("mixed: events lane, fraction of ceiling", f"{m['fraction_of_ceiling']:.1%}", "≥ 90%")
+        row("… requests answered 429", f"{m['fraction_429']:.2%}", "< 1%")
+    else:
+        row("mixed: events lane, fraction of ceiling", "null", "≥ 90%")
+    lean_figures = f["lean"]
+    if lean_figures:
+        lm, ls, sv = lean_figures["map"], lean_figures["send"], lean_figures["serve"]
+        row(f"`map` CPU / JSON floor CPU ({lm['events']:,} events)", f"{lm['map_over_json_floor']:.2f}", "≤ 3")
+        row("… `map`, floor: events per CPU second",
+            f"{lm['map_events_per_cpu_s']:,} / {lm['floor_events_per_cpu_s']:,}")
+        row("`send` CPU/event / `map` CPU/event", f"{ls['send_cpu_over_map_cpu']:.2f}", "≤ 2")
+        row("… µs per event: send, map", f"{ls['send_cpu_us_per_event']:.0f}, {ls['map_cpu_us_per_event']:.0f}")
+        row("`serve` single-event requests/s / floor's", f"{sv['serve_over_floor']:.2f}", "≥ 0.5")
+        row("… requests/s: serve, floor app",
+            f"{sv['serve']['requests_per_s']:,.0f} / {sv['floor']['requests_per_s']:,.0f}")
+        row("… p99 ms at half serve's rate", f"{sv['serve_p99_ms_at_half_rate']:.1f}", "≤ 50")
+        row("`serve` CPU/event (batches of 100) / `map`'s",
+            "null" if sv["serve_cpu_over_map_cpu"] is None else f"{sv['serve_cpu_over_map_cpu']:.2f}", "≤ 2")
 
 
 if __name__ == "__main__":
