@@ -1022,6 +1022,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             if fixed is None:
                 continue  # never present: the next expression is tried
             source.emit(level, f"{value} = {source.constant(fixed)}")
+            _emit_field_source(source, field_path, expression.source, level)
             if cast is None:
                 source.emit(level, f"{out} = {value}")
             else:
@@ -1054,6 +1055,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
                 source.emit(level, f"{step} = {found}.get({key!r}) if isinstance({found}, dict) else None")
                 found = step
         source.emit(level, f"if {found} is not None:")
+        _emit_field_source(source, field_path, expression.source, level + 1)
         if cast is None:
             source.emit(level + 1, f"{out} = {found}")
         else:
@@ -1067,6 +1069,9 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
+    if source.field_sources is not None:  # (map --explain) none of the paths was present
+        source.emit(indent, f"if {out} is ABSENT:")
+        _emit_field_source(source, field_path, None, indent + 1)
     if default is not NOT_CONSTANT:  # the default is cast too (outside the select's own error handling)
         source.emit(indent, f"if {out} is ABSENT:")
         if cast is None:
@@ -1075,6 +1080,12 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             source.emit(indent + 1, f"{value} = {source.bind(default)}")
             _emit_cast(source, value, out, cast, field_path, indent + 1)
     return out
+
+
+def _emit_field_source(source: Source, field_path: str, supplied_by: str | None, indent: int) -> None:
+    """map --explain: record which expression supplied the field (None: none was present)."""
+    if source.field_sources is not None:
+        source.emit(indent, f"{source.field_sources}[{source.bind(field_path)}] = {source.bind(supplied_by)}")
 
 
 def _plain(value: Any) -> Any:
