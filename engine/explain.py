@@ -60,7 +60,7 @@ class Explainer:
             skipped, rejection = result.skipped, result.rejection
             stop = run(scope, event_type, event_name, result)
             _describe(entry, rule, recorder, result, stop, requests, items, skipped, rejection)
-            if len(result.warnings) > warnings:
+            if len(result.warnings) > warnings and rule.action != "group":
                 entry["warnings"] = result.warnings[warnings:]
             return stop
 
@@ -82,13 +82,14 @@ class Explainer:
 def _not_matched(rule: Rule, event_type: Any, event_name: Any) -> str:
     if rule.types is not None and event_type not in rule.types:
         return f"type is {event_type}; the rule matches {', '.join(sorted(rule.types))}"
-    names = sorted(rule.event_names or ()) + list(rule.event_globs)
+    names = ", ".join(repr(name) for name in [*sorted(rule.event_names or ()), *rule.event_globs])
     if not isinstance(event_name, str):
-        return f"the event has no name; the rule matches {', '.join(names)}"
-    why = f"event name '{event_name}' is not {', '.join(names)}"
+        return f"the event has no name; the rule matches {names}"
+    why = f"event name {event_name!r} is not one of {names}"
+    # (names are compared ignoring case, _ and -: a near miss is a misspelling)
     close = difflib.get_close_matches(event_name.lower(), sorted(rule.event_names or ()), n=1, cutoff=0.8)
     if close:
-        why += f" (a near miss of '{close[0]}': misspelled?)"
+        why += f"; a near miss of {close[0]!r}: misspelled?"
     return why
 
 
@@ -105,18 +106,18 @@ def _describe(entry: Entry, rule: Rule, recorder: RuleRecorder, result: MapResul
         why = result.skipped if result.skipped != skipped and result.skipped is not None else \
             "skip (the requests of earlier rules stand)"
         entry.update(outcome="skipped", why=why)
+    elif rule.action == "group":  # (its rules' entries say what they built)
+        entry["outcome"] = "matched: its rules follow"
     elif len(result.requests) > requests:
         built = result.requests[requests:]
         entry["outcome"] = "request built" if len(built) == 1 else f"{len(built)} requests built"
         entry["requests"] = [{"request": f"{request.method} {request.url}", "fields": fields}
                              for request, fields in zip(built, recorder.requests, strict=False)]
-    elif rule.action == "group":
-        entry["outcome"] = "matched: its rules follow"
     elif rule.for_each is not None:
         entry.update(outcome="nothing built", why=f"for_each {rule.for_each.source}: no items")
     else:
         entry["outcome"] = "matched, nothing built"
-    if len(result.item_rejections) > items:
+    if len(result.item_rejections) > items and rule.action != "group":
         entry["items rejected"] = [{"item": item.item, "why": item.reason} for item in result.item_rejections[items:]]
     if stop:
         entry["ended"] = "final: the rules after it do not run" if rule.final and "why" not in entry \
