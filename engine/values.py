@@ -574,6 +574,9 @@ class ValueCompiler:
             return Compiled(lambda scope: ABSENT)
         root_paths = list(expression.info.paths)
         excluded: set[str] = set()
+        # except_fields' reads deeper than a key (traits.company.name): key -> the paths under it to
+        # leave out; the rest of that key's object stays.
+        nested: dict[str, set[tuple[str, ...]]] = {}
         if "except" in node:
             keys = node["except"]
             if not isinstance(keys, PosList) or not all(isinstance(k, str) for k in keys):
@@ -593,8 +596,12 @@ class ValueCompiler:
                     for table in tables:
                         if table is not None and table.compiled is not None:
                             for path in self.consumed_paths(table.compiled):
-                                if path[: len(prefix)] == prefix and len(path) > len(prefix):
+                                if path[: len(prefix)] == prefix and len(path) == len(prefix) + 1:
                                     excluded.add(path[len(prefix)])
+                                elif path[: len(prefix)] == prefix and len(path) > len(prefix):
+                                    nested.setdefault(path[len(prefix)], set()).add(path[len(prefix) + 1:])
+                    for key in excluded:  # a key left out whole needs no leaf left out
+                        nested.pop(key, None)
 
                 self.links.append(link)
         omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
@@ -619,6 +626,11 @@ class ValueCompiler:
             keep = "" if keep_null else "v is not None and "
             kept = f"not {source.bind(left_out)}(k)" if loose else f"k not in {source.bind(excluded)}"
             source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if {keep}{kept}}}")
+            if nested and loose:  # (known now: except_fields are linked before any code is generated)
+                source.emit(indent + 1, f"{source.bind(_leave_out_leaves)}({out}, {source.bind(nested)}, True)")
+            for key, paths in nested.items() if not loose else ():  # a key lookup each, a call only when there
+                source.emit(indent + 1, f"if {key!r} in {out}:")
+                source.emit(indent + 2, f"{source.bind(_leave_out_leaves)}({out}, {source.bind({key: paths})})")
             _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
@@ -935,6 +947,42 @@ def _emit_source_check(source: Source, found: str, out: str, kind: str, omit_emp
                             f"{source.bind(a_json_type)}({found}) + {not_kind}, "
                             f"{source.bind(field_path)}, {source.bind(position)})")
     source.emit(indent, "else:")
+
+
+def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool = False) -> None:
+    """rest … except_fields: leave out of `out` only the leaves a fields table read below a key
+    (traits.company.name leaves out company's name, not company); an object left empty goes too."""
+    for key in list(out):
+        paths = nested.get(key)
+        if paths is None and loose:
+            paths = next((p for k, p in nested.items() if normalize_key(k) == normalize_key(key)), None)
+        if paths is not None:
+            value = _without(out[key], paths, loose)
+            if value == {}:
+                del out[key]
+            else:
+                out[key] = value
+
+
+def _without(value: Any, paths: set[tuple[str, ...]], loose: bool) -> Any:
+    """`value` (a copy, when it is an object) without the leaves at `paths`; not an object: as it is."""
+    if not isinstance(value, dict):
+        return value
+    here = {p[0] for p in paths if len(p) == 1}
+    if loose:
+        here = {normalize_key(k) for k in here}
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        if (normalize_key(key) if loose and isinstance(key, str) else key) in here:
+            continue
+        deeper = {p[1:] for p in paths if len(p) > 1 and (p[0] == key or loose and isinstance(key, str)
+                                                         and normalize_key(p[0]) == normalize_key(key))}
+        if deeper:
+            item, emptied = _without(item, deeper, loose), item != {}
+            if emptied and item == {}:  # every leaf of it was read
+                continue
+        kept[key] = item
+    return kept
 
 
 def _not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
