@@ -91,6 +91,7 @@ class Compiled:
     emit: Emit | None = None
     always_object: bool = False  # its value is always a dict (never ABSENT): parents skip their checks
     origin: Origin | None = None  # where in the rule files it was written (for generated code's places)
+    alternatives: tuple[Compiled, ...] = ()  # if: its then and else parts (validate checks each against a spec)
 
     @property
     def reads_event(self) -> bool:
@@ -477,7 +478,9 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(then, source, scope, indent + 1)}")
             return out
 
-        return generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+        compiled = generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+        compiled.alternatives = (then,) if otherwise is None else (then, otherwise)
+        return compiled
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None

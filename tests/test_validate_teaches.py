@@ -63,3 +63,29 @@ def test_a_shape_error_does_not_hide_the_rest_of_the_rule(tmp_path: Path) -> Non
         "rules.yaml:26:11: 'when' must be a string",  # (said once: compiling it would say it again)
         ".: invalid, 12 problem(s)",
     ]
+
+
+def test_validate_checks_each_request_against_the_sets_api_spec(tmp_path: Path) -> None:
+    """A path the API does not have, and a constant body part without a member the operation
+    requires (whatever the event holds), are validation errors at the rule file's place."""
+    run = subprocess.run([sys.executable, "-m", "engine", "init", "copy"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    rules = tmp_path / "copy" / "rules"
+    identify = (rules / "identify.yaml").read_text()
+    (rules / "identify.yaml").write_text(identify.replace("path: /api/profile-import\n",
+                                                          "path: /api/profile-imports\n"))
+    subscription = (rules / "subscription.yaml").read_text().splitlines(keepends=True)
+    assert subscription[87].strip() == "id: {select: vars.list_id, cast: string}"
+    (rules / "subscription.yaml").write_text("".join(subscription[:87] + subscription[88:]))
+    run = subprocess.run([sys.executable, "-m", "engine", "validate", "copy", "klaviyo"], cwd=tmp_path,
+                         capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    assert (run.returncode, run.stderr) == (1, "")
+    assert run.stdout.splitlines() == [
+        "copy/rules/identify.yaml:16:13: rule 'identify/profile': POST /api/profile-imports is not an operation "
+        "of klaviyo-openapi-stable-2026-07-15.trimmed.json",
+        "copy/rules/subscription.yaml:87:23: rule 'subscription/unsubscribe': json.data.relationships.list.data "
+        "has no 'id', which the API requires here",
+        "copy: invalid, 2 problem(s)",
+        "klaviyo: valid (17 rules in 11 files, 11 settings, 14 named values)",
+    ]
