@@ -147,6 +147,14 @@ def test_explain_to_a_file_leaves_the_errors_stream_as_it_was(outcome_set: Path,
     assert lines[1]["explain"][2]["requests"][0]["fields"] == {"json.email": "traits.email"}
 
 
+def test_a_line_that_is_not_json_is_explained_too(outcome_set: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "engine", "map", "--mappings", str(outcome_set), "--explain"],
+                         cwd=ROOT, input='{"type": "page"}\nnot json\n', capture_output=True, text=True)
+    explained = [json.loads(line) for line in run.stderr.splitlines() if '"explain"' in line]
+    assert [(line["event"], line["explain"], line["result"]) for line in explained] == [
+        (0, explained[0]["explain"], "skipped"), (1, [], "rejected")]
+
+
 def test_readme_example_is_what_map_explain_prints() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Explaining an event"):]

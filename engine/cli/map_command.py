@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         for index, event in enumerate(read_events(source)):
             if isinstance(event, InputError):
                 errors.write(json_line({"event": index, "messageId": event.message_id, "reason": event.reason}) + "\n")
+                if explain is not None:  # (no rule saw it)
+                    explain.write(json_line({"event": index, "explain": [], "result": "rejected"}) + "\n")
                 rejected = True
                 continue
             result = mapper.map(event, index)
