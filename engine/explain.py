@@ -71,6 +71,9 @@ class Explainer:
         top-level rules after one that ended the event are listed as not run."""
         entries = list(self.trace)
         self.trace.clear()
+        for entry in entries:
+            if "outcome" not in entry:  # its code failed (a bug): the event was rejected, saying so
+                entry.update(outcome="rejected", why=result.rejection, ended="the event ends here")
         ran = {entry["rule"] for entry in entries}
         ender = next((entry["rule"] for entry in reversed(entries) if "ended" in entry), None)
         for rule in rules:
