@@ -633,7 +633,7 @@ class ValueCompiler:
                 source.emit(indent + 1, f"{source.bind(_leave_out_leaves)}({out}, {source.bind(nested)}, True)")
             for key, paths in nested.items() if not loose else ():  # a key lookup each, a call only when there
                 source.emit(indent + 1, f"if {key!r} in {out}:")
-                source.emit(indent + 2, f"{source.bind(_leave_out_leaves)}({out}, {source.bind({key: paths})})")
+                source.emit(indent + 2, f"{source.bind(_leave_out_leaves_of)}({out}, {key!r}, {source.bind(paths)})")
             _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
@@ -952,7 +952,7 @@ def _emit_source_check(source: Source, found: str, out: str, kind: str, omit_emp
     source.emit(indent, "else:")
 
 
-def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool = False) -> None:
+def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool) -> None:
     """rest … except_fields: leave out of `out` only the leaves a fields table read below a key
     (traits.company.name leaves out company's name, not company); an object left empty goes too."""
     for key in list(out):
@@ -960,11 +960,16 @@ def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]
         if paths is None and loose:
             paths = next((p for k, p in nested.items() if normalize_key(k) == normalize_key(key)), None)
         if paths is not None:
-            value = _without(out[key], paths, loose)
-            if value == {}:
-                del out[key]
-            else:
-                out[key] = value
+            _leave_out_leaves_of(out, key, paths, loose)
+
+
+def _leave_out_leaves_of(out: dict[str, Any], key: str, paths: set[tuple[str, ...]], loose: bool = False) -> None:
+    """The same for one key of `out` (exact keys: the generated code tests that it is there)."""
+    value = _without(out[key], paths, loose)
+    if value == {}:
+        del out[key]
+    else:
+        out[key] = value
 
 
 def _without(value: Any, paths: set[tuple[str, ...]], loose: bool) -> Any:
