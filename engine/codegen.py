@@ -47,6 +47,9 @@ class Source:
         # locals that hold True, False or None, whose JMESPath truthiness is Python's
         self.booleans: set[str] = set()
         self.numbers: set[str] = set()  # names that hold an int or a float (never a bool)
+        # map --explain only: the bound name of the dict that `select` code records its source
+        # path in (field path -> the expression that supplied it, or None); None: nothing recorded.
+        self.field_sources: str | None = None
 
     def constant(self, value: Any) -> str:
         """A bound name for `value`, known while generating (see falsy)."""

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from .codegen import Source, origin
+from .explain import Explainer, RuleRecorder
 from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
@@ -156,8 +157,11 @@ class Mapper:
     """A mapping set bound to one destination's settings: maps events to requests."""
 
     def __init__(self, mapping_set: MappingSet, settings: dict[str, Any] | None = None,
-                 base_url: str | None = None, mask_secrets: bool = False):
+                 base_url: str | None = None, mask_secrets: bool = False, explain: bool = False):
+        """explain: every rule's outcome is recorded for `explanation` (map --explain); its code
+        records as it runs, so keep it for explaining: a normal Mapper's code records nothing."""
         self.mapping_set = mapping_set
+        self._explainer = Explainer() if explain else None
         resolved = mapping_set.default_settings() if settings is UNCHECKED_DEFAULTS else \
             mapping_set.resolve_settings(dict(settings or {}))
         if mask_secrets:
@@ -181,7 +185,14 @@ class Mapper:
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
-            self._runner(rule, False, (mapping_set.values,))
+            self._runner(rule, explain, (mapping_set.values,))
+
+    def explanation(self, result: MapResult) -> dict[str, Any]:
+        """What each rule did with the event `result` is of (the last one this Mapper mapped): one
+        `map --explain` line. Only for a Mapper built with explain=True."""
+        if self._explainer is None:
+            raise ValueError("explanation needs a Mapper built with explain=True")
+        return self._explainer.explanation(result, self.mapping_set.rules)
 
     def source(self, rule_name: str) -> str:
         """The Python generated for a rule (each line's rule-file place as a comment); KeyError
@@ -208,6 +219,8 @@ class Mapper:
         for each name some rule names exactly, its own list (cached for the usual types). So a rule
         for a few named events costs other events nothing, not even its call."""
         dispatch = self._rules_by_type.get(event_type)
+        if dispatch is None and self._explainer is not None:  # every rule, to say why it does not match
+            return [self._runner(rule, True, (self.mapping_set.values,)) for rule in self.mapping_set.rules], None
         if dispatch is None:
             candidates = [rule for rule in self.mapping_set.rules if rule.types is None or event_type in rule.types]
             outer = (self.mapping_set.values,)
@@ -284,14 +297,23 @@ class Mapper:
         run = self._runners.get(key)
         if run is None:
             try:
-                run = self._runners[key] = self._generate_runner(rule, check_type, outer)
+                if self._explainer is None:
+                    run = self._runners[key] = self._generate_runner(rule, check_type, outer)
+                else:
+                    recorder = RuleRecorder()
+                    run = self._runners[key] = self._explainer.wrap(
+                        rule, self._generate_runner(rule, check_type, outer, recorder), recorder)
             except (SyntaxError, RecursionError, MemoryError) as exc:  # a bug of the generator: say where
                 raise MappingSetError([Problem(rule.position, f"rule '{rule.name}': its generated code does not "
                                                f"compile ({type(exc).__name__}: {exc}); please report it")]) from None
         return run
 
-    def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
+    def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...],
+                         recorder: RuleRecorder | None = None) -> _Runner:
+        """With a recorder (map --explain), the code also records into it what explains the outcome."""
         source = new_source()
+        if recorder is not None:
+            source.field_sources = source.bind(recorder.field_sources)
         source.place = (rule.position, f"rule '{rule.name}'")
         # Fixed for this Mapper: conditions on settings are decided here, once.
         source.roots = {"settings": self.settings, "mapping": self.mapping_info}
@@ -326,9 +348,11 @@ class Mapper:
         emit(1, "try:")  # inside: an EvalError of any step rejects the event
         if rule.when is not None:
             emit(2, f"if not {emit_value(rule.when, source, 'scope', 2)}:")
+            if recorder is not None:
+                emit(3, f"{source.bind(recorder.condition_false)}()")
             emit(3, "return False  # a rule that does not run ends nothing")
         if rule.for_each is not None:
-            self._emit_fan_out(source, rule, levels, inner)
+            self._emit_fan_out(source, rule, levels, inner, recorder)
         else:
             here = "scope"  # the rule's scope: its own copy when it has values
             if rule.values:
@@ -361,6 +385,8 @@ class Mapper:
             else:
                 assert rule.request is not None
                 emit(2, f"result.requests.append({self._emit_request(source, rule.request, here, 2, 'None')})")
+                if recorder is not None:
+                    emit(2, f"{source.bind(recorder.request_built)}()")
         emit(1, "except EvalError as error:")
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
@@ -372,7 +398,8 @@ class Mapper:
         self._sources[rule.name] = source.text(header)
         return run
 
-    def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int) -> None:
+    def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int,
+                      recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
         assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
@@ -402,6 +429,8 @@ class Mapper:
             emit(5, "continue")
         self._emit_warnings(source, rule, "item_scope", 4)
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
+        if recorder is not None:
+            emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
         emit(4, "result.item_rejections.append(_item(rule, index, _reason(rule, error)))")
 

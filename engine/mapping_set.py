@@ -321,6 +321,9 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         rule_compiler = RuleCompiler(compiler, file)
         for rule_node in good_rules[id(document)]:
             rules.append(rule_compiler.compile(rule_node))
+        for rule_node in document.get("rules") or []:
+            if isinstance(rule_node, PosDict) and all(rule_node is not good for good in good_rules[id(document)]):
+                _salvage(rule_node, file, known, problems)
     default_headers = None
     defaults = head.get("defaults")
     if isinstance(defaults, PosDict) and "headers" in defaults:
@@ -360,6 +363,29 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         files=[file for file, _ in documents],
         _settings_schema=settings_schema,
     )
+
+
+# What compiling a rule of the wrong shape says about its shape again (in other words): left out.
+_SHAPE_AGAIN = ("needs exactly one of request, reject, skip or rules", "needs path or url", "must be a name",
+                "needs exactly one of check, one_of or present")
+
+
+def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList) -> None:
+    """A rule whose shape is wrong is compiled all the same, to report its expressions' and
+    templates' mistakes with its shape's, not after the shape is fixed; what that says about the
+    shape again (a missing action, a problem at the place a shape problem names) is left out, and a part whose
+    shape stops the compiler just adds nothing."""
+    found = ProblemList()
+    compiler = ValueCompiler(found, Known(known.settings, set(known.values), known.tables), file)
+    try:
+        RuleCompiler(compiler, file).compile(rule_node)
+    except Exception:  # noqa: BLE001 - the shape is wrong: what was found before this part stands
+        pass
+    named = {p.position for p in problems.problems}
+    for problem in found.problems:
+        if problem.position not in named and \
+                not any(text in problem.message for text in _SHAPE_AGAIN):
+            problems.add(problem.position, problem.message)
 
 
 def _all_rules(rules: list[Rule]) -> Iterator[Rule]:

@@ -55,6 +55,7 @@ class Rule:
     event_names: frozenset[str] | None = None
     event_globs: tuple[str, ...] = ()
     when: Compiled | None = None
+    when_source: str = ""  # the condition's text, for map --explain
     final: bool = False
     values: dict[str, Compiled] = field(default_factory=dict)
     for_each: Expression | None = None
@@ -130,6 +131,7 @@ class RuleCompiler:
                 rule.event_globs = tuple(p for p in patterns if p not in exact)
         if "when" in node:
             rule.when = values.condition(node["when"], node.value_places["when"], f"rule '{name}' when")
+            rule.when_source = str(node["when"])
         rule.final = bool(node.get("final", False))
 
         item_names: set[str] = set()

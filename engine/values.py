@@ -91,6 +91,7 @@ class Compiled:
     emit: Emit | None = None
     always_object: bool = False  # its value is always a dict (never ABSENT): parents skip their checks
     origin: Origin | None = None  # where in the rule files it was written (for generated code's places)
+    alternatives: tuple[Compiled, ...] = ()  # if: its then and else parts (validate checks each against a spec)
 
     @property
     def reads_event(self) -> bool:
@@ -477,7 +478,9 @@ class ValueCompiler:
             source.emit(indent + 1, f"{out} = {emit_value(then, source, scope, indent + 1)}")
             return out
 
-        return generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+        compiled = generated(emit, *_merge_deps([condition, then] + ([otherwise] if otherwise else [])))
+        compiled.alternatives = (then,) if otherwise is None else (then, otherwise)
+        return compiled
 
     def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
         table = self.known.tables.get(name) if isinstance(name, str) else None
@@ -574,6 +577,9 @@ class ValueCompiler:
             return Compiled(lambda scope: ABSENT)
         root_paths = list(expression.info.paths)
         excluded: set[str] = set()
+        # except_fields' reads deeper than a key (traits.company.name): key -> the paths under it to
+        # leave out; the rest of that key's object stays.
+        nested: dict[str, set[tuple[str, ...]]] = {}
         if "except" in node:
             keys = node["except"]
             if not isinstance(keys, PosList) or not all(isinstance(k, str) for k in keys):
@@ -593,8 +599,12 @@ class ValueCompiler:
                     for table in tables:
                         if table is not None and table.compiled is not None:
                             for path in self.consumed_paths(table.compiled):
-                                if path[: len(prefix)] == prefix and len(path) > len(prefix):
+                                if path[: len(prefix)] == prefix and len(path) == len(prefix) + 1:
                                     excluded.add(path[len(prefix)])
+                                elif path[: len(prefix)] == prefix and len(path) > len(prefix):
+                                    nested.setdefault(path[len(prefix)], set()).add(path[len(prefix) + 1:])
+                    for key in excluded:  # a key left out whole needs no leaf left out
+                        nested.pop(key, None)
 
                 self.links.append(link)
         omit_empty = self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
@@ -619,6 +629,11 @@ class ValueCompiler:
             keep = "" if keep_null else "v is not None and "
             kept = f"not {source.bind(left_out)}(k)" if loose else f"k not in {source.bind(excluded)}"
             source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if {keep}{kept}}}")
+            if nested and loose:  # (known now: except_fields are linked before any code is generated)
+                source.emit(indent + 1, f"{source.bind(_leave_out_leaves)}({out}, {source.bind(nested)}, True)")
+            for key, paths in nested.items() if not loose else ():  # a key lookup each, a call only when there
+                source.emit(indent + 1, f"if {key!r} in {out}:")
+                source.emit(indent + 2, f"{source.bind(_leave_out_leaves_of)}({out}, {key!r}, {source.bind(paths)})")
             _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
@@ -937,6 +952,47 @@ def _emit_source_check(source: Source, found: str, out: str, kind: str, omit_emp
     source.emit(indent, "else:")
 
 
+def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool) -> None:
+    """rest … except_fields: leave out of `out` only the leaves a fields table read below a key
+    (traits.company.name leaves out company's name, not company); an object left empty goes too."""
+    for key in list(out):
+        paths = nested.get(key)
+        if paths is None and loose:
+            paths = next((p for k, p in nested.items() if normalize_key(k) == normalize_key(key)), None)
+        if paths is not None:
+            _leave_out_leaves_of(out, key, paths, loose)
+
+
+def _leave_out_leaves_of(out: dict[str, Any], key: str, paths: set[tuple[str, ...]], loose: bool = False) -> None:
+    """The same for one key of `out` (exact keys: the generated code tests that it is there)."""
+    value = _without(out[key], paths, loose)
+    if value == {}:
+        del out[key]
+    else:
+        out[key] = value
+
+
+def _without(value: Any, paths: set[tuple[str, ...]], loose: bool) -> Any:
+    """`value` (a copy, when it is an object) without the leaves at `paths`; not an object: as it is."""
+    if not isinstance(value, dict):
+        return value
+    here = {p[0] for p in paths if len(p) == 1}
+    if loose:
+        here = {normalize_key(k) for k in here}
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        if (normalize_key(key) if loose and isinstance(key, str) else key) in here:
+            continue
+        deeper = {p[1:] for p in paths if len(p) > 1 and (p[0] == key or loose and isinstance(key, str)
+                                                         and normalize_key(p[0]) == normalize_key(key))}
+        if deeper:
+            item, emptied = _without(item, deeper, loose), item != {}
+            if emptied and item == {}:  # every leaf of it was read
+                continue
+        kept[key] = item
+    return kept
+
+
 def _not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
     return FieldError(f"merge: {describe(value)} is not an object", field_path, position)
 
@@ -1022,6 +1078,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             if fixed is None:
                 continue  # never present: the next expression is tried
             source.emit(level, f"{value} = {source.constant(fixed)}")
+            _emit_field_source(source, field_path, expression.source, level)
             if cast is None:
                 source.emit(level, f"{out} = {value}")
             else:
@@ -1054,6 +1111,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
                 source.emit(level, f"{step} = {found}.get({key!r}) if isinstance({found}, dict) else None")
                 found = step
         source.emit(level, f"if {found} is not None:")
+        _emit_field_source(source, field_path, expression.source, level + 1)
         if cast is None:
             source.emit(level + 1, f"{out} = {found}")
         else:
@@ -1067,6 +1125,9 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
     source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
+    if source.field_sources is not None:  # (map --explain) none of the paths was present
+        source.emit(indent, f"if {out} is ABSENT:")
+        _emit_field_source(source, field_path, None, indent + 1)
     if default is not NOT_CONSTANT:  # the default is cast too (outside the select's own error handling)
         source.emit(indent, f"if {out} is ABSENT:")
         if cast is None:
@@ -1075,6 +1136,12 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
             source.emit(indent + 1, f"{value} = {source.bind(default)}")
             _emit_cast(source, value, out, cast, field_path, indent + 1)
     return out
+
+
+def _emit_field_source(source: Source, field_path: str, supplied_by: str | None, indent: int) -> None:
+    """map --explain: record which expression supplied the field (None: none was present)."""
+    if source.field_sources is not None:
+        source.emit(indent, f"{source.field_sources}[{source.bind(field_path)}] = {source.bind(supplied_by)}")
 
 
 def _plain(value: Any) -> Any:

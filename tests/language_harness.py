@@ -32,6 +32,10 @@ tables:
     fields:
       first_name: [traits.firstName, traits.first_name, "first_word(traits.name)"]
       last_name: [traits.lastName, traits.last_name, "rest_words(traits.name)"]
+  employer:
+    fields:
+      organization: traits.company.name
+      city: traits.company.address.city
 rules:
   - name: under-test
     request:

@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 from ..evaluate import UNCHECKED_DEFAULTS, Mapper
-from ..mapping_set import DEFAULT_SET, PROGRAM, load_mapping_set
-from ..problems import MappingSetError
+from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet, load_mapping_set
+from ..problems import MappingSetError, Problem
+from ..spec_check import spec_problems
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
             mapping_set = load_mapping_set(name)
             # Compiled for the default settings: every rule's code is generated (and compiled) now.
             mapper = Mapper(mapping_set, UNCHECKED_DEFAULTS)
+            problems = _against_spec(mapping_set)
+            if problems:
+                raise MappingSetError(problems)
         except FileNotFoundError as exc:
             print(f"{PROGRAM}: {exc}", file=sys.stderr)
             code = 1
@@ -48,6 +52,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{mapping_set.name}: valid ({rule_count} rules in {len(mapping_set.files)} files, "
               f"{len(mapping_set.settings)} settings, {len(mapping_set.values)} named values)")
     return code
+
+
+def _against_spec(mapping_set: MappingSet) -> list[Problem]:
+    """When the set's delivery section names an API spec: each rule's request against it."""
+    from ..delivery.config import DeliveryPlan  # (only validate reads the spec: other commands load less)
+    from ..openapi_check import load_openapi
+
+    spec_path = DeliveryPlan.for_set(mapping_set).spec_path
+    if spec_path is None:
+        return []
+    return sorted(spec_problems(mapping_set.rules, load_openapi(str(spec_path))))
 
 
 def _count_rules(rules: list[Any]) -> int:
