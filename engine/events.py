@@ -76,7 +76,7 @@ class _BadNumber:
 
 
 def _int_or_refuse(text: str) -> int:
-    if len(text) > MAX_NUMBER_DIGITS + 1:  # (+1: a minus sign)
+    if len(text) > MAX_NUMBER_DIGITS and len(text) - (text[0] == "-") > MAX_NUMBER_DIGITS:
         raise _Unusual
     return int(text)
 

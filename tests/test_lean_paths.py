@@ -30,6 +30,7 @@ READ_TABLE: list[tuple[str, bytes, str | None]] = [
     ("-Infinity", PROPERTY % b"-Infinity", "input line {n}: properties.x: -Infinity is not a number JSON allows"),
     ("beyond a double", PROPERTY % b"1e400", "input line {n}: properties.x: 1e400 is beyond a double's range"),
     ("66 digits", PROPERTY % (b"9" * 66), "input line {n}: properties.x: a number of 66 digits; the limit is 64"),
+    ("65 digits", PROPERTY % (b"9" * 65), "input line {n}: properties.x: a number of 65 digits; the limit is 64"),
     ("lone surrogate", PROPERTY % b'"\\ud800"',
      "input line {n}: properties.x: the string holds a lone surrogate (\\ud800), which is not Unicode text"),
     ("lone low surrogate in a key", b'{"type":"track","event":"E","userId":"u","properties":{"\\udc00":1}}',
