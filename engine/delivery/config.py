@@ -6,9 +6,9 @@ limits, which single requests may be merged into which bulk call (and the bulk c
 the order rules, the retry policy, the answers that stop a run, and what the fake server checks.
 Nothing about any particular API is written in Python: this module only reads that YAML.
 
-Every problem is reported at its FILE:LINE:COL, like the rest of the engine. `check_delivery` is
-the load-time hook (called by `load_mapping_set`); `DeliveryPlan.for_set` compiles a loaded set's
-section for the sender, the worker and the fake server.
+Every problem is reported at its FILE:LINE:COL, like the rest of the engine. `compile_delivery` is
+registered as the `delivery` section's compiler, so `load_mapping_set` compiles the section once, at
+load; `DeliveryPlan.for_set` hands that plan to the sender, the worker and the fake server.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..expressions import ExpressionError, compile_expression
 from ..limits import MAX_SPEC_BYTES
+from ..mapping_set import MappingSet, register_section_compiler
 from ..problems import MappingSetError, Position, ProblemList
 from ..schema import check_shape
 from ..yaml_loader import PosDict, PosList, ScalarPlace
-
-if TYPE_CHECKING:
-    from ..mapping_set import MappingSet
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
@@ -328,7 +326,11 @@ class DeliveryPlan:
 
     @staticmethod
     def for_set(mapping_set: MappingSet) -> DeliveryPlan:
-        """Compile a loaded mapping set's delivery section (raises MappingSetError on problems)."""
+        """A loaded mapping set's delivery section, compiled once per set (at load when the set has
+        one; an empty section, or one built in code, on first use). Raises MappingSetError on problems."""
+        compiled = mapping_set.compiled_sections.get("delivery")
+        if isinstance(compiled, DeliveryPlan):
+            return compiled
         problems = ProblemList()
         source = mapping_set.delivery_source
         if source is None:
@@ -337,14 +339,8 @@ class DeliveryPlan:
                                 set_name=mapping_set.name)
         if problems or plan is None:
             raise MappingSetError(problems.sorted())
+        mapping_set.compiled_sections["delivery"] = plan
         return plan
-
-
-def check_delivery(document: PosDict | None, folder: Path, file: str, problems: ProblemList) -> None:
-    """The load-time hook: add every problem of a set's delivery section to `problems`."""
-    if document is None or not document:
-        return
-    compile_delivery(document, folder, file, problems)
 
 
 # -- compiling -----------------------------------------------------------------------------------------
@@ -818,3 +814,6 @@ def _plain_tree(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain_tree(v) for v in value]
     return value
+
+
+register_section_compiler("delivery", compile_delivery)
