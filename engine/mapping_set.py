@@ -21,8 +21,8 @@ from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, _plain, generated_on_first_use, normalize_lookup_key
-from .yaml_loader import PosDict, YamlError, load_yaml
+from .values import Compiled, Known, TableDef, ValueCompiler, generated_on_first_use, normalize_lookup_key
+from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
 SET_FILE = "mapping.yaml"
 DEFAULT_SET = "klaviyo"
@@ -201,7 +201,7 @@ def _settings_schema(specs: dict[str, SettingSpec], declared: PosDict) -> dict[s
         raw = declared[name]
         for key in ("allowed", "regex"):
             if key in raw:
-                entry[key] = _plain(raw[key])
+                entry[key] = plain_value(raw[key])
         if spec.has_default:
             entry["default"] = spec.default
         if spec.required:
@@ -277,7 +277,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
                            required_to_send=bool(raw.get("required_to_send", False)),
                            description=str(raw.get("description", "")))
         if "default" in raw:
-            spec.default, spec.has_default = _plain(raw["default"]), True
+            spec.default, spec.has_default = plain_value(raw["default"]), True
         specs[name] = spec
     settings_schema = _settings_schema(specs, declared) if declared else {}
     try:
@@ -304,7 +304,8 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
                     problems.add(raw.key_positions["cast"], f"table '{table_name}': cast goes with fields tables")
                 table.cast, table.cast_place = str(raw["cast"]), raw.value_places["cast"]
             if kind == "lookup":
-                table.lookup = {normalize_lookup_key(k, table.ignore_case): _plain(v) for k, v in raw[kind].items()}
+                table.lookup = {normalize_lookup_key(k, table.ignore_case): plain_value(v)
+                                for k, v in raw[kind].items()}
             tables[table_name] = table
         for value_name in (document.get("values") or {}):
             if value_name in value_names:
@@ -372,7 +373,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         rules=rules,
         values=named_values,
         default_headers=default_headers,
-        delivery=_plain(delivery),
+        delivery=plain_value(delivery),
         delivery_source=delivery if isinstance(delivery, PosDict) else None,
         delivery_file=delivery_file or shown(set_path),
         compatibility_only=str(head["compatibility_only"]) if "compatibility_only" in head else None,

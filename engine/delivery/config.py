@@ -702,12 +702,4 @@ def _compile_check(node: Any, endpoints: dict[str, Endpoint], problems: ProblemL
     return KeyCheck(endpoint, shows)
 
 
-def plain_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): plain_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_tree(v) for v in value]
-    return value
-
-
 register_section_compiler("delivery", compile_delivery)

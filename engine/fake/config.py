@@ -18,12 +18,11 @@ from ..delivery.config import (
     Endpoint,
     compile_selector,
     key_at,
-    plain_tree,
     register_delivery_part,
     value_at,
 )
 from ..problems import ProblemList
-from ..yaml_loader import PosDict
+from ..yaml_loader import PosDict, plain_value
 
 FAKE_PART = "fake"
 
@@ -120,7 +119,7 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
         if endpoint_name not in endpoints:
             problems.add(key_at(responses, endpoint_name), f"fake.responses: no endpoint {endpoint_name!r}")
             continue
-        fake.responses[endpoint_name] = plain_tree(body)
+        fake.responses[endpoint_name] = plain_value(body)
     records = node.get("records") or PosDict()
     for endpoint_name, raw in records.items():
         if endpoint_name not in endpoints:
@@ -137,7 +136,7 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             duplicates_in_one_call=str(raw.get("duplicates_in_one_call", "allow")),
             status_created=int(status["created"]) if "created" in status else None,
             status_updated=int(status["updated"]) if "updated" in status else None,
-            response=plain_tree(raw.get("response")),
+            response=plain_value(raw.get("response")),
         )
     jobs = node.get("jobs") or PosDict()
     for endpoint_name, raw in jobs.items():
@@ -146,8 +145,8 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             continue
         fake.jobs[endpoint_name] = FakeJob(
             endpoint=endpoint_name, states=[str(s) for s in raw["states"]], seconds=float(raw.get("seconds", 1.0)),
-            response=plain_tree(raw["response"]), errors_response=plain_tree(raw["errors_response"]),
-            error=plain_tree(raw["error"]), page_size=int(raw.get("page_size", 100)))
+            response=plain_value(raw["response"]), errors_response=plain_value(raw["errors_response"]),
+            error=plain_value(raw["error"]), page_size=int(raw.get("page_size", 100)))
     return fake
 
 
