@@ -8,8 +8,10 @@
     result.rejection  # or the reason the event was rejected
 """
 
+from .delivery import config as delivery_config  # noqa: F401 - registers the delivery section's compiler
 from .evaluate import ItemRejection, Mapper, MapResult, Request
 from .events import InputError, read_events
+from .fake import config as fake_config  # noqa: F401 - registers the delivery section's `fake:` part
 from .mapping_set import MappingSet, bundled_set_names, load_mapping_set
 from .problems import MappingSetError, Position, Problem, SettingsError
 

@@ -9,7 +9,7 @@ raised together as one MappingSetError; an invalid set is never returned.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,12 +21,24 @@ from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, _plain, generated_on_first_use, normalize_lookup_key
-from .yaml_loader import PosDict, YamlError, load_yaml
+from .values import Compiled, Known, TableDef, ValueCompiler, generated_on_first_use, normalize_lookup_key
+from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
 SET_FILE = "mapping.yaml"
 DEFAULT_SET = "klaviyo"
 PROGRAM = f"segment-{DEFAULT_SET}"  # the command is named after its default mapping set
+
+# A compiler of one of a set's sections beside the rules (the delivery layer's `delivery`): it adds
+# every problem of the section to the list and returns the section compiled (None on problems).
+# Arguments: the section, the set's folder, the file shown in problems, the problems, the set's name.
+SectionCompiler = Callable[[PosDict, Path, str, ProblemList, str], object]
+# The layers above the rules register their sections' compilers here (engine/__init__ imports them),
+# so this module depends on none of them and each section is compiled once, at load.
+SECTION_COMPILERS: dict[str, SectionCompiler] = {}
+
+
+def register_section_compiler(section: str, compiler: SectionCompiler) -> None:
+    SECTION_COMPILERS[section] = compiler
 
 
 @dataclass
@@ -61,6 +73,9 @@ class MappingSet:
     delivery_file: str = ""
     files: list[str] = field(default_factory=list)
     _settings_schema: dict[str, Any] = field(default_factory=dict)
+    # Sections compiled by their layers' SectionCompilers, by section name (filled at load, or on
+    # first use by the layer for a set built in code).
+    compiled_sections: dict[str, object] = field(default_factory=dict)
 
     @property
     def secret_settings(self) -> list[str]:
@@ -186,7 +201,7 @@ def _settings_schema(specs: dict[str, SettingSpec], declared: PosDict) -> dict[s
         raw = declared[name]
         for key in ("allowed", "regex"):
             if key in raw:
-                entry[key] = _plain(raw[key])
+                entry[key] = plain_value(raw[key])
         if spec.has_default:
             entry["default"] = spec.default
         if spec.required:
@@ -262,7 +277,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
                            required_to_send=bool(raw.get("required_to_send", False)),
                            description=str(raw.get("description", "")))
         if "default" in raw:
-            spec.default, spec.has_default = _plain(raw["default"]), True
+            spec.default, spec.has_default = plain_value(raw["default"]), True
         specs[name] = spec
     settings_schema = _settings_schema(specs, declared) if declared else {}
     try:
@@ -289,7 +304,8 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
                     problems.add(raw.key_positions["cast"], f"table '{table_name}': cast goes with fields tables")
                 table.cast, table.cast_place = str(raw["cast"]), raw.value_places["cast"]
             if kind == "lookup":
-                table.lookup = {normalize_lookup_key(k, table.ignore_case): _plain(v) for k, v in raw[kind].items()}
+                table.lookup = {normalize_lookup_key(k, table.ignore_case): plain_value(v)
+                                for k, v in raw[kind].items()}
             tables[table_name] = table
         for value_name in (document.get("values") or {}):
             if value_name in value_names:
@@ -332,10 +348,11 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         link()
     _check_cycles(named_values, root_compiler, problems, documents)
     _check_rule_names(rules, problems)
-    if isinstance(delivery, PosDict) and delivery:
-        from .delivery.config import check_delivery  # the delivery layer checks its own section
-
-        check_delivery(delivery, folder, delivery_file or shown(set_path), problems)
+    compiled_sections: dict[str, object] = {}
+    delivery_compiler = SECTION_COMPILERS.get("delivery")
+    if isinstance(delivery, PosDict) and delivery and delivery_compiler is not None:
+        compiled_sections["delivery"] = delivery_compiler(delivery, folder, delivery_file or shown(set_path),
+                                                          problems, str(head["name"]))
 
     if problems:
         raise MappingSetError(problems.sorted())
@@ -356,12 +373,13 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
         rules=rules,
         values=named_values,
         default_headers=default_headers,
-        delivery=_plain(delivery),
+        delivery=plain_value(delivery),
         delivery_source=delivery if isinstance(delivery, PosDict) else None,
         delivery_file=delivery_file or shown(set_path),
         compatibility_only=str(head["compatibility_only"]) if "compatibility_only" in head else None,
         files=[file for file, _ in documents],
         _settings_schema=settings_schema,
+        compiled_sections=compiled_sections,
     )
 
 

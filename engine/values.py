@@ -26,7 +26,7 @@ from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_
 from .problems import Position, ProblemList
 from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
-from .yaml_loader import PosDict, PosList, ScalarPlace
+from .yaml_loader import PosDict, PosList, ScalarPlace, plain_value
 
 
 class _Absent:
@@ -447,7 +447,7 @@ class ValueCompiler:
         return self.template(node["template"], place, field_path)
 
     def _directive_literal(self, node: PosDict, place: ScalarPlace, field_path: str) -> Compiled:
-        constant = _plain(node["literal"])
+        constant = plain_value(node["literal"])
         if isinstance(constant, (dict, list)):
             return Compiled(lambda scope: constant)
         return Compiled(lambda scope: constant, constant=constant)
@@ -1142,14 +1142,3 @@ def _emit_field_source(source: Source, field_path: str, supplied_by: str | None,
     """map --explain: record which expression supplied the field (None: none was present)."""
     if source.field_sources is not None:
         source.emit(indent, f"{source.field_sources}[{source.bind(field_path)}] = {source.bind(supplied_by)}")
-
-
-def _plain(value: Any) -> Any:
-    """Strip position bookkeeping from a literal so it serialises as plain JSON."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    return value

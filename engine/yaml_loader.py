@@ -56,6 +56,17 @@ class PosList(list[Any]):
     item_places: list[ScalarPlace]
 
 
+def plain_value(value: Any) -> Any:
+    """A loaded tree without its position bookkeeping (plain dicts, lists and str), to serialise as JSON."""
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_value(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
 def _place(file: str, node: yaml.Node) -> ScalarPlace:
     style = node.style if isinstance(node, yaml.ScalarNode) else None
     indent = 0

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from engine.delivery.fake_server import FakeServer
+    from engine.fake.server import FakeServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = PROJECT_ROOT / "tests" / "data"
@@ -25,7 +25,7 @@ def fake_klaviyo() -> Iterator[Callable[..., FakeServer]]:
     """Start a fake Klaviyo on 127.0.0.1 (a free port): `fake = fake_klaviyo(error_rate=0.2, ...)`
     takes FakeOptions fields; `fake.url`, `fake.store`. Every one started is stopped after the test."""
     from engine.delivery.config import DeliveryPlan
-    from engine.delivery.fake_server import FakeOptions, FakeServer
+    from engine.fake.server import FakeOptions, FakeServer
     from engine.mapping_set import load_mapping_set
 
     plan = DeliveryPlan.for_set(load_mapping_set("klaviyo"))

@@ -18,6 +18,7 @@ from referencing import Registry, Resource
 from engine.cli.main import main
 from engine.delivery.config import DeliveryPlan
 from engine.delivery.key_check import scopes_needed
+from engine.fake.config import fake_config
 from engine.mapping_set import load_mapping_set
 
 KEY = "pk_check_5e3d1f0a9b"
@@ -144,6 +145,6 @@ def test_the_fakes_account_answer_fits_klaviyos_spec() -> None:
     registry: Registry[Any] = Registry().with_resource("urn:spec", Resource.opaque(spec))
     schema = spec["paths"]["/api/accounts"]["get"]["responses"]["200"]["content"]["application/vnd.api+json"]["schema"]
     validator = OAS30Validator({"$ref": "urn:spec" + schema["$ref"]}, registry=registry)
-    answer = plan.fake.responses["get_accounts"]
+    answer = fake_config(plan).responses["get_accounts"]
     assert [e.message for e in validator.iter_errors(answer)] == []
     assert [e.message for e in validator.iter_errors({"data": [{"type": "account"}]})] != []  # it can fail

@@ -119,7 +119,7 @@ def _refusals_not_listed(fake: Any, run: Any) -> Any:
 
 
 def _gone(fake: Any, run: Any) -> Any:
-    from engine.delivery.fake_server import Reply
+    from engine.fake.server import Reply
 
     if not run.polls:  # the answer to the bulk call itself
         return {"data": {"type": "profile-bulk-import-job", "id": run.job_id, "attributes": {"status": "queued"}}}

@@ -12,7 +12,7 @@ import pytest
 from conftest import FULL_SPEC_VARIABLE, KLAVIYO_SPEC
 
 from engine.delivery.config import DeliveryPlan
-from engine.delivery.spec_trim import trim_openapi
+from engine.fake.spec_trim import trim_openapi
 from engine.mapping_set import load_mapping_set
 from engine.problems import MappingSetError
 

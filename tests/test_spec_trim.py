@@ -1,4 +1,4 @@
-"""`python -m engine.delivery.spec_trim`: after an endpoint is added to a set's delivery section, the
+"""`python -m engine.fake.spec_trim`: after an endpoint is added to a set's delivery section, the
 trimmed copy is regenerated from the full document (the copy that lacks it must not get in the way)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.delivery.spec_trim import main
+from engine.fake.spec_trim import main
 
 FULL = {
     "openapi": "3.0.2", "info": {"title": "API", "version": "1"},

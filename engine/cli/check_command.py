@@ -13,10 +13,11 @@ import argparse
 import sys
 from typing import Any
 
-from ..delivery.fake_server import FakeOptions, FakeServer
 from ..delivery.key_check import REFUSED, USABLE, check_key
 from ..delivery.sealing import Sealer
 from ..evaluate import Mapper
+from ..fake.config import fake_config
+from ..fake.server import FakeOptions, FakeServer
 from ..mapping_set import DEFAULT_SET
 from .common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, UsageError, add_mapping_options, fail, prepare_delivery
 
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     base_url = setup.base_url
     try:
         if args.fake:
-            key = settings.get(plan.fake.auth_setting) if plan.fake.auth_setting else None
+            auth_setting = fake_config(plan).auth_setting
+            key = settings.get(auth_setting) if auth_setting else None
             fake = FakeServer(plan, FakeOptions(api_keys=[str(key)] if key else None)).start()
             base_url = fake.url
         result = check_key(plan, base_url, headers, Sealer(secrets, Sealer.new_nonce()))

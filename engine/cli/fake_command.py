@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ..delivery.config import DeliveryPlan
-from ..delivery.fake_server import FakeOptions, FakeServer
+from ..fake.server import FakeOptions, FakeServer
 from ..mapping_set import DEFAULT_SET
 from ..problems import MappingSetError
 from .common import EXIT_OK, UsageError, fail, load_set_or_exit

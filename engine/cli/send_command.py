@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..delivery.config import DeliveryPlan
-from ..delivery.fake_server import FakeOptions, FakeServer
 from ..delivery.ingest import Ingester, open_source
 from ..delivery.outbox import NewEvent, OutboxError, SQLiteOutbox, open_private
 from ..delivery.sealing import Sealer
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 from ..evaluate import MapResult
 from ..events import read_events
+from ..fake.config import fake_config
+from ..fake.server import FakeOptions, FakeServer
 from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet
 from ..strict_json import json_line
 from .common import (
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--state {state}: {exc}")
         try:
             if args.fake:
-                key = resolved.get(plan.fake.auth_setting) if plan.fake.auth_setting else None
+                auth_setting = fake_config(plan).auth_setting
+                key = resolved.get(auth_setting) if auth_setting else None
                 fake = FakeServer(plan, FakeOptions(api_keys=[key] if key else None, time_scale=args.time_scale))
                 fake.start()
                 base_url = fake.url

@@ -3,14 +3,14 @@
 The pieces, each usable on its own (`send` and `serve` put them together):
 
 - `config.DeliveryPlan.for_set(mapping_set)`: the set's `delivery` section compiled — endpoints and
-  rate limits, batching, order rules, retry policy, stop statuses, what the fake checks;
+  rate limits, batching, order rules, retry policy, stop statuses (the fake API's `fake:` part is
+  compiled by engine/fake, which registers it);
 - `outbox.Outbox` / `outbox.SQLiteOutbox(state_dir)`: the durable store of events and their requests;
 - `ingest.Ingester(mapping_set, settings, outbox, sealer)`: maps events and records them, atomically,
   before anything is sent (`record_batch` for one request, `record_groups` for a server's concurrent
   requests in one transaction, `ingest` for a stream that may resume);
 - `worker.DeliveryWorker(plan, outbox, sealer, base_url)`: `await worker.run()` drains the outbox;
 - `sealing.Sealer`: keeps secret settings out of the store and out of anything printed;
-- `fake_server.FakeServer(plan, FakeOptions(...))`: a fake of the API on a loopback port.
 
 A server (one process) wires them like this:
 

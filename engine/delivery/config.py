@@ -3,30 +3,30 @@
 A mapping set says how its requests are delivered in its `delivery` section (inline in mapping.yaml,
 or a file named there, e.g. `delivery: delivery.yaml`): the endpoints it calls with their rate
 limits, which single requests may be merged into which bulk call (and the bulk call's envelope),
-the order rules, the retry policy, the answers that stop a run, and what the fake server checks.
+the order rules, the retry policy and the answers that stop a run. A part another package owns
+(the fake API's `fake:`) is registered with its shape and compiler (register_delivery_part).
 Nothing about any particular API is written in Python: this module only reads that YAML.
 
-Every problem is reported at its FILE:LINE:COL, like the rest of the engine. `check_delivery` is
-the load-time hook (called by `load_mapping_set`); `DeliveryPlan.for_set` compiles a loaded set's
-section for the sender, the worker and the fake server.
+Every problem is reported at its FILE:LINE:COL, like the rest of the engine. `compile_delivery` is
+registered as the `delivery` section's compiler, so `load_mapping_set` compiles the section once, at
+load; `DeliveryPlan.for_set` hands that plan to the sender, the worker and the fake server.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..expressions import ExpressionError, compile_expression
 from ..limits import MAX_SPEC_BYTES
+from ..mapping_set import MappingSet, register_section_compiler
 from ..problems import MappingSetError, Position, ProblemList
 from ..schema import check_shape
 from ..yaml_loader import PosDict, PosList, ScalarPlace
-
-if TYPE_CHECKING:
-    from ..mapping_set import MappingSet
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
@@ -83,33 +83,6 @@ _RETRY_SCHEMA: dict[str, Any] = {
     "timeout": {"type": "number", "min": 0.1},
     "rate_limit_margin": {"type": "number", "min": 0, "max": 1},
 }
-_RECORD_SCHEMA: dict[str, Any] = {
-    "kind": {"type": "string", "required": True, "empty": False},
-    "key": {"type": "list", "schema": {"type": "string"}},
-    "repeat": {"type": "string", "allowed": ["ignore", "update"]},
-    "duplicates_in_one_call": {"type": "string", "allowed": ["reject", "allow"]},
-    "status": {"type": "dict", "schema": {"created": {"type": "integer"}, "updated": {"type": "integer"}}},
-    "response": {"type": "dict"},
-}
-_FAKE_SCHEMA: dict[str, Any] = {
-    "auth": {"type": "dict", "schema": {"header": {"type": "string", "required": True},
-                                        "prefix": {"type": "string"},
-                                        "setting": {"type": "string"}}},
-    "headers": {"type": "dict", "valuesrules": {"type": "string"}},
-    "content_types": {"type": "list", "schema": {"type": "string"}},
-    "max_body_bytes": {"type": "integer", "min": 1},
-    "error_statuses": {"type": "list", "schema": {"type": "integer", "min": 500, "max": 599}},
-    "records": {"type": "dict", "valuesrules": {"type": "dict", "schema": _RECORD_SCHEMA}},
-    "responses": {"type": "dict"},
-    "jobs": {"type": "dict", "valuesrules": {"type": "dict", "schema": {
-        "states": {"type": "list", "required": True, "minlength": 1, "schema": {"type": "string"}},
-        "seconds": {"type": "number", "min": 0},
-        "response": {"type": "dict", "required": True},
-        "errors_response": {"type": "dict", "required": True},
-        "error": {"type": "dict", "required": True},
-        "page_size": {"type": "integer", "min": 1},
-    }}},
-}
 _CHECK_SCHEMA: dict[str, Any] = {
     "endpoint": {"type": "string", "required": True, "empty": False},
     "shows": {"type": "string", "empty": False},
@@ -129,9 +102,20 @@ DELIVERY_SCHEMA: dict[str, Any] = {
                                           "pointer": {"type": "string"},
                                           "detail": {"type": "string"},
                                           "item_status": {"type": "integer", "min": 400, "max": 499}}},
-    "fake": {"type": "dict", "schema": _FAKE_SCHEMA},
     "check": {"type": "dict", "schema": _CHECK_SCHEMA},
 }
+
+# A part of the delivery section that another package owns (the fake API's `fake:`): compiled from
+# its node (None when absent) against the declared endpoints, problems added to the list.
+DeliveryPartCompiler = Callable[[Any, "dict[str, Endpoint]", ProblemList], object]
+DELIVERY_PARTS: dict[str, DeliveryPartCompiler] = {}
+
+
+def register_delivery_part(key: str, shape: dict[str, Any], compiler: DeliveryPartCompiler) -> None:
+    """Let `key` of the delivery section be checked against `shape` and compiled by `compiler`, at
+    load, into DeliveryPlan.parts[key]; register before any set is loaded (engine/__init__ does)."""
+    DELIVERY_SCHEMA[key] = {"type": "dict", "schema": shape}
+    DELIVERY_PARTS[key] = compiler
 
 
 # -- compiled plan ------------------------------------------------------------------------------------
@@ -239,52 +223,11 @@ class RetryPolicy:
 
 
 @dataclass
-class RecordSpec:
-    endpoint: str
-    kind: str
-    key: list[Any]  # compiled JMESPath expressions over the single request body
-    repeat: str  # ignore (first wins) | update (last wins)
-    duplicates_in_one_call: str  # reject | allow
-    status_created: int | None
-    status_updated: int | None
-    response: Any
-
-
-@dataclass
-class FakeConfig:
-    auth_header: str | None = None
-    auth_prefix: str = ""
-    auth_setting: str | None = None
-    headers: dict[str, re.Pattern[str]] = field(default_factory=dict)
-    content_types: list[str] = field(default_factory=list)
-    max_body_bytes: int | None = None
-    error_statuses: list[int] = field(default_factory=lambda: [500, 502, 503, 504])
-    records: dict[str, RecordSpec] = field(default_factory=dict)
-    responses: dict[str, Any] = field(default_factory=dict)  # endpoint name -> canned answer body
-    jobs: dict[str, FakeJob] = field(default_factory=dict)
-
-
-@dataclass
 class KeyCheck:
     """How `check` tests a key: one call to `endpoint`; `shows` picks what to print of a 2xx answer."""
 
     endpoint: Endpoint
     shows: Selector | None
-
-
-@dataclass
-class FakeJob:
-    """How the fake runs a bulk endpoint's jobs: the states a job passes through (`seconds` of API
-    time in each), and the answers' shapes (placeholders: $job_id, $status, $total, $completed,
-    $failed, $created_at, $completed_at; $errors, $next; $error_id, $detail, $pointer, $item)."""
-
-    endpoint: str
-    states: list[str]
-    seconds: float
-    response: Any
-    errors_response: Any
-    error: Any
-    page_size: int
 
 
 @dataclass
@@ -306,8 +249,9 @@ class DeliveryPlan:
     error_list: Selector | None  # the list of errors in an error answer's body
     error_pointer: Selector | None  # in one error: the JSON pointer of what it is about
     error_detail: Selector | None  # in one error: the text to show
-    fake: FakeConfig
     key_check: KeyCheck | None = None
+    # Parts of the section other packages own, compiled by them (see register_delivery_part).
+    parts: dict[str, object] = field(default_factory=dict)
     by_source: dict[str, BatchSpec] = field(default_factory=dict)
     by_target: dict[str, BatchSpec] = field(default_factory=dict)
 
@@ -328,7 +272,11 @@ class DeliveryPlan:
 
     @staticmethod
     def for_set(mapping_set: MappingSet) -> DeliveryPlan:
-        """Compile a loaded mapping set's delivery section (raises MappingSetError on problems)."""
+        """A loaded mapping set's delivery section, compiled once per set (at load when the set has
+        one; an empty section, or one built in code, on first use). Raises MappingSetError on problems."""
+        compiled = mapping_set.compiled_sections.get("delivery")
+        if isinstance(compiled, DeliveryPlan):
+            return compiled
         problems = ProblemList()
         source = mapping_set.delivery_source
         if source is None:
@@ -337,14 +285,8 @@ class DeliveryPlan:
                                 set_name=mapping_set.name)
         if problems or plan is None:
             raise MappingSetError(problems.sorted())
+        mapping_set.compiled_sections["delivery"] = plan
         return plan
-
-
-def check_delivery(document: PosDict | None, folder: Path, file: str, problems: ProblemList) -> None:
-    """The load-time hook: add every problem of a set's delivery section to `problems`."""
-    if document is None or not document:
-        return
-    compile_delivery(document, folder, file, problems)
 
 
 # -- compiling -----------------------------------------------------------------------------------------
@@ -372,14 +314,14 @@ def _positioned(plain: Any, file: str) -> PosDict:
     return converted
 
 
-def _at(node: PosDict, key: str) -> Position:
+def value_at(node: PosDict, key: str) -> Position:
     """Where the value of `key` stands (or the mapping itself)."""
     if key in node.value_places:
         return node.value_places[key].position
     return node.position
 
 
-def _key_at(node: PosDict, key: str) -> Position:
+def key_at(node: PosDict, key: str) -> Position:
     return node.key_positions.get(key, node.position)
 
 
@@ -401,7 +343,7 @@ class Selector:
         self.search = compile_expression(source).evaluate
 
 
-def _jmespath(text: Any, position: Position, what: str, problems: ProblemList) -> Selector | None:
+def compile_selector(text: Any, position: Position, what: str, problems: ProblemList) -> Selector | None:
     try:
         return Selector(str(text))
     except ExpressionError as exc:
@@ -414,7 +356,7 @@ def _rate_windows(node: PosDict, problems: ProblemList) -> list[RateWindow]:
     for name, text in node.items():
         match = _RATE.match(str(text))
         if match is None:
-            problems.add(_at(node, name), f"rate limit {name}: {text!r} is not COUNT/s, COUNT/m or COUNT/h")
+            problems.add(value_at(node, name), f"rate limit {name}: {text!r} is not COUNT/s, COUNT/m or COUNT/h")
             continue
         windows.append(RateWindow(name, int(match.group(1)), _UNIT_SECONDS[match.group(2)]))
     return windows
@@ -479,9 +421,9 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
     if "spec" in document:
         spec_path = folder / str(document["spec"])
         if not spec_path.resolve().is_relative_to(folder.resolve()):
-            problems.add(_at(document, "spec"), "spec must be a file inside the mapping set's folder")
+            problems.add(value_at(document, "spec"), "spec must be a file inside the mapping set's folder")
         else:
-            spec = _load_spec(spec_path, _at(document, "spec"), problems)
+            spec = _load_spec(spec_path, value_at(document, "spec"), problems)
     operations = _spec_operations(spec) if spec is not None else {}
     scopes_extension = str(document["scopes"]) if "scopes" in document else None
 
@@ -494,15 +436,16 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
             endpoint.rate_windows = _rate_windows(raw["rate_limit"], problems)
         endpoint.lane = str(raw["lane"]) if "lane" in raw else None
         if "profile" in raw:
-            endpoint.profile = _jmespath(raw["profile"], _at(raw, "profile"), f"endpoint {name} profile", problems)
+            endpoint.profile = compile_selector(raw["profile"], value_at(raw, "profile"), f"endpoint {name} profile",
+                                                problems)
         if spec is not None:
             operation = operations.get(name)
             if operation is None:
                 shown = spec_path.name if spec_path is not None else "the spec"
-                problems.add(_key_at(declared, name),
+                problems.add(key_at(declared, name),
                              f"endpoint {name}: no operation with operationId {name!r} in {shown}")
             elif (operation[0], operation[1]) != (method, path):
-                problems.add(_at(raw, "request"), f"endpoint {name}: the spec has {operation[0]} {operation[1]}, "
+                problems.add(value_at(raw, "request"), f"endpoint {name}: the spec has {operation[0]} {operation[1]}, "
                                                   f"not {method} {path}")
             elif scopes_extension is not None:
                 scopes = operation[2].get(scopes_extension) or []
@@ -514,7 +457,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
     same_event = bool(order.get("same_event", True))
     same_profile = bool(order.get("same_profile", True))
     if same_profile and any(e.profile is not None for e in endpoints.values()) and not identifiers:
-        problems.add(_at(document, "order") if "order" in document else document.position,
+        problems.add(value_at(document, "order") if "order" in document else document.position,
                      "order.same_profile needs profile_identifiers (which attributes identify a profile)")
 
     batches: list[BatchSpec] = []
@@ -525,7 +468,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         if batch is None:
             continue
         if batch.source.name in sources:
-            problems.add(_at(raw, "from"), f"batching {name}: {batch.source.name} is already merged by "
+            problems.add(value_at(raw, "from"), f"batching {name}: {batch.source.name} is already merged by "
                                            f"batching {sources[batch.source.name]}")
             continue
         sources[batch.source.name] = name
@@ -549,7 +492,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
     stop = {int(k): str(v) for k, v in (document.get("stop") or {}).items()}
     for status in stop:
         if status in retry.statuses:
-            problems.add(_at(document, "stop"), f"stop {status}: the status is also in retry.statuses")
+            problems.add(value_at(document, "stop"), f"stop {status}: the status is also in retry.statuses")
 
     item_status: int | None = None
     selectors: dict[str, Selector | None] = {"list": None, "pointer": None, "detail": None}
@@ -558,11 +501,11 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         item_status = int(raw_errors["item_status"]) if "item_status" in raw_errors else None
         for key in selectors:
             if key in raw_errors:
-                selectors[key] = _jmespath(raw_errors[key], _at(raw_errors, key), f"errors.{key}", problems)
+                selectors[key] = compile_selector(raw_errors[key], value_at(raw_errors, key), f"errors.{key}", problems)
         if item_status is not None and "pointer" not in raw_errors:
-            problems.add(_at(raw_errors, "item_status"), "errors.item_status needs errors.pointer")
+            problems.add(value_at(raw_errors, "item_status"), "errors.item_status needs errors.pointer")
 
-    fake = _compile_fake(document.get("fake"), endpoints, problems)
+    parts = {key: compiler(document.get(key), endpoints, problems) for key, compiler in DELIVERY_PARTS.items()}
     key_check = _compile_check(document.get("check"), endpoints, problems)
 
     if len(problems.problems) > before:
@@ -571,8 +514,8 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         set_name=set_name, folder=folder, spec_path=spec_path, scopes_extension=scopes_extension,
         profile_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
         same_profile=same_profile, retry=retry, stop=stop, item_error_status=item_status,
-        error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"], fake=fake,
-        key_check=key_check,
+        error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"],
+        key_check=key_check, parts=parts,
     )
 
 
@@ -580,31 +523,32 @@ def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], prob
     ok = True
     source = endpoints.get(str(raw["from"]))
     if source is None:
-        problems.add(_at(raw, "from"), f"batching {name}: no endpoint {raw['from']!r} (declare it under endpoints)")
+        problems.add(value_at(raw, "from"),
+                     f"batching {name}: no endpoint {raw['from']!r} (declare it under endpoints)")
         ok = False
     target_name = str(raw.get("to", raw["from"]))
     target = endpoints.get(target_name)
     if target is None:
-        problems.add(_at(raw, "to" if "to" in raw else "from"),
+        problems.add(value_at(raw, "to" if "to" in raw else "from"),
                      f"batching {name}: no endpoint {target_name!r} (declare it under endpoints)")
         ok = False
     elif "{" in target.path and "to" in raw:
-        problems.add(_at(raw, "to"), f"batching {name}: a bulk endpoint with path parameters is not supported")
+        problems.add(value_at(raw, "to"), f"batching {name}: a bulk endpoint with path parameters is not supported")
         ok = False
     try:
         item_path, item_is_list = parse_path(str(raw["item"]))
     except ValueError as exc:
-        problems.add(_at(raw, "item"), f"batching {name}: item: {exc}")
+        problems.add(value_at(raw, "item"), f"batching {name}: item: {exc}")
         return None
     group_by: tuple[str, ...] | None = None
     if "group_by" in raw:
         try:
             group_by, group_list = parse_path(str(raw["group_by"]))
         except ValueError as exc:
-            problems.add(_at(raw, "group_by"), f"batching {name}: group_by: {exc}")
+            problems.add(value_at(raw, "group_by"), f"batching {name}: group_by: {exc}")
             return None
         if group_list:
-            problems.add(_at(raw, "group_by"), f"batching {name}: group_by names one value, not a list ([])")
+            problems.add(value_at(raw, "group_by"), f"batching {name}: group_by names one value, not a list ([])")
             ok = False
     unique: list[tuple[str, ...]] = []
     for i, text in enumerate(raw.get("unique") or []):
@@ -618,26 +562,26 @@ def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], prob
     envelope: Any = None
     if "envelope" in raw:
         if item_is_list:
-            problems.add(_at(raw, "envelope"), f"batching {name}: an envelope takes whole items (item without [])")
+            problems.add(value_at(raw, "envelope"), f"batching {name}: an envelope takes whole items (item without [])")
             ok = False
         envelope = _compile_envelope(raw["envelope"], group_by is not None, name, problems)
         if envelope is None:
             ok = False
     else:
         if not item_is_list:
-            problems.add(_at(raw, "item"), f"batching {name}: without an envelope, item must name a list "
+            problems.add(value_at(raw, "item"), f"batching {name}: without an envelope, item must name a list "
                                            "(ending in []) whose elements the requests' bodies concatenate")
             ok = False
         if "to" in raw and str(raw["to"]) != str(raw["from"]):
-            problems.add(_at(raw, "to"), f"batching {name}: merging into another endpoint needs an envelope")
+            problems.add(value_at(raw, "to"), f"batching {name}: merging into another endpoint needs an envelope")
             ok = False
         if group_by is not None:
-            problems.add(_at(raw, "group_by"), f"batching {name}: group_by needs an envelope with $each_group")
+            problems.add(value_at(raw, "group_by"), f"batching {name}: group_by needs an envelope with $each_group")
             ok = False
     one_per_profile = str(raw["one_per_profile"]) if "one_per_profile" in raw else None
     if one_per_profile is not None and (source is None or source.profile is None or item_is_list
                                         or group_by is not None):
-        problems.add(_at(raw, "one_per_profile"), f"batching {name}: one_per_profile needs a `from` endpoint "
+        problems.add(value_at(raw, "one_per_profile"), f"batching {name}: one_per_profile needs a `from` endpoint "
                                                   "that declares its profile, and whole items (no [] nor group_by)")
         ok = False
     job = _compile_job(name, raw["job"], endpoints, problems) if "job" in raw else None
@@ -658,11 +602,11 @@ def _job_endpoint(batch: str, raw: PosDict, key: str, endpoints: dict[str, Endpo
     """A job's poll or errors endpoint: declared, GET, with exactly one path parameter (the job's id)."""
     endpoint = endpoints.get(str(raw[key]))
     if endpoint is None:
-        problems.add(_at(raw, key), f"batching {batch}: job.{key}: no endpoint {raw[key]!r} "
+        problems.add(value_at(raw, key), f"batching {batch}: job.{key}: no endpoint {raw[key]!r} "
                                     "(declare it under endpoints)")
         return None
     if endpoint.method != "GET" or endpoint.path.count("{") != 1:
-        problems.add(_at(raw, key), f"batching {batch}: job.{key}: {endpoint.name} must be a GET with exactly one "
+        problems.add(value_at(raw, key), f"batching {batch}: job.{key}: {endpoint.name} must be a GET with exactly one "
                                     "path parameter (the job's id)")
         return None
     return endpoint
@@ -675,18 +619,18 @@ def _compile_job(batch: str, raw: PosDict, endpoints: dict[str, Endpoint], probl
     selectors: dict[str, Selector | None] = {}
     for key in ("id", "status", "failed_count", "error_list", "error_item", "error_pointer", "error_detail",
                 "next_page"):
-        selectors[key] = (_jmespath(raw[key], _at(raw, key), f"batching {batch}: job.{key}", problems)
+        selectors[key] = (compile_selector(raw[key], value_at(raw, key), f"batching {batch}: job.{key}", problems)
                           if key in raw else None)
     done = frozenset(str(s) for s in raw["done"])
     failed = frozenset(str(s) for s in raw.get("failed") or [])
     if done & failed:
-        problems.add(_at(raw, "failed"), f"batching {batch}: job: {', '.join(sorted(done & failed))} "
+        problems.add(value_at(raw, "failed"), f"batching {batch}: job: {', '.join(sorted(done & failed))} "
                                          "cannot be both done and failed")
     if "errors" in raw and ("error_list" not in raw or ("error_item" not in raw and "error_pointer" not in raw)):
-        problems.add(_at(raw, "errors"), f"batching {batch}: job.errors needs error_list and error_item or "
+        problems.add(value_at(raw, "errors"), f"batching {batch}: job.errors needs error_list and error_item or "
                                          "error_pointer (how an error names its row)")
     if "failed_count" in raw and "errors" not in raw:
-        problems.add(_at(raw, "failed_count"), f"batching {batch}: job.failed_count needs job.errors "
+        problems.add(value_at(raw, "failed_count"), f"batching {batch}: job.failed_count needs job.errors "
                                                "(where the refused rows are listed)")
     identifier, status = selectors["id"], selectors["status"]
     if len(problems.problems) > before or poll is None or identifier is None or status is None:
@@ -730,8 +674,8 @@ def _compile_envelope(node: Any, grouped: bool, name: str, problems: ProblemList
                     problems.add(value.position, f"batching {name}: $each_group must be the only key of its "
                                                  "mapping, not nested, and needs group_by")
                     ok = False
-                return Marker("each_group", walk(value["$each_group"], True, _at(value, "$each_group")))
-            return {k: walk(v, in_group, _at(value, k)) for k, v in value.items()}
+                return Marker("each_group", walk(value["$each_group"], True, value_at(value, "$each_group")))
+            return {k: walk(v, in_group, value_at(value, k)) for k, v in value.items()}
         if isinstance(value, PosList):
             return [walk(v, in_group, value.item_places[i].position) for i, v in enumerate(value)]
         return value
@@ -745,76 +689,17 @@ def _compile_envelope(node: Any, grouped: bool, name: str, problems: ProblemList
     return compiled if ok else None
 
 
-def _compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemList) -> FakeConfig:
-    fake = FakeConfig()
-    if not isinstance(node, PosDict):
-        return fake
-    if "auth" in node:
-        auth = node["auth"]
-        fake.auth_header = str(auth["header"])
-        fake.auth_prefix = str(auth.get("prefix", ""))
-        fake.auth_setting = str(auth["setting"]) if "setting" in auth else None
-    for header, pattern in (node.get("headers") or {}).items():
-        try:
-            fake.headers[str(header)] = re.compile(str(pattern))
-        except re.error as exc:
-            problems.add(_at(node["headers"], header), f"fake.headers.{header}: not a regular expression: {exc}")
-    fake.content_types = [str(c) for c in node.get("content_types") or []]
-    if "max_body_bytes" in node:
-        fake.max_body_bytes = int(node["max_body_bytes"])
-    if "error_statuses" in node:
-        fake.error_statuses = [int(s) for s in node["error_statuses"]]
-    responses = node.get("responses") or PosDict()
-    for endpoint_name, body in responses.items():
-        if endpoint_name not in endpoints:
-            problems.add(_key_at(responses, endpoint_name), f"fake.responses: no endpoint {endpoint_name!r}")
-            continue
-        fake.responses[endpoint_name] = _plain_tree(body)
-    records = node.get("records") or PosDict()
-    for endpoint_name, raw in records.items():
-        if endpoint_name not in endpoints:
-            problems.add(_key_at(records, endpoint_name), f"fake.records: no endpoint {endpoint_name!r}")
-            continue
-        keys = []
-        for i, text in enumerate(raw.get("key") or []):
-            compiled = _jmespath(text, raw["key"].item_places[i].position, f"fake.records.{endpoint_name}.key",
-                                 problems)
-            keys.append(compiled)
-        status = raw.get("status") or {}
-        fake.records[endpoint_name] = RecordSpec(
-            endpoint=endpoint_name, kind=str(raw["kind"]), key=keys, repeat=str(raw.get("repeat", "update")),
-            duplicates_in_one_call=str(raw.get("duplicates_in_one_call", "allow")),
-            status_created=int(status["created"]) if "created" in status else None,
-            status_updated=int(status["updated"]) if "updated" in status else None,
-            response=_plain_tree(raw.get("response")),
-        )
-    jobs = node.get("jobs") or PosDict()
-    for endpoint_name, raw in jobs.items():
-        if endpoint_name not in endpoints:
-            problems.add(_key_at(jobs, endpoint_name), f"fake.jobs: no endpoint {endpoint_name!r}")
-            continue
-        fake.jobs[endpoint_name] = FakeJob(
-            endpoint=endpoint_name, states=[str(s) for s in raw["states"]], seconds=float(raw.get("seconds", 1.0)),
-            response=_plain_tree(raw["response"]), errors_response=_plain_tree(raw["errors_response"]),
-            error=_plain_tree(raw["error"]), page_size=int(raw.get("page_size", 100)))
-    return fake
-
-
 def _compile_check(node: Any, endpoints: dict[str, Endpoint], problems: ProblemList) -> KeyCheck | None:
     if not isinstance(node, PosDict):
         return None
     endpoint = endpoints.get(str(node["endpoint"]))
     if endpoint is None:
-        problems.add(_at(node, "endpoint"), f"check.endpoint: no endpoint {node['endpoint']!r} "
+        problems.add(value_at(node, "endpoint"), f"check.endpoint: no endpoint {node['endpoint']!r} "
                                             "(declare it under endpoints)")
         return None
-    shows = _jmespath(node["shows"], _at(node, "shows"), "check.shows", problems) if "shows" in node else None
+    shows = (compile_selector(node["shows"], value_at(node, "shows"), "check.shows", problems)
+             if "shows" in node else None)
     return KeyCheck(endpoint, shows)
 
 
-def _plain_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_tree(v) for v in value]
-    return value
+register_section_compiler("delivery", compile_delivery)

@@ -6,7 +6,7 @@ mapping set's delivery section). The ceiling is therefore min(burst/s, steady/s)
 events per second (150/min x 1,000 = 2,500 events/s for Klaviyo today): no sender can do better
 over a minute. This measures how close `send` gets:
 
-- the fake Klaviyo (engine/delivery/fake_server.py) runs in this process, on a loopback socket,
+- the fake Klaviyo (engine/fake/server.py) runs in this process, on a loopback socket,
   enforcing the published limits with fixed windows; its clock runs --time-scale times faster
   (1: real time, the default);
 - `send` runs as a subprocess with the same --time-scale, on a corpus of track and Order Completed
@@ -91,7 +91,7 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
     lane's accepted items are counted against its ceiling."""
     try:
         from engine.delivery.config import DeliveryPlan
-        from engine.delivery.fake_server import FakeOptions, FakeServer
+        from engine.fake.server import FakeOptions, FakeServer
         from engine.mapping_set import load_mapping_set
     except ImportError as exc:
         return {"fraction_of_ceiling": None, "fraction_429": None,
@@ -216,7 +216,7 @@ def measure_profiles(root: Path, workdir: Path, seed: int = 7, identifies: int =
     limits: profiles imported per second, end to end, over the profile lane's ceiling."""
     try:
         from engine.delivery.config import DeliveryPlan
-        from engine.delivery.fake_server import FakeOptions, FakeServer
+        from engine.fake.server import FakeOptions, FakeServer
         from engine.mapping_set import load_mapping_set
     except ImportError as exc:
         return {"profiles_per_s": None, "fraction_of_ceiling": None,

@@ -88,7 +88,7 @@ def measure_map_floor(root: Path, workdir: Path, count: int, seed: int, rounds: 
 def measure_send_cpu(root: Path, workdir: Path, count: int, seed: int, rounds: int = 2) -> dict[str, Any]:
     """CPU per event of `send` (to the fake, limits off) and of `map`, start-up taken off."""
     from engine.delivery.config import DeliveryPlan
-    from engine.delivery.fake_server import FakeOptions, FakeServer
+    from engine.fake.server import FakeOptions, FakeServer
     from engine.mapping_set import load_mapping_set
 
     source, settings = _corpus_file(workdir, count, seed), _settings_file(workdir)
@@ -185,7 +185,7 @@ def _cpu_ticks(pid: int) -> float:
 def measure_serve(root: Path, workdir: Path, seed: int, map_us_per_event: float | None,
                   seconds: float = 5.0) -> dict[str, Any]:
     from engine.delivery.config import DeliveryPlan
-    from engine.delivery.fake_server import FakeOptions, FakeServer
+    from engine.fake.server import FakeOptions, FakeServer
     from engine.mapping_set import load_mapping_set
 
     settings = _settings_file(workdir)

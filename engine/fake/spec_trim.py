@@ -4,7 +4,7 @@ A mapping set ships the trimmed copy (its delivery section names it under `spec:
 server can validate bodies on a machine that has only the installed package. The copy is made by
 this module and a test checks it is exactly the corresponding parts of the full document:
 
-    python -m engine.delivery.spec_trim FULL_SPEC.json --mappings SET [--out FILE]
+    python -m engine.fake.spec_trim FULL_SPEC.json --mappings SET [--out FILE]
 
 The operations kept are the set's declared endpoints (operationIds); path-level entries of their
 paths, the `$ref` closure of schemas/responses/parameters, the security schemes and the top-level
@@ -110,7 +110,7 @@ def _declared_endpoints(mappings: str) -> tuple[list[str], Path | None]:
 def main(argv: Sequence[str] | None = None) -> int:
     from ..mapping_set import DEFAULT_SET
 
-    parser = argparse.ArgumentParser(prog="python -m engine.delivery.spec_trim", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m engine.fake.spec_trim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("full", help="the full OpenAPI document (JSON)")
     parser.add_argument("--mappings", default=DEFAULT_SET, help="the mapping set whose endpoints to keep")

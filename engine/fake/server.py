@@ -40,9 +40,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..delivery.batching import SplitItem, canonical, get_path, split
+from ..delivery.config import DeliveryPlan, Endpoint
 from ..openapi_check import OpenAPIDocument, load_openapi
-from .batching import SplitItem, canonical, get_path, split
-from .config import DeliveryPlan, Endpoint, RecordSpec
+from .config import RecordSpec, fake_config
 
 
 @dataclass
@@ -149,6 +150,7 @@ class FakeServer:
         if plan.spec_path is None:
             raise ValueError(f"mapping set {plan.set_name!r} names no OpenAPI spec; the fake needs one")
         self.plan = plan
+        self.config = fake_config(plan)
         self.options = options or FakeOptions()
         self.spec: OpenAPIDocument = load_openapi(str(plan.spec_path))
         self.store = FakeStore(plan.profile_identifiers)
@@ -163,7 +165,7 @@ class FakeServer:
         self._job_pollers: dict[str, str] = {}
         self._job_errors: dict[str, str] = {}
         for batch in plan.batches:
-            if batch.job is not None and batch.target.name in plan.fake.jobs:
+            if batch.job is not None and batch.target.name in self.config.jobs:
                 self._job_pollers[batch.job.poll.name] = batch.target.name
                 if batch.job.errors is not None:
                     self._job_errors[batch.job.errors.name] = batch.target.name
@@ -230,7 +232,7 @@ class FakeServer:
                 store.count("dropped")
             raise _Drop()
         if self.chance(options.error_rate):
-            status = self.pick(self.plan.fake.error_statuses)
+            status = self.pick(self.config.error_statuses)
             with store.lock:
                 store.count("injected_errors")
             return status, {"errors": [_error(status, "injected failure", code="error", title="Server error")]}, {}
@@ -252,7 +254,7 @@ class FakeServer:
 
     def _process(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                  raw_query: str = "") -> tuple[int, Any, dict[str, str]]:
-        fake = self.plan.fake
+        fake = self.config
         operation = self.spec.find(method, path)
         if operation is None:
             raise Reply(404, [_error(404, f"no operation {method} {path}", code="not_found", title="Not found.")])
@@ -303,7 +305,7 @@ class FakeServer:
         items = self._split(name, body)
         self._check_items(name, items)
         refused: list[tuple[str, Any, str]] = []
-        if name in self.plan.fake.jobs and self._fail_rows is not None:
+        if name in self.config.jobs and self._fail_rows is not None:
             spec = self.plan.by_target[name]
             kept = []
             for item in items:
@@ -316,7 +318,7 @@ class FakeServer:
             with self.store.lock:
                 self.store.count("refused_job_rows", len(refused))
         status, answer, extra = self._record(name, endpoint, method, path, body, items)
-        if name in self.plan.fake.jobs:
+        if name in self.config.jobs:
             return self._job_created(name, len(items) + len(refused), refused)
         return status, answer, extra
 
@@ -331,7 +333,7 @@ class FakeServer:
         return 202, self._job_body(run), {}
 
     def _job_body(self, run: FakeJobRun) -> Any:
-        spec = self.plan.fake.jobs[run.endpoint]
+        spec = self.config.jobs[run.endpoint]
         elapsed = self.api_now() - run.created
         step = len(spec.states) - 1 if spec.seconds <= 0 else min(int(elapsed / spec.seconds), len(spec.states) - 1)
         ended = step == len(spec.states) - 1
@@ -355,7 +357,7 @@ class FakeServer:
             raise Reply(404, [_error(404, f"No job {identifier!r}.", code="not_found", title="Not found.")])
         if name in self._job_pollers:
             return 200, self._job_body(run), {}
-        spec = self.plan.fake.jobs[run.endpoint]
+        spec = self.config.jobs[run.endpoint]
         cursor_text = parse_qs(query).get("page[cursor]", ["0"])[0]
         cursor = int(cursor_text) if cursor_text.isdigit() else 0
         page = run.refused[cursor:cursor + spec.page_size]
@@ -420,7 +422,7 @@ class FakeServer:
                                          pointer=i.pointer or "/data") for i in failing])
         spec = self.plan.by_target.get(name)
         source = spec.source.name if spec is not None else name
-        record = self.plan.fake.records.get(source)
+        record = self.config.records.get(source)
         if spec is None or record is None or record.duplicates_in_one_call != "reject":
             return
         seen: dict[tuple[Any, ...], str] = {}
@@ -455,11 +457,11 @@ class FakeServer:
 
     def _record(self, name: str, endpoint: Endpoint | None, method: str, path: str, body: Any,
                 items: list[SplitItem]) -> tuple[int, Any, dict[str, str]]:
-        canned = self.plan.fake.responses.get(name)  # an endpoint that only reads: its fixed answer
+        canned = self.config.responses.get(name)  # an endpoint that only reads: its fixed answer
         spec = self.plan.by_target.get(name)
         source_name = spec.source.name if spec is not None else name
         source = self.plan.endpoints.get(source_name)
-        record = self.plan.fake.records.get(source_name)
+        record = self.config.records.get(source_name)
         operation = self.spec.find(method, path)
         assert operation is not None
         success = sorted(int(code) for code in operation.raw.get("responses", {}) if str(code).isdigit()
