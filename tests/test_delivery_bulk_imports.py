@@ -208,7 +208,7 @@ def _track_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- one row per profile: the builder -----------------------------------------------------------------------
 def _prepared(plan: DeliveryPlan, attributes: dict[str, Any]) -> Any:
     spec = plan.by_source["create_or_update_profile"]
-    return prepare(spec, {"data": {"type": "profile", "attributes": attributes}}, "ctx", plan.profile_identifiers)
+    return prepare(spec, {"data": {"type": "profile", "attributes": attributes}}, "ctx", plan.subject_identifiers)
 
 
 def test_one_call_never_holds_two_rows_about_one_profile(plan: DeliveryPlan) -> None:
@@ -279,7 +279,7 @@ def test_each_import_error_is_tied_to_its_row(plan: DeliveryPlan) -> None:
         (error(), None),
     ]
     for listed, unit in table:
-        found = attribute_errors(spec.job, spec, rendered, plan.profile_identifiers, [listed])
+        found = attribute_errors(spec.job, spec, rendered, plan.subject_identifiers, [listed])
         assert (found.by_unit, found.unmatched) == (({unit: [listed]}, []) if unit else ({}, [listed])), listed
 
 
@@ -298,8 +298,8 @@ def _broken(tmp_path: Path, old: str, new: str) -> list[str]:
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
     ("when_backlog: 100 ", "when_backlog: 0 ", "delivery.yaml:108:19: 'when_backlog' must be at least 1"),
-    ("one_per_profile: merge", "one_per_profile: fold",
-     "delivery.yaml:112:22: 'one_per_profile': 'fold' is not one of merge, split"),
+    ("one_per_subject: merge", "one_per_subject: fold",
+     "delivery.yaml:112:22: 'one_per_subject': 'fold' is not one of merge, split"),
     ("poll: get_bulk_import_profiles_job", "poll: get_job",
      "delivery.yaml:123:13: batching profile_imports: job.poll: no endpoint 'get_job' (declare it under endpoints)"),
     ("poll: get_bulk_import_profiles_job", "poll: bulk_import_profiles",

@@ -180,7 +180,7 @@ class Prepared:
     unique: str | None  # de-duplication key within the call, None when the item has none
     size: int  # bytes the items add to a body
     layout: Layout
-    profile: frozenset[str] = frozenset()  # `name=value` of each identifier (one_per_profile only)
+    subject: frozenset[str] = frozenset()  # `name=value` of each identifier (one_per_subject only)
 
 
 def merge_values(earlier: Any, later: Any) -> Any:
@@ -193,13 +193,13 @@ def merge_values(earlier: Any, later: Any) -> Any:
     return later
 
 
-def profile_keys(spec: BatchSpec, body: Any, identifiers: list[str]) -> frozenset[str]:
-    """The identifiers of the profile a single request is about (empty unless one_per_profile)."""
-    if spec.one_per_profile is None:
+def subject_keys(spec: BatchSpec, body: Any, identifiers: list[str]) -> frozenset[str]:
+    """The identifiers of the subject a single request is about (empty unless one_per_subject)."""
+    if spec.one_per_subject is None:
         return frozenset()
     keys: set[str] = set()
-    for profile in spec.source.profiles(body):
-        keys.update(f"{name}={profile[name]}" for name in identifiers if profile.get(name) not in (None, ""))
+    for subject in spec.source.subjects(body):
+        keys.update(f"{name}={subject[name]}" for name in identifiers if subject.get(name) not in (None, ""))
     return frozenset(keys)
 
 
@@ -239,7 +239,7 @@ def prepare(spec: BatchSpec, body: Any, context: str, identifiers: list[str] | N
     partition = context + "\n" + (canonical(rest) if rest else "")
     return Prepared(partition=partition, items=[text], group=group_text, unique=unique,
                     size=len(text.encode()) + 1, layout=envelope_layout(spec),
-                    profile=profile_keys(spec, body, identifiers or []))
+                    subject=subject_keys(spec, body, identifiers or []))
 
 
 def _copy_along(item: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
@@ -296,18 +296,18 @@ class BatchBuilder:
         self.size = layout.overhead
         self._groups: dict[str, int] = {}  # group text → number of entries
         self._unique: dict[str, str | None] = {}  # unique key → group text
-        self._profiles: dict[str, Entry] = {}  # profile identifier → the entry about it (one_per_profile)
+        self._subjects: dict[str, Entry] = {}  # subject identifier → the entry about it (one_per_subject)
         self.merged: dict[int, list[int]] = {}  # an entry's unit → later units merged into its item
 
     def accepts(self, prepared: Prepared) -> str:
         """'add', 'duplicate' (same item already in: ride along, don't send twice), 'merge' (an item
-        about the same profile is in: fold this one into it) or 'no'."""
+        about the same subject is in: fold this one into it) or 'no'."""
         if prepared.unique is not None and prepared.unique in self._unique:
             return "duplicate" if self._unique[prepared.unique] == prepared.group else "no"
-        if prepared.profile and self._profiles:
-            about = {id(self._profiles[k]) for k in prepared.profile if k in self._profiles}
-            if about:  # never two rows about one profile: merge into the one row, or the next call
-                if len(about) > 1 or self.spec.one_per_profile != "merge" \
+        if prepared.subject and self._subjects:
+            about = {id(self._subjects[k]) for k in prepared.subject if k in self._subjects}
+            if about:  # never two rows about one subject: merge into the one row, or the next call
+                if len(about) > 1 or self.spec.one_per_subject != "merge" \
                         or self.size + prepared.size > self.spec.max_bytes:
                     return "no"
                 return "merge"
@@ -331,23 +331,23 @@ class BatchBuilder:
         self.size += prepared.size
         entry = Entry(unit, prepared)
         self.entries.append(entry)
-        for key in prepared.profile:
-            self._profiles[key] = entry
+        for key in prepared.subject:
+            self._subjects[key] = entry
 
     def add_duplicate(self, unit: int) -> None:
         self.duplicates.append(unit)
 
     def merge(self, unit: int, prepared: Prepared) -> None:
-        """Fold a later request about a profile into the item already in the call (later values win)."""
-        entry = next(self._profiles[k] for k in prepared.profile if k in self._profiles)
+        """Fold a later request about a subject into the item already in the call (later values win)."""
+        entry = next(self._subjects[k] for k in prepared.subject if k in self._subjects)
         text = dumps(merge_values(json.loads(entry.prepared.items[0]), json.loads(prepared.items[0])))
         size = len(text.encode()) + 1
         self.size += size - entry.prepared.size
         entry.prepared = Prepared(partition=entry.prepared.partition, items=[text], group=None, unique=None,
                                   size=size, layout=entry.prepared.layout,
-                                  profile=entry.prepared.profile | prepared.profile)
-        for key in prepared.profile:
-            self._profiles[key] = entry
+                                  subject=entry.prepared.subject | prepared.subject)
+        for key in prepared.subject:
+            self._subjects[key] = entry
         self.merged.setdefault(entry.unit, []).append(unit)
 
     @property
@@ -361,7 +361,7 @@ class BatchBuilder:
         """Drop units (after an error named them); the caps bookkeeping is rebuilt."""
         kept = [e for e in self.entries if e.unit not in units]
         self.entries, self.count, self.size = [], 0, self.layout.overhead
-        self._groups, self._unique, self._profiles = {}, {}, {}
+        self._groups, self._unique, self._subjects = {}, {}, {}
         self.merged = {u: m for u, m in self.merged.items() if u not in units}
         for entry in kept:
             self.add(entry.unit, entry.prepared)

@@ -36,7 +36,7 @@ _ENDPOINT_SCHEMA: dict[str, Any] = {
     "request": {"type": "string", "required": True, "regex": r"^(GET|POST|PUT|PATCH|DELETE) /\S*$"},
     "rate_limit": {"type": "dict", "valuesrules": {"type": "string", "regex": r"^\s*\d+\s*/\s*[smh]\s*$"}},
     "lane": {"type": "string", "empty": False},
-    "profile": {"type": "string", "empty": False},
+    "subject": {"type": "string", "empty": False},
     "description": {"type": "string"},
 }
 _BATCH_SCHEMA: dict[str, Any] = {
@@ -50,7 +50,7 @@ _BATCH_SCHEMA: dict[str, Any] = {
     "unique": {"type": "list", "schema": {"type": "string", "empty": False}, "minlength": 1},
     "envelope": {"type": "dict"},
     "when_backlog": {"type": "integer", "min": 1},
-    "one_per_profile": {"type": "string", "allowed": ["merge", "split"]},
+    "one_per_subject": {"type": "string", "allowed": ["merge", "split"]},
     "job": {"type": "dict", "schema": {
         "id": {"type": "string", "required": True, "empty": False},
         "poll": {"type": "string", "required": True, "empty": False},
@@ -91,9 +91,9 @@ DELIVERY_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
     "spec": {"type": "string"},
     "scopes": {"type": "string"},
-    "profile_identifiers": {"type": "list", "schema": {"type": "string"}},
+    "subject_identifiers": {"type": "list", "schema": {"type": "string"}},
     "endpoints": {"type": "dict", "valuesrules": {"type": "dict", "schema": _ENDPOINT_SCHEMA}},
-    "order": {"type": "dict", "schema": {"same_event": {"type": "boolean"}, "same_profile": {"type": "boolean"}}},
+    "order": {"type": "dict", "schema": {"same_event": {"type": "boolean"}, "same_subject": {"type": "boolean"}}},
     "batching": {"type": "dict", "valuesrules": {"type": "dict", "schema": _BATCH_SCHEMA}},
     "retry": {"type": "dict", "schema": _RETRY_SCHEMA},
     "stop": {"type": "dict", "keysrules": {"type": "string", "regex": r"^4\d\d$"},
@@ -136,14 +136,16 @@ class Endpoint:
     pattern: re.Pattern[str]
     rate_windows: list[RateWindow] = field(default_factory=list)
     lane: str | None = None
-    profile: Any = None  # compiled JMESPath: the profile attributes object(s) a request is about
+    # Compiled JMESPath: the attribute object(s) of the subject(s) a request is about (a customer, an
+    # account...): requests about one subject keep their order, and a bulk call has one item per subject.
+    subject: Any = None
     scopes: list[str] = field(default_factory=list)
 
-    def profiles(self, body: Any) -> list[dict[str, Any]]:
-        """The profile attribute objects a request body is about ([] when not declared)."""
-        if self.profile is None:
+    def subjects(self, body: Any) -> list[dict[str, Any]]:
+        """The subjects' attribute objects a request body is about ([] when not declared)."""
+        if self.subject is None:
             return []
-        found = self.profile.search(body)
+        found = self.subject.search(body)
         if isinstance(found, dict):
             return [found]
         if isinstance(found, list):
@@ -183,7 +185,7 @@ class BatchSpec:
     position: Position
     layout_cache: Any = None  # batching.Layout, computed on first use
     when_backlog: int | None = None  # merge only while this many requests of `source` wait; fewer go singly
-    one_per_profile: str | None = None  # merge | split: never two items about one profile in one call
+    one_per_subject: str | None = None  # merge | split: never two items about one subject in one call
     job: JobSpec | None = None  # the bulk call starts an asynchronous job, followed to its end
 
 
@@ -238,11 +240,11 @@ class DeliveryPlan:
     folder: Path
     spec_path: Path | None
     scopes_extension: str | None
-    profile_identifiers: list[str]
+    subject_identifiers: list[str]
     endpoints: dict[str, Endpoint]
     batches: list[BatchSpec]
     same_event: bool
-    same_profile: bool
+    same_subject: bool
     retry: RetryPolicy
     stop: dict[int, str]
     item_error_status: int | None  # a bulk call's answer whose errors may name items
@@ -435,8 +437,8 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         if "rate_limit" in raw:
             endpoint.rate_windows = _rate_windows(raw["rate_limit"], problems)
         endpoint.lane = str(raw["lane"]) if "lane" in raw else None
-        if "profile" in raw:
-            endpoint.profile = compile_selector(raw["profile"], value_at(raw, "profile"), f"endpoint {name} profile",
+        if "subject" in raw:
+            endpoint.subject = compile_selector(raw["subject"], value_at(raw, "subject"), f"endpoint {name} subject",
                                                 problems)
         if spec is not None:
             operation = operations.get(name)
@@ -452,13 +454,13 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
                 endpoint.scopes = [str(s) for s in scopes] if isinstance(scopes, list) else []
         endpoints[name] = endpoint
 
-    identifiers = [str(x) for x in document.get("profile_identifiers") or []]
+    identifiers = [str(x) for x in document.get("subject_identifiers") or []]
     order = document.get("order") or PosDict()
     same_event = bool(order.get("same_event", True))
-    same_profile = bool(order.get("same_profile", True))
-    if same_profile and any(e.profile is not None for e in endpoints.values()) and not identifiers:
+    same_subject = bool(order.get("same_subject", True))
+    if same_subject and any(e.subject is not None for e in endpoints.values()) and not identifiers:
         problems.add(value_at(document, "order") if "order" in document else document.position,
-                     "order.same_profile needs profile_identifiers (which attributes identify a profile)")
+                     "order.same_subject needs subject_identifiers (which attributes identify a subject)")
 
     batches: list[BatchSpec] = []
     batching = document.get("batching") or PosDict()
@@ -512,8 +514,8 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         return None
     return DeliveryPlan(
         set_name=set_name, folder=folder, spec_path=spec_path, scopes_extension=scopes_extension,
-        profile_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
-        same_profile=same_profile, retry=retry, stop=stop, item_error_status=item_status,
+        subject_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
+        same_subject=same_subject, retry=retry, stop=stop, item_error_status=item_status,
         error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"],
         key_check=key_check, parts=parts,
     )
@@ -578,11 +580,11 @@ def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], prob
         if group_by is not None:
             problems.add(value_at(raw, "group_by"), f"batching {name}: group_by needs an envelope with $each_group")
             ok = False
-    one_per_profile = str(raw["one_per_profile"]) if "one_per_profile" in raw else None
-    if one_per_profile is not None and (source is None or source.profile is None or item_is_list
+    one_per_subject = str(raw["one_per_subject"]) if "one_per_subject" in raw else None
+    if one_per_subject is not None and (source is None or source.subject is None or item_is_list
                                         or group_by is not None):
-        problems.add(value_at(raw, "one_per_profile"), f"batching {name}: one_per_profile needs a `from` endpoint "
-                                                  "that declares its profile, and whole items (no [] nor group_by)")
+        problems.add(value_at(raw, "one_per_subject"), f"batching {name}: one_per_subject needs a `from` endpoint "
+                                                  "that declares its subject, and whole items (no [] nor group_by)")
         ok = False
     job = _compile_job(name, raw["job"], endpoints, problems) if "job" in raw else None
     if "job" in raw and job is None:
@@ -594,7 +596,7 @@ def _compile_batch(name: str, raw: PosDict, endpoints: dict[str, Endpoint], prob
                      item_is_list=item_is_list, group_by=group_by, unique=unique, envelope=envelope,
                      position=raw.position,
                      when_backlog=int(raw["when_backlog"]) if "when_backlog" in raw else None,
-                     one_per_profile=one_per_profile, job=job)
+                     one_per_subject=one_per_subject, job=job)
 
 
 def _job_endpoint(batch: str, raw: PosDict, key: str, endpoints: dict[str, Endpoint],

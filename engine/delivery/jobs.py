@@ -4,7 +4,7 @@ A batching whose bulk endpoint starts a job declares `job:` (see config.JobSpec)
 answer names the job, the endpoint that tells its state, the states that end it, and the endpoint
 listing the rows it refused. The worker polls until an end state; these helpers read the answers
 and tie each listed error to the units whose row it refused — by the row as sent (`error_item`),
-by its JSON pointer in the bulk body (`error_pointer`), or by the profile's identifiers.
+by its JSON pointer in the bulk body (`error_pointer`), or by the identifiers of its subject.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def attribute_errors(job: JobSpec, spec: BatchSpec, rendered: Rendered, identifi
 
 def _identity(spec: BatchSpec, row: Any, identifiers: list[str]) -> list[str]:
     keys = []
-    for profile in spec.source.profiles(single_request(spec, row)):
-        keys += [f"{name}={profile[name]}" for name in identifiers if profile.get(name) not in (None, "")]
+    for subject in spec.source.subjects(single_request(spec, row)):
+        keys += [f"{name}={subject[name]}" for name in identifiers if subject.get(name) not in (None, "")]
     return keys
 
 

@@ -10,7 +10,7 @@ places each one:
 - a unit the mapping set's `batching` can merge joins the open bulk call of its partition (same
   URL, headers and body outside the items) if the call has room; otherwise it is sent on its own;
 - **order**: every unit carries keys — its event (`order.same_event`) and, per lane, each identifier
-  of the profile it is about (`order.same_profile`). A unit whose key is held by an earlier unit
+  of the subject it is about (`order.same_subject`). A unit whose key is held by an earlier unit
   that is not yet answered waits ("blocked"), unless both go in the same call, where items keep
   input order. So an event's requests go out in rule order (a profile's import before its
   subscription), and one profile's events in input order, never two calls for it at once.
@@ -169,7 +169,7 @@ class DeliveryWorker:
         self._limiters: dict[str, RateLimiter] = {
             name: RateLimiter(endpoint.rate_windows, margin, scale) for name, endpoint in plan.endpoints.items()}
         self._limiters[""] = RateLimiter([], 0.0, scale)
-        self._identifiers = plan.profile_identifiers
+        self._identifiers = plan.subject_identifiers
         # placement state
         self._holders: dict[str, set[Slot]] = {}
         self._blocked: list[Unit] = []
@@ -322,16 +322,16 @@ class DeliveryWorker:
         if self.plan.same_event:
             keys.add(f"event:{unit.event_id}")
         body: Any = None
-        ordered = bool(endpoint is not None and self.plan.same_profile and endpoint.lane
-                       and endpoint.profile is not None)
+        ordered = bool(endpoint is not None and self.plan.same_subject and endpoint.lane
+                       and endpoint.subject is not None)
         if unit.body_kind == "json" and unit.body is not None and endpoint is not None:
             if ordered or endpoint.name in self.plan.by_source:
                 body = decode_stored(unit.body)
         if body is not None and endpoint is not None:
             if ordered:
-                for profile in endpoint.profiles(body):
+                for subject in endpoint.subjects(body):
                     for name in self._identifiers:
-                        value = profile.get(name)
+                        value = subject.get(name)
                         if value not in (None, ""):
                             keys.add(f"{endpoint.lane}|{name}={value}")
             spec = self.plan.by_source.get(endpoint.name)

@@ -153,7 +153,7 @@ class FakeServer:
         self.config = fake_config(plan)
         self.options = options or FakeOptions()
         self.spec: OpenAPIDocument = load_openapi(str(plan.spec_path))
-        self.store = FakeStore(plan.profile_identifiers)
+        self.store = FakeStore(plan.subject_identifiers)
         self._rng = random.Random(self.options.seed)
         self._rng_lock = threading.Lock()
         self._windows: dict[tuple[str, str, int], int] = {}
@@ -442,7 +442,7 @@ class FakeServer:
 
     def _key(self, record: RecordSpec, endpoint: Endpoint, single: Any, resolve: bool) -> tuple[Any, ...] | None:
         """(profile, *key) for a single request; with resolve=False the profile is its attributes' identity."""
-        profiles = endpoint.profiles(single)
+        profiles = endpoint.subjects(single)
         if profiles:
             attributes = profiles[0]
             if resolve:
@@ -481,7 +481,7 @@ class FakeServer:
                 for item in items:
                     created = False
                     profile_id = None
-                    profiles = source.profiles(item.single)
+                    profiles = source.subjects(item.single)
                     if profiles:
                         profile_id, created = store.resolve(profiles[0])
                         merged = store.profiles[profile_id]
