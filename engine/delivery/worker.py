@@ -557,18 +557,8 @@ class DeliveryWorker:
             raise
         first = True
         while True:
-            if not first:
-                async with self._slot_freed:  # a free connection first, then the rate limit: sent when counted
-                    await self._slot_freed.wait_for(lambda: self._sending < self.options.concurrency)
-                    self._sending += 1
-                try:
-                    await limiter.acquire()
-                except BaseException:
-                    await self._free_connection()
-                    raise
-                if self._stopping:  # a retry is something new: leave the units pending for the next run
-                    await self._free_connection()
-                    return
+            if not first and not await self._take_connection(limiter):
+                return  # a retry is something new: the units stay pending for the next run
             first = False
             status: int | None = None
             text: str | None = None
@@ -763,6 +753,23 @@ class DeliveryWorker:
             status, text, "", slot, f"the job {identifier} was accepted but {why} (replaying is safe for upserts)"))
         await asyncio.to_thread(self.outbox.finish_job, identifier)
 
+    async def _take_connection(self, limiter: RateLimiter) -> bool:
+        """A free connection first, then the rate limit (a call is sent when it is counted); False,
+        with the connection given back, when the worker is stopping."""
+        assert self._slot_freed is not None
+        async with self._slot_freed:
+            await self._slot_freed.wait_for(lambda: self._sending < self.options.concurrency)
+            self._sending += 1
+        try:
+            await limiter.acquire()
+        except BaseException:
+            await self._free_connection()
+            raise
+        if self._stopping:
+            await self._free_connection()
+            return False
+        return True
+
     async def _fetch(self, slot: Slot, endpoint: Endpoint, path: str) -> tuple[int | None, str | None] | None:
         """GET an endpoint within its own rate limit, retried like any call: the last answer (status
         None: no answer), or None when the worker is stopping."""
@@ -774,16 +781,7 @@ class DeliveryWorker:
         url = self.base_url + path
         attempts = rate_limited = 0
         while True:
-            async with self._slot_freed:
-                await self._slot_freed.wait_for(lambda: self._sending < self.options.concurrency)
-                self._sending += 1
-            try:
-                await limiter.acquire()
-            except BaseException:
-                await self._free_connection()
-                raise
-            if self._stopping:
-                await self._free_connection()
+            if not await self._take_connection(limiter):
                 return None
             status: int | None = None
             text: str | None = None
