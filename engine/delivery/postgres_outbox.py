@@ -458,7 +458,7 @@ class PostgresOutbox(Outbox):
             cur.execute(
                 "SELECT u.response::json ->> 'status' AS answer, u.response::json ->> 'error' AS reason, count(*) AS n "
                 f"FROM units u JOIN events e ON e.id = u.event_id WHERE u.tenant = %s AND u.status = 'dead' {where} "
-                "GROUP BY answer, reason ORDER BY count(*) DESC, min(u.id) LIMIT %s", args)
+                "GROUP BY 1, 2 ORDER BY count(*) DESC, min(u.id) LIMIT %s", args)
             return [(f"HTTP {r['answer']}: {r['reason']}" if r["answer"] is not None else str(r["reason"]), int(r["n"]))
                     for r in cur.fetchall()]
 
