@@ -37,7 +37,7 @@ from engine.delivery.postgres_migrations import LATEST
 from engine.delivery.postgres_outbox import PostgresOutbox
 from engine.delivery.sealing import Sealer
 
-LEASE_TTL = 1.5  # seconds: takeover within 2 s
+LEASE_TTL = 3.0  # seconds: takeover within 4 s (shorter ones expire while a loaded test machine stalls)
 TAKEOVER_BOUND = LeaseOptions(LEASE_TTL).takeover_within
 
 
@@ -214,30 +214,31 @@ def test_two_workers_deliver_every_event_exactly_once(postgres_url: str, tmp_pat
 
 def test_a_killed_worker_s_partitions_are_taken_over_within_the_bound(postgres_url: str, tmp_path: Path,
                                                                      fake_klaviyo: Any) -> None:
-    fake = fake_klaviyo(time_scale=10.0)  # Klaviyo's limits, ten times faster: a run of a few seconds
+    fake = fake_klaviyo(time_scale=3.0)  # Klaviyo's limits, three times faster: profiles take ~10 s
     singles = set_without_bulk_imports(tmp_path)
     events = corpus(1200, seed=12)
     counts = record(postgres_url, events, singles)
     settings = write_settings(tmp_path)
-    scale = ("--time-scale", "10", "--mappings", singles)
+    scale = ("--time-scale", "3", "--mappings", singles)
     doomed = worker(postgres_url, settings, fake.url, *scale)
-    deadline = time.monotonic() + 60
-    while int(fake.store.snapshot()["counters"].get("accepted", 0)) < 60:
-        assert time.monotonic() < deadline and doomed.poll() is None, "the worker delivered nothing"
-        time.sleep(0.01)
     survivor = worker(postgres_url, settings, fake.url, *scale, "--until-empty")
-    time.sleep(LEASE_TTL)  # the survivor joins, and gets its share
-    held = {p for p, (holder, _) in leases(postgres_url).items() if holder is not None}
+    deadline = time.monotonic() + 60
+    while len({holder for holder, _ in leases(postgres_url).values()} - {None}) < 2:  # both hold a share
+        assert time.monotonic() < deadline and doomed.poll() is None and survivor.poll() is None
+        time.sleep(0.05)
+    doomed_holder = next(h for h, _ in leases(postgres_url).values() if h and f":{doomed.pid}:" in h)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=10)
     killed = time.monotonic()
-    while True:  # every partition is the survivor's within the bound
+    while True:  # every partition with work left is another worker's within the bound
+        with psycopg.connect(postgres_url) as db:
+            left = {r[0] for r in db.execute("SELECT DISTINCT partition FROM units WHERE status = 'pending'")}
         now = leases(postgres_url)
-        holders = {holder for holder, _ in now.values()}
-        if len(holders) == 1 and None not in holders and set(now) == held:
+        if all(now.get(p, (None, 0))[0] not in (None, doomed_holder) for p in left):
             break
-        assert time.monotonic() - killed <= TAKEOVER_BOUND + 0.5, now
+        assert time.monotonic() - killed <= TAKEOVER_BOUND + 0.5, (left, now)
         time.sleep(0.05)
+    assert left, "the killed worker had finished: nothing was taken over"
     code, err = finish(survivor)
     assert code == 0, err
     with PostgresOutbox(postgres_url) as store:
@@ -247,7 +248,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_within_the_bound(postgres_u
     assert set(kept) == expected_event_keys(events)
     # duplicates only of what was in flight: at most a call per connection of the dead worker
     assert sum(n - 1 for n in kept.values()) <= 8 * 3
-    assert "from a dead worker" in err and " 0 from a dead worker" not in err
+    assert "taken over from a worker whose lease expired" in err and "(0 from a dead worker)" not in err
 
 
 def test_worker_until_empty_exit_codes(postgres_url: str, tmp_path: Path, fake_klaviyo: Any) -> None:

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             asyncio.run(_run_until_signal(delivery))
         except DeliveryStopped as exc:
-            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered", file=sys.stderr)
+            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
+                  file=sys.stderr)
             return EXIT_USAGE
         stats = delivery.stats
         counts = store.counts()

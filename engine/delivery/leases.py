@@ -208,9 +208,10 @@ class SharedDelivery:
         if room > 0 and not self._stopping:
             for lease in await asyncio.to_thread(self.store.claim_partitions, self.holder, ttl, room):
                 self.counters.claimed += 1
-                if lease.generation > 1:
+                if lease.taken_over:
                     self.counters.takeovers += 1
-                log.info("delivering partition %r (lease generation %d)", lease.partition, lease.generation)
+                log.info("delivering partition %r (lease generation %d%s)", lease.partition, lease.generation,
+                         ", taken over from a worker whose lease expired" if lease.taken_over else "")
                 self._start(lease)
 
     def _start(self, lease: Lease) -> None:

@@ -65,6 +65,7 @@ class Lease:
     holder: str
     generation: int
     replays: int  # grows when dead units are put back: the holder must read its partition again
+    taken_over: bool = False  # claimed from a holder whose lease expired (not one that gave it back)
 
 
 class PostgresOutbox(Outbox):
@@ -514,11 +515,12 @@ class PostgresOutbox(Outbox):
             return []
         with self._tx() as cur:
             cur.execute(
-                "UPDATE leases SET holder = %s, generation = generation + 1, "
-                "expires = now() + make_interval(secs => %s) WHERE (tenant, partition) IN ("
-                "  SELECT tenant, partition FROM leases WHERE tenant = %s AND "
-                "  (holder IS NULL OR expires < now()) ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "RETURNING tenant, partition, holder, generation, replays",
+                "UPDATE leases l SET holder = %s, generation = l.generation + 1, "
+                "expires = now() + make_interval(secs => %s) FROM ("
+                "  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s AND "
+                "  (holder IS NULL OR expires < now()) ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED) old "
+                "WHERE l.tenant = old.tenant AND l.partition = old.partition "
+                "RETURNING l.tenant, l.partition, l.holder, l.generation, l.replays, old.was IS NOT NULL AS taken_over",
                 (holder, ttl, self.tenant, limit))
             return [_lease(r) for r in cur.fetchall()]
 
@@ -610,7 +612,7 @@ def _stored_unit(row: dict[str, Any]) -> StoredUnit:
 
 def _lease(row: dict[str, Any]) -> Lease:
     return Lease(str(row["tenant"]), str(row["partition"]), str(row["holder"]), int(row["generation"]),
-                 int(row["replays"]))
+                 int(row["replays"]), bool(row.get("taken_over", False)))
 
 
 def _first_line(exc: BaseException) -> str:
