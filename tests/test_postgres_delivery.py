@@ -282,3 +282,63 @@ def test_a_worker_stops_gracefully_on_sigterm_and_releases_its_leases(postgres_u
     code, err = finish(running, timeout=30)
     assert code == 0, err
     assert all(holder is None for holder, _ in leases(postgres_url).values())  # free for others at once
+
+
+# -- serve and send on a database ------------------------------------------------------------------------------
+def test_serve_no_worker_records_and_a_worker_delivers(postgres_url: str, tmp_path: Path,
+                                                       fake_klaviyo: Any) -> None:
+    import re
+
+    import httpx
+
+    fake = fake_klaviyo(enforce_rate_limits=False)
+    settings = write_settings(tmp_path)
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", "0", "--no-worker", "--state",
+                               postgres_url, "--write-key", "wk", "--settings", str(settings), "--base-url", fake.url],
+                              cwd=PROJECT_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text())):
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()
+            time.sleep(0.05)
+        url = found.group(1)
+        events = corpus(50, seed=8)
+        answer = httpx.post(url + "/v1/batch", json={"batch": events}, auth=("wk", ""), timeout=30)
+        assert answer.status_code == 200 and answer.json() == {"success": True}
+        health = httpx.get(url + "/health", timeout=5).json()
+        assert health["delivery"] == "off: this server only records (serve --no-worker); worker processes deliver"
+        assert health["ok"] is True and health["outbox_depth"] > 0
+        time.sleep(0.5)
+        assert fake.store.snapshot()["counters"].get("requests", 0) == 0  # nothing delivered by the server
+        code, err = finish(worker(postgres_url, settings, fake.url, "--until-empty"))
+        assert code == 0, err
+        assert httpx.get(url + "/health", timeout=5).json()["outbox_depth"] == 0
+        kept = Counter((r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"])
+        assert set(kept) == expected_event_keys(events) and max(kept.values()) == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    assert "delivering to no one (--no-worker)" in log.read_text() and SECRET not in log.read_text()
+    refused = run_cli("serve", "--no-worker", "--state", tmp_path / "state", "--write-key", "wk", "--settings",
+                      settings)
+    assert refused.returncode == 2
+    assert "--no-worker needs a shared outbox (--state postgresql://…)" in refused.stderr
+
+
+def test_send_on_a_database_delivers_and_gives_its_leases_back(postgres_url: str, tmp_path: Path,
+                                                                fake_klaviyo: Any) -> None:
+    from delivery_helpers import run_send, summary_line, write_events
+
+    fake = fake_klaviyo(enforce_rate_limits=False)
+    events = corpus(80, seed=9)
+    done = run_send(write_events(tmp_path, events), "--settings", write_settings(tmp_path), "--base-url", fake.url,
+                    "--state", postgres_url)
+    assert done.returncode == 0, done.stderr
+    with PostgresOutbox(postgres_url) as store:
+        counts = store.counts().events
+    assert counts["pending"] == 0 and counts["dead"] == 0 and sum(counts.values()) == len(events)
+    assert summary_line(done.stderr).startswith(f"{len(events)} events: {counts['delivered']} delivered")
+    assert all(holder is None for holder, _ in leases(postgres_url).values())
+    kept = Counter((r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"])
+    assert set(kept) == expected_event_keys(events) and max(kept.values()) == 1

@@ -33,7 +33,9 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import httpx
 
@@ -45,6 +47,7 @@ from .sealing import Sealer
 from .worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 
 log = logging.getLogger(f"{PROGRAM}.leases")
+T = TypeVar("T")
 
 DEFAULT_LEASE_TTL = 10.0  # seconds: a dead worker's partitions are taken over within ttl × 4/3
 EMPTY_CHECK = 0.2  # seconds between looks for "nothing pending" (--until-empty)
@@ -118,6 +121,8 @@ class SharedDelivery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_tend = -math.inf
         self._told = False  # notify() was called (from any thread): pass it on in the loop
+        # a thread of its own for lease upkeep: never queued behind the partitions' outbox calls
+        self._upkeep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
 
     # -- control (thread-safe) ---------------------------------------------------------------------------
     def notify(self) -> None:
@@ -170,9 +175,15 @@ class SharedDelivery:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            await self._let_go_all()
-            await asyncio.to_thread(self.store.forget_worker, self.holder)
+            try:
+                await self._let_go_all()
+                await self._leases(self.store.forget_worker, self.holder)
+            finally:
+                self._upkeep.shutdown(wait=False)
         return self.stats
+
+    async def _leases(self, call: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._upkeep, lambda: call(*args))
 
     async def _empty(self) -> bool:
         if any(not held.worker.idle() for held in self._held.values()):
@@ -183,9 +194,8 @@ class SharedDelivery:
         """Renew what is held, drop what was lost, give back more than a fair share, claim up to it."""
         self._last_tend = time.monotonic()
         ttl = self.lease_options.ttl
-        live = await asyncio.to_thread(self.store.heartbeat, self.holder, ttl)
-        renewed = {lease.partition: lease for lease in await asyncio.to_thread(self.store.renew_leases,
-                                                                               self.holder, ttl)}
+        live = await self._leases(self.store.heartbeat, self.holder, ttl)
+        renewed = {lease.partition: lease for lease in await self._leases(self.store.renew_leases, self.holder, ttl)}
         for partition, held in list(self._held.items()):
             lease = renewed.get(partition)
             if lease is None or lease.generation != held.lease.generation:
@@ -197,7 +207,7 @@ class SharedDelivery:
                 # dead units were put back behind its cursor: read the partition again from its start
                 await self._let_go(held, release=False)
                 self._start(lease)
-        total = await asyncio.to_thread(self.store.partition_count)
+        total = await self._leases(self.store.partition_count)
         share = max(1, math.ceil(total / max(live, 1)))
         mine = [h for h in self._held.values() if not h.leaving]
         for held in sorted(mine, key=lambda h: h.lease.partition)[share:]:
@@ -206,7 +216,7 @@ class SharedDelivery:
             await self._let_go(held, release=True)
         room = share - len([h for h in self._held.values() if not h.leaving])
         if room > 0 and not self._stopping:
-            for lease in await asyncio.to_thread(self.store.claim_partitions, self.holder, ttl, room):
+            for lease in await self._leases(self.store.claim_partitions, self.holder, ttl, room):
                 self.counters.claimed += 1
                 if lease.taken_over:
                     self.counters.takeovers += 1
@@ -240,7 +250,7 @@ class SharedDelivery:
                 raise error
             elif not held.leaving:
                 # it ended by itself (it never does unless told): give the lease back for another
-                await asyncio.to_thread(self.store.release_lease, held.lease)
+                await self._leases(self.store.release_lease, held.lease)
 
     async def _let_go(self, held: _Held, release: bool) -> None:
         held.leaving = True
@@ -254,7 +264,7 @@ class SharedDelivery:
             self._ended.append(held.worker.stats)
             self._sum()
         if release:
-            await asyncio.to_thread(self.store.release_lease, held.lease)
+            await self._leases(self.store.release_lease, held.lease)
             self.counters.released += 1
 
     async def _let_go_all(self) -> None:

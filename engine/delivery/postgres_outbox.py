@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -55,6 +55,7 @@ from .postgres_migrations import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
 from .stores import without_password
 
 MIGRATION_LOCK = 0x5EC7_0B0C  # advisory lock key: one process migrates at a time
+T = TypeVar("T")
 UNIT_COLUMNS = "id, event_id, position, rule, method, url, headers, body_kind, body, attempts"
 
 
@@ -90,6 +91,9 @@ class PostgresOutbox(Outbox):
             raise OutboxError(f"{self.where}: cannot connect: {_first_line(exc)}") from None
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=60,
                                     kwargs={"connect_timeout": 10})
+        # Lease upkeep has connections of its own: a renewal must never wait behind delivery's
+        # transactions (a lease that is not renewed in time is taken over).
+        self._lease_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         try:
             self._check_schema()
         except BaseException:
@@ -134,11 +138,18 @@ class PostgresOutbox(Outbox):
 
     # -- connections -------------------------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        """One transaction: committed at the end of the block, rolled back on an exception."""
+    def _tx(self, leases: bool = False) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        """One transaction: committed at the end of the block, rolled back on an exception
+        (`leases`: on the connections kept for lease upkeep)."""
         if self._pool is None:
             raise OutboxError(f"{self.where}: the outbox is closed")
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        pool = self._pool
+        if leases:
+            if self._lease_pool is None:
+                self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
+                                                  kwargs={"connect_timeout": 10})
+            pool = self._lease_pool
+        with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             yield cur
 
     def _lock_recording(self, cur: psycopg.Cursor[Any]) -> None:
@@ -248,6 +259,9 @@ class PostgresOutbox(Outbox):
     def _mark_delivered(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
         if not unit_ids:
             return Finished()
+        return _retried(lambda: self._mark_delivered_once(unit_ids, attempts, fence))
+
+    def _mark_delivered_once(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
         with self._tx() as cur:
             self._check_fence(cur, fence)
             body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
@@ -262,6 +276,9 @@ class PostgresOutbox(Outbox):
     def _mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
         if not unit_ids:
             return Finished()
+        return _retried(lambda: self._mark_dead_once(unit_ids, letter, fence))
+
+    def _mark_dead_once(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
         with self._tx() as cur:
             self._check_fence(cur, fence)
             cur.execute("UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
@@ -284,8 +301,10 @@ class PostgresOutbox(Outbox):
     def _finish(self, cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> Finished:
         finished = Finished()
         now = time.time()
-        cur.execute("SELECT DISTINCT e.id FROM events e JOIN units u ON u.event_id = e.id "
-                    "WHERE u.id = ANY(%s) AND e.status = 'pending'", (list(unit_ids),))
+        # The events' rows are locked in id order (two partitions' marks may finish one event: they
+        # take turns, and the second sees the first's units), then their status is worked out.
+        cur.execute("SELECT id FROM events WHERE id IN (SELECT event_id FROM units WHERE id = ANY(%s)) "
+                    "AND status = 'pending' ORDER BY id FOR UPDATE", (list(unit_ids),))
         event_ids = [int(r["id"]) for r in cur.fetchall()]
         if not event_ids:
             return finished
@@ -494,7 +513,7 @@ class PostgresOutbox(Outbox):
     # -- leases (leases.py decides when) -----------------------------------------------------------------
     def heartbeat(self, holder: str, ttl: float) -> int:
         """Say this worker is alive; returns how many workers are (seen within `ttl`)."""
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute("INSERT INTO workers (holder, seen) VALUES (%s, now()) "
                         "ON CONFLICT (holder) DO UPDATE SET seen = now()", (holder,))
             cur.execute("DELETE FROM workers WHERE seen < now() - make_interval(secs => %s)", (ttl * 6,))
@@ -503,7 +522,7 @@ class PostgresOutbox(Outbox):
             return int(row["n"]) if row else 1
 
     def partition_count(self) -> int:
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute("SELECT count(*) AS n FROM leases WHERE tenant = %s", (self.tenant,))
             row = cur.fetchone()
             return int(row["n"]) if row else 0
@@ -513,7 +532,7 @@ class PostgresOutbox(Outbox):
         worker is claiming at the same instant are skipped (FOR UPDATE SKIP LOCKED), never shared."""
         if limit <= 0:
             return []
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute(
                 "UPDATE leases l SET holder = %s, generation = l.generation + 1, "
                 "expires = now() + make_interval(secs => %s) FROM ("
@@ -526,7 +545,7 @@ class PostgresOutbox(Outbox):
 
     def renew_leases(self, holder: str, ttl: float) -> list[Lease]:
         """Extend every lease this worker still holds; returns them (one it lost is missing)."""
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute("UPDATE leases SET expires = now() + make_interval(secs => %s) WHERE tenant = %s AND "
                         "holder = %s RETURNING tenant, partition, holder, generation, replays",
                         (ttl, self.tenant, holder))
@@ -534,13 +553,13 @@ class PostgresOutbox(Outbox):
 
     def release_lease(self, lease: Lease) -> None:
         """Give a lease up (a graceful stop): another worker may take it at once."""
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute("UPDATE leases SET holder = NULL, expires = NULL WHERE tenant = %s AND partition = %s AND "
                         "holder = %s AND generation = %s", (lease.tenant, lease.partition, lease.holder,
                                                             lease.generation))
 
     def forget_worker(self, holder: str) -> None:
-        with self._tx() as cur:
+        with self._tx(leases=True) as cur:
             cur.execute("DELETE FROM workers WHERE holder = %s", (holder,))
 
     def partition_queue(self, lease: Lease) -> PartitionQueue:
@@ -548,24 +567,29 @@ class PostgresOutbox(Outbox):
 
     def _partition_pending(self, partition: str, after_id: int, limit: int) -> list[StoredUnit]:
         with self._tx() as cur:
-            cur.execute(
-                f"SELECT {', '.join('u.' + c.strip() for c in UNIT_COLUMNS.split(','))}, EXISTS ("
-                "  SELECT 1 FROM units p WHERE p.event_id = u.event_id AND p.id < u.id AND p.status = 'pending' "
-                "  AND p.partition != u.partition) AS waits "
-                "FROM units u WHERE u.tenant = %s AND u.partition = %s AND u.status = 'pending' AND u.id > %s "
-                "ORDER BY u.id LIMIT %s", (self.tenant, partition, after_id, limit))
-            rows = cur.fetchall()
-        found: list[StoredUnit] = []
-        for row in rows:
-            if row.pop("waits"):
-                break  # its event's earlier request (another partition) first: read again from here later
-            found.append(_stored_unit(row))
-        return found
+            cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE tenant = %s AND partition = %s AND "
+                        "status = 'pending' AND id > %s ORDER BY id LIMIT %s",
+                        (self.tenant, partition, after_id, limit))
+            units = [_stored_unit(r) for r in cur.fetchall()]
+            if not units:
+                return units
+            # per event, its first request still pending in another partition (one indexed look-up
+            # for the batch: a correlated subquery per unit costs a scan each on a fresh table)
+            cur.execute("SELECT event_id, min(id) AS first FROM units WHERE event_id = ANY(%s) AND "
+                        "status = 'pending' AND partition != %s GROUP BY event_id",
+                        (sorted({u.event_id for u in units}), partition))
+            elsewhere = {int(r["event_id"]): int(r["first"]) for r in cur.fetchall()}
+        for position, stored in enumerate(units):
+            first = elsewhere.get(stored.event_id)
+            if first is not None and first < stored.id:
+                return units[:position]  # its event's earlier request (another partition) first: read on later
+        return units
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._lease_pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._lease_pool = None
 
     def __enter__(self) -> PostgresOutbox:
         return self
@@ -602,6 +626,19 @@ class PartitionQueue:
 
     def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
         return self.store.units_with_ids(unit_ids)
+
+
+def _retried(transaction: Callable[[], T], tries: int = 5) -> T:
+    """A transaction PostgreSQL aborted to break a deadlock (e.g. a mark beside `outbox replay`)
+    is run again: nothing of it was kept."""
+    for attempt in range(tries):
+        try:
+            return transaction()
+        except psycopg.errors.DeadlockDetected:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _stored_unit(row: dict[str, Any]) -> StoredUnit:
