@@ -162,6 +162,8 @@ class SharedDelivery:
                     self._told = False
                     for held in self._held.values():
                         held.worker.notify()
+                    if not self._held and time.monotonic() - self._last_tend >= EMPTY_CHECK:
+                        self._last_tend = -math.inf  # the first units of a new database: look for partitions now
                 await self._collect()
                 if time.monotonic() - self._last_tend >= self.lease_options.renew_every:
                     await self._tend()
