@@ -342,3 +342,34 @@ def test_send_on_a_database_delivers_and_gives_its_leases_back(postgres_url: str
     assert all(holder is None for holder, _ in leases(postgres_url).values())
     kept = Counter((r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"])
     assert set(kept) == expected_event_keys(events) and max(kept.values()) == 1
+
+
+def test_replayed_dead_letters_are_delivered_by_a_running_worker(postgres_url: str, tmp_path: Path,
+                                                                 fake_klaviyo: Any) -> None:
+    fake = fake_klaviyo(enforce_rate_limits=False)
+    events = corpus(40, seed=4)
+    record(postgres_url, events)
+    with PostgresOutbox(postgres_url) as store:  # an earlier outage: every request dead-lettered
+        store.mark_dead([u.id for u in store.pending_units(0, 1000)], DeadLetter(503, None, "down", 5))
+    running = worker(postgres_url, write_settings(tmp_path), fake.url)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(holder for holder, _ in leases(postgres_url).values()):
+            assert time.monotonic() < deadline and running.poll() is None
+            time.sleep(0.05)
+        replayed = run_cli("outbox", "replay", "--state", postgres_url)
+        assert replayed.returncode == 0, replayed.stderr
+        while True:  # the holders read their partitions again at their next renewal
+            with PostgresOutbox(postgres_url) as store:
+                counts = store.counts().events
+            if counts["pending"] == 0:
+                break
+            assert time.monotonic() < deadline + LEASE_TTL, counts
+            time.sleep(0.1)
+    finally:
+        running.send_signal(signal.SIGTERM)
+        code, err = finish(running)
+    assert code == 0, err
+    assert counts["dead"] == 0 and counts["delivered"] > 0
+    kept = Counter((r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"])
+    assert set(kept) == expected_event_keys(events) and max(kept.values()) == 1

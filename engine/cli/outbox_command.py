@@ -23,7 +23,7 @@ from ..delivery.config import DeliveryPlan
 from ..delivery.ingest import Ingester
 from ..delivery.outbox import Outbox, OutboxError
 from ..delivery.sealing import Sealer
-from ..delivery.stores import open_outbox, record_lanes, without_password
+from ..delivery.stores import is_database_url, open_outbox, record_lanes, without_password
 from ..mapping_set import PROGRAM
 from ..problems import SettingsError
 from ..strict_json import json_line
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
             return remap(args, outbox)
         elif args.action == "replay":
             count = outbox.requeue_dead(args.unit)
-            print(f"{count} dead request(s) back to pending; deliver them with: "
-                  f"{PROGRAM} send --resume --state {without_password(args.state)} --settings …", file=sys.stderr)
+            print(f"{count} dead request(s) back to pending; {_how_to_deliver(args.state, 'them')}", file=sys.stderr)
     finally:
         outbox.close()
     return EXIT_OK
@@ -124,6 +123,13 @@ def remap(args: argparse.Namespace, outbox: Outbox) -> int:
             line["reason"] = record.reason
         print(sealer.mask(json_line(line)))
     told = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items())) or "none"
-    print(f"mapped again: {told}; deliver the pending ones with: {PROGRAM} send --resume --state "
-          f"{without_password(args.state)} --settings …", file=sys.stderr)
+    print(f"mapped again: {told}; {_how_to_deliver(args.state, 'the pending ones')}", file=sys.stderr)
     return EXIT_REJECTED if outcomes.get("rejected") else EXIT_OK
+
+
+def _how_to_deliver(state: str, what: str) -> str:
+    shown = without_password(state)
+    if is_database_url(state):  # the workers sharing it read the replayed requests at their next renewal
+        return (f"the running workers deliver {what} (or: {PROGRAM} worker --state {shown} --settings … "
+                "--until-empty)")
+    return f"deliver {what} with: {PROGRAM} send --resume --state {shown} --settings …"
