@@ -35,16 +35,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 from ..mapping_set import PROGRAM
 from .config import DeliveryPlan
 from .outbox import LeaseLost, Outbox
-from .postgres_outbox import Lease, PostgresOutbox
 from .sealing import Sealer
 from .worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
+
+if TYPE_CHECKING:  # (the PostgreSQL driver is imported only by a process given a database URL)
+    from .postgres_outbox import Lease, PostgresOutbox
 
 log = logging.getLogger(f"{PROGRAM}.leases")
 T = TypeVar("T")
@@ -72,7 +74,14 @@ class _Held:
     lease: Lease
     worker: DeliveryWorker
     task: asyncio.Task[WorkerStats]
-    leaving: bool = False  # stopping it to give the lease back (graceful)
+    # what to do once its worker has stopped (gracefully: its calls in flight answered and marked)
+    give_back: bool = False  # release the lease: another worker takes the partition
+    lost: bool = False  # nothing: the lease is another worker's already
+    restart: Lease | None = None  # run a new worker under this lease (read the partition from its start)
+
+    @property
+    def leaving(self) -> bool:
+        return self.give_back or self.lost
 
 
 @dataclass
@@ -85,6 +94,8 @@ class LeaseCounters:
 
 def shared_store(outbox: Outbox) -> PostgresOutbox:
     """The outbox as a shared store (leases need one)."""
+    from .postgres_outbox import PostgresOutbox
+
     if not isinstance(outbox, PostgresOutbox):
         raise TypeError(f"{outbox.where} is not a shared (PostgreSQL) outbox: it has no leases")
     return outbox
@@ -201,21 +212,23 @@ class SharedDelivery:
         for partition, held in list(self._held.items()):
             lease = renewed.get(partition)
             if lease is None or lease.generation != held.lease.generation:
-                log.warning("lost the lease on partition %r: another worker delivers it now", partition)
-                self.counters.lost += 1
-                held.leaving = True  # not released: it is not ours
-                held.worker.stop()
-            elif lease.replays != held.lease.replays and not held.leaving:
+                if not held.lost:
+                    log.warning("lost the lease on partition %r: another worker delivers it now", partition)
+                    self.counters.lost += 1
+                    held.lost = True
+                    held.worker.stop()
+            elif lease.replays != held.lease.replays and not held.leaving and held.restart is None:
                 # dead units were put back behind its cursor: read the partition again from its start
-                await self._let_go(held, release=False)
-                self._start(lease)
+                held.restart = lease
+                held.worker.stop()
         total = await self._leases(self.store.partition_count)
         share = max(1, math.ceil(total / max(live, 1)))
         mine = [h for h in self._held.values() if not h.leaving]
         for held in sorted(mine, key=lambda h: h.lease.partition)[share:]:
             log.info("giving partition %r back: %d worker(s) share %d partition(s)", held.lease.partition, live,
                      total)
-            await self._let_go(held, release=True)
+            held.give_back = True  # released once its calls in flight are answered (_collect): no wait here,
+            held.worker.stop()  # so the other leases keep being renewed meanwhile
         room = share - len([h for h in self._held.values() if not h.leaving])
         if room > 0 and not self._stopping:
             for lease in await self._leases(self.store.claim_partitions, self.holder, ttl, room):
@@ -244,18 +257,22 @@ class SharedDelivery:
             error = held.task.exception()
             if isinstance(error, LeaseLost):
                 log.warning("partition %r: %s", partition, error)
-                self.counters.lost += 1
+                if not held.lost:
+                    self.counters.lost += 1
             elif isinstance(error, DeliveryStopped):
                 self._stopping = True
                 raise error
             elif error is not None:
                 raise error
-            elif not held.leaving:
-                # it ended by itself (it never does unless told): give the lease back for another
+            elif held.restart is not None and not held.leaving and not self._stopping:
+                self._start(held.restart)
+            elif not held.lost:
+                # given back, or it ended by itself (it never does unless told): another worker may take it
                 await self._leases(self.store.release_lease, held.lease)
+                self.counters.released += 1
 
-    async def _let_go(self, held: _Held, release: bool) -> None:
-        held.leaving = True
+    async def _let_go(self, held: _Held) -> None:
+        """Stop a partition's worker, wait for it, and give the lease back (unless lost)."""
         held.worker.stop()
         try:
             await held.task
@@ -265,7 +282,7 @@ class SharedDelivery:
             self._held.pop(held.lease.partition, None)
             self._ended.append(held.worker.stats)
             self._sum()
-        if release:
+        if not held.lost:
             await self._leases(self.store.release_lease, held.lease)
             self.counters.released += 1
 
@@ -275,7 +292,7 @@ class SharedDelivery:
         errors: list[BaseException] = []
         for held in list(self._held.values()):
             try:
-                await self._let_go(held, release=True)
+                await self._let_go(held)
             except Exception as exc:  # one partition's trouble must not keep the others' leases
                 errors.append(exc)
         if errors:
