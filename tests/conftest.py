@@ -39,3 +39,39 @@ def fake_klaviyo() -> Iterator[Callable[..., FakeServer]]:
     yield start
     for fake in started:
         fake.stop()
+
+
+POSTGRES_VARIABLE = "SEGMENT_KLAVIYO_TEST_POSTGRES"
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    """The DSN, connecting into `schema` (libpq's options parameter sets search_path)."""
+    from urllib.parse import quote
+
+    return dsn + ("&" if "?" in dsn else "?") + "options=" + quote(f"-csearch_path={schema}")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A postgresql:// URL to a schema of this test's own (dropped after it), on the server that
+    SEGMENT_KLAVIYO_TEST_POSTGRES names: concurrent test runs and tests never see each other's tables.
+    Skips, saying why, when the variable is unset or the server cannot be reached."""
+    import os
+    import secrets
+
+    dsn = os.environ.get(POSTGRES_VARIABLE)
+    if not dsn:
+        pytest.skip(f"{POSTGRES_VARIABLE} is not set: the PostgreSQL tests need a server (.ci/run sets it)")
+    import psycopg
+
+    schema = f"sk_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"{POSTGRES_VARIABLE}: cannot use the server: {str(exc).strip().splitlines()[0]}")
+    try:
+        yield _with_search_path(dsn, schema)
+    finally:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
-from engine.delivery.outbox import SQLiteOutbox
+from engine.delivery.sqlite_outbox import SQLiteOutbox
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "pk_test_SECRET_never_printed_42"

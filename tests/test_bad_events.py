@@ -105,8 +105,8 @@ def test_map_rejects_an_event_whose_request_is_not_strict_json(unsendable_set: P
 
 def test_the_outbox_records_such_an_event_as_rejected(unsendable_set: Path, tmp_path: Path) -> None:
     from engine.delivery.ingest import Ingester
-    from engine.delivery.outbox import SQLiteOutbox
     from engine.delivery.sealing import Sealer
+    from engine.delivery.sqlite_outbox import SQLiteOutbox
     from engine.mapping_set import load_mapping_set
 
     outbox = SQLiteOutbox(tmp_path / "state")

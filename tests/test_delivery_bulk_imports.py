@@ -21,7 +21,7 @@ from delivery_helpers import SECRET, SETTINGS, deliver, write_events, write_sett
 from engine.delivery.batching import BatchBuilder, Rendered, prepare
 from engine.delivery.config import DeliveryPlan
 from engine.delivery.jobs import attribute_errors, job_path, job_state
-from engine.delivery.outbox import SQLiteOutbox
+from engine.delivery.sqlite_outbox import SQLiteOutbox
 from engine.mapping_set import load_mapping_set
 from engine.openapi_check import load_openapi
 from engine.problems import MappingSetError

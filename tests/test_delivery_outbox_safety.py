@@ -18,16 +18,8 @@ from pathlib import Path
 import pytest
 from delivery_helpers import PROJECT_ROOT, run_cli
 
-from engine.delivery.outbox import (
-    LOCK_FILE,
-    OUTBOX_FILE,
-    RECORDED_FILE,
-    NewEvent,
-    NewUnit,
-    OutboxDamaged,
-    SQLiteOutbox,
-    open_private,
-)
+from engine.delivery.outbox import NewEvent, NewUnit, open_private
+from engine.delivery.sqlite_outbox import LOCK_FILE, OUTBOX_FILE, RECORDED_FILE, OutboxDamaged, SQLiteOutbox
 
 UNIT = NewUnit(0, "r", "POST", "/x", "{}", "json", '{"text": "' + "x" * 300 + '"}')
 HINT = ("Nothing was changed; stop whatever uses the folder, move it aside (mv {folder} {folder}.damaged) and start "

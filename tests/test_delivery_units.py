@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.delivery.config import RateWindow, RetryPolicy
-from engine.delivery.outbox import DeadLetter, NewEvent, NewUnit, OutboxLocked, SQLiteOutbox
+from engine.delivery.outbox import DeadLetter, NewEvent, NewUnit
 from engine.delivery.ratelimit import RateLimiter
 from engine.delivery.retry import DEAD, DELIVERED, ITEM_ERRORS, RETRY, STOP, backoff, classify, retry_after
 from engine.delivery.sealing import MissingSecret, Sealer
+from engine.delivery.sqlite_outbox import OutboxLocked, SQLiteOutbox
 
 
 @settings(max_examples=60, deadline=None)

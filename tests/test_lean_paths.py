@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from engine.delivery.outbox import OUTBOX_FILE, NewEvent, NewUnit, SQLiteOutbox
+from engine.delivery.outbox import NewEvent, NewUnit
+from engine.delivery.sqlite_outbox import OUTBOX_FILE, SQLiteOutbox
 from engine.events import InputError, read_events
 from engine.serve.commits import CommitGroup
 from engine.strict_json import NotStrictJSON, strict_bytes, strict_dumps

@@ -33,7 +33,7 @@ from segment.analytics.request import DatetimeSerializer
 from engine import Mapper, load_mapping_set
 from engine.delivery.batching import canonical, split
 from engine.delivery.config import DeliveryPlan
-from engine.delivery.outbox import SQLiteOutbox
+from engine.delivery.sqlite_outbox import SQLiteOutbox
 from engine.fake.server import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from engine.delivery.ingest import Ingester
-from engine.delivery.outbox import NewEvent, NewUnit, SQLiteOutbox
+from engine.delivery.outbox import NewEvent, NewUnit
 from engine.delivery.sealing import Sealer
+from engine.delivery.sqlite_outbox import SQLiteOutbox
 from engine.mapping_set import load_mapping_set
 
 

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "engine.cli.fake_command",
     "engine.cli.outbox_command",
     "engine.cli.serve_command",
+    "engine.cli.worker_command",
     "engine.cli.schema_command",
     "engine.cli.check_command",
     "engine.cli.test_command",

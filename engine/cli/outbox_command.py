@@ -1,4 +1,4 @@
-"""`outbox`: look into a send's outbox (--state DIR) and replay its dead letters.
+"""`outbox`: look into an outbox (--state DIR, or a postgresql:// URL) and replay its dead letters.
 
     $PROG outbox status --state state/          # events and requests by status, per input
     $PROG outbox dead-letters --state state/    # each dead request with the answer that condemned it
@@ -7,6 +7,7 @@
     $PROG outbox replay --remap --state state/ --settings …  # or: dead events mapped again (the mapping
                                                              # fixed), --rejected: rejected ones too
     $PROG send --resume --state state/ --settings …     # …then deliver them
+                                                        # (a shared database: running workers do)
 
 Output is NDJSON (status: one line per input and a total); secrets are printed as ***.
 """
@@ -18,9 +19,11 @@ import json
 import sys
 from typing import Any
 
+from ..delivery.config import DeliveryPlan
 from ..delivery.ingest import Ingester
-from ..delivery.outbox import OutboxError, SQLiteOutbox
+from ..delivery.outbox import Outbox, OutboxError
 from ..delivery.sealing import Sealer
+from ..delivery.stores import is_database_url, open_outbox, record_lanes, without_password
 from ..mapping_set import PROGRAM
 from ..problems import SettingsError
 from ..strict_json import json_line
@@ -37,7 +40,8 @@ def add_parser(subparsers: Any) -> None:
                        ("rejected", "events rejected (or skipped) by the mapping, with the reason"),
                        ("replay", "put dead letters back to pending; then `send --resume --state DIR`")):
         action = actions.add_parser(name, help=text, description=text)
-        action.add_argument("--state", required=True, metavar="DIR", help="the outbox folder of `send --state`")
+        action.add_argument("--state", required=True, metavar="DIR|URL",
+                            help="the outbox folder of `send --state`, or a postgresql:// URL (a shared outbox)")
         if name == "replay":
             action.add_argument("--unit", type=int, action="append", metavar="ID",
                                 help="only this dead request (its `unit` in dead-letters; repeatable)")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Only replay writes; the others read, beside a running server or in a read-only folder.
         writes = args.action == "replay"
-        outbox = SQLiteOutbox(args.state, exclusive=writes, create=False, read_only=not writes)
+        outbox = open_outbox(args.state, exclusive=writes, create=False, read_only=not writes)
     except (FileNotFoundError, OutboxError) as exc:
         return fail(str(exc))
     masker = Sealer({}, outbox.get_meta("seal_nonce") or "0")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                       "events": counts.events, "requests": counts.units}) + "\n")
             total = outbox.counts()
             out.write(json.dumps({"total": True, "events": total.events, "requests": total.units,
-                                  "outbox": str(outbox.path)}) + "\n")
+                                  "outbox": outbox.where}) + "\n")
         elif args.action == "dead-letters":
             for letter in outbox.dead_letters():
                 out.write(masker.mask(json_line(letter)) + "\n")
@@ -84,20 +88,19 @@ def run(args: argparse.Namespace) -> int:
             return remap(args, outbox)
         elif args.action == "replay":
             count = outbox.requeue_dead(args.unit)
-            print(f"{count} dead request(s) back to pending; deliver them with: "
-                  f"{PROGRAM} send --resume --state {args.state} --settings …", file=sys.stderr)
+            print(f"{count} dead request(s) back to pending; {_how_to_deliver(args.state, 'them')}", file=sys.stderr)
     finally:
         outbox.close()
     return EXIT_OK
 
 
-def remap(args: argparse.Namespace, outbox: SQLiteOutbox) -> int:
+def remap(args: argparse.Namespace, outbox: Outbox) -> int:
     """Map dead (and, with --rejected, rejected) events again from their raw input; one line each."""
     try:
         mapping_set = load_set_or_exit(args.mappings)
         recorded_by = outbox.get_meta("mapping_set")
         if recorded_by is not None and recorded_by != mapping_set.name:
-            raise UsageError(f"--state {args.state} holds events of mapping set '{recorded_by}', not "
+            raise UsageError(f"--state {without_password(args.state)} holds events of mapping set '{recorded_by}', not "
                              f"'{mapping_set.name}'")
         try:
             settings = mapping_set.resolve_settings(read_settings(args.settings, args.overrides))
@@ -105,6 +108,7 @@ def remap(args: argparse.Namespace, outbox: SQLiteOutbox) -> int:
             raise UsageError("bad settings:\n" + "\n".join(exc.messages)) from None
     except UsageError as exc:
         return fail(str(exc))
+    record_lanes(outbox, DeliveryPlan.for_set(mapping_set).lane_of)
     secrets = {name: str(settings[name]) for name in mapping_set.secret_settings if settings.get(name)}
     sealer = Sealer(secrets, outbox.get_meta("seal_nonce") or Sealer.new_nonce())
     ingester = Ingester(mapping_set, settings, outbox, sealer)
@@ -119,6 +123,13 @@ def remap(args: argparse.Namespace, outbox: SQLiteOutbox) -> int:
             line["reason"] = record.reason
         print(sealer.mask(json_line(line)))
     told = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items())) or "none"
-    print(f"mapped again: {told}; deliver the pending ones with: {PROGRAM} send --resume --state {args.state} "
-          "--settings …", file=sys.stderr)
+    print(f"mapped again: {told}; {_how_to_deliver(args.state, 'the pending ones')}", file=sys.stderr)
     return EXIT_REJECTED if outcomes.get("rejected") else EXIT_OK
+
+
+def _how_to_deliver(state: str, what: str) -> str:
+    shown = without_password(state)
+    if is_database_url(state):  # the workers sharing it read the replayed requests at their next renewal
+        return (f"the running workers deliver {what} (or: {PROGRAM} worker --state {shown} --settings … "
+                "--until-empty)")
+    return f"deliver {what} with: {PROGRAM} send --resume --state {shown} --settings …"

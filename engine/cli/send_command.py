@@ -1,7 +1,8 @@
 """`send`: map events and deliver them — durable outbox, batching, rate limits, retries.
 
-Every event is recorded in the outbox (`--state DIR`, SQLite) before anything is sent, and marked
-when the API accepts it; a run that is killed and started again with the same --state and input
+Every event is recorded in the outbox (`--state DIR`, SQLite; or a shared `postgresql://` URL, where
+this process delivers with a worker's leases until nothing is pending) before anything is sent, and
+marked when the API accepts it; a run that is killed and started again with the same --state and input
 goes on where it stopped. At the end one summary line: events delivered, rejected by the mapping,
 skipped, dead-lettered; requests, retries, 429s. Exit 0 when every event was delivered, rejected
 or skipped; 1 when some were dead-lettered; 2 for bad usage or a configuration the API refuses
@@ -17,13 +18,13 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import IO, Any
 
 from ..delivery.config import DeliveryPlan
 from ..delivery.ingest import Ingester, open_source
-from ..delivery.outbox import NewEvent, OutboxError, SQLiteOutbox, open_private
+from ..delivery.outbox import NewEvent, Outbox, OutboxError, open_private
 from ..delivery.sealing import Sealer
+from ..delivery.stores import is_database_url, open_outbox, without_password
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 from ..evaluate import MapResult
 from ..events import read_events
@@ -56,8 +57,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--base-url", metavar="URL",
                         help="send here instead of the mapping set's base URL (also: the environment "
                              f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
-    parser.add_argument("--state", metavar="DIR",
+    parser.add_argument("--state", metavar="DIR|URL",
                         help="the outbox folder (created if needed); run again with the same DIR to resume. "
+                             "Or a postgresql:// URL: a shared outbox (README: Running on several machines). "
                              "Default: a temporary folder, removed at the end")
     parser.add_argument("--dead-letter", metavar="FILE", help="write the dead-lettered requests here (NDJSON)")
     parser.add_argument("--errors", metavar="FILE", help="write rejections and skips here (default: stderr)")
@@ -164,18 +166,18 @@ def run(args: argparse.Namespace) -> int:
 
     temporary = None
     if args.state:
-        state = Path(args.state)
+        state = args.state
     else:
         temporary = tempfile.TemporaryDirectory(prefix=f"{PROGRAM}-state-")
-        state = Path(temporary.name)
+        state = temporary.name
     fake: FakeServer | None = None
     try:
         try:
-            outbox = SQLiteOutbox(state)
+            outbox = open_outbox(state, partition_of=plan.lane_of)
         except OutboxError as exc:  # names the file and what to do
             return fail(str(exc))
         except OSError as exc:
-            return fail(f"--state {state}: {exc}")
+            return fail(f"--state {without_password(state)}: {exc}")
         try:
             if args.fake:
                 auth_setting = fake_config(plan).auth_setting
@@ -196,26 +198,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan, given: dict[str, Any],
-          resolved: dict[str, Any], outbox: SQLiteOutbox, source: IO[bytes] | None, base_url: str, started: float,
+          resolved: dict[str, Any], outbox: Outbox, source: IO[bytes] | None, base_url: str, started: float,
           fake: FakeServer | None) -> int:
-    recorded_by = outbox.get_meta("mapping_set")
-    if recorded_by is None:
-        outbox.set_meta("mapping_set", mapping_set.name)
-    elif recorded_by != mapping_set.name:
-        return fail(f"--state {outbox.folder} holds requests of mapping set '{recorded_by}', not "
+    recorded_by = outbox.init_meta("mapping_set", mapping_set.name)
+    if recorded_by != mapping_set.name:
+        return fail(f"--state {without_password(args.state or '')} holds requests of mapping set '{recorded_by}', not "
                     f"'{mapping_set.name}': use another --state")
-    nonce = outbox.get_meta("seal_nonce")
-    if nonce is None:
-        nonce = Sealer.new_nonce()
-        outbox.set_meta("seal_nonce", nonce)
+    nonce = outbox.init_meta("seal_nonce", Sealer.new_nonce())
     secrets = {name: str(resolved[name]) for name in mapping_set.secret_settings if resolved.get(name)}
     sealer = Sealer(secrets, nonce)
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     display = _Display(show_progress, sys.stderr)
-    worker = DeliveryWorker(plan, outbox, sealer, base_url,
-                            WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency,
-                                          linger=args.linger),
-                            on_progress=lambda stats: _progress(display, stats))
+    options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
+    worker: DeliveryWorker | SharedDelivery
+    if is_database_url(str(args.state or "")):
+        from ..delivery.leases import SharedDelivery, shared_store
+        worker = SharedDelivery(plan, shared_store(outbox), sealer, base_url, options,
+                                on_progress=lambda stats: _progress(display, stats))
+    else:
+        worker = DeliveryWorker(plan, outbox, sealer, base_url, options,
+                                on_progress=lambda stats: _progress(display, stats))
 
     source_name: str | None = None
     reader_error: list[str] = []
@@ -303,12 +305,13 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     if stopped is not None:
         print(f"{PROGRAM}: configuration error, delivery stopped: {stopped}", file=sys.stderr)
         if args.state:
-            print(f"{PROGRAM}: nothing was dead-lettered; fix it and run again with --state {args.state}",
-                  file=sys.stderr)
+            print(f"{PROGRAM}: nothing was dead-lettered; fix it and run again with --state "
+                  f"{without_password(args.state)}", file=sys.stderr)
         return EXIT_USAGE
     if interrupted:
         print(f"{PROGRAM}: interrupted; {pending} event(s) pending"
-              + (f", run again with --state {args.state} to resume" if args.state else ""), file=sys.stderr)
+              + (f", run again with --state {without_password(args.state)} to resume" if args.state else ""),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     if reader_error:
         return EXIT_USAGE
@@ -324,7 +327,7 @@ def _progress(display: _Display, stats: WorkerStats) -> None:
     display.update()
 
 
-def _write_dead_letters(outbox: SQLiteOutbox, sealer: Sealer, source: str | None, path: str) -> None:
+def _write_dead_letters(outbox: Outbox, sealer: Sealer, source: str | None, path: str) -> None:
     with open_private(path) as out:
         for letter in outbox.dead_letters(source):
             out.write(sealer.mask(json_line(letter)) + "\n")

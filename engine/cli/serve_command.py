@@ -4,8 +4,10 @@ Segment's libraries (or anything that speaks the Tracking API) send to
 `POST /v1/identify|track|page|screen|group|alias|batch|import`, authenticated with HTTP Basic whose
 user name is one of the write keys (--write-key, --write-key-file or the environment variable
 $KEYS_ENV, comma-separated). A request is answered {"success": true} only once every
-message in it is recorded in the outbox (--state DIR, SQLite); a worker in the same process
-delivers the recorded requests with the same batching, rate limits and retries as `send`. Mapping
+message in it is recorded in the outbox (--state DIR, SQLite; or a postgresql:// URL shared with other
+servers and `worker` processes); a worker in the same process delivers the recorded requests with the
+same batching, rate limits and retries as `send` (with a URL it leases partitions like `worker`;
+--no-worker: this server only records, `worker` processes deliver). Mapping
 rejections are recorded with their reason (`outbox rejected --state DIR`), not answered as errors.
 GET /health and GET /metrics (Prometheus) tell how it goes. SIGTERM or Ctrl-C stops it gracefully;
 what is not delivered yet stays in the outbox for the next start.
@@ -25,7 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..delivery.leases import DEFAULT_LEASE_TTL, LeaseOptions
 from ..delivery.outbox import OutboxError
+from ..delivery.stores import is_database_url, without_password
 from ..delivery.worker import WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
 from ..serve.limits import DEDUPE_WINDOW, ConnectionLimits
@@ -42,8 +46,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
     add_mapping_options(parser)
-    parser.add_argument("--state", default=DEFAULT_STATE, metavar="DIR",
-                        help=f"the outbox folder, kept across restarts (default: ./{DEFAULT_STATE})")
+    parser.add_argument("--state", default=DEFAULT_STATE, metavar="DIR|URL",
+                        help=f"the outbox folder, kept across restarts (default: ./{DEFAULT_STATE}); or a "
+                             "postgresql:// URL, an outbox shared by several servers and workers")
+    parser.add_argument("--no-worker", dest="deliver", action="store_false",
+                        help="only record what arrives; `worker` processes deliver it (needs a postgresql:// "
+                             "--state)")
+    add_lease_option(parser)
     parser.add_argument("--write-key", dest="write_keys", action="append", default=[], metavar="KEY",
                         help="a write key clients may use (repeatable). At least one key is required, from here, "
                              f"--write-key-file or {KEYS_ENV}; prefer those two: a command line is visible to "
@@ -82,6 +91,13 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def add_lease_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lease-ttl", type=float, default=DEFAULT_LEASE_TTL, metavar="SECONDS",
+                        help="with a postgresql:// --state: a worker's lease on a partition lasts this long unless "
+                             "renewed (every third of it); a dead worker's partitions are taken over within 4/3 of "
+                             f"it (default {DEFAULT_LEASE_TTL:g}: within {DEFAULT_LEASE_TTL * 4 / 3:.1f} s)")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         setup = prepare_delivery(args, "serve")
@@ -97,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
         for name in ("head_timeout", "body_timeout", "keep_alive_timeout"):
             if not getattr(args, name) > 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 seconds")
+        if not args.deliver and not is_database_url(args.state):
+            raise UsageError("--no-worker needs a shared outbox (--state postgresql://…): with a folder, nothing "
+                             "else could deliver what this server records")
+        if not args.lease_ttl > 0:
+            raise UsageError("--lease-ttl must be > 0 seconds")
         if args.max_connections < 1 or args.dedupe_window < 0:
             raise UsageError("--max-connections must be ≥ 1 and --dedupe-window ≥ 0")
         limits = ConnectionLimits(args.head_timeout, args.body_timeout, args.keep_alive_timeout, args.max_connections)
@@ -111,17 +132,18 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.server import Service
     from ..serve.server import run as run_server
 
-    state = Path(args.state)
+    state = args.state if is_database_url(args.state) else Path(args.state)
     options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
     try:
-        service = Service(mapping_set, plan, settings, state, base_url, options, dedupe_window=args.dedupe_window)
-    except OutboxError as exc:  # names the file and what to do
+        service = Service(mapping_set, plan, settings, state, base_url, options, dedupe_window=args.dedupe_window,
+                          deliver=args.deliver, lease=LeaseOptions(args.lease_ttl))
+    except OutboxError as exc:  # names the file (or database) and what to do
         return fail(str(exc))
     except OSError as exc:
-        return fail(f"--state {state}: {exc}")
+        return fail(f"--state {without_password(str(state))}: {exc}")
     app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan,
                      body_timeout=limits.body_timeout)
-    run_server(app, args.host, args.port, state, base_url, limits)
+    run_server(app, args.host, args.port, state, base_url if args.deliver else "no one (--no-worker)", limits)
     return EXIT_OK
 
 

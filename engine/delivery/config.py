@@ -272,6 +272,12 @@ class DeliveryPlan:
                 return endpoint
         return None
 
+    def lane_of(self, method: str, url: str) -> str:
+        """The lane of the endpoint a stored request calls ('' for none): a shared outbox's partition,
+        leased to one worker at a time (requests about one subject in one lane keep their order)."""
+        endpoint = self.endpoint_for(method, url.partition("?")[0]) if url.startswith("/") else None
+        return endpoint.lane or "" if endpoint is not None else ""
+
     @staticmethod
     def for_set(mapping_set: MappingSet) -> DeliveryPlan:
         """A loaded mapping set's delivery section, compiled once per set (at load when the set has

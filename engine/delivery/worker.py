@@ -45,7 +45,7 @@ from ..strict_json import decode_stored
 from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
 from .config import BatchSpec, DeliveryPlan, Endpoint
 from .jobs import attribute_errors, error_page, job_id, job_path, job_state, same_origin_path
-from .outbox import DeadLetter, Finished, OpenJob, Outbox, StoredUnit
+from .outbox import DeadLetter, Finished, LeaseLost, OpenJob, StoredUnit, WorkQueue
 from .ratelimit import RateLimiter
 from .retry import (
     DEAD,
@@ -152,7 +152,7 @@ class Slot:
 class DeliveryWorker:
     """See the module docstring. One worker per outbox (per process, for the SQLite outbox)."""
 
-    def __init__(self, plan: DeliveryPlan, outbox: Outbox, sealer: Sealer, base_url: str,
+    def __init__(self, plan: DeliveryPlan, outbox: WorkQueue, sealer: Sealer, base_url: str,
                  options: WorkerOptions | None = None, client: httpx.AsyncClient | None = None,
                  on_progress: Callable[[WorkerStats], None] | None = None):
         self.plan = plan
@@ -217,6 +217,10 @@ class DeliveryWorker:
         """Finish the calls in flight, send nothing new, return from `run` (units stay pending)."""
         self._stopping = True
         self._poke()
+
+    def idle(self) -> bool:
+        """Nothing in memory and no call in flight: everything read so far is answered."""
+        return self._held == 0 and not self._tasks
 
     # -- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> WorkerStats:
@@ -508,6 +512,8 @@ class DeliveryWorker:
             raise
         except MissingSecret as exc:
             self._fatal = DeliveryStopped(str(exc))
+        except LeaseLost as exc:  # another worker delivers this partition now: stop, marking nothing more
+            self._fatal = exc
         except Exception as exc:  # a bug must not lose units: they stay pending in the outbox
             log.exception("delivery call failed")
             self._fatal = exc

@@ -38,9 +38,12 @@ from starlette.applications import Starlette
 
 from ..delivery.config import DeliveryPlan
 from ..delivery.ingest import Ingester
-from ..delivery.outbox import Finished, SQLiteOutbox
+from ..delivery.leases import LeaseOptions, SharedDelivery, shared_store
+from ..delivery.outbox import Finished, Outbox
 from ..delivery.sealing import Sealer
-from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions
+from ..delivery.sqlite_outbox import SQLiteOutbox
+from ..delivery.stores import is_database_url, open_outbox, without_password
+from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
 from .commits import CommitGroup
@@ -68,25 +71,45 @@ class _MeteredOutbox(SQLiteOutbox):
         return finished
 
 
+def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics) -> Outbox:
+    if not is_database_url(str(state)):
+        return _MeteredOutbox(state, metrics)
+    outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of))
+
+    def observe(finished: Finished) -> None:
+        for seconds in finished.latencies:
+            metrics.observe_latency(seconds)
+
+    outbox.on_delivered = observe
+    return outbox
+
+
 class Service:
-    """The outbox, the ingester and the worker of one server, and what the app asks of them."""
+    """The outbox, the ingester and the worker of one server, and what the app asks of them.
+
+    `state`: a folder (SQLite; the worker runs here) or a postgresql:// URL (a shared outbox: this
+    server's worker leases partitions like a `worker` process does). `deliver=False`
+    (`serve --no-worker`): only record; `worker` processes deliver."""
 
     def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
-                 metrics: Metrics | None = None, dedupe_window: float | None = DEDUPE_WINDOW):
+                 metrics: Metrics | None = None, dedupe_window: float | None = DEDUPE_WINDOW,
+                 deliver: bool = True, lease: LeaseOptions | None = None):
         self.metrics = metrics or Metrics()
         self.dedupe_window = dedupe_window or None  # 0: keep every copy
-        self.outbox = _MeteredOutbox(state, self.metrics)  # raises OutboxError: locked by another process, damaged
+        # raises OutboxError: locked by another process, damaged, a database out of reach or too new
+        self.outbox = _open_metered(state, plan, self.metrics)
+        self.worker: DeliveryWorker | SharedDelivery | None = None
         try:
-            nonce = self.outbox.get_meta("seal_nonce")
-            if nonce is None:
-                nonce = Sealer.new_nonce()
-                self.outbox.set_meta("seal_nonce", nonce)
+            nonce = self.outbox.init_meta("seal_nonce", Sealer.new_nonce())
             resolved = mapping_set.resolve_settings(dict(settings))
             secrets = {name: str(resolved[name]) for name in mapping_set.secret_settings if resolved.get(name)}
             self.sealer = Sealer(secrets, nonce)
             self.ingester = Ingester(mapping_set, settings, self.outbox, self.sealer)
-            self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
+            if deliver and is_database_url(str(state)):
+                self.worker = SharedDelivery(plan, shared_store(self.outbox), self.sealer, base_url, options, lease)
+            elif deliver:
+                self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
             self.commits = CommitGroup(self._record)
         except BaseException:
             self.outbox.close()
@@ -95,7 +118,7 @@ class Service:
         self.failure: str | None = None
         self.running = False
         self.started = time.time()
-        stats = self.worker.stats
+        stats = self.worker.stats if self.worker is not None else WorkerStats()
         self.metrics.counter_from("events_delivered_total", lambda: stats.delivered_events)
         self.metrics.counter_from("events_dead_lettered_total", lambda: stats.dead_events)
         self.metrics.counter_from("retries_total", lambda: stats.retried)
@@ -116,7 +139,8 @@ class Service:
                 self.metrics.inc("events_skipped_total")
                 if record.reason and record.reason.startswith("duplicate"):
                     self.metrics.inc("events_duplicate_total")
-        self.worker.notify()
+        if self.worker is not None:
+            self.worker.notify()
 
     def _record(self, groups: list[list[dict[str, Any] | InputError]]) -> list[Any]:
         return self.ingester.record_groups(SOURCE, groups, label=SOURCE, dedupe_window=self.dedupe_window)
@@ -127,18 +151,21 @@ class Service:
     def health(self) -> dict[str, Any]:
         events = self.outbox.counts().events
         delivery = "running" if self.running and self.failure is None else (self.failure or "not running")
+        if self.worker is None and self.failure is None:
+            delivery = "off: this server only records (serve --no-worker); worker processes deliver"
         return {"ok": self.running and self.failure is None, "delivery": delivery, "outbox_depth": events["pending"],
                 "events": events, "uptime_seconds": round(time.time() - self.started, 3)}
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._deliver())
+        task = asyncio.create_task(self._deliver()) if self.worker is not None else None
         self.running = True
         try:
             yield
         finally:
-            self.worker.stop()
-            await task
+            if self.worker is not None and task is not None:
+                self.worker.stop()
+                await task
             self.running = False
             try:
                 left = f"{self.pending()} event(s) pending in the outbox for the next start"
@@ -148,6 +175,7 @@ class Service:
             log.info("stopped; %s", left)
 
     async def _deliver(self) -> None:
+        assert self.worker is not None
         try:
             await self.worker.run()
         except DeliveryStopped as exc:
@@ -167,7 +195,7 @@ def uvicorn_config(app: Starlette, host: str, port: int, limits: ConnectionLimit
                           timeout_keep_alive=limits.keep_alive_timeout)  # type: ignore[arg-type]  # a float works
 
 
-def run(app: Starlette, host: str, port: int, state: Path, base_url: str,
+def run(app: Starlette, host: str, port: int, state: str | Path, base_url: str,
         limits: ConnectionLimits | None = None) -> None:
     """Serve until SIGTERM/SIGINT; print where, once listening (with the real port when 0 was asked)."""
     config = uvicorn_config(app, host, port, limits or ConnectionLimits())
@@ -180,7 +208,7 @@ def run(app: Starlette, host: str, port: int, state: Path, base_url: str,
         if server.started:
             bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
             where = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-            print(f"{PROGRAM} serve: listening on http://{where}:{bound[1]} · outbox {state} · "
+            print(f"{PROGRAM} serve: listening on http://{where}:{bound[1]} · outbox {without_password(str(state))} · "
                   f"delivering to {base_url}", file=sys.stderr, flush=True)
         await task
 

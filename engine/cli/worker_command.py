@@ -1,0 +1,125 @@
+"""`worker`: deliver what a shared outbox (--state postgresql://…) holds, beside other workers.
+
+    $PROG worker --state postgresql://user@db/segment --settings settings.yaml
+    $PROG worker --state postgresql://… --settings … --until-empty     # a backlog, then exit
+
+The outbox's requests are split into partitions, one per lane of the mapping set's delivery section.
+A worker leases whole partitions (at most its fair share of them among the live workers), renews its
+leases every --lease-ttl/3 seconds and delivers them with the same batching, order, rate limits and
+retries as `send`. A worker that dies stops renewing: after --lease-ttl its partitions are taken by
+another worker, which sends again only what was in flight (at-least-once).
+
+SIGTERM or Ctrl-C stops it gracefully: the calls in flight finish and are marked, nothing new is
+sent, the leases are released for the other workers. Exit 0 after such a stop, or with --until-empty
+once nothing is pending and nothing was dead-lettered by this worker; 1 with --until-empty when some
+events were dead-lettered (`outbox dead-letters --state URL`); 2 for bad usage, a database out of
+reach or too new, or a configuration the API refuses (401/403: nothing is dead-lettered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from ..delivery.leases import LeaseOptions, SharedDelivery, shared_store
+from ..delivery.outbox import OutboxError
+from ..delivery.sealing import Sealer
+from ..delivery.stores import is_database_url, open_outbox, without_password
+from ..delivery.worker import DeliveryStopped, WorkerOptions
+from ..mapping_set import DEFAULT_SET, PROGRAM
+from .common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, UsageError, add_mapping_options, fail, prepare_delivery
+from .serve_command import add_lease_option
+
+__doc__ = (__doc__ or "").replace("$PROG", PROGRAM)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("worker", help="deliver what a shared (PostgreSQL) outbox holds, beside other "
+                                                  "workers", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", required=True, metavar="URL",
+                        help="the shared outbox: a postgresql:// URL (the one `serve --state` records into)")
+    add_mapping_options(parser)
+    parser.add_argument("--base-url", metavar="URL",
+                        help="deliver here instead of the mapping set's base URL (also: the environment "
+                             f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
+    parser.add_argument("--allow-compatibility-only", action="store_true",
+                        help="deliver with a mapping set marked compatibility_only (its API may be retired)")
+    parser.add_argument("--until-empty", action="store_true",
+                        help="exit once nothing is pending (in any partition) instead of waiting for more")
+    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
+                        help="HTTP requests to the API at once, per partition held (default 8)")
+    parser.add_argument("--linger", type=float, default=0.25, metavar="SECONDS",
+                        help="how long a bulk call that is not full waits for more items (default 0.25)")
+    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                        help="the API's clock runs X times faster (only for a fake started with the same "
+                             "--time-scale)")
+    add_lease_option(parser)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="what to log on stderr (default info: leases taken, given back and lost)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if not is_database_url(args.state):
+            raise UsageError(f"--state {args.state}: a worker needs a shared outbox, a postgresql:// URL (a folder "
+                             "is delivered by the `send` or `serve` that records into it)")
+        setup = prepare_delivery(args, "deliver")
+        if args.time_scale <= 0 or args.concurrency < 1 or args.linger < 0 or not args.lease_ttl > 0:
+            raise UsageError("--time-scale must be > 0, --concurrency ≥ 1, --linger ≥ 0 and --lease-ttl > 0")
+    except UsageError as exc:
+        return fail(str(exc))
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"{PROGRAM} worker: %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    shown = without_password(args.state)
+    try:
+        store = shared_store(open_outbox(args.state, partition_of=setup.plan.lane_of))
+    except OutboxError as exc:
+        return fail(str(exc))
+    try:
+        recorded_by = store.init_meta("mapping_set", setup.mapping_set.name)
+        if recorded_by != setup.mapping_set.name:
+            return fail(f"--state {shown} holds requests of mapping set '{recorded_by}', not "
+                        f"'{setup.mapping_set.name}'")
+        secrets = {name: str(setup.settings[name]) for name in setup.mapping_set.secret_settings
+                   if setup.settings.get(name)}
+        sealer = Sealer(secrets, store.init_meta("seal_nonce", Sealer.new_nonce()))
+        options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
+        delivery = SharedDelivery(setup.plan, store, sealer, setup.base_url, options, LeaseOptions(args.lease_ttl))
+        if args.until_empty:
+            delivery.input_complete()
+        print(f"{PROGRAM} worker {delivery.holder}: delivering {shown} to {setup.base_url}"
+              + (" until nothing is pending" if args.until_empty else ""), file=sys.stderr, flush=True)
+        try:
+            asyncio.run(_run_until_signal(delivery))
+        except DeliveryStopped as exc:
+            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        stats = delivery.stats
+        counts = store.counts()
+        print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
+              f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
+              f"{stats.rate_limited} answered 429 · {counts.events['pending']} event(s) pending in the outbox · "
+              f"leases: {delivery.counters.claimed} taken ({delivery.counters.takeovers} from a dead worker), "
+              f"{delivery.counters.lost} lost", file=sys.stderr)
+        return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
+    finally:
+        store.close()
+
+
+async def _run_until_signal(delivery: SharedDelivery) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, delivery.stop)
+    try:
+        await delivery.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

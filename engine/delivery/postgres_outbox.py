@@ -1,0 +1,672 @@
+"""The shared outbox: a PostgreSQL database used by any number of `serve` and `worker` processes.
+
+    outbox = PostgresOutbox("postgresql://user@host/db", partition_of=lane_of)   # creates/migrates tables
+    outbox.add_events(...)                  # the Outbox contract (outbox.py), like the SQLite store
+    lease = outbox.claim_partitions(holder, ttl=10, limit=1)[0]
+    queue = outbox.partition_queue(lease)   # what one DeliveryWorker drains: that partition only
+
+Each unit is recorded with a **partition** (`partition_of(method, url)`: the lane of the endpoint it
+calls, so one subject's requests in one lane share a partition) and a **tenant** ('' for now). A
+worker delivers a partition only while it holds its lease (leases.py runs them): a row in `leases`
+with a holder, an expiry on the database's clock and a generation that grows with every new holder.
+The queue of a lease marks units only while the lease row still names that holder and generation —
+checked in the marking transaction, with the row locked — so a worker that lost its lease (paused,
+partitioned away, its lease taken over) cannot change what the new holder does.
+
+Order across partitions: an event's requests go out in the order its rules made them, even when they
+are in different lanes. A partition's queue stops at its first unit whose event still has an earlier
+request pending in another partition, and goes on once that one is answered.
+
+Recording takes a per-tenant advisory lock for the transaction, so unit ids grow in commit order: a
+worker reading "pending units after id N" never misses a unit committed late with a smaller id. The
+tables are created and migrated by the product (postgres_migrations.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from ..mapping_set import PROGRAM
+from .outbox import (
+    EVENT_STATUSES,
+    UNIT_STATUSES,
+    Counts,
+    DeadLetter,
+    Finished,
+    LeaseLost,
+    NewEvent,
+    OpenJob,
+    Outbox,
+    OutboxError,
+    StoredEvent,
+    StoredUnit,
+    raw_event,
+)
+from .postgres_migrations import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
+from .stores import without_password
+
+MIGRATION_LOCK = 0x5EC7_0B0C  # advisory lock key: one process migrates at a time
+T = TypeVar("T")
+# Statements on the delivery path select units and events by id (or event_id) and leave "is it
+# pending" to Python or to a predicate the partial indexes do not match (`status NOT IN (…)`): on a
+# table filled faster than autovacuum analyses it, the planner otherwise combines the id look-up with
+# a whole scan of the partial `units_pending` index, once per row — quadratic in the backlog.
+NOT_FINISHED = "status NOT IN ('delivered', 'dead')"
+UNIT_COLUMNS = "id, event_id, position, rule, method, url, headers, body_kind, body, attempts"
+
+
+@dataclass(frozen=True)
+class Lease:
+    tenant: str
+    partition: str
+    holder: str
+    generation: int
+    replays: int  # grows when dead units are put back: the holder must read its partition again
+    taken_over: bool = False  # claimed from a holder whose lease expired (not one that gave it back)
+
+
+class PostgresOutbox(Outbox):
+    """See the module docstring. Safe to use from several threads (a pool of connections)."""
+
+    keep_delivered_bodies = False
+
+    def __init__(self, url: str, tenant: str = "", partition_of: Callable[[str, str], str] | None = None,
+                 read_only: bool = False, pool_size: int = 8):
+        """Connect (and, unless `read_only`, create or migrate the tables). Raises OutboxError naming
+        the database when it cannot be reached or its schema is newer than this code."""
+        self.url = url
+        self.tenant = tenant
+        self.partition_of = partition_of or (lambda method, url: "")
+        self.read_only = read_only
+        self.on_delivered: Callable[[Finished], None] | None = None  # e.g. a server's latency metrics
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        try:
+            with psycopg.connect(url, connect_timeout=10) as probe:  # a clear error before a pool retries
+                probe.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise OutboxError(f"{self.where}: cannot connect: {_first_line(exc)}") from None
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=60,
+                                    kwargs={"connect_timeout": 10})
+        # Lease upkeep has connections of its own: a renewal must never wait behind delivery's
+        # transactions (a lease that is not renewed in time is taken over).
+        self._lease_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        try:
+            self._check_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        return without_password(self.url)
+
+    # -- schema ------------------------------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        with self._tx() as cur:
+            if not self.read_only:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                cur.execute(SCHEMA_VERSION_TABLE)
+            else:
+                cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+                row = cur.fetchone()
+                if not row or not row["present"]:
+                    raise OutboxError(f"{self.where}: no outbox in this database (no schema_version table)")
+            cur.execute("SELECT coalesce(max(version), 0) AS version FROM schema_version")
+            row = cur.fetchone()
+            found = int(row["version"]) if row else 0
+            if found > LATEST:
+                raise OutboxError(
+                    f"{self.where}: the outbox schema in this database is version {found}, newer than this "
+                    f"{PROGRAM} understands (version {LATEST}); nothing was changed. Upgrade {PROGRAM} on "
+                    "this machine (every process sharing the database needs the same or a newer release)")
+            if self.read_only:
+                return
+            for version, script in MIGRATIONS:
+                if version > found:
+                    cur.execute(script)
+                    cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+    def schema_version(self) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT coalesce(max(version), 0) AS version FROM schema_version")
+            row = cur.fetchone()
+            return int(row["version"]) if row else 0
+
+    # -- connections -------------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, leases: bool = False) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        """One transaction: committed at the end of the block, rolled back on an exception
+        (`leases`: on the connections kept for lease upkeep)."""
+        if self._pool is None:
+            raise OutboxError(f"{self.where}: the outbox is closed")
+        pool = self._pool
+        if leases:
+            if self._lease_pool is None:
+                self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
+                                                  kwargs={"connect_timeout": 10})
+            pool = self._lease_pool
+        with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            yield cur
+
+    def _lock_recording(self, cur: psycopg.Cursor[Any]) -> None:
+        # Ids are taken under this lock and committed before it is released: they grow in commit order.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{PROGRAM} outbox recording:{self.tenant}",))
+
+    # -- recording ---------------------------------------------------------------------------------------
+    def progress(self, source: str) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source))
+            row = cur.fetchone()
+            return int(row["next_index"]) if row else 0
+
+    def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
+        with self._tx() as cur:
+            self._lock_recording(cur)
+            return self._add_events(cur, source, first_index, events, label)
+
+    def append_events(self, source: str, events: Sequence[NewEvent], label: str = "",
+                      dedupe_window: float | None = None) -> int:
+        with self._tx() as cur:
+            self._lock_recording(cur)
+            cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source))
+            row = cur.fetchone()
+            first = int(row["next_index"]) if row else 0
+            if dedupe_window is not None:
+                self._mark_duplicates(cur, source, first, events, dedupe_window)
+            self._add_events(cur, source, first, events, label)
+            return first
+
+    def _mark_duplicates(self, cur: psycopg.Cursor[Any], source: str, first: int, events: Sequence[NewEvent],
+                         window: float) -> None:
+        ids = list(dict.fromkeys(e.message_id for e in events if e.message_id is not None))
+        seen: dict[str, int] = {}
+        if ids:
+            cur.execute("SELECT message_id, min(idx) AS idx FROM events WHERE tenant = %s AND source = %s AND "
+                        "message_id = ANY(%s) AND created >= %s GROUP BY message_id",
+                        (self.tenant, source, ids, time.time() - window))
+            seen.update((str(r["message_id"]), int(r["idx"])) for r in cur.fetchall())
+        for offset, event in enumerate(events):
+            if event.message_id is None:
+                continue
+            earlier = seen.get(event.message_id)
+            if earlier is None:
+                seen[event.message_id] = first + offset
+                continue
+            event.status, event.units, event.raw = "skipped", [], None
+            event.reason = (f"duplicate: event {earlier} of this source has the same messageId "
+                            f"(duplicates are skipped for {window:g} s)")
+
+    def _add_events(self, cur: psycopg.Cursor[Any], source: str, first_index: int, events: Sequence[NewEvent],
+                    label: str) -> int:
+        now = time.time()
+        cur.execute("INSERT INTO sources (tenant, id, label, next_index, created) VALUES (%s, %s, %s, 0, %s) "
+                    "ON CONFLICT DO NOTHING", (self.tenant, source, label, now))
+        cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s FOR UPDATE", (self.tenant, source))
+        row = cur.fetchone()
+        done = int(row["next_index"]) if row else 0
+        if first_index > done:
+            raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
+        fresh = [(first_index + offset, event) for offset, event in enumerate(events) if first_index + offset >= done]
+        if fresh:
+            cur.execute("SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id FROM generate_series(1, %s)",
+                        (len(fresh),))
+            event_ids = sorted(int(r["id"]) for r in cur.fetchall())
+            rows: list[tuple[Any, ...]] = []
+            units: list[tuple[Any, ...]] = []
+            partitions: set[str] = set()
+            for event_id, (index, event) in zip(event_ids, fresh, strict=True):
+                status = event.status if event.units or event.status != "pending" else "skipped"
+                rows.append((event_id, self.tenant, source, index, event.message_id, status, event.reason,
+                             json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
+                             None if status == "pending" else now))
+                for unit in event.units:
+                    partition = self.partition_of(unit.method, unit.url)
+                    partitions.add(partition)
+                    units.append((self.tenant, partition, event_id, unit.position, unit.rule, unit.method, unit.url,
+                                  unit.headers, unit.body_kind, unit.body))
+            # COPY: one stream for the whole batch (several times faster than row-by-row INSERTs)
+            with cur.copy("COPY events (id, tenant, source, idx, message_id, status, reason, notes, raw, created, "
+                          "finished) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if units:
+                with cur.copy("COPY units (tenant, partition, event_id, position, rule, method, url, headers, "
+                              "body_kind, body, status) FROM STDIN") as copy:
+                    for row in units:
+                        copy.write_row((*row, "pending"))
+                self._known_partitions(cur, partitions)
+        progress = max(done, first_index + len(events))
+        cur.execute("UPDATE sources SET next_index = %s WHERE tenant = %s AND id = %s", (progress, self.tenant, source))
+        return progress
+
+    def _known_partitions(self, cur: psycopg.Cursor[Any], partitions: set[str]) -> None:
+        cur.executemany("INSERT INTO leases (tenant, partition) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        [(self.tenant, p) for p in sorted(partitions)])
+
+    # -- delivering (the whole outbox: one process, e.g. the contract tests; workers use partition_queue) --
+    def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE tenant = %s AND status = 'pending' AND id > %s "
+                        "ORDER BY id LIMIT %s", (self.tenant, after_id, limit))
+            return [_stored_unit(r) for r in cur.fetchall()]
+
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
+        return self._mark_delivered(unit_ids, attempts, None)
+
+    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
+        return self._mark_dead(unit_ids, letter, None)
+
+    def _mark_delivered(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
+        if not unit_ids:
+            return Finished()
+        return _retried(lambda: self._mark_delivered_once(unit_ids, attempts, fence))
+
+    def _mark_delivered_once(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
+        with self._tx() as cur:
+            self._check_fence(cur, fence)
+            body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
+            cur.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
+                        f"body = {body} WHERE id = ANY(%s) AND {NOT_FINISHED}",
+                        (attempts, time.time(), list(unit_ids)))
+            finished = self._finish(cur, unit_ids)
+        if self.on_delivered is not None:
+            self.on_delivered(finished)
+        return finished
+
+    def _mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
+        if not unit_ids:
+            return Finished()
+        return _retried(lambda: self._mark_dead_once(unit_ids, letter, fence))
+
+    def _mark_dead_once(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
+        with self._tx() as cur:
+            self._check_fence(cur, fence)
+            cur.execute("UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
+                        f"WHERE id = ANY(%s) AND {NOT_FINISHED}",
+                        (letter.attempts, letter.to_json(), time.time(), list(unit_ids)))
+            return self._finish(cur, unit_ids)
+
+    @staticmethod
+    def _check_fence(cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
+        """Within the marking transaction: the lease still names this holder and generation (the row
+        locked until commit, so a takeover waits for the marks and then sees them)."""
+        if fence is None:
+            return
+        cur.execute("SELECT 1 FROM leases WHERE tenant = %s AND partition = %s AND holder = %s AND generation = %s "
+                    "FOR SHARE", (fence.tenant, fence.partition, fence.holder, fence.generation))
+        if cur.fetchone() is None:
+            raise LeaseLost(f"the lease on partition {fence.partition!r} (generation {fence.generation}) "
+                            "was taken over: nothing marked")
+
+    def _finish(self, cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> Finished:
+        finished = Finished()
+        now = time.time()
+        # The events' rows are locked in id order (two partitions' marks may finish one event: they
+        # take turns, and the second sees the first's units), then their status is worked out.
+        cur.execute("SELECT DISTINCT event_id FROM units WHERE id = ANY(%s)", (list(unit_ids),))
+        candidates = sorted(int(r["event_id"]) for r in cur.fetchall())
+        cur.execute("SELECT id, status FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (candidates,))
+        event_ids = [int(r["id"]) for r in cur.fetchall() if r["status"] == "pending"]
+        if not event_ids:
+            return finished
+        cur.execute("SELECT event_id, bool_or(status = 'pending') AS waiting, bool_or(status = 'dead') AS dead "
+                    "FROM units WHERE event_id = ANY(%s) GROUP BY event_id", (event_ids,))
+        ended = {int(r["event_id"]): "dead" if r["dead"] else "delivered" for r in cur.fetchall() if not r["waiting"]}
+        if not ended:
+            return finished
+        # one statement: status, finish time, and the raw input dropped once delivered
+        keep_raw = "events.raw" if self.keep_delivered_bodies else \
+            "CASE WHEN v.status = 'delivered' THEN NULL ELSE events.raw END"
+        cur.execute(f"UPDATE events SET status = v.status, finished = %s, raw = {keep_raw} FROM "
+                    "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS status) v WHERE events.id = v.id "
+                    "RETURNING events.status, events.finished - events.created AS latency",
+                    (now, list(ended), list(ended.values())))
+        for row in cur.fetchall():
+            if row["status"] == "delivered":
+                finished.delivered += 1
+                finished.latencies.append(float(row["latency"]))
+            elif row["status"] == "dead":
+                finished.dead += 1
+        return finished
+
+    def requeue_dead(self, unit_ids: Sequence[int] | None = None) -> int:
+        with self._tx() as cur:
+            if unit_ids is None:
+                cur.execute("SELECT id FROM units WHERE tenant = %s AND status = 'dead'", (self.tenant,))
+                ids = [int(r["id"]) for r in cur.fetchall()]
+            else:
+                ids = list(unit_ids)
+            cur.execute("UPDATE units SET status = 'pending', attempts = 0, finished = NULL "
+                        "WHERE tenant = %s AND status = 'dead' AND id = ANY(%s) RETURNING partition, event_id",
+                        (self.tenant, ids))
+            requeued = cur.fetchall()
+            partitions = {str(r["partition"]) for r in requeued}
+            cur.execute("UPDATE events SET status = 'pending', finished = NULL WHERE id = ANY(%s)",
+                        (sorted({int(r["event_id"]) for r in requeued}),))
+            self._replayed(cur, partitions)
+            return len(requeued)
+
+    def _replayed(self, cur: psycopg.Cursor[Any], partitions: set[str]) -> None:
+        """Units behind a holder's cursor are pending again: tell the holders to read from the start."""
+        if partitions:
+            self._known_partitions(cur, partitions)
+            cur.execute("UPDATE leases SET replays = replays + 1 WHERE tenant = %s AND partition = ANY(%s)",
+                        (self.tenant, sorted(partitions)))
+
+    # -- jobs --------------------------------------------------------------------------------------------
+    def save_job(self, job: OpenJob) -> None:
+        self._save_job(job, None)
+
+    def _save_job(self, job: OpenJob, fence: Lease | None) -> None:
+        with self._tx() as cur:
+            self._check_fence(cur, fence)
+            partition = fence.partition if fence is not None else self._partition_of_units(cur, job.unit_ids)
+            cur.execute("INSERT INTO jobs (tenant, partition, job_id, batch, units, created) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, job_id) DO UPDATE SET "
+                        "partition = excluded.partition, batch = excluded.batch, units = excluded.units",
+                        (self.tenant, partition, job.job_id, job.batch, json.dumps(job.unit_ids), time.time()))
+
+    @staticmethod
+    def _partition_of_units(cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> str:
+        cur.execute("SELECT partition FROM units WHERE id = ANY(%s) ORDER BY id LIMIT 1", (list(unit_ids),))
+        row = cur.fetchone()
+        return str(row["partition"]) if row else ""
+
+    def open_jobs(self) -> list[OpenJob]:
+        return self._open_jobs(None)
+
+    def _open_jobs(self, partition: str | None) -> list[OpenJob]:
+        where, args = ("AND partition = %s", (self.tenant, partition)) if partition is not None \
+            else ("", (self.tenant,))
+        with self._tx() as cur:
+            cur.execute(f"SELECT job_id, batch, units FROM jobs WHERE tenant = %s {where} ORDER BY created, job_id",
+                        args)
+            return [OpenJob(str(r["job_id"]), str(r["batch"]), [int(i) for i in json.loads(r["units"])])
+                    for r in cur.fetchall()]
+
+    def finish_job(self, job_id: str) -> None:
+        self._finish_job(job_id, None)
+
+    def _finish_job(self, job_id: str, fence: Lease | None) -> None:
+        with self._tx() as cur:
+            self._check_fence(cur, fence)
+            cur.execute("DELETE FROM jobs WHERE tenant = %s AND job_id = %s", (self.tenant, job_id))
+
+    def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {UNIT_COLUMNS}, status FROM units WHERE id = ANY(%s) ORDER BY id", (list(unit_ids),))
+            return [_stored_unit(r) for r in cur.fetchall() if r["status"] == "pending"]
+
+    # -- mapping again -----------------------------------------------------------------------------------
+    def events_to_remap(self, statuses: Sequence[str]) -> list[StoredEvent]:
+        with self._tx() as cur:
+            cur.execute("SELECT id, source, idx, status, raw FROM events WHERE tenant = %s AND status = ANY(%s) "
+                        "ORDER BY id", (self.tenant, list(statuses)))
+            return [StoredEvent(int(r["id"]), str(r["source"]), int(r["idx"]), str(r["status"]), r["raw"])
+                    for r in cur.fetchall()]
+
+    def remap_event(self, event_id: int, event: NewEvent) -> str:
+        with self._tx() as cur:
+            self._lock_recording(cur)
+            cur.execute("SELECT position, rule FROM units WHERE event_id = %s AND status = 'delivered'", (event_id,))
+            delivered = {(int(r["position"]), str(r["rule"])) for r in cur.fetchall()}
+            cur.execute("DELETE FROM units WHERE event_id = %s AND status != 'delivered'", (event_id,))
+            fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
+            partitions = {self.partition_of(u.method, u.url) for u in fresh}
+            cur.executemany("INSERT INTO units (tenant, partition, event_id, position, rule, method, url, headers, "
+                            "body_kind, body, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')",
+                            [(self.tenant, self.partition_of(u.method, u.url), event_id, u.position, u.rule,
+                              u.method, u.url, u.headers, u.body_kind, u.body) for u in fresh])
+            self._replayed(cur, partitions)
+            status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
+            cur.execute("UPDATE events SET status = %s, reason = %s, notes = %s, raw = %s, finished = %s "
+                        "WHERE id = %s",
+                        (status, event.reason, json.dumps(event.notes, ensure_ascii=False) if event.notes else None,
+                         None if status in ("delivered", "skipped") else event.raw,
+                         None if status == "pending" else time.time(), event_id))
+            return status
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def counts(self, source: str | None = None) -> Counts:
+        events = {s: 0 for s in EVENT_STATUSES}
+        units = {s: 0 for s in UNIT_STATUSES}
+        where, args = ("AND source = %s", (self.tenant, source)) if source is not None else ("", (self.tenant,))
+        with self._tx() as cur:
+            cur.execute(f"SELECT status, count(*) AS n FROM events WHERE tenant = %s {where} GROUP BY status", args)
+            for row in cur.fetchall():
+                events[str(row["status"])] = int(row["n"])
+            join = "JOIN events e ON e.id = u.event_id AND e.source = %s" if source is not None else ""
+            cur.execute(f"SELECT u.status, count(*) AS n FROM units u {join} WHERE u.tenant = %s GROUP BY u.status",
+                        (source, self.tenant) if source is not None else (self.tenant,))
+            for row in cur.fetchall():
+                units[str(row["status"])] = int(row["n"])
+        return Counts(events, units)
+
+    def sources(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT id, label, next_index, created FROM sources WHERE tenant = %s ORDER BY created, id",
+                        (self.tenant,))
+            return [dict(r) for r in cur.fetchall()]
+
+    def dead_letters(self, source: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = ("AND e.source = %s", (self.tenant, source)) if source is not None else ("", (self.tenant,))
+        with self._tx() as cur:
+            cur.execute(
+                'SELECT u.id AS unit, e.source, e.idx AS event, e.message_id AS "messageId", u.rule, u.method, u.url, '
+                "u.headers, u.body_kind, u.body, u.attempts, u.response, u.finished "
+                f"FROM units u JOIN events e ON e.id = u.event_id WHERE u.tenant = %s AND u.status = 'dead' {where} "
+                "ORDER BY u.id", args)
+            rows = cur.fetchall()
+        for record in rows:
+            record["headers"] = json.loads(record["headers"])
+            record["body"] = json.loads(record["body"]) if record["body"] is not None else None
+            record["response"] = json.loads(record["response"]) if record["response"] else None
+            yield record
+
+    def events(self, status: str, source: str | None = None) -> Iterator[dict[str, Any]]:
+        where, args = ("AND source = %s", (self.tenant, status, source)) if source is not None \
+            else ("", (self.tenant, status))
+        with self._tx() as cur:
+            cur.execute('SELECT id, source, idx AS event, message_id AS "messageId", status, reason, notes, raw, '
+                        f"created, finished FROM events WHERE tenant = %s AND status = %s {where} ORDER BY id", args)
+            rows = cur.fetchall()
+        for record in rows:
+            record["notes"] = json.loads(record["notes"]) if record["notes"] else []
+            record["raw"] = raw_event(record["raw"])
+            yield record
+
+    def dead_reasons(self, source: str | None = None, limit: int = 3) -> list[tuple[str, int]]:
+        where, args = ("AND e.source = %s", (self.tenant, source, limit)) if source is not None \
+            else ("", (self.tenant, limit))
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT u.response::json ->> 'status' AS answer, u.response::json ->> 'error' AS reason, count(*) AS n "
+                f"FROM units u JOIN events e ON e.id = u.event_id WHERE u.tenant = %s AND u.status = 'dead' {where} "
+                "GROUP BY 1, 2 ORDER BY count(*) DESC, min(u.id) LIMIT %s", args)
+            return [(f"HTTP {r['answer']}: {r['reason']}" if r["answer"] is not None else str(r["reason"]), int(r["n"]))
+                    for r in cur.fetchall()]
+
+    def get_meta(self, key: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute("SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key))
+            row = cur.fetchone()
+            return str(row["value"]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT INTO meta (tenant, key, value) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value", (self.tenant, key, value))
+
+    def init_meta(self, key: str, value: str) -> str:
+        """The key's value, set to `value` first if it has none (one value, whichever process came first)."""
+        with self._tx() as cur:
+            cur.execute("INSERT INTO meta (tenant, key, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        (self.tenant, key, value))
+            cur.execute("SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key))
+            row = cur.fetchone()
+            return str(row["value"]) if row else value
+
+    def pending_count(self) -> int:
+        """Pending units and open jobs of this tenant (0: nothing left to deliver)."""
+        with self._tx() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM units WHERE tenant = %s AND status = 'pending') + "
+                        "(SELECT count(*) FROM jobs WHERE tenant = %s) AS n", (self.tenant, self.tenant))
+            row = cur.fetchone()
+            return int(row["n"]) if row else 0
+
+    # -- leases (leases.py decides when) -----------------------------------------------------------------
+    def heartbeat(self, holder: str, ttl: float) -> int:
+        """Say this worker is alive; returns how many workers are (seen within `ttl`)."""
+        with self._tx(leases=True) as cur:
+            cur.execute("INSERT INTO workers (holder, seen) VALUES (%s, now()) "
+                        "ON CONFLICT (holder) DO UPDATE SET seen = now()", (holder,))
+            cur.execute("DELETE FROM workers WHERE seen < now() - make_interval(secs => %s)", (ttl * 6,))
+            cur.execute("SELECT count(*) AS n FROM workers WHERE seen >= now() - make_interval(secs => %s)", (ttl,))
+            row = cur.fetchone()
+            return int(row["n"]) if row else 1
+
+    def partition_count(self) -> int:
+        with self._tx(leases=True) as cur:
+            cur.execute("SELECT count(*) AS n FROM leases WHERE tenant = %s", (self.tenant,))
+            row = cur.fetchone()
+            return int(row["n"]) if row else 0
+
+    def claim_partitions(self, holder: str, ttl: float, limit: int) -> list[Lease]:
+        """Take up to `limit` partitions nobody holds (or whose lease expired), atomically: rows another
+        worker is claiming at the same instant are skipped (FOR UPDATE SKIP LOCKED), never shared."""
+        if limit <= 0:
+            return []
+        with self._tx(leases=True) as cur:
+            cur.execute(
+                "UPDATE leases l SET holder = %s, generation = l.generation + 1, "
+                "expires = now() + make_interval(secs => %s) FROM ("
+                "  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s AND "
+                "  (holder IS NULL OR expires < now()) ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED) old "
+                "WHERE l.tenant = old.tenant AND l.partition = old.partition "
+                "RETURNING l.tenant, l.partition, l.holder, l.generation, l.replays, old.was IS NOT NULL AS taken_over",
+                (holder, ttl, self.tenant, limit))
+            return [_lease(r) for r in cur.fetchall()]
+
+    def renew_leases(self, holder: str, ttl: float) -> list[Lease]:
+        """Extend every lease this worker still holds; returns them (one it lost is missing)."""
+        with self._tx(leases=True) as cur:
+            cur.execute("UPDATE leases SET expires = now() + make_interval(secs => %s) WHERE tenant = %s AND "
+                        "holder = %s RETURNING tenant, partition, holder, generation, replays",
+                        (ttl, self.tenant, holder))
+            return [_lease(r) for r in cur.fetchall()]
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give a lease up (a graceful stop): another worker may take it at once."""
+        with self._tx(leases=True) as cur:
+            cur.execute("UPDATE leases SET holder = NULL, expires = NULL WHERE tenant = %s AND partition = %s AND "
+                        "holder = %s AND generation = %s", (lease.tenant, lease.partition, lease.holder,
+                                                            lease.generation))
+
+    def forget_worker(self, holder: str) -> None:
+        with self._tx(leases=True) as cur:
+            cur.execute("DELETE FROM workers WHERE holder = %s", (holder,))
+
+    def partition_queue(self, lease: Lease) -> PartitionQueue:
+        return PartitionQueue(self, lease)
+
+    def _partition_pending(self, partition: str, after_id: int, limit: int) -> list[StoredUnit]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE tenant = %s AND partition = %s AND "
+                        "status = 'pending' AND id > %s ORDER BY id LIMIT %s",
+                        (self.tenant, partition, after_id, limit))
+            units = [_stored_unit(r) for r in cur.fetchall()]
+            if not units:
+                return units
+            # per event, its first request still pending in another partition (one indexed look-up
+            # for the batch: a correlated subquery per unit costs a scan each on a fresh table)
+            cur.execute("SELECT event_id, id, status, partition FROM units WHERE event_id = ANY(%s)",
+                        (sorted({u.event_id for u in units}),))
+            elsewhere: dict[int, int] = {}
+            for row in cur.fetchall():
+                if row["status"] == "pending" and row["partition"] != partition:
+                    event_id = int(row["event_id"])
+                    elsewhere[event_id] = min(int(row["id"]), elsewhere.get(event_id, int(row["id"])))
+        for position, stored in enumerate(units):
+            first = elsewhere.get(stored.event_id)
+            if first is not None and first < stored.id:
+                return units[:position]  # its event's earlier request (another partition) first: read on later
+        return units
+
+    def close(self) -> None:
+        for pool in (self._pool, self._lease_pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._lease_pool = None
+
+    def __enter__(self) -> PostgresOutbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class PartitionQueue:
+    """One leased partition, as a DeliveryWorker drains it: its pending units and jobs, marked only
+    while the lease is still this holder's (LeaseLost otherwise)."""
+
+    def __init__(self, store: PostgresOutbox, lease: Lease):
+        self.store = store
+        self.lease = lease
+
+    def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
+        return self.store._partition_pending(self.lease.partition, after_id, limit)
+
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
+        return self.store._mark_delivered(unit_ids, attempts, self.lease)
+
+    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
+        return self.store._mark_dead(unit_ids, letter, self.lease)
+
+    def save_job(self, job: OpenJob) -> None:
+        self.store._save_job(job, self.lease)
+
+    def open_jobs(self) -> list[OpenJob]:
+        return self.store._open_jobs(self.lease.partition)
+
+    def finish_job(self, job_id: str) -> None:
+        self.store._finish_job(job_id, self.lease)
+
+    def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
+        return self.store.units_with_ids(unit_ids)
+
+
+def _retried(transaction: Callable[[], T], tries: int = 5) -> T:
+    """A transaction PostgreSQL aborted to break a deadlock (e.g. a mark beside `outbox replay`)
+    is run again: nothing of it was kept."""
+    for attempt in range(tries):
+        try:
+            return transaction()
+        except psycopg.errors.DeadlockDetected:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _stored_unit(row: dict[str, Any]) -> StoredUnit:
+    return StoredUnit(int(row["id"]), int(row["event_id"]), int(row["position"]), str(row["rule"]),
+                      str(row["method"]), str(row["url"]), str(row["headers"]), row["body_kind"], row["body"],
+                      int(row["attempts"]))
+
+
+def _lease(row: dict[str, Any]) -> Lease:
+    return Lease(str(row["tenant"]), str(row["partition"]), str(row["holder"]), int(row["generation"]),
+                 int(row["replays"]), bool(row.get("taken_over", False)))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

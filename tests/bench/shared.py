@@ -1,0 +1,168 @@
+"""The shared (PostgreSQL) outbox: what a stored event costs, and `worker` processes delivering.
+
+    SEGMENT_KLAVIYO_TEST_POSTGRES=postgresql://root@127.0.0.1:5432/test python tests/bench/shared.py [--json FILE]
+
+1. Store cost: --store-events events of one request each recorded with `add_events` (chunks of 500,
+   as `send` and `serve` record) and marked delivered with `mark_delivered` (calls of 100 units, as
+   bulk answers come), on the SQLite store (a tmp folder) and on the PostgreSQL store (a schema of
+   its own): microseconds of wall time per event for each step, and PostgreSQL over SQLite.
+2. Workers: the bench corpus's --worker-events events recorded in a fresh schema, then 1 and then
+   2 `worker --until-empty` processes against the fake Klaviyo without rate limits (in this
+   process, on loopback): delivered events per second, from the workers' start to the last one's
+   exit (process start included; an empty run's start-up time is reported beside it).
+
+Everything (the fake, the workers, PostgreSQL) shares this machine's cores: the count is printed.
+Keys: store_sqlite_add_us, store_sqlite_mark_us, store_postgres_add_us, store_postgres_mark_us,
+store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, worker_startup_s, cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import corpus  # noqa: E402
+import psycopg  # noqa: E402
+
+import engine  # noqa: E402
+from engine.delivery.config import DeliveryPlan  # noqa: E402
+from engine.delivery.ingest import Ingester  # noqa: E402
+from engine.delivery.outbox import NewEvent, NewUnit, Outbox  # noqa: E402
+from engine.delivery.postgres_outbox import PostgresOutbox  # noqa: E402
+from engine.delivery.sealing import Sealer  # noqa: E402
+from engine.delivery.stores import open_outbox  # noqa: E402
+from engine.fake.server import FakeOptions, FakeServer  # noqa: E402
+
+SECRET = "pk_bench_not_a_real_key"
+SETTINGS = {"privateKey": SECRET, "listId": "ListA", "confirmOptin": True, "sendPageEvents": True}
+
+
+class Schema:
+    """A schema of its own on the server, dropped at the end."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.name = f"sk_bench_{os.getpid()}_{secrets.token_hex(3)}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{self.name}"')
+        self.url = dsn + ("&" if "?" in dsn else "?") + f"options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+def store_cost(outbox: Outbox, count: int) -> tuple[float, float]:
+    """Microseconds per event: recording (chunks of 500), then marking delivered (calls of 100)."""
+    body = json.dumps({"data": {"type": "event", "attributes": {"properties": {"n": 1}, "metric": "Bench"}}})
+    events = [NewEvent(f"m{i}", "pending", raw="{}", units=[NewUnit(0, "track", "POST", "/api/events",
+                                                                     '{"revision": "x"}', "json", body)])
+              for i in range(count)]
+    started = time.perf_counter()
+    for first in range(0, count, 500):
+        outbox.add_events("bench", first, events[first:first + 500])
+    added = time.perf_counter() - started
+    ids = [u.id for u in outbox.pending_units(0, count)]
+    started = time.perf_counter()
+    for first in range(0, len(ids), 100):
+        outbox.mark_delivered(ids[first:first + 100])
+    marked = time.perf_counter() - started
+    assert outbox.counts().events["delivered"] == count
+    return added / count * 1e6, marked / count * 1e6
+
+
+def record(url: str, events: list[Any]) -> int:
+    mapping_set = engine.load_mapping_set("klaviyo")
+    with PostgresOutbox(url, partition_of=DeliveryPlan.for_set(mapping_set).lane_of) as store:
+        store.init_meta("mapping_set", mapping_set.name)
+        sealer = Sealer({"privateKey": SECRET}, store.init_meta("seal_nonce", Sealer.new_nonce()))
+        Ingester(mapping_set, SETTINGS, store, sealer).ingest(events, "bench")
+        return store.counts().events["pending"]
+
+
+def run_workers(url: str, settings: Path, base_url: str, count: int) -> float:
+    command = [sys.executable, "-m", "engine", "worker", "--state", url, "--settings", str(settings),
+               "--base-url", base_url, "--until-empty", "--log-level", "warning"]
+    started = time.perf_counter()
+    workers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(count)]
+    for process in workers:
+        _, err = process.communicate(timeout=600)
+        if process.returncode != 0:
+            raise SystemExit(f"worker failed ({process.returncode}): {err[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-events", type=int, default=10_000)
+    parser.add_argument("--worker-events", type=int, default=20_000)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
+    if not dsn:
+        raise SystemExit("set SEGMENT_KLAVIYO_TEST_POSTGRES to a PostgreSQL URL (postgresql://root@127.0.0.1/test)")
+    figures: dict[str, Any] = {"cores": os.cpu_count()}
+
+    with tempfile.TemporaryDirectory() as folder:
+        outbox = open_outbox(str(Path(folder) / "state"))
+        figures["store_sqlite_add_us"], figures["store_sqlite_mark_us"] = store_cost(outbox, args.store_events)
+        outbox.close()
+        schema = Schema(dsn)
+        try:
+            with PostgresOutbox(schema.url) as store:
+                figures["store_postgres_add_us"], figures["store_postgres_mark_us"] = store_cost(
+                    store, args.store_events)
+        finally:
+            schema.drop()
+        figures["store_postgres_over_sqlite"] = (
+            (figures["store_postgres_add_us"] + figures["store_postgres_mark_us"])
+            / (figures["store_sqlite_add_us"] + figures["store_sqlite_mark_us"]))
+
+        settings = Path(folder) / "settings.json"
+        settings.write_text(json.dumps(SETTINGS), encoding="utf-8")
+        plan = DeliveryPlan.for_set(engine.load_mapping_set("klaviyo"))
+        events = list(corpus.generate(args.worker_events))
+        with FakeServer(plan, FakeOptions(enforce_rate_limits=False)) as fake:
+            empty = Schema(dsn)
+            try:
+                PostgresOutbox(empty.url).close()
+                figures["worker_startup_s"] = run_workers(empty.url, settings, fake.url, 1)
+            finally:
+                empty.drop()
+            for count in (1, 2):
+                schema = Schema(dsn)
+                try:
+                    pending = record(schema.url, events)
+                    seconds = run_workers(schema.url, settings, fake.url, count)
+                    with PostgresOutbox(schema.url) as store:
+                        counts = store.counts().events
+                    assert counts["pending"] == 0 and counts["delivered"] == pending, counts
+                    figures[f"workers_{count}_events_per_s"] = pending / seconds
+                    figures[f"workers_{count}_seconds"] = seconds
+                    figures["worker_events_delivered"] = pending
+                finally:
+                    schema.drop()
+
+    for key, value in figures.items():
+        print(f"{key:32} {value:,.2f}" if isinstance(value, float) else f"{key:32} {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
