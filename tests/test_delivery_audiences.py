@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from conftest import KLAVIYO_SPEC
-from delivery_helpers import SETTINGS, deliver, outbox_counts, run_send, summary_line, write_events, write_settings
+from delivery_helpers import (
+    SETTINGS,
+    deliver,
+    outbox_counts,
+    run_cli,
+    run_send,
+    summary_line,
+    write_events,
+    write_settings,
+)
 
 from engine.delivery.outbox import SQLiteOutbox
 from engine.openapi_check import load_openapi
@@ -107,3 +116,19 @@ def test_audience_rows_wait_for_the_profiles_import_and_a_refused_row_is_dead_le
         outbox.close()
     assert len(letters) == 1 and letters[0]["messageId"] == "enter-500"
     assert "refused this row" in json.dumps(letters[0]) and "refuse-me@example.com" in json.dumps(letters[0])
+
+
+def test_an_entry_rejected_for_want_of_a_list_is_delivered_after_the_list_is_set(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    source = write_events(tmp_path, [entered(n) for n in range(3)])
+    first = run_send(source, "--settings", write_settings(tmp_path, listId=None), "--fake", "--state", state)
+    assert first.returncode == 0, first.stderr
+    assert outbox_counts(state)["rejected"] == 3
+    fixed = write_settings(tmp_path, listId="LateList")
+    remap = run_cli("outbox", "replay", "--remap", "--rejected", "--state", state, "--settings", fixed)
+    assert remap.returncode == 0, remap.stderr
+    resumed = run_send("--resume", "--state", state, "--settings", fixed, "--fake", "--time-scale", "50")
+    assert resumed.returncode == 0, resumed.stderr
+    assert outbox_counts(state) == {"pending": 0, "delivered": 3, "rejected": 0, "skipped": 0, "dead": 0}
+    received = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
+    assert {n: len(jobs) for n, jobs in jobs_by_list(received).items()} == {"LateList": 1}
