@@ -18,9 +18,10 @@ from .explain import Explainer, RuleRecorder
 from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
+from .named_values import Level, NamedReads, NamedValueFunction, NamedValueFunctions
 from .problems import MappingSetError, Problem
 from .rules import RequestPlan, Rule, normalize_event_name
-from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
+from .values import ABSENT, FieldError, emit_value, new_source
 
 MASK = "***"
 log = logging.getLogger(f"{PROGRAM}.evaluate")
@@ -96,12 +97,13 @@ class MapResult:
 
 
 class Vars(dict[str, Any]):
-    """Named values, computed on first use per event and then remembered."""
+    """One level's named values, computed on first use per event and then remembered (the level's
+    named-value functions remember what they compute here, see named_values)."""
 
     __slots__ = ("_definitions", "_scope", "_parent")
     # No __init__: one is made per event, rule with values and fanned-out item, so the mapper and
     # generated rules set the three slots themselves (see _new_vars), without a Python call.
-    _definitions: dict[str, Any]
+    _definitions: dict[str, NamedValueFunction]
     _scope: dict[str, Any]
     _parent: Vars | None
 
@@ -114,18 +116,14 @@ class Vars(dict[str, Any]):
             # parents' names many times.
             value = self[name] = self._parent[name]
             return value
-        value = definition.evaluate(self._scope)
-        if value is ABSENT:
-            value = None
-        self[name] = value
-        return value
+        return definition(self._scope, self)
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self[name]
         return default if value is None else value
 
 
-def _new_vars(definitions: dict[str, Any], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
+def _new_vars(definitions: dict[str, NamedValueFunction], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
     named = Vars()
     named._definitions, named._scope, named._parent = definitions, scope, parent
     return named
@@ -169,9 +167,13 @@ class Mapper:
                 if resolved.get(name) not in (None, ""):
                     resolved[name] = MASK
         self.settings = resolved
-        self._values = mapping_set.values
         self.base_url = (base_url or mapping_set.base_url).rstrip("/")
         self.mapping_info = {"name": mapping_set.name, "base_url": self.base_url, "revision": mapping_set.revision}
+        # map --explain: what the code of every rule (and named value) records, one dict for all
+        # (a rule's recorder clears it when the rule starts)
+        self._field_sources: dict[str, str | None] | None = {} if explain else None
+        self._named = NamedValueFunctions(self._new_source)
+        self._values = self._named.functions((mapping_set.values,))  # the set's named values
         self._constant_headers: dict[str, str] | None = None
         headers = mapping_set.default_headers
         if headers is not None and not headers.reads_event:
@@ -186,6 +188,15 @@ class Mapper:
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
             self._runner(rule, explain, (mapping_set.values,))
+
+    def _new_source(self) -> Source:
+        """A Source for this Mapper's code: settings and mapping fixed (conditions on them are
+        decided while generating, once), recording for map --explain when explaining."""
+        source = new_source()
+        source.roots = {"settings": self.settings, "mapping": self.mapping_info}
+        if self._field_sources is not None:
+            source.field_sources = source.bind(self._field_sources)
+        return source
 
     def explanation(self, result: MapResult) -> dict[str, Any]:
         """What each rule did with the event `result` is of (the last one this Mapper mapped): one
@@ -300,7 +311,7 @@ class Mapper:
                 if self._explainer is None:
                     run = self._runners[key] = self._generate_runner(rule, check_type, outer)
                 else:
-                    recorder = RuleRecorder()
+                    recorder = RuleRecorder(self._field_sources)
                     run = self._runners[key] = self._explainer.wrap(
                         rule, self._generate_runner(rule, check_type, outer, recorder), recorder)
             except (SyntaxError, RecursionError, MemoryError) as exc:  # a bug of the generator: say where
@@ -311,16 +322,12 @@ class Mapper:
     def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...],
                          recorder: RuleRecorder | None = None) -> _Runner:
         """With a recorder (map --explain), the code also records into it what explains the outcome."""
-        source = new_source()
-        if recorder is not None:
-            source.field_sources = source.bind(recorder.field_sources)
+        source = self._new_source()
         source.place = (rule.position, f"rule '{rule.name}'")
-        # Fixed for this Mapper: conditions on settings are decided here, once.
-        source.roots = {"settings": self.settings, "mapping": self.mapping_info}
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,
-            "Vars": Vars, "values": rule.values, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
+            "Vars": Vars, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
             "_item": _item,
         })
         emit = source.emit
@@ -343,8 +350,10 @@ class Mapper:
             emit(1, f"S{number} = V{number}._scope")
             levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
         setup_end = len(source.lines)
-        source.named = NamedReads(source, levels)
+        reads = NamedReads(source, levels, self._named)
         inner = len(outer)  # the number of this rule's own level, when it has values
+        if rule.values:
+            source.namespace["values"] = self._named.functions((*outer, rule.values))
         emit(1, "try:")  # inside: an EvalError of any step rejects the event
         if rule.when is not None:
             emit(2, f"if not {emit_value(rule.when, source, 'scope', 2)}:")
@@ -352,7 +361,7 @@ class Mapper:
                 emit(3, f"{source.bind(recorder.condition_false)}()")
             emit(3, "return False  # a rule that does not run ends nothing")
         if rule.for_each is not None:
-            self._emit_fan_out(source, rule, levels, inner, recorder)
+            self._emit_fan_out(source, rule, reads, inner, recorder)
         else:
             here = "scope"  # the rule's scope: its own copy when it has values
             if rule.values:
@@ -360,7 +369,7 @@ class Mapper:
                 emit(2, "rule_scope = dict(scope)")
                 emit(2, _new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
                 emit(2, f"rule_scope['vars'] = V{inner}")
-                source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "rule_scope")])
+                reads.start([(rule.values, f"V{inner}", "rule_scope")], 2)
             for requirement in rule.requires:
                 source.place = (requirement.position, f"rule '{rule.name}' require")
                 emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
@@ -391,6 +400,7 @@ class Mapper:
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
         emit(1, "return final")
+        reads.finish()
         if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
             source.drop(setup, setup_end)
         header = "run(scope, event_type, event_name, result)"
@@ -398,7 +408,7 @@ class Mapper:
         self._sources[rule.name] = source.text(header)
         return run
 
-    def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int,
+    def _emit_fan_out(self, source: Source, rule: Rule, reads: NamedReads, inner: int,
                       recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
@@ -419,7 +429,7 @@ class Mapper:
         if rule.values:
             emit(3, _new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
             emit(3, f"item_scope['vars'] = V{inner}")
-            source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
+            reads.start([(rule.values, f"V{inner}", "item_scope")], 3)
         emit(3, "try:")
         for requirement in rule.requires:
             source.place = (requirement.position, f"rule '{rule.name}' require")

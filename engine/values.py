@@ -813,55 +813,8 @@ def new_source() -> Source:
 # from the outer level (one more test each), so a long list stays within Python's nesting limits.
 CHAIN_NESTING = 8
 
-Level = tuple[dict[str, Compiled], str, str]  # named values defined, their Vars' variable, their scope's variable
 
-
-class NamedReads:
-    """Reads of named values in generated code (Source.named): each name is computed where it is
-    first needed, inline, in the scope of the level that defines it, and remembered in that level's
-    Vars; a name already there (computed by an earlier rule, or a template) is read from it.
-
-    Why: a named value computed through Vars.__missing__ cost two calls, and a rule's own Vars
-    a third for every outer name it read. `levels` runs from the outermost (the set's values) in.
-    """
-
-    MAX_DEPTH = 4  # names inside names inside ...: deeper ones go through Vars (code stays small)
-
-    def __init__(self, source: Source, levels: list[Level], depth: int = 0):
-        self.source = source
-        self.levels = levels
-        self.depth = depth
-        source.namespace["ABSENT"] = ABSENT
-
-    def __call__(self, name: str, indent: int) -> str:
-        source = self.source
-        source.named_reads += 1
-        out = source.temp()
-        for number in range(len(self.levels) - 1, -1, -1):
-            definitions, vars_name, scope_name = self.levels[number]
-            if name in definitions:
-                break
-        else:  # not defined at these levels (an outer rule's, or unknown): as Vars would
-            source.emit(indent, f"{out} = {self.levels[-1][1]}[{name!r}]")
-            return out
-        if self.depth >= self.MAX_DEPTH:
-            source.emit(indent, f"{out} = {vars_name}[{name!r}]")
-            return out
-        source.emit(indent, f"if {name!r} in {vars_name}:")
-        source.emit(indent + 1, f"{out} = {vars_name}[{name!r}]")
-        source.emit(indent, "else:")
-        source.named = NamedReads(source, self.levels[: number + 1], self.depth + 1)
-        try:
-            value = emit_value(definitions[name], source, scope_name, indent + 1)
-        finally:
-            source.named = self
-        source.emit(indent + 1, f"{out} = None if {value} is ABSENT else {value}")
-        source.emit(indent + 1, f"{vars_name}[{name!r}] = {out}")
-        return out
-
-
-def generated_on_first_use(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None
-                           ) -> Evaluate:
+def generated_on_first_use(part: Compiled, name: str = "value") -> Evaluate:
     """`part`'s evaluate, generated (generate_function) when first called, not at load: rules
     write most values into their own functions and never call these, and compiling them all
     was most of the time it took to load a set."""
@@ -871,24 +824,19 @@ def generated_on_first_use(part: Compiled, name: str = "value", values: dict[str
 
     def evaluate(scope: Scope) -> Any:
         if not made:
-            made.append(generate_function(part, name, values))
+            made.append(generate_function(part, name))
             part.evaluate = made[0]
         return made[0](scope)
 
     return evaluate
 
 
-def generate_function(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None) -> Evaluate:
-    """`part` as one generated function of the scope (its evaluate when it has no code to write).
-
-    With `values` (the named values of the scope's own `vars`), those are read as NamedReads does.
-    """
+def generate_function(part: Compiled, name: str = "value") -> Evaluate:
+    """`part` as one generated function of the scope (its evaluate when it has no code to write);
+    named values are read from the scope's `vars`."""
     if part.emit is None:
         return part.evaluate
     source = new_source()
-    if values is not None:
-        source.emit(1, "V0 = scope['vars']")
-        source.named = NamedReads(source, [(values, "V0", "scope")])
     source.emit(1, f"return {part.emit(source, 'scope', 1)}")
     function: Evaluate = source.define(f"{name}(scope)")
     return function
