@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .problems import Position
+from .runtime import is_falsy
 
 # Deeper than this, a part's code is not written inline but called (its own function or closure):
 # Python refuses more than 100 indentation levels and 20 nested blocks (for, try), and a deep value
@@ -155,6 +156,3 @@ def origin(traceback: TracebackType | None) -> Origin | None:
     return found
 
 
-def is_falsy(value: Any) -> bool:
-    """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
-    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)

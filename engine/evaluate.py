@@ -11,17 +11,17 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from .codegen import Source, origin
 from .explain import Explainer, RuleRecorder
 from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
-from .named_values import Level, NamedReads, NamedValueFunction, NamedValueFunctions
+from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
 from .rules import RequestPlan, Rule, normalize_event_name
-from .values import ABSENT, FieldError, emit_value, new_source
+from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
+from .values import emit_value, new_source
 
 MASK = "***"
 log = logging.getLogger(f"{PROGRAM}.evaluate")
@@ -96,55 +96,10 @@ class MapResult:
         return lines
 
 
-class Vars(dict[str, Any]):
-    """One level's named values, computed on first use per event and then remembered (the level's
-    named-value functions remember what they compute here, see named_values)."""
-
-    __slots__ = ("_definitions", "_scope", "_parent")
-    # No __init__: one is made per event, rule with values and fanned-out item, so the mapper and
-    # generated rules set the three slots themselves (see _new_vars), without a Python call.
-    _definitions: dict[str, NamedValueFunction]
-    _scope: dict[str, Any]
-    _parent: Vars | None
-
-    def __missing__(self, name: str) -> Any:
-        definition = self._definitions.get(name)
-        if definition is None:
-            if self._parent is None:
-                return None
-            # Remembered here too: a parent's value is fixed for the event, and rules read their
-            # parents' names many times.
-            value = self[name] = self._parent[name]
-            return value
-        return definition(self._scope, self)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self[name]
-        return default if value is None else value
-
-
-def _new_vars(definitions: dict[str, NamedValueFunction], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
-    named = Vars()
-    named._definitions, named._scope, named._parent = definitions, scope, parent
-    return named
-
-
-def _new_vars_source(target: str, definitions: str, scope: str, parent: str) -> str:
-    """The source of `_new_vars` inline, for generated rules (names of locals and bound values)."""
-    return f"{target} = Vars(); {target}._definitions, {target}._scope, {target}._parent = " \
-           f"{definitions}, {scope}, {parent}"
-
-
 def _reason(rule: Rule, error: EvalError) -> str:
     if isinstance(error, FieldError):
         return f"{error.field_path}: {error} (rule '{rule.name}', {error.position})"
     return f"{error} (rule '{rule.name}')"
-
-
-def _query_value(key: str, value: Any) -> str:
-    if isinstance(value, (dict, list)) or value is None:
-        raise EvalError(f"query parameter '{key}' is {a_json_type(value)}; encode it first (encode: json)")
-    return to_string(value)
 
 
 # Mapper's settings for `validate`: the set's defaults, unchecked (a required setting left out).
@@ -179,7 +134,7 @@ class Mapper:
         if headers is not None and not headers.reads_event:
             # Headers that read only settings are computed once, not per request.
             scope = {"settings": self.settings, "mapping": self.mapping_info}
-            scope["vars"] = _new_vars({}, scope)
+            scope["vars"] = new_vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
@@ -222,7 +177,7 @@ class Mapper:
         if headers is None:
             return {}
         scope: dict[str, Any] = {"settings": self.settings, "mapping": self.mapping_info}
-        scope["vars"] = _new_vars(self._values, scope)
+        scope["vars"] = new_vars(self._values, scope)
         return self._headers(headers.evaluate(scope))
 
     def _rules_for(self, event_type: str) -> _Dispatch:
@@ -262,7 +217,7 @@ class Mapper:
         # (the event as received, e.g. to fingerprint it without the settings)
         scope.update(input=event, settings=self.settings, mapping=self.mapping_info)
         scope["vars"] = named = Vars()
-        named._definitions, named._scope, named._parent = self._values, scope, None  # (_new_vars, inline)
+        named._definitions, named._scope, named._parent = self._values, scope, None  # (new_vars, inline)
         event_name = event.get("event")
         dispatch = self._rules_by_type.get(event_type)
         if dispatch is None:
@@ -367,7 +322,7 @@ class Mapper:
             if rule.values:
                 here = "rule_scope"
                 emit(2, "rule_scope = dict(scope)")
-                emit(2, _new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
+                emit(2, new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
                 emit(2, f"rule_scope['vars'] = V{inner}")
                 reads.start([(rule.values, f"V{inner}", "rule_scope")], 2)
             for requirement in rule.requires:
@@ -427,7 +382,7 @@ class Mapper:
         emit(3, f"item_scope[{rule.item_name!r}] = item")
         emit(3, "item_scope['index'] = index")
         if rule.values:
-            emit(3, _new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
+            emit(3, new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
             emit(3, f"item_scope['vars'] = V{inner}")
             reads.start([(rule.values, f"V{inner}", "item_scope")], 3)
         emit(3, "try:")
@@ -477,11 +432,11 @@ class Mapper:
         else:
             emit(indent, f"{url} = {emit_value(plan.url, source, scope, indent)}")
             emit(indent, f"if not isinstance({url}, str) or not {url}:")
-            emit(indent + 1, f"raise {bind(_not_a_url)}({url})")
+            emit(indent + 1, f"raise {bind(not_a_url)}({url})")
             if plan.url_is_path:
                 emit(indent, f"{url} = {bind(self.base_url)} + ({url} if {url}.startswith('/') else '/' + {url})")
         if plan.query is not None:
-            emit(indent, f"{url} = {bind(_with_query)}({url}, {emit_value(plan.query, source, scope, indent)})")
+            emit(indent, f"{url} = {bind(with_query)}({url}, {emit_value(plan.query, source, scope, indent)})")
         headers = source.temp()
         if self._constant_headers is not None:
             emit(indent, f"{headers} = {bind(self._constant_headers)}.copy()")
@@ -506,7 +461,7 @@ class Mapper:
             emit(indent, "else:")
             indent += 1
         if plan.body_kind == "form":
-            emit(indent, f"{value} = {bind(_form_body)}({value})")
+            emit(indent, f"{value} = {bind(form_body)}({value})")
         emit(indent, f"{out} = " + request.format(bind(plan.body_kind), value))
         return out
 
@@ -514,23 +469,6 @@ class Mapper:
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
 # An event type's rules: for any event name, and per normalized name that some rule names (or None)
 _Dispatch = tuple[list[_Runner], dict[str, list[_Runner]] | None]
-
-
-def _not_a_url(url: Any) -> EvalError:
-    return EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
-
-
-def _form_body(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise EvalError(f"form body must be an object, got {json_type(value)}")
-    return {k: _query_value(k, v) for k, v in value.items()}
-
-
-def _with_query(url: str, query: Any) -> str:
-    if isinstance(query, dict) and query:
-        pairs = [(k, _query_value(k, v)) for k, v in query.items()]
-        url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
-    return url
 
 
 def _item(rule: Rule, index: int, reason: str) -> ItemRejection:

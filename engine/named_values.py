@@ -18,24 +18,13 @@ is never computed, so neither are its errors).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from .codegen import Source
-from .values import ABSENT, Compiled, emit_value
+from .runtime import ABSENT, UNSET, NamedValueFunction
+from .values import Compiled, emit_value
 
 # A level's named values, the variable holding its Vars, the variable holding its scope.
 Level = tuple[dict[str, Compiled], str, str]
-NamedValueFunction = Callable[[dict[str, Any], Any], Any]
-
-
-class _Unset:
-    """What a named value's local holds before the function has read it."""
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
 
 
 class NamedValueFunctions:
