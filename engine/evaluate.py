@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import Source, origin
+from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
 from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
@@ -138,7 +138,9 @@ class Mapper:
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
-        self._sources: dict[str, str] = {}  # rule name -> its generated function's source
+        # rule name -> its generated function's source, and the namespace its names are bound in
+        self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
@@ -161,12 +163,21 @@ class Mapper:
         return self._explainer.explanation(result, self.mapping_set.rules)
 
     def source(self, rule_name: str) -> str:
-        """The Python generated for a rule (each line's rule-file place as a comment); KeyError
-        naming the rules when there is no such rule."""
-        try:
-            return self._sources[rule_name]
-        except KeyError:
-            raise KeyError(f"no rule {rule_name!r} (rules: {', '.join(self._sources)})") from None
+        """The Python generated for a rule (each line's rule-file place as a comment), then a legend
+        (`where:`) of the names it binds (k1…: constants, functions, places), secret settings
+        masked; KeyError naming the rules when there is no such rule."""
+        if rule_name not in self._sources:
+            raise KeyError(f"no rule {rule_name!r} (rules: {', '.join(self._sources)})")
+        if any(self.settings.get(name) not in (None, "", MASK) for name in self.mapping_set.secret_settings):
+            # The code of the same settings with the secrets masked: nothing bound in it (a header
+            # built from a key, however encoded) can show a secret.
+            if self._masked is None:
+                self._masked = Mapper(self.mapping_set, self.settings, self.base_url, mask_secrets=True,
+                                      explain=self._explainer is not None)
+            return self._masked.source(rule_name)
+        text, namespace = self._sources[rule_name]
+        where = legend(text, namespace, "run")
+        return f"{text}\n\n{where}" if where else text
 
     def settings_headers(self) -> dict[str, str]:
         """The set's default headers for a request made from the settings alone, not for an event
@@ -360,7 +371,7 @@ class Mapper:
             source.drop(setup, setup_end)
         header = "run(scope, event_type, event_name, result)"
         run: _Runner = source.define(header, f"for rule {rule.name!r}")
-        self._sources[rule.name] = source.text(header)
+        self._sources[rule.name] = (source.text(header), source.namespace)
         return run
 
     def _emit_fan_out(self, source: Source, rule: Rule, reads: NamedReads, inner: int,
