@@ -96,3 +96,24 @@ def test_a_named_value_failing_in_a_message_names_its_own_place(tmp_path: Path) 
     assert mapper.map({"type": "track", "properties": {"n": "7"}}).rejection == "n is 7 (rule 'r')"
     assert mapper.map({"type": "track", "properties": {"n": "x"}}).rejection == (
         f'values.n: cannot cast to integer: "x" is not a number (rule \'r\', {tmp_path / "rules.yaml"}:2:35)')
+
+
+def test_a_read_after_a_branch_that_read_first_still_computes_the_value(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text(MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text("""\
+values:
+  email: {select: traits.email}
+rules:
+  - name: r
+    request:
+      method: POST
+      path: /x
+      json:
+        one: {if: properties.go, then: {select: vars.email}}
+        two: {select: vars.email}
+""", encoding="utf-8")
+    mapper = engine.Mapper(engine.load_mapping_set(tmp_path))
+    for go, body in ((False, {"two": "a@x.test"}), (True, {"one": "a@x.test", "two": "a@x.test"})):
+        result = mapper.map({"type": "identify", "traits": {"email": "a@x.test"}, "properties": {"go": go}})
+        assert result.requests[0].body == body
+    assert mapper.source("r").count("if var_email is UNSET:") == 2  # the branch may not have run
