@@ -117,3 +117,14 @@ rules:
         result = mapper.map({"type": "identify", "traits": {"email": "a@x.test"}, "properties": {"go": go}})
         assert result.requests[0].body == body
     assert mapper.source("r").count("if var_email is UNSET:") == 2  # the branch may not have run
+
+
+def test_a_bug_inside_a_named_value_names_the_named_values_line(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(value: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(functions.FUNCTIONS, "lower", (explode, 1, 1))
+    result = _mapper(tmp_path).map({"type": "identify", "traits": {"email": "a@x.test"}})
+    assert result.rejection == ("internal error while mapping (please report it): RuntimeError: boom "
+                                f"(at {tmp_path / 'rules.yaml'}:2:10, values.email)")
