@@ -101,8 +101,20 @@ def printable(text: str) -> str:
     return text
 
 
+# The values whose text msgspec writes exactly as json.dumps does (floats differ: 1e16 against 1e+16).
+_SAME_TEXT_TYPES = frozenset((str, int, bool, type(None)))
+
+
 def json_line(value: Any) -> str:
     """One line of a report (errors, dead letters): UTF-8 printable whatever it quotes."""
+    if type(value) is dict and all(type(key) is str and type(item) in _SAME_TEXT_TYPES
+                                   for key, item in value.items()):
+        # A flat line (most error lines): msgspec's text, spaced as json.dumps spaces it. A lone
+        # surrogate makes it raise, and the line is written the careful way below.
+        try:
+            return _format(_encode(value), indent=0).decode("utf-8")
+        except ValueError:  # (UnicodeEncodeError)
+            pass
     text = json.dumps(value, ensure_ascii=False)
     try:
         text.encode("utf-8")

@@ -18,9 +18,9 @@ import pytest
 
 from engine.delivery.outbox import NewEvent, NewUnit
 from engine.delivery.sqlite_outbox import OUTBOX_FILE, SQLiteOutbox
-from engine.events import InputError, read_events
+from engine.events import NOT_QUICK, InputError, quick_decode, read_events
 from engine.serve.commits import CommitGroup
-from engine.strict_json import NotStrictJSON, strict_bytes, strict_dumps
+from engine.strict_json import NotStrictJSON, json_line, strict_bytes, strict_dumps
 
 GOOD = b'{"type":"track","event":"E","userId":"u"}'
 PROPERTY = b'{"type":"track","event":"E","userId":"u","properties":{"x":%s}}'
@@ -82,6 +82,37 @@ def test_big_integers_stay_exact() -> None:
     events = _read([GOOD, GOOD, PROPERTY % (b"1" + b"0" * 40), PROPERTY % b"-12345678901234567890123"])
     assert events[2]["properties"]["x"] == 10 ** 40
     assert events[3]["properties"]["x"] == -12345678901234567890123
+
+
+def test_a_wide_batch_is_decoded_fast_and_a_deep_one_still_goes_the_careful_way() -> None:
+    # 150 messages hold 300 brackets, more than MAX_DEPTH: the depth is measured, not guessed.
+    wide = b'{"batch":[' + b",".join([GOOD] * 150) + b"]}"
+    assert quick_decode(wide) == json.loads(wide)
+    deep = b'{"batch":[' + b",".join([GOOD] * 150 + [PROPERTY % (b"[" * 197 + b"]" * 197)]) + b"]}"
+    assert quick_decode(deep) is NOT_QUICK  # 201 levels from the envelope down
+    shallower = b'{"batch":[' + b",".join([GOOD] * 150 + [PROPERTY % (b"[" * 196 + b"]" * 196)]) + b"]}"
+    assert quick_decode(shallower) == json.loads(shallower)
+    events = _read([GOOD, GOOD, wide, deep])
+    assert events[2:152] == [json.loads(GOOD)] * 150
+    assert isinstance(events[152], InputError)
+    assert events[152].reason == ("input line 4: batch[150].properties.x… (200 levels down): "
+                                  "nested deeper than 200 levels (the limit)")
+
+
+@pytest.mark.parametrize("line", [
+    {"event": 3, "messageId": "m-é", "reason": 'rule \'r\' said "no"\n\t\x01'},
+    {"event": 4, "skipped": None, "flag": True, "big": 10 ** 30},
+    {"event": 5, "reason": "a lone \ud800 surrogate"},
+    {"event": 6, "item": 1.5e16, "nested": {"k": [1, None]}},
+    {"event": 7, "nan": float("nan")},
+], ids=["text", "scalars", "lone surrogate", "float and nesting", "NaN"])
+def test_a_report_line_is_the_standard_librarys(line: dict[str, Any]) -> None:
+    expected = json.dumps(line, ensure_ascii=False)
+    try:
+        expected.encode("utf-8")
+    except UnicodeEncodeError:
+        expected = json.dumps(line)
+    assert json_line(line) == expected
 
 
 # A value, and its text as strict_dumps writes it (the standard library's json.dumps with

@@ -49,6 +49,7 @@ REALM = f'Basic realm="{PROGRAM}"'
 BODY_TIMEOUT = 30.0  # seconds for a whole request body, from its head
 SUCCESS = b'{"success":true}'  # the body of every accepted request, written once
 CLIENT_CLOSED = 499  # the status recorded (never sent) for a request whose client went away mid-body
+_deadline: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 
 class Accept(Protocol):
@@ -119,6 +120,9 @@ async def _read_body(request: Request, limit: int, endpoint: str, timeout: float
         return bytes(chunks)
 
     try:  # (one deadline for the whole body: one timer a request, not one a chunk)
+        if _deadline is not None:  # (Python 3.11+: no task made per request, as wait_for makes)
+            async with _deadline(timeout):
+                return await read_all()
         return await asyncio.wait_for(read_all(), timeout)
     except asyncio.TimeoutError:
         raise _BodyTimeout(len(chunks)) from None
