@@ -21,7 +21,7 @@ from delivery_helpers import (
     write_settings,
 )
 
-from engine.delivery.outbox import SQLiteOutbox
+from engine.delivery.sqlite_outbox import SQLiteOutbox
 from engine.openapi_check import load_openapi
 
 BULK = "/api/profile-bulk-import-jobs"
