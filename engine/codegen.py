@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import re
 import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from .problems import Position
+from .runtime import is_falsy
 
 # Deeper than this, a part's code is not written inline but called (its own function or closure):
 # Python refuses more than 100 indentation levels and 20 nested blocks (for, try), and a deep value
@@ -132,6 +134,51 @@ class Source:
         return function
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LEGEND_WIDTH = 100  # a constant's text is cut after this many characters
+
+
+def legend(text: str, namespace: dict[str, Any], defined: str) -> str:
+    """`where:` and one line per name of `namespace` that `text` uses (in order of first use), but
+    `defined` (the function's own name): what it stands for."""
+    lines = ["where:"]
+    seen = {defined, "__builtins__"}
+    for name in _NAME.findall(text):
+        if name in seen or name not in namespace:
+            continue
+        seen.add(name)
+        lines.append(f"    {name} = {describe_bound(namespace[name])}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def describe_bound(value: Any) -> str:
+    """What a name bound in generated code stands for, in a few words."""
+    code = getattr(value, "__code__", None)
+    if code is not None and code.co_filename.startswith("<generated "):  # (see Source.define)
+        return str(code.co_filename[1:].rsplit(" #", 1)[0])
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    if callable(value) and hasattr(value, "__qualname__"):
+        owner = getattr(value, "__self__", None)
+        if owner is not None and not isinstance(owner, type) and getattr(owner, "__module__", "") != "builtins":
+            return f"method {type(owner).__qualname__}.{value.__name__}"
+        module = getattr(value, "__module__", None) or "builtins"
+        return f"function {module}.{value.__qualname__}"
+    if isinstance(value, Position):
+        return f"place {value}"
+    if isinstance(getattr(value, "name", None), str) and isinstance(getattr(value, "position", None), Position):
+        return f"{type(value).__name__.lower()} {value.name!r} at {value.position}"  # (a rule)
+    origin = getattr(value, "origin", None)
+    if isinstance(origin, tuple) and len(origin) == 2 and isinstance(origin[0], Position):
+        return f"value of {origin[1]} at {origin[0]}"
+    if isinstance(value, dict) and value and all(describe_bound(v).startswith("generated ") for v in value.values()):
+        return "the generated functions of " + ", ".join(map(str, value))  # (a level's named values)
+    if "__repr__" not in {name for cls in type(value).__mro__[:-1] for name in vars(cls)}:  # (an address)
+        return f"instance of {type(value).__module__}.{type(value).__qualname__}"
+    text = repr(value)
+    return text if len(text) <= _LEGEND_WIDTH else text[: _LEGEND_WIDTH - 1] + "…"
+
+
 Origin = tuple[Position, str]  # a rule file's place and the field there, e.g. (rules.yaml:7:9, "json.email")
 _SOURCES: dict[str, list[Origin | None]] = {}  # generated file name -> the place of each of its lines
 _serial = itertools.count(1)
@@ -155,6 +202,3 @@ def origin(traceback: TracebackType | None) -> Origin | None:
     return found
 
 
-def is_falsy(value: Any) -> bool:
-    """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
-    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)

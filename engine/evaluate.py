@@ -11,16 +11,17 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
 
-from .codegen import Source, origin
+from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
 from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
+from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
 from .rules import RequestPlan, Rule, normalize_event_name
-from .values import ABSENT, FieldError, Level, NamedReads, emit_value, new_source
+from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
+from .values import emit_value, new_source
 
 MASK = "***"
 log = logging.getLogger(f"{PROGRAM}.evaluate")
@@ -95,58 +96,10 @@ class MapResult:
         return lines
 
 
-class Vars(dict[str, Any]):
-    """Named values, computed on first use per event and then remembered."""
-
-    __slots__ = ("_definitions", "_scope", "_parent")
-    # No __init__: one is made per event, rule with values and fanned-out item, so the mapper and
-    # generated rules set the three slots themselves (see _new_vars), without a Python call.
-    _definitions: dict[str, Any]
-    _scope: dict[str, Any]
-    _parent: Vars | None
-
-    def __missing__(self, name: str) -> Any:
-        definition = self._definitions.get(name)
-        if definition is None:
-            if self._parent is None:
-                return None
-            # Remembered here too: a parent's value is fixed for the event, and rules read their
-            # parents' names many times.
-            value = self[name] = self._parent[name]
-            return value
-        value = definition.evaluate(self._scope)
-        if value is ABSENT:
-            value = None
-        self[name] = value
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self[name]
-        return default if value is None else value
-
-
-def _new_vars(definitions: dict[str, Any], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
-    named = Vars()
-    named._definitions, named._scope, named._parent = definitions, scope, parent
-    return named
-
-
-def _new_vars_source(target: str, definitions: str, scope: str, parent: str) -> str:
-    """The source of `_new_vars` inline, for generated rules (names of locals and bound values)."""
-    return f"{target} = Vars(); {target}._definitions, {target}._scope, {target}._parent = " \
-           f"{definitions}, {scope}, {parent}"
-
-
 def _reason(rule: Rule, error: EvalError) -> str:
     if isinstance(error, FieldError):
         return f"{error.field_path}: {error} (rule '{rule.name}', {error.position})"
     return f"{error} (rule '{rule.name}')"
-
-
-def _query_value(key: str, value: Any) -> str:
-    if isinstance(value, (dict, list)) or value is None:
-        raise EvalError(f"query parameter '{key}' is {a_json_type(value)}; encode it first (encode: json)")
-    return to_string(value)
 
 
 # Mapper's settings for `validate`: the set's defaults, unchecked (a required setting left out).
@@ -169,23 +122,38 @@ class Mapper:
                 if resolved.get(name) not in (None, ""):
                     resolved[name] = MASK
         self.settings = resolved
-        self._values = mapping_set.values
         self.base_url = (base_url or mapping_set.base_url).rstrip("/")
         self.mapping_info = {"name": mapping_set.name, "base_url": self.base_url, "revision": mapping_set.revision}
+        # map --explain: what the code of every rule (and named value) records, one dict for all
+        # (a rule's recorder clears it when the rule starts)
+        self._field_sources: dict[str, str | None] | None = {} if explain else None
+        self._named = NamedValueFunctions(self._new_source)
+        self._values = self._named.functions((mapping_set.values,))  # the set's named values
         self._constant_headers: dict[str, str] | None = None
         headers = mapping_set.default_headers
         if headers is not None and not headers.reads_event:
             # Headers that read only settings are computed once, not per request.
             scope = {"settings": self.settings, "mapping": self.mapping_info}
-            scope["vars"] = _new_vars({}, scope)
+            scope["vars"] = new_vars({}, scope)
             self._constant_headers = self._headers(headers.evaluate(scope))
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
-        self._sources: dict[str, str] = {}  # rule name -> its generated function's source
+        # rule name -> its generated function's source, and the namespace its names are bound in
+        self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
             self._runner(rule, explain, (mapping_set.values,))
+
+    def _new_source(self) -> Source:
+        """A Source for this Mapper's code: settings and mapping fixed (conditions on them are
+        decided while generating, once), recording for map --explain when explaining."""
+        source = new_source()
+        source.roots = {"settings": self.settings, "mapping": self.mapping_info}
+        if self._field_sources is not None:
+            source.field_sources = source.bind(self._field_sources)
+        return source
 
     def explanation(self, result: MapResult) -> dict[str, Any]:
         """What each rule did with the event `result` is of (the last one this Mapper mapped): one
@@ -195,12 +163,21 @@ class Mapper:
         return self._explainer.explanation(result, self.mapping_set.rules)
 
     def source(self, rule_name: str) -> str:
-        """The Python generated for a rule (each line's rule-file place as a comment); KeyError
-        naming the rules when there is no such rule."""
-        try:
-            return self._sources[rule_name]
-        except KeyError:
-            raise KeyError(f"no rule {rule_name!r} (rules: {', '.join(self._sources)})") from None
+        """The Python generated for a rule (each line's rule-file place as a comment), then a legend
+        (`where:`) of the names it binds (k1…: constants, functions, places), secret settings
+        masked; KeyError naming the rules when there is no such rule."""
+        if rule_name not in self._sources:
+            raise KeyError(f"no rule {rule_name!r} (rules: {', '.join(self._sources)})")
+        if any(self.settings.get(name) not in (None, "", MASK) for name in self.mapping_set.secret_settings):
+            # The code of the same settings with the secrets masked: nothing bound in it (a header
+            # built from a key, however encoded) can show a secret.
+            if self._masked is None:
+                self._masked = Mapper(self.mapping_set, self.settings, self.base_url, mask_secrets=True,
+                                      explain=self._explainer is not None)
+            return self._masked.source(rule_name)
+        text, namespace = self._sources[rule_name]
+        where = legend(text, namespace, "run")
+        return f"{text}\n\n{where}" if where else text
 
     def settings_headers(self) -> dict[str, str]:
         """The set's default headers for a request made from the settings alone, not for an event
@@ -211,7 +188,7 @@ class Mapper:
         if headers is None:
             return {}
         scope: dict[str, Any] = {"settings": self.settings, "mapping": self.mapping_info}
-        scope["vars"] = _new_vars(self._values, scope)
+        scope["vars"] = new_vars(self._values, scope)
         return self._headers(headers.evaluate(scope))
 
     def _rules_for(self, event_type: str) -> _Dispatch:
@@ -251,7 +228,7 @@ class Mapper:
         # (the event as received, e.g. to fingerprint it without the settings)
         scope.update(input=event, settings=self.settings, mapping=self.mapping_info)
         scope["vars"] = named = Vars()
-        named._definitions, named._scope, named._parent = self._values, scope, None  # (_new_vars, inline)
+        named._definitions, named._scope, named._parent = self._values, scope, None  # (new_vars, inline)
         event_name = event.get("event")
         dispatch = self._rules_by_type.get(event_type)
         if dispatch is None:
@@ -300,7 +277,7 @@ class Mapper:
                 if self._explainer is None:
                     run = self._runners[key] = self._generate_runner(rule, check_type, outer)
                 else:
-                    recorder = RuleRecorder()
+                    recorder = RuleRecorder(self._field_sources)
                     run = self._runners[key] = self._explainer.wrap(
                         rule, self._generate_runner(rule, check_type, outer, recorder), recorder)
             except (SyntaxError, RecursionError, MemoryError) as exc:  # a bug of the generator: say where
@@ -311,16 +288,12 @@ class Mapper:
     def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...],
                          recorder: RuleRecorder | None = None) -> _Runner:
         """With a recorder (map --explain), the code also records into it what explains the outcome."""
-        source = new_source()
-        if recorder is not None:
-            source.field_sources = source.bind(recorder.field_sources)
+        source = self._new_source()
         source.place = (rule.position, f"rule '{rule.name}'")
-        # Fixed for this Mapper: conditions on settings are decided here, once.
-        source.roots = {"settings": self.settings, "mapping": self.mapping_info}
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,
-            "Vars": Vars, "values": rule.values, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
+            "Vars": Vars, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
             "_item": _item,
         })
         emit = source.emit
@@ -343,8 +316,10 @@ class Mapper:
             emit(1, f"S{number} = V{number}._scope")
             levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
         setup_end = len(source.lines)
-        source.named = NamedReads(source, levels)
+        reads = NamedReads(source, levels, self._named)
         inner = len(outer)  # the number of this rule's own level, when it has values
+        if rule.values:
+            source.namespace["values"] = self._named.functions((*outer, rule.values))
         emit(1, "try:")  # inside: an EvalError of any step rejects the event
         if rule.when is not None:
             emit(2, f"if not {emit_value(rule.when, source, 'scope', 2)}:")
@@ -352,15 +327,15 @@ class Mapper:
                 emit(3, f"{source.bind(recorder.condition_false)}()")
             emit(3, "return False  # a rule that does not run ends nothing")
         if rule.for_each is not None:
-            self._emit_fan_out(source, rule, levels, inner, recorder)
+            self._emit_fan_out(source, rule, reads, inner, recorder)
         else:
             here = "scope"  # the rule's scope: its own copy when it has values
             if rule.values:
                 here = "rule_scope"
                 emit(2, "rule_scope = dict(scope)")
-                emit(2, _new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
+                emit(2, new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
                 emit(2, f"rule_scope['vars'] = V{inner}")
-                source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "rule_scope")])
+                reads.start([(rule.values, f"V{inner}", "rule_scope")], 2)
             for requirement in rule.requires:
                 source.place = (requirement.position, f"rule '{rule.name}' require")
                 emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
@@ -391,14 +366,15 @@ class Mapper:
         emit(2, "result.rejection = _reason(rule, error)")
         emit(2, "return True")
         emit(1, "return final")
+        reads.finish()
         if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
             source.drop(setup, setup_end)
         header = "run(scope, event_type, event_name, result)"
         run: _Runner = source.define(header, f"for rule {rule.name!r}")
-        self._sources[rule.name] = source.text(header)
+        self._sources[rule.name] = (source.text(header), source.namespace)
         return run
 
-    def _emit_fan_out(self, source: Source, rule: Rule, levels: list[Level], inner: int,
+    def _emit_fan_out(self, source: Source, rule: Rule, reads: NamedReads, inner: int,
                       recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
@@ -417,9 +393,9 @@ class Mapper:
         emit(3, f"item_scope[{rule.item_name!r}] = item")
         emit(3, "item_scope['index'] = index")
         if rule.values:
-            emit(3, _new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
+            emit(3, new_vars_source(f"V{inner}", "values", "item_scope", "parent_vars"))
             emit(3, f"item_scope['vars'] = V{inner}")
-            source.named = NamedReads(source, [*levels, (rule.values, f"V{inner}", "item_scope")])
+            reads.start([(rule.values, f"V{inner}", "item_scope")], 3)
         emit(3, "try:")
         for requirement in rule.requires:
             source.place = (requirement.position, f"rule '{rule.name}' require")
@@ -467,11 +443,11 @@ class Mapper:
         else:
             emit(indent, f"{url} = {emit_value(plan.url, source, scope, indent)}")
             emit(indent, f"if not isinstance({url}, str) or not {url}:")
-            emit(indent + 1, f"raise {bind(_not_a_url)}({url})")
+            emit(indent + 1, f"raise {bind(not_a_url)}({url})")
             if plan.url_is_path:
                 emit(indent, f"{url} = {bind(self.base_url)} + ({url} if {url}.startswith('/') else '/' + {url})")
         if plan.query is not None:
-            emit(indent, f"{url} = {bind(_with_query)}({url}, {emit_value(plan.query, source, scope, indent)})")
+            emit(indent, f"{url} = {bind(with_query)}({url}, {emit_value(plan.query, source, scope, indent)})")
         headers = source.temp()
         if self._constant_headers is not None:
             emit(indent, f"{headers} = {bind(self._constant_headers)}.copy()")
@@ -496,7 +472,7 @@ class Mapper:
             emit(indent, "else:")
             indent += 1
         if plan.body_kind == "form":
-            emit(indent, f"{value} = {bind(_form_body)}({value})")
+            emit(indent, f"{value} = {bind(form_body)}({value})")
         emit(indent, f"{out} = " + request.format(bind(plan.body_kind), value))
         return out
 
@@ -504,23 +480,6 @@ class Mapper:
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
 # An event type's rules: for any event name, and per normalized name that some rule names (or None)
 _Dispatch = tuple[list[_Runner], dict[str, list[_Runner]] | None]
-
-
-def _not_a_url(url: Any) -> EvalError:
-    return EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
-
-
-def _form_body(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise EvalError(f"form body must be an object, got {json_type(value)}")
-    return {k: _query_value(k, v) for k, v in value.items()}
-
-
-def _with_query(url: str, query: Any) -> str:
-    if isinstance(query, dict) and query:
-        pairs = [(k, _query_value(k, v)) for k, v in query.items()]
-        url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
-    return url
 
 
 def _item(rule: Rule, index: int, reason: str) -> ItemRejection:

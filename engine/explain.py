@@ -25,8 +25,9 @@ class RuleRecorder:
     """What one rule's generated code records while it runs: the source path each `select` took
     (or None: none present), one dict per request built, and whether its `when` was false."""
 
-    def __init__(self) -> None:
-        self.field_sources: dict[str, str | None] = {}
+    def __init__(self, field_sources: dict[str, str | None] | None = None) -> None:
+        # (the Mapper's named values record into the same dict as its rules: see Mapper)
+        self.field_sources: dict[str, str | None] = {} if field_sources is None else field_sources
         self.requests: list[dict[str, str | None]] = []
         self.when_false = False
 

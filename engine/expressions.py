@@ -10,7 +10,6 @@ interpreter, so the language is always full JMESPath.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from jmespath import visitor as jvisitor
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
-from .codegen import MAX_INLINE_INDENT, Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Source
 from .functions import FUNCTIONS, EvalError
 from .limits import MAX_EXPRESSION_DEPTH
+from .runtime import is_falsy, normalize_key
 
 Evaluator = Callable[[Any], Any]
 
@@ -52,20 +52,6 @@ _FUNCTIONS_INSTANCE = _custom_functions_class()()
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=_FUNCTIONS_INSTANCE)
 _INTERPRETER = jvisitor.TreeInterpreter(JMESPATH_OPTIONS)
 _BUILTINS: dict[str, Any] = dict(jfunctions.Functions.FUNCTION_TABLE)
-
-
-def is_truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, "", [] and {} are false; 0 is true."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, (str, list, dict)) and not value:
-        return False
-    return True
-
-
-def normalize_key(key: str) -> str:
-    """A key as `keys: loose` compares it: lower case, letters and digits only."""
-    return re.sub(r"[^0-9a-z]", "", key.lower())
 
 
 def _loose_get(current: Any, key: str) -> Any:

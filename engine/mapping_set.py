@@ -9,7 +9,7 @@ raised together as one MappingSetError; an invalid set is never returned.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +21,7 @@ from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, generated_on_first_use, normalize_lookup_key
+from .values import Compiled, Known, TableDef, ValueCompiler, normalize_lookup_key
 from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
 SET_FILE = "mapping.yaml"
@@ -356,13 +356,6 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
 
     if problems:
         raise MappingSetError(problems.sorted())
-    # Named values are computed on first use (evaluate.Vars calls evaluate, when generated rule
-    # code has not computed them itself): each one's whole tree as one generated function.
-    for compiled in named_values.values():
-        compiled.evaluate = generated_on_first_use(compiled, "named_value", named_values)
-    for rule in _all_rules(rules):
-        for compiled in rule.values.values():
-            compiled.evaluate = generated_on_first_use(compiled, "named_value", rule.values)
     return MappingSet(
         name=str(head["name"]),
         folder=folder,
@@ -404,12 +397,6 @@ def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList)
         if problem.position not in named and \
                 not any(text in problem.message for text in _SHAPE_AGAIN):
             problems.add(problem.position, problem.message)
-
-
-def _all_rules(rules: list[Rule]) -> Iterator[Rule]:
-    for rule in rules:
-        yield rule
-        yield from _all_rules(rule.children)
 
 
 def _check_cycles(values: dict[str, Compiled], compiler: ValueCompiler, problems: ProblemList,

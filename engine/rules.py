@@ -12,7 +12,8 @@ from typing import Any
 from .codegen import Source
 from .expressions import Expression, emit_expression
 from .problems import Position
-from .values import ABSENT, Compiled, ValueCompiler, expression_reads, generated
+from .runtime import ABSENT
+from .values import Compiled, ValueCompiler, expression_reads, generated
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 

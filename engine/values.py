@@ -14,39 +14,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import MAX_INLINE_INDENT, Origin, Source, is_falsy
+from .codegen import MAX_INLINE_INDENT, Origin, Source
 from .expressions import (
     Expression,
     ExpressionError,
     compile_expression,
     emit_expression,
-    normalize_key,
 )
-from .functions import CASTS, ENCODINGS, EvalError, a_json_type, describe, json_type
+from .functions import CASTS, ENCODINGS, EvalError, a_json_type, json_type
 from .problems import Position, ProblemList
+from .runtime import (
+    ABSENT,
+    FieldError,
+    is_falsy,
+    leave_out_leaves,
+    leave_out_leaves_of,
+    locate,
+    normalize_key,
+    not_an_object,
+)
 from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
 from .yaml_loader import PosDict, PosList, ScalarPlace, plain_value
-
-
-class _Absent:
-    """The value of a field that is not there: objects leave such keys out."""
-
-    _instance: _Absent | None = None
-
-    def __new__(cls) -> _Absent:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-ABSENT: Any = _Absent()
 
 Scope = dict[str, Any]
 Evaluate = Callable[[Scope], Any]
@@ -56,21 +45,6 @@ Emit = Callable[[Source, str, int], str]
 
 # Root names the engine puts in every scope; event fields of the same name are shadowed.
 RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index")
-
-
-class FieldError(EvalError):
-    """An EvalError that knows which field of which rule file it came from."""
-
-    def __init__(self, message: str, field_path: str, position: Position):
-        self.field_path = field_path
-        self.position = position
-        super().__init__(message)
-
-
-def _locate(error: EvalError, field_path: str, position: Position) -> FieldError:
-    if isinstance(error, FieldError):
-        return error
-    return FieldError(str(error), field_path, position)
 
 
 NOT_CONSTANT: Any = object()  # Compiled.constant of a value computed per event
@@ -316,7 +290,7 @@ class ValueCompiler:
             try:
                 return render(scope)
             except EvalError as exc:
-                raise _locate(exc, field_path, position) from None
+                raise locate(exc, field_path, position) from None
 
         # Which roots a template reads: a template of settings alone is the same for every event.
         # (Named values read through `vars` count as reading the event.)
@@ -556,7 +530,7 @@ class ValueCompiler:
                     continue
                 source.emit(indent, f"if {value} is not ABSENT:")
                 source.emit(indent + 1, f"if not isinstance({value}, dict):")
-                source.emit(indent + 2, f"raise {source.bind(_not_an_object)}({value}, "
+                source.emit(indent + 2, f"raise {source.bind(not_an_object)}({value}, "
                                         f"{source.bind(field_path)}, {source.bind(position)})")
                 source.emit(indent + 1, f"{out}.update({value})")
             _emit_absent_if_empty(source, out, omit_empty, indent)
@@ -630,10 +604,10 @@ class ValueCompiler:
             kept = f"not {source.bind(left_out)}(k)" if loose else f"k not in {source.bind(excluded)}"
             source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if {keep}{kept}}}")
             if nested and loose:  # (known now: except_fields are linked before any code is generated)
-                source.emit(indent + 1, f"{source.bind(_leave_out_leaves)}({out}, {source.bind(nested)}, True)")
+                source.emit(indent + 1, f"{source.bind(leave_out_leaves)}({out}, {source.bind(nested)}, True)")
             for key, paths in nested.items() if not loose else ():  # a key lookup each, a call only when there
                 source.emit(indent + 1, f"if {key!r} in {out}:")
-                source.emit(indent + 2, f"{source.bind(_leave_out_leaves_of)}({out}, {key!r}, {source.bind(paths)})")
+                source.emit(indent + 2, f"{source.bind(leave_out_leaves_of)}({out}, {key!r}, {source.bind(paths)})")
             _emit_absent_if_empty(source, out, omit_empty, indent + 1)
             return out
 
@@ -813,55 +787,8 @@ def new_source() -> Source:
 # from the outer level (one more test each), so a long list stays within Python's nesting limits.
 CHAIN_NESTING = 8
 
-Level = tuple[dict[str, Compiled], str, str]  # named values defined, their Vars' variable, their scope's variable
 
-
-class NamedReads:
-    """Reads of named values in generated code (Source.named): each name is computed where it is
-    first needed, inline, in the scope of the level that defines it, and remembered in that level's
-    Vars; a name already there (computed by an earlier rule, or a template) is read from it.
-
-    Why: a named value computed through Vars.__missing__ cost two calls, and a rule's own Vars
-    a third for every outer name it read. `levels` runs from the outermost (the set's values) in.
-    """
-
-    MAX_DEPTH = 4  # names inside names inside ...: deeper ones go through Vars (code stays small)
-
-    def __init__(self, source: Source, levels: list[Level], depth: int = 0):
-        self.source = source
-        self.levels = levels
-        self.depth = depth
-        source.namespace["ABSENT"] = ABSENT
-
-    def __call__(self, name: str, indent: int) -> str:
-        source = self.source
-        source.named_reads += 1
-        out = source.temp()
-        for number in range(len(self.levels) - 1, -1, -1):
-            definitions, vars_name, scope_name = self.levels[number]
-            if name in definitions:
-                break
-        else:  # not defined at these levels (an outer rule's, or unknown): as Vars would
-            source.emit(indent, f"{out} = {self.levels[-1][1]}[{name!r}]")
-            return out
-        if self.depth >= self.MAX_DEPTH:
-            source.emit(indent, f"{out} = {vars_name}[{name!r}]")
-            return out
-        source.emit(indent, f"if {name!r} in {vars_name}:")
-        source.emit(indent + 1, f"{out} = {vars_name}[{name!r}]")
-        source.emit(indent, "else:")
-        source.named = NamedReads(source, self.levels[: number + 1], self.depth + 1)
-        try:
-            value = emit_value(definitions[name], source, scope_name, indent + 1)
-        finally:
-            source.named = self
-        source.emit(indent + 1, f"{out} = None if {value} is ABSENT else {value}")
-        source.emit(indent + 1, f"{vars_name}[{name!r}] = {out}")
-        return out
-
-
-def generated_on_first_use(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None
-                           ) -> Evaluate:
+def generated_on_first_use(part: Compiled, name: str = "value") -> Evaluate:
     """`part`'s evaluate, generated (generate_function) when first called, not at load: rules
     write most values into their own functions and never call these, and compiling them all
     was most of the time it took to load a set."""
@@ -871,24 +798,19 @@ def generated_on_first_use(part: Compiled, name: str = "value", values: dict[str
 
     def evaluate(scope: Scope) -> Any:
         if not made:
-            made.append(generate_function(part, name, values))
+            made.append(generate_function(part, name))
             part.evaluate = made[0]
         return made[0](scope)
 
     return evaluate
 
 
-def generate_function(part: Compiled, name: str = "value", values: dict[str, Compiled] | None = None) -> Evaluate:
-    """`part` as one generated function of the scope (its evaluate when it has no code to write).
-
-    With `values` (the named values of the scope's own `vars`), those are read as NamedReads does.
-    """
+def generate_function(part: Compiled, name: str = "value") -> Evaluate:
+    """`part` as one generated function of the scope (its evaluate when it has no code to write);
+    named values are read from the scope's `vars`."""
     if part.emit is None:
         return part.evaluate
     source = new_source()
-    if values is not None:
-        source.emit(1, "V0 = scope['vars']")
-        source.named = NamedReads(source, [(values, "V0", "scope")])
     source.emit(1, f"return {part.emit(source, 'scope', 1)}")
     function: Evaluate = source.define(f"{name}(scope)")
     return function
@@ -952,51 +874,6 @@ def _emit_source_check(source: Source, found: str, out: str, kind: str, omit_emp
     source.emit(indent, "else:")
 
 
-def _leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool) -> None:
-    """rest … except_fields: leave out of `out` only the leaves a fields table read below a key
-    (traits.company.name leaves out company's name, not company); an object left empty goes too."""
-    for key in list(out):
-        paths = nested.get(key)
-        if paths is None and loose:
-            paths = next((p for k, p in nested.items() if normalize_key(k) == normalize_key(key)), None)
-        if paths is not None:
-            _leave_out_leaves_of(out, key, paths, loose)
-
-
-def _leave_out_leaves_of(out: dict[str, Any], key: str, paths: set[tuple[str, ...]], loose: bool = False) -> None:
-    """The same for one key of `out` (exact keys: the generated code tests that it is there)."""
-    value = _without(out[key], paths, loose)
-    if value == {}:
-        del out[key]
-    else:
-        out[key] = value
-
-
-def _without(value: Any, paths: set[tuple[str, ...]], loose: bool) -> Any:
-    """`value` (a copy, when it is an object) without the leaves at `paths`; not an object: as it is."""
-    if not isinstance(value, dict):
-        return value
-    here = {p[0] for p in paths if len(p) == 1}
-    if loose:
-        here = {normalize_key(k) for k in here}
-    kept: dict[str, Any] = {}
-    for key, item in value.items():
-        if (normalize_key(key) if loose and isinstance(key, str) else key) in here:
-            continue
-        deeper = {p[1:] for p in paths if len(p) > 1 and (p[0] == key or loose and isinstance(key, str)
-                                                         and normalize_key(p[0]) == normalize_key(key))}
-        if deeper:
-            item, emptied = _without(item, deeper, loose), item != {}
-            if emptied and item == {}:  # every leaf of it was read
-                continue
-        kept[key] = item
-    return kept
-
-
-def _not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
-    return FieldError(f"merge: {describe(value)} is not an object", field_path, position)
-
-
 def _emit_condition(source: Source, expression: Expression, scope: str, indent: int, field_path: str,
                     position: Position) -> str:
     """The expression's value (not yet its truthiness), its errors located at this field."""
@@ -1007,7 +884,7 @@ def _emit_condition(source: Source, expression: Expression, scope: str, indent: 
         source.drop(start)
         return value
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
-    source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
+    source.emit(indent + 1, f"raise {source.bind(locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
     return value
 
@@ -1123,7 +1000,7 @@ def _emit_select(source: Source, scope: str, indent: int, expressions: list[Expr
     if source.lines[-1].endswith("try:"):  # nothing at all to try (settings that are not set)
         source.emit(indent + 1, "pass")
     source.emit(indent, f"except {source.bind(EvalError)} as exc:")
-    source.emit(indent + 1, f"raise {source.bind(_locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
+    source.emit(indent + 1, f"raise {source.bind(locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
                             "from None")
     if source.field_sources is not None:  # (map --explain) none of the paths was present
         source.emit(indent, f"if {out} is ABSENT:")

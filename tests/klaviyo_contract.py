@@ -104,6 +104,17 @@ def contract_violations(request: Request) -> list[str]:
         if len(identifiers) != 1 or identifiers[0] not in ("email", "phone_number"):
             problems.append(f"a deletion names exactly one of email, phone_number, not {identifiers}")
         problems += _format_problems(attributes["profile"]["data"]["attributes"])
+    elif url.path == "/api/profile-bulk-import-jobs":
+        profiles = attributes["profiles"]["data"]
+        if not 0 < len(profiles) <= 10_000:
+            problems.append(f"{len(profiles)} profiles in one job (1 to 10,000)")
+        for profile in profiles:
+            if not any(profile["attributes"].get(k) for k in IDENTIFIERS[:3]):
+                problems.append("an imported profile has no identifier")
+            problems += _format_problems(profile["attributes"])
+        lists = body["data"].get("relationships", {}).get("lists", {}).get("data", [])
+        if not lists or not all(isinstance(x.get("id"), str) and x["id"] for x in lists):
+            problems.append(f"a rule's bulk import names the lists it adds to, each with an id, not {lists}")
     else:
         problems.append(f"unexpected endpoint {url.path}")
     return problems

@@ -296,29 +296,30 @@ def _broken(tmp_path: Path, old: str, new: str) -> list[str]:
     return [re.sub(r"^.*?klaviyo-broken/", "", str(p)) for p in raised.value.problems]
 
 
+def _both(line: str, message: str) -> list[str]:
+    """The job block is shared (a YAML alias) by audience_lists: a mistake in it is each batching's."""
+    return [f"delivery.yaml:{line}: batching {name}: {message}" for name in ("audience_lists", "profile_imports")]
+
+
 @pytest.mark.parametrize(("old", "new", "expected"), [
-    ("when_backlog: 100 ", "when_backlog: 0 ", "delivery.yaml:108:19: 'when_backlog' must be at least 1"),
+    ("when_backlog: 100 ", "when_backlog: 0 ", ["delivery.yaml:112:19: 'when_backlog' must be at least 1"]),
     ("one_per_subject: merge", "one_per_subject: fold",
-     "delivery.yaml:112:22: 'one_per_subject': 'fold' is not one of merge, split"),
+     ["delivery.yaml:116:22: 'one_per_subject': 'fold' is not one of merge, split"]),
     ("poll: get_bulk_import_profiles_job", "poll: get_job",
-     "delivery.yaml:123:13: batching profile_imports: job.poll: no endpoint 'get_job' (declare it under endpoints)"),
+     _both("127:13", "job.poll: no endpoint 'get_job' (declare it under endpoints)")),
     ("poll: get_bulk_import_profiles_job", "poll: bulk_import_profiles",
-     "delivery.yaml:123:13: batching profile_imports: job.poll: bulk_import_profiles must be a GET with exactly "
-     "one path parameter (the job's id)"),
+     _both("127:13", "job.poll: bulk_import_profiles must be a GET with exactly one path parameter (the job's id)")),
     ("status: data.attributes.status", "status: data.attributes[",
-     "delivery.yaml:124:15: batching profile_imports: job.status: not a JMESPath expression: invalid JMESPath: "
-     "the expression ends too early"),
-    ("failed: [cancelled]", "failed: [complete]",
-     "delivery.yaml:126:15: batching profile_imports: job: complete cannot be both done and failed"),
+     _both("128:15", "job.status: not a JMESPath expression: invalid JMESPath: the expression ends too early")),
+    ("failed: [cancelled]", "failed: [complete]", _both("130:15", "job: complete cannot be both done and failed")),
     ("      error_list: data\n", "",
-     "delivery.yaml:128:15: batching profile_imports: job.errors needs error_list and error_item or error_pointer "
-     "(how an error names its row)"),
-    ("      done: [complete]\n", "", "delivery.yaml:122:7: missing required key 'done'"),
+     _both("132:15", "job.errors needs error_list and error_item or error_pointer (how an error names its row)")),
+    ("      done: [complete]\n", "", ["delivery.yaml:125:10: missing required key 'done'"]),
 ])
 def test_a_broken_job_declaration_is_reported_at_its_place(tmp_path: Path, old: str, new: str,
-                                                           expected: str) -> None:
+                                                           expected: list[str]) -> None:
     problems = _broken(tmp_path, old, new)
-    assert problems == [expected]
+    assert problems == expected
 
 
 # -- the chaos of jobs: 5xx, refused rows, a kill while a job is polled ---------------------------------------

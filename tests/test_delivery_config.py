@@ -72,9 +72,12 @@ def test_batching_caps_are_klaviyos(plan: DeliveryPlan) -> None:
     assert caps == {
         "events": ("create_event", "bulk_create_events", 1000, 5_000_000),
         "profile_imports": ("create_or_update_profile", "bulk_import_profiles", 10_000, 5_000_000),
+        "audience_lists": ("bulk_import_profiles", "bulk_import_profiles", 10_000, 5_000_000),
         "subscribes": ("bulk_subscribe_profiles", "bulk_subscribe_profiles", 1000, 5_000_000),
         "unsubscribes": ("bulk_unsubscribe_profiles", "bulk_unsubscribe_profiles", 100, 5_000_000),
     }
+    # the fake splits bulk imports as profile_imports declares (the first batching into the endpoint)
+    assert plan.by_target["bulk_import_profiles"].name == "profile_imports"
     assert plan.retry.statuses == {429, 500, 502, 503, 504, 524}
     assert set(plan.stop) == {401, 403}
 

@@ -14,7 +14,7 @@ import jmespath
 import jmespath.visitor
 import pytest
 
-from engine import expressions
+from engine import expressions, runtime
 from engine.functions import EvalError
 from engine.problems import Position, ProblemList
 from engine.values import FieldError, Known, ValueCompiler
@@ -143,7 +143,7 @@ def test_generated_conditions_and_choices_match_truthiness() -> None:
                     else:
                         raise AssertionError(f"{source}: expected {expected[1]}")
             elif expected[0] == "value":
-                truth = expressions.is_truthy(expected[1])
+                truth = not runtime.is_falsy(expected[1])
                 assert bool(test.evaluate(document)) is truth, (source, document)  # (None for false, as in `if not`)
                 assert choose.evaluate(document) == ("yes" if truth else "no"), (source, document)
             compared += 1

@@ -97,3 +97,53 @@ def test_show_code_of_an_unknown_rule_names_the_rules(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "engine", "validate", ".", "--show-code", "gret"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stderr) == (1, "segment-klaviyo: no rule 'gret' (rules: greet)\n")
+
+
+def test_show_code_ends_with_a_legend_of_the_names_it_binds(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text(DEFAULT_MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(SHOWN_RULE, encoding="utf-8")
+    source = engine.Mapper(engine.load_mapping_set(tmp_path)).source("greet")
+    legend = source.replace(str(tmp_path / "rules.yaml"), "rules.yaml").split("\n\nwhere:\n")[1].splitlines()
+    assert legend == [
+        "    rule = rule 'greet' at rules.yaml:2:5",
+        "    k2 = 'https://x.test/x'",
+        "    ABSENT = ABSENT",
+        "    k11 = function engine.functions.to_string",
+        "    k12 = class engine.functions.EvalError",
+        "    k14 = class engine.runtime.FieldError",
+        "    k13 = 'cannot cast to string: '",
+        "    k15 = 'json.who'",
+        "    k16 = place rules.yaml:6:57",
+        "    k18 = 'cannot cast to string: '",
+        "    k19 = function engine.runtime.locate",
+        "    k20 = place rules.yaml:6:28",
+        "    k5 = class engine.evaluate.Request",
+        "    k6 = 'POST'",
+        "    k21 = 'json'",
+        "    EvalError = class engine.functions.EvalError",
+        "    _reason = function engine.evaluate._reason",
+        "    final = False",
+    ]
+
+
+SECRET_MAPPING = """\
+name: t
+base_url: https://x.test
+settings:
+  key: {type: string, secret: true}
+defaults:
+  headers: {Authorization: "Basic {{ settings.key }}"}
+include: [rules.yaml]
+"""
+
+
+def test_show_code_never_shows_a_secret_setting(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text(SECRET_MAPPING, encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: r\n    request: {method: POST, path: /x, json: {k: {select: settings.key}}}\n",
+        encoding="utf-8")
+    mapper = engine.Mapper(engine.load_mapping_set(tmp_path), {"key": "sk_live_abc123"})
+    assert mapper.map({"type": "track"}).requests[0].headers == {"Authorization": "Basic sk_live_abc123"}
+    source = mapper.source("r")
+    assert "sk_live_abc123" not in source
+    assert "{'Authorization': 'Basic ***'}" in source and "'***'" in source  # the header, the select

@@ -259,7 +259,11 @@ class DeliveryPlan:
 
     def __post_init__(self) -> None:
         self.by_source = {b.source.name: b for b in self.batches}
-        self.by_target = {b.target.name: b for b in self.batches}
+        # Several batchings may merge into one bulk endpoint (single requests merged into it, and that
+        # endpoint's own calls merged together); the fake splits what it receives by the first declared.
+        self.by_target = {}
+        for batch in self.batches:
+            self.by_target.setdefault(batch.target.name, batch)
         self._exact = {(e.method, e.path): e for e in self.endpoints.values() if "{" not in e.path}
 
     def endpoint_for(self, method: str, path: str) -> Endpoint | None:

@@ -1,0 +1,182 @@
+"""Runtime: what generated code calls (and what its callers need to read its results).
+
+The compile stage writes each rule and named value as Python; that code binds these names, and
+nothing else of the engine, besides the functions and casts (functions.py) a rule names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from .functions import EvalError, a_json_type, describe, json_type, to_string
+from .problems import Position
+
+
+class _Absent:
+    """The value of a field that is not there: objects leave such keys out."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+ABSENT: Any = _Absent()
+
+
+class _Unset:
+    """What a named value's local holds before the function has read it."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+def normalize_key(key: str) -> str:
+    """A key as `keys: loose` compares it: lower case, letters and digits only."""
+    return re.sub(r"[^0-9a-z]", "", key.lower())
+
+
+def is_falsy(value: Any) -> bool:
+    """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
+    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
+
+
+class FieldError(EvalError):
+    """An EvalError that knows which field of which rule file it came from."""
+
+    def __init__(self, message: str, field_path: str, position: Position):
+        self.field_path = field_path
+        self.position = position
+        super().__init__(message)
+
+
+def locate(error: EvalError, field_path: str, position: Position) -> FieldError:
+    if isinstance(error, FieldError):
+        return error
+    return FieldError(str(error), field_path, position)
+
+
+# A named value's generated function: (its level's scope, its level's Vars) -> the value (None when
+# absent), which it also remembers in the Vars (see named_values).
+NamedValueFunction = Callable[[dict[str, Any], Any], Any]
+
+
+class Vars(dict[str, Any]):
+    """One level's named values, computed on first use per event and then remembered (the level's
+    named-value functions remember what they compute here, see named_values)."""
+
+    __slots__ = ("_definitions", "_scope", "_parent")
+    # No __init__: one is made per event, rule with values and fanned-out item, so the mapper and
+    # generated rules set the three slots themselves (see new_vars), without a Python call.
+    _definitions: dict[str, NamedValueFunction]
+    _scope: dict[str, Any]
+    _parent: Vars | None
+
+    def __missing__(self, name: str) -> Any:
+        definition = self._definitions.get(name)
+        if definition is None:
+            if self._parent is None:
+                return None
+            # Remembered here too: a parent's value is fixed for the event, and rules read their
+            # parents' names many times.
+            value = self[name] = self._parent[name]
+            return value
+        return definition(self._scope, self)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self[name]
+        return default if value is None else value
+
+
+def new_vars(definitions: dict[str, NamedValueFunction], scope: dict[str, Any], parent: Vars | None = None) -> Vars:
+    named = Vars()
+    named._definitions, named._scope, named._parent = definitions, scope, parent
+    return named
+
+
+def new_vars_source(target: str, definitions: str, scope: str, parent: str) -> str:
+    """The source of `new_vars` inline, for generated rules (names of locals and bound values)."""
+    return f"{target} = Vars(); {target}._definitions, {target}._scope, {target}._parent = " \
+           f"{definitions}, {scope}, {parent}"
+
+
+def leave_out_leaves(out: dict[str, Any], nested: dict[str, set[tuple[str, ...]]], loose: bool) -> None:
+    """rest … except_fields: leave out of `out` only the leaves a fields table read below a key
+    (traits.company.name leaves out company's name, not company); an object left empty goes too."""
+    for key in list(out):
+        paths = nested.get(key)
+        if paths is None and loose:
+            paths = next((p for k, p in nested.items() if normalize_key(k) == normalize_key(key)), None)
+        if paths is not None:
+            leave_out_leaves_of(out, key, paths, loose)
+
+
+def leave_out_leaves_of(out: dict[str, Any], key: str, paths: set[tuple[str, ...]], loose: bool = False) -> None:
+    """The same for one key of `out` (exact keys: the generated code tests that it is there)."""
+    value = _without(out[key], paths, loose)
+    if value == {}:
+        del out[key]
+    else:
+        out[key] = value
+
+
+def _without(value: Any, paths: set[tuple[str, ...]], loose: bool) -> Any:
+    """`value` (a copy, when it is an object) without the leaves at `paths`; not an object: as it is."""
+    if not isinstance(value, dict):
+        return value
+    here = {p[0] for p in paths if len(p) == 1}
+    if loose:
+        here = {normalize_key(k) for k in here}
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        if (normalize_key(key) if loose and isinstance(key, str) else key) in here:
+            continue
+        deeper = {p[1:] for p in paths if len(p) > 1 and (p[0] == key or loose and isinstance(key, str)
+                                                         and normalize_key(p[0]) == normalize_key(key))}
+        if deeper:
+            item, emptied = _without(item, deeper, loose), item != {}
+            if emptied and item == {}:  # every leaf of it was read
+                continue
+        kept[key] = item
+    return kept
+
+
+def not_an_object(value: Any, field_path: str, position: Position) -> FieldError:
+    return FieldError(f"merge: {describe(value)} is not an object", field_path, position)
+
+
+def _query_value(key: str, value: Any) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise EvalError(f"query parameter '{key}' is {a_json_type(value)}; encode it first (encode: json)")
+    return to_string(value)
+
+
+def not_a_url(url: Any) -> EvalError:
+    return EvalError(f"request url is {describe(None if url is ABSENT else url)}, not a string")
+
+
+def form_body(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise EvalError(f"form body must be an object, got {json_type(value)}")
+    return {k: _query_value(k, v) for k, v in value.items()}
+
+
+def with_query(url: str, query: Any) -> str:
+    if isinstance(query, dict) and query:
+        pairs = [(k, _query_value(k, v)) for k, v in query.items()]
+        url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
+    return url
