@@ -206,3 +206,54 @@ def test_a_worker_without_a_runner_stops_and_keeps_the_chain_pending(tmp_path: P
         run(tmp_path, fake.url, [look_up("a@example.com")], None)
     with SQLiteOutbox(tmp_path) as outbox:
         assert outbox.counts().units["pending"] == 1
+
+
+# -- the klaviyo set's chains, mapped from events ----------------------------------------------------------
+def exited(email: str | None, user_id: str, list_id: str = "L1") -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "track", "event": "Audience Exited", "userId": user_id,
+                             "messageId": f"exit-{user_id}", "context": {"personas": {"external_audience_id": list_id}}}
+    if email:
+        event["properties"] = {"email": email}
+    return event
+
+
+def test_the_klaviyo_sets_chains_end_to_end(tmp_path: Path, fake_klaviyo: Any) -> None:
+    from delivery_helpers import deliver
+
+    fake = fake_klaviyo(time_scale=50)
+    events = [
+        {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}, "messageId": "id-1"},
+        {"type": "identify", "userId": "u2", "traits": {"firstName": "B"}, "messageId": "id-2"},
+        exited("a@example.com", "u1"),
+        exited(None, "u2", "L2"),  # by external_id
+        exited("nobody@example.com", "u3"),
+        {"type": "delete", "userId": "u2", "messageId": "del-u2"},  # by external_id
+        {"type": "delete", "userId": "u9", "messageId": "del-u9"},  # nobody
+    ]
+    stats, counts = deliver(tmp_path, events, fake.url, settings={"privateKey": SECRET, "sendPageEvents": True})
+    profiles = {attributes.get("external_id"): pid for pid, attributes in fake.store.snapshot()["profiles"].items()}
+    records = fake.store.snapshot()["records"]
+    assert sorted((r["request"]["data"][0]["id"], r["profile"]) for r in records["list_removals"]) == sorted(
+        [(profiles["u1"], profiles["u1"]), (profiles["u2"], profiles["u2"])])
+    assert [r["request"]["data"]["attributes"]["profile"]["data"]["id"] for r in records["deletions"]] == [
+        profiles["u2"]]
+    assert counts == {"pending": 0, "delivered": 7, "rejected": 0, "skipped": 0, "dead": 0}
+    with SQLiteOutbox(tmp_path) as outbox:
+        reasons = {e["messageId"]: e["reason"] for e in outbox.events("delivered") if e["reason"]}
+    assert reasons == {
+        "exit-u3": "step 2 of rule 'audience/exited' skipped: no Klaviyo profile has nobody@example.com",
+        "del-u9": "step 2 of rule 'deletion-by-user-id' skipped: no Klaviyo profile has external_id u9: nothing "
+                  "to delete"}
+    # the look-ups' paths, and every step's body, passed the fake's OpenAPI check (a 400 would be dead)
+    assert fake.store.counters["lookups:get_profiles"] == 5
+
+
+def test_a_deletion_step_that_429s_is_retried_then_delivered(tmp_path: Path, fake_klaviyo: Any) -> None:
+    from delivery_helpers import deliver
+
+    fake = fake_klaviyo(time_scale=50, throttle_first={"request_profile_deletion": 2})
+    events = [{"type": "identify", "userId": "u2", "traits": {"firstName": "B"}, "messageId": "id-2"},
+              {"type": "delete", "userId": "u2", "messageId": "del-u2"}]
+    stats, counts = deliver(tmp_path, events, fake.url, settings={"privateKey": SECRET})
+    assert stats.rate_limited == 2 and counts["delivered"] == 2
+    assert len(fake.store.snapshot()["records"]["deletions"]) == 1
