@@ -257,3 +257,14 @@ def test_a_deletion_step_that_429s_is_retried_then_delivered(tmp_path: Path, fak
     stats, counts = deliver(tmp_path, events, fake.url, settings={"privateKey": SECRET})
     assert stats.rate_limited == 2 and counts["delivered"] == 2
     assert len(fake.store.snapshot()["records"]["deletions"]) == 1
+
+
+def test_map_explain_shows_the_chain() -> None:
+    import engine
+
+    mapper = engine.Mapper(engine.load_mapping_set("klaviyo"), {"privateKey": "pk_x"}, explain=True)
+    result = mapper.map(exited("a@example.com", "u1"))
+    (built,) = [e for e in mapper.explanation(result)["explain"] if e["rule"] == "audience/exited"]
+    assert built["requests"][0]["then"] == [
+        "step 2, with the previous answer as `response`: remove the profiles found (response.data[].id) from the "
+        "list (or skip)"]
