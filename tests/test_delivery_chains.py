@@ -268,3 +268,45 @@ def test_map_explain_shows_the_chain() -> None:
     assert built["requests"][0]["then"] == [
         "step 2, with the previous answer as `response`: remove the profiles found (response.data[].id) from the "
         "list (or skip)"]
+
+
+def test_send_killed_between_steps_resumes_at_the_next_step(tmp_path: Path, fake_klaviyo: Any) -> None:
+    # the removal is throttled until the kill: send has recorded the look-up's answer and the next
+    # step, is waiting to send that step, and dies (SIGKILL); the next send sends the step only
+    import signal
+    import subprocess
+    import time
+
+    from delivery_helpers import PROJECT_ROOT, run_send, send_command, write_events, write_settings
+
+    fake = fake_klaviyo(time_scale=1, throttle_first={"remove_profiles_from_list": 10_000})
+    events = write_events(tmp_path, [
+        {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}, "messageId": "id-1"},
+        exited("a@example.com", "u1")])
+    settings = write_settings(tmp_path)
+    state = tmp_path / "state"
+    process = subprocess.Popen(send_command(events, "--settings", settings, "--base-url", fake.url, "--state", state),
+                               cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while fake.store.counters.get("rate_limited", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.store.counters.get("rate_limited", 0) >= 1, "the removal was never tried"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    assert fake.store.counters["lookups:get_profiles"] == 1
+    assert "list_removals" not in fake.store.snapshot()["records"]
+    with SQLiteOutbox(state, exclusive=False, create=False) as outbox:
+        (waiting,) = outbox.pending_units(0, 10)
+        assert (waiting.method, waiting.url) == ("DELETE", "/api/lists/L1/relationships/profiles")
+    assert fake.options.throttle_first is not None
+    fake.options.throttle_first.clear()
+    result = run_send(events, "--settings", settings, "--base-url", fake.url, "--state", state)
+    assert result.returncode == 0, result.stderr
+    assert fake.store.counters["lookups:get_profiles"] == 1  # not looked up again
+    (profile_id,) = fake.store.snapshot()["profiles"]
+    (removal,) = fake.store.snapshot()["records"]["list_removals"]
+    assert removal["request"] == {"data": [{"type": "profile", "id": profile_id}]}
+    with SQLiteOutbox(state, exclusive=False, create=False) as outbox:
+        assert outbox.counts().events["delivered"] == 2
