@@ -19,8 +19,8 @@ from .functions import EvalError, a_json_type, describe, json_type, to_string
 from .mapping_set import PROGRAM, MappingSet
 from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
-from .rules import RequestPlan, Rule, normalize_event_name
-from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
+from .rules import ChainStep, RequestPlan, Rule, normalize_event_name
+from .runtime import ABSENT, FieldError, Vars, form_body, is_falsy, new_vars, new_vars_source, not_a_url, with_query
 from .values import emit_value, new_source
 
 MASK = "***"
@@ -39,6 +39,10 @@ class Request:
     body: Any
     event_index: int
     item_index: int | None = None
+    # A request chain's first request: what its next step needs (rule, step, the event, the subject
+    # the chain holds), and what the following steps will do (shown by `map`)
+    chain: dict[str, Any] | None = None
+    then: list[str] | None = None
 
     def to_output(self) -> dict[str, Any]:
         """The request as `map` prints it: event, rule, method, url, headers, json|form."""
@@ -51,6 +55,8 @@ class Request:
         }
         if self.body_kind is not None:
             out[self.body_kind] = self.body
+        if self.then:
+            out["then"] = self.then
         return out
 
 
@@ -141,6 +147,8 @@ class Mapper:
         # rule name -> its generated function's source, and the namespace its names are bound in
         self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
         self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
+        # rule name -> the rule with a request chain, its named values' levels, and each step's builder
+        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[Callable[..., Request]]]] = {}
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
@@ -288,6 +296,8 @@ class Mapper:
     def _generate_runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...],
                          recorder: RuleRecorder | None = None) -> _Runner:
         """With a recorder (map --explain), the code also records into it what explains the outcome."""
+        if rule.steps:
+            self._chain_builders(rule, outer)
         source = self._new_source()
         source.place = (rule.position, f"rule '{rule.name}'")
         source.namespace.update({
@@ -359,7 +369,10 @@ class Mapper:
                     emit(3, "return True")
             else:
                 assert rule.request is not None
-                emit(2, f"result.requests.append({self._emit_request(source, rule.request, here, 2, 'None')})")
+                request = self._emit_request(source, rule.request, here, 2, 'None')
+                if rule.steps:
+                    emit(2, f"{source.bind(self._chain_started)}(rule, {request}, {here})")
+                emit(2, f"result.requests.append({request})")
                 if recorder is not None:
                     emit(2, f"{source.bind(recorder.request_built)}()")
         emit(1, "except EvalError as error:")
@@ -373,6 +386,69 @@ class Mapper:
         run: _Runner = source.define(header, f"for rule {rule.name!r}")
         self._sources[rule.name] = (source.text(header), source.namespace)
         return run
+
+    # -- request chains (then) ---------------------------------------------------------------------------
+    def _chain_started(self, rule: Rule, request: Request, scope: dict[str, Any]) -> None:
+        """The first request of a chain: it carries what the next step needs, and says what follows."""
+        subject: dict[str, Any] | None = None
+        if rule.order_lane is not None and rule.order_subject is not None:
+            found = rule.order_subject.evaluate(scope)
+            identifiers = {k: v for k, v in found.items() if v is not None} if isinstance(found, dict) else {}
+            subject = {"lane": rule.order_lane, "identifiers": identifiers}
+        request.chain = {"rule": rule.name, "step": 0, "event": scope["input"], "subject": subject}
+        request.then = [describe_step(number + 2, step) for number, step in enumerate(rule.steps)]
+
+    def _chain_builders(self, rule: Rule, outer: tuple[dict[str, Any], ...]) -> None:
+        """Each step's request, generated like a rule's (named values read through the scope's Vars)."""
+        builders = []
+        for number, step in enumerate(rule.steps):
+            source = self._new_source()
+            source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
+            source.namespace.update({"rule": rule})
+            out = self._emit_request(source, step.request, "scope", 1, "index")
+            source.emit(1, f"return {out}")
+            builders.append(source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}"))
+        self._chains[rule.name] = (rule, outer, builders)
+
+    def next_step(self, chain: dict[str, Any], answer: Any) -> tuple[list[Request], str | None, dict[str, Any] | None]:
+        """A chain's next step, given the answer to its previous one: (its requests, why there are
+        none, the chain for the step after it or None). Raises EvalError when it cannot be made."""
+        found = self._chains.get(str(chain.get("rule")))
+        number = chain.get("step")
+        if found is None or not isinstance(number, int) or not 0 <= number < len(found[0].steps):
+            raise EvalError(f"no step {number!r} of a request chain in rule {chain.get('rule')!r} "
+                            "(the mapping changed since the event was recorded?)")
+        rule, outer, builders = found
+        step = rule.steps[number]
+        event = chain.get("event")
+        if not isinstance(event, dict):
+            raise EvalError("the chain's event was not kept")
+        scope = dict(event)
+        scope.update(input=event, settings=self.settings, mapping=self.mapping_info, response=answer)
+        parent: Vars | None = None
+        levels = (*outer, rule.values) if rule.values else outer
+        for depth in range(len(levels)):
+            named = Vars()
+            named._definitions, named._scope, named._parent = self._named.functions(levels[:depth + 1]), scope, parent
+            parent = named
+        scope["vars"] = parent
+        result = MapResult(0, event.get("messageId"))
+        skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
+        if step.when is not None and is_falsy(step.when.evaluate(scope)):
+            return [], skipped + self._text(step.skip, scope), None
+        if step.for_each is None:
+            requests = [builders[number](scope, result, None)]
+        else:
+            items = step.for_each.evaluate(scope)
+            if items is not None and not isinstance(items, list):
+                raise EvalError(f"then.steps[{number}].for_each {step.for_each.source}: is {a_json_type(items)}, "
+                                "not a list")
+            requests = [builders[number]({**scope, step.item_name: item, "index": index}, result, index)
+                        for index, item in enumerate(items or [])]
+            if not requests:
+                return [], skipped + self._text(step.skip, scope), None
+        following = {**chain, "step": number + 1} if number + 1 < len(rule.steps) else None
+        return requests, None, following
 
     def _emit_fan_out(self, source: Source, rule: Rule, reads: NamedReads, inner: int,
                       recorder: RuleRecorder | None) -> None:
@@ -480,6 +556,15 @@ class Mapper:
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
 # An event type's rules: for any event name, and per normalized name that some rule names (or None)
 _Dispatch = tuple[list[_Runner], dict[str, list[_Runner]] | None]
+
+
+def describe_step(number: int, step: ChainStep) -> str:
+    """What a chain's step will do with the previous answer, in one line (map's `then`)."""
+    request = step.request
+    what = step.description or f"{request.method} {step.target}"
+    each = f", once per {step.for_each.source}" if step.for_each is not None else ""
+    unless = " (or skip)" if step.when is not None or step.for_each is not None else ""
+    return f"step {number}, with the previous answer as `response`: {what}{each}{unless}"
 
 
 def _item(rule: Rule, index: int, reason: str) -> ItemRejection:

@@ -115,7 +115,8 @@ def _describe(entry: Entry, rule: Rule, recorder: RuleRecorder, result: MapResul
     elif len(result.requests) > requests:
         built = result.requests[requests:]
         entry["outcome"] = "request built" if len(built) == 1 else f"{len(built)} requests built"
-        entry["requests"] = [{"request": f"{request.method} {request.url}", "fields": fields}
+        entry["requests"] = [{"request": f"{request.method} {request.url}", "fields": fields,
+                              **({"then": request.then} if request.then else {})}  # a request chain's steps
                              for request, fields in zip(built, recorder.requests, strict=False)]
     elif rule.for_each is not None:
         entry.update(outcome="nothing built", why=f"for_each {rule.for_each.source}: no items")

@@ -48,6 +48,20 @@ class RequestPlan:
 
 
 @dataclass
+class ChainStep:
+    """A step of a request chain: run with the previous request's answer as `response`."""
+
+    position: Position
+    description: str
+    when: Compiled | None  # false: the chain ends here, skipped with `skip`
+    skip: Compiled | None
+    for_each: Expression | None  # a request per item (none: skipped with `skip`)
+    item_name: str
+    request: RequestPlan
+    target: str = ""  # the request's path (or url) as written, for map's description of the step
+
+
+@dataclass
 class Rule:
     name: str
     position: Position
@@ -67,6 +81,9 @@ class Rule:
     message: Compiled | None = None  # for reject and skip
     request: RequestPlan | None = None
     children: list[Rule] = field(default_factory=list)
+    steps: list[ChainStep] = field(default_factory=list)  # then.steps: after the request, in order
+    order_lane: str | None = None  # then.order: the subject whose order the whole chain holds
+    order_subject: Compiled | None = None
 
     def matches(self, event_type: Any, event_name: Any) -> bool:
         if self.types is not None and event_type not in self.types:
@@ -168,8 +185,12 @@ class RuleCompiler:
                            f"rule '{name}': needs exactly one of request, reject, skip or rules ({what})")
             return rule
         action = actions[0]
+        if "then" in node and action != "request":
+            values.problem(node.key_positions["then"], f"rule '{name}': then (a request chain) follows a request")
         if action == "request":
             rule.request = self._request(node["request"], name, values)
+            if "then" in node:
+                self._chain(rule, node["then"], values)
         elif action in ("reject", "skip"):
             if "for_each" in node:
                 values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
@@ -204,6 +225,38 @@ class RuleCompiler:
         else:
             reason = Compiled(_constant(default_reason))
         return Requirement(test, reason, place.position)
+
+    def _chain(self, rule: Rule, node: PosDict, values: ValueCompiler) -> None:
+        name = rule.name
+        if rule.for_each is not None:
+            values.problem(node.position, f"rule '{name}': then (a request chain) goes on a rule without for_each")
+            return
+        order = node.get("order")
+        if isinstance(order, PosDict):
+            rule.order_lane = str(order["lane"])
+            rule.order_subject = values.value(order["subject"], order.value_places["subject"],
+                                              f"rule '{name}' then.order.subject")
+        for number, step in enumerate(node["steps"]):
+            field_path = f"rule '{name}' then.steps[{number}]"
+            item_names = {"response"}
+            item_name = str(step.get("as", "item"))
+            if "for_each" in step:
+                item_names |= {item_name, "index"}
+            reads = values.with_items(item_names)
+            answer = values.with_items({"response"})
+            for_each = answer.expression(step["for_each"], step.value_places["for_each"], field_path + ".for_each") \
+                if "for_each" in step else None
+            when = answer.condition(step["when"], step.value_places["when"], field_path + ".when") \
+                if "when" in step else None
+            skip = answer.value(step["skip"], step.value_places["skip"], field_path + ".skip") \
+                if "skip" in step else None
+            if skip is None and (when is not None or for_each is not None):
+                values.problem(step.position, f"{field_path}: needs skip (the reason given when "
+                                              f"{'when is false' if when is not None else 'for_each finds nothing'})")
+            rule.steps.append(ChainStep(step.position, str(step.get("description", "")), when, skip, for_each,
+                                        item_name, self._request(step["request"], f"{name} then.steps[{number}]",
+                                                                 reads),
+                                        str(step["request"].get("path") or step["request"].get("url") or "")))
 
     def _request(self, node: PosDict, name: str, values: ValueCompiler) -> RequestPlan:
         field_path = f"rule '{name}' request"

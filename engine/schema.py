@@ -40,6 +40,21 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "form": {"type": "dict", "excludes": "json"},
 }
 
+# A request chain: steps after a rule's request, each reading the previous answer as `response`.
+STEP_SCHEMA: dict[str, Any] = {
+    "description": {"type": "string"},
+    "when": {"type": "string"},
+    "skip": {"type": "string"},
+    "for_each": {"type": "string"},
+    "as": {"type": "string", "regex": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    "request": {"type": "dict", "schema": REQUEST_SCHEMA, "required": True},
+}
+THEN_SCHEMA: dict[str, Any] = {
+    "order": {"type": "dict", "schema": {"lane": {"type": "string", "required": True, "empty": False},
+                                         "subject": {"type": "dict", "required": True}}},
+    "steps": {"type": "list", "required": True, "minlength": 1, "schema": {"type": "dict", "schema": STEP_SCHEMA}},
+}
+
 REQUIREMENT_SCHEMA: dict[str, Any] = {
     "check": {"type": "string"},
     "one_of": {"type": "list", "schema": {"type": "string"}, "minlength": 1},
@@ -69,6 +84,7 @@ RULE_SCHEMA: dict[str, Any] = {
                                               "message": {"type": "string", "required": True}}},
     },
     "request": {"type": "dict", "schema": REQUEST_SCHEMA},
+    "then": {"type": "dict", "schema": THEN_SCHEMA},
     "reject": {"type": "string"},
     "skip": {"type": "string"},
     "rules": {"type": "list", "schema": {"type": "dict", "schema": "rule"}},

@@ -44,7 +44,7 @@ Evaluate = Callable[[Scope], Any]
 Emit = Callable[[Source, str, int], str]
 
 # Root names the engine puts in every scope; event fields of the same name are shadowed.
-RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index")
+RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index", "response")
 
 
 NOT_CONSTANT: Any = object()  # Compiled.constant of a value computed per event
@@ -198,6 +198,10 @@ class ValueCompiler:
         elif root in ("item", "index") and root not in self.known.item_names:
             self.problem(place.offset_position(text, offset),
                          f"{field_path}: '{root}' is only defined inside for_each or each")
+        elif root == "response" and root not in self.known.item_names:
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: 'response' is only defined in a step of `then` "
+                         "(the previous request's answer)")
 
     def condition(self, text: Any, place: ScalarPlace, field_path: str) -> Compiled | None:
         expression = self.expression(text, place, field_path)

@@ -146,12 +146,13 @@ def deliver(state: Path, events: list[dict[str, Any]], url: str, settings: dict[
     outbox = SQLiteOutbox(state)
     try:
         sealer = Sealer({"privateKey": settings["privateKey"]}, "0123abcd")
+        ingester = Ingester(mapping_set, settings, outbox, sealer)  # records, and makes chains' next steps
         if events:
-            Ingester(mapping_set, settings, outbox, sealer).ingest(events, "test-events")
+            ingester.ingest(events, "test-events")
         if units:
             outbox.add_events("test-units", outbox.progress("test-units"), units)
         worker = DeliveryWorker(plan, outbox, sealer, url, WorkerOptions(time_scale=time_scale, linger=linger,
-                                                                               **options))
+                                                                               **options), chains=ingester)
         worker.input_complete()
         stats = asyncio.run(worker.run())
         return stats, outbox.counts().events

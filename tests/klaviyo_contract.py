@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from conftest import KLAVIYO_SPEC
 
@@ -75,7 +75,8 @@ def contract_violations(request: Request) -> list[str]:
     if headers.get("Content-Type") != "application/vnd.api+json":
         problems.append("Content-Type is not application/vnd.api+json")
     body = request.body
-    problems += [f"null at {p} (null clears a Klaviyo field)" for p in _nulls(body)]
+    if request.method != "GET":  # a look-up has no body
+        problems += [f"null at {p} (null clears a Klaviyo field)" for p in _nulls(body)]
     attributes = body["data"]["attributes"] if isinstance(body, dict) and "data" in body else {}
     if url.path == "/api/events":
         name = attributes["metric"]["data"]["attributes"]["name"]
@@ -115,6 +116,13 @@ def contract_violations(request: Request) -> list[str]:
         lists = body["data"].get("relationships", {}).get("lists", {}).get("data", [])
         if not lists or not all(isinstance(x.get("id"), str) and x["id"] for x in lists):
             problems.append(f"a rule's bulk import names the lists it adds to, each with an id, not {lists}")
+    elif url.path == "/api/profiles" and request.method == "GET":  # a request chain's look-up
+        filters = parse_qs(url.query).get("filter", [])
+        found = re.fullmatch(r'equals\((email|phone_number|external_id),"([^"]+)"\)', filters[0]) if filters else None
+        if len(filters) != 1 or found is None:
+            problems.append(f"a look-up filters by one identifier, equals(NAME,\"VALUE\"), not {filters}")
+        elif found.group(1) == "phone_number":
+            problems += _format_problems({"phone_number": found.group(2)})
     else:
         problems.append(f"unexpected endpoint {url.path}")
     return problems

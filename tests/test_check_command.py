@@ -29,10 +29,11 @@ SCOPES = [
     "  data-privacy:write   request_profile_deletion",
     "  events:write         create_event, bulk_create_events",
     "  lists:read           get_bulk_import_profiles_job",
-    "  lists:write          bulk_import_profiles, bulk_subscribe_profiles, bulk_unsubscribe_profiles",
-    "  profiles:read        get_bulk_import_profiles_job, get_errors_for_bulk_import_profiles_job",
+    "  lists:write          bulk_import_profiles, bulk_subscribe_profiles, bulk_unsubscribe_profiles,"
+    " remove_profiles_from_list",
+    "  profiles:read        get_bulk_import_profiles_job, get_errors_for_bulk_import_profiles_job, get_profiles",
     "  profiles:write       create_or_update_profile, bulk_import_profiles,"
-    " bulk_subscribe_profiles, bulk_unsubscribe_profiles",
+    " bulk_subscribe_profiles, bulk_unsubscribe_profiles, remove_profiles_from_list",
     "  subscriptions:write  bulk_subscribe_profiles, bulk_unsubscribe_profiles",
 ]
 

@@ -1,6 +1,6 @@
 """Engage audiences delivered (rules/audience.yaml, delivery.yaml's batching.audience_lists): Audience
 Entered events merged per list into Bulk Import Profiles jobs with the list relationship, followed to
-their end like identify's bulk imports; Audience Exited and events without a list rejected and kept.
+their end like identify's bulk imports; events without a list rejected and kept; Audience Exited a look-up.
 Through `send --fake` (a child process) and in-process to the fake Klaviyo (real socket)."""
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def test_send_fake_delivers_an_audience_entered_batch_as_one_job_per_list(tmp_pa
     result = run_send(write_events(tmp_path, events), "--settings", write_settings(tmp_path, listId=None), "--fake",
                       "--state", state, "--time-scale", "50")
     assert result.returncode == 0, result.stderr  # rejected by the mapping: an outcome, not a failure
-    assert "200 delivered" in summary_line(result.stderr) and "2 rejected" in summary_line(result.stderr)
-    assert outbox_counts(state) == {"pending": 0, "delivered": 200, "rejected": 2, "skipped": 0, "dead": 0}
+    assert "201 delivered" in summary_line(result.stderr) and "1 rejected" in summary_line(result.stderr)
+    assert outbox_counts(state) == {"pending": 0, "delivered": 201, "rejected": 1, "skipped": 0, "dead": 0}
     received = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert {r["path"] for r in received} == {BULK}  # no track event, no profile-import besides
+    # no track event, no profile-import besides; the exit's look-up (its profile is not known: no removal)
+    assert [r["path"] for r in received if r["path"] != BULK] == ["/api/profiles"]
+    received = [r for r in received if r["path"] == BULK]
     assert all(r["status"] == 202 for r in received)
     spec = load_openapi(str(KLAVIYO_SPEC))
     assert all(spec.validate_body("POST", BULK, r["json"]) == [] for r in received)
@@ -79,10 +81,11 @@ def test_send_fake_delivers_an_audience_entered_batch_as_one_job_per_list(tmp_pa
     outbox = SQLiteOutbox(state, exclusive=False, create=False)
     try:
         reasons = sorted(r["reason"] for r in outbox.events("rejected"))
+        ended = [r["reason"] for r in outbox.events("delivered") if r["reason"]]
     finally:
         outbox.close()
-    assert reasons[0].startswith("Audience Entered needs a Klaviyo list")
-    assert reasons[1].startswith("Audience Exited is not sent yet")
+    assert len(reasons) == 1 and reasons[0].startswith("Audience Entered needs a Klaviyo list")
+    assert ended == ["step 2 of rule 'audience/exited' skipped: no Klaviyo profile has u900@example.com"]
 
 
 def test_audience_rows_wait_for_the_profiles_import_and_a_refused_row_is_dead_lettered(

@@ -302,19 +302,19 @@ def _both(line: str, message: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
-    ("when_backlog: 100 ", "when_backlog: 0 ", ["delivery.yaml:112:19: 'when_backlog' must be at least 1"]),
+    ("when_backlog: 100 ", "when_backlog: 0 ", ["delivery.yaml:123:19: 'when_backlog' must be at least 1"]),
     ("one_per_subject: merge", "one_per_subject: fold",
-     ["delivery.yaml:116:22: 'one_per_subject': 'fold' is not one of merge, split"]),
+     ["delivery.yaml:127:22: 'one_per_subject': 'fold' is not one of merge, split"]),
     ("poll: get_bulk_import_profiles_job", "poll: get_job",
-     _both("127:13", "job.poll: no endpoint 'get_job' (declare it under endpoints)")),
+     _both("138:13", "job.poll: no endpoint 'get_job' (declare it under endpoints)")),
     ("poll: get_bulk_import_profiles_job", "poll: bulk_import_profiles",
-     _both("127:13", "job.poll: bulk_import_profiles must be a GET with exactly one path parameter (the job's id)")),
+     _both("138:13", "job.poll: bulk_import_profiles must be a GET with exactly one path parameter (the job's id)")),
     ("status: data.attributes.status", "status: data.attributes[",
-     _both("128:15", "job.status: not a JMESPath expression: invalid JMESPath: the expression ends too early")),
-    ("failed: [cancelled]", "failed: [complete]", _both("130:15", "job: complete cannot be both done and failed")),
+     _both("139:15", "job.status: not a JMESPath expression: invalid JMESPath: the expression ends too early")),
+    ("failed: [cancelled]", "failed: [complete]", _both("141:15", "job: complete cannot be both done and failed")),
     ("      error_list: data\n", "",
-     _both("132:15", "job.errors needs error_list and error_item or error_pointer (how an error names its row)")),
-    ("      done: [complete]\n", "", ["delivery.yaml:125:10: missing required key 'done'"]),
+     _both("143:15", "job.errors needs error_list and error_item or error_pointer (how an error names its row)")),
+    ("      done: [complete]\n", "", ["delivery.yaml:136:10: missing required key 'done'"]),
 ])
 def test_a_broken_job_declaration_is_reported_at_its_place(tmp_path: Path, old: str, new: str,
                                                            expected: list[str]) -> None:

@@ -190,3 +190,58 @@ def test_remap_replaces_what_was_not_delivered(store: Outbox) -> None:
     assert [e["reason"] for e in store.events("rejected")] == ["still bad"]
     assert store.counts().events == {"pending": 1, "delivered": 0, "rejected": 1, "skipped": 0, "dead": 0}
     assert store.counts().units == {"pending": 1, "delivered": 1, "dead": 0}
+
+
+# -- request chains: a step's requests recorded in the transaction that marks the previous step --------
+def chained(position: int, next_step: dict[str, object], path: str = "/api/look-up") -> NewUnit:
+    step = unit(position, path)
+    step.chain = json.dumps(next_step)
+    return step
+
+
+def test_a_chain_unit_keeps_its_next_step(store: Outbox) -> None:
+    store.add_events("a", 0, [event("m0", chained(0, {"rule": "r", "step": 1}))])
+    (stored,) = store.pending_units(0, 10)
+    assert json.loads(stored.chain or "") == {"rule": "r", "step": 1}
+    assert [u.chain for u in store.units_with_ids([stored.id])] == [stored.chain]
+
+
+def test_mark_step_records_the_next_step_with_the_mark(store: Outbox) -> None:
+    store.add_events("a", 0, [event("m0", chained(0, {"rule": "r", "step": 1}), unit(1)), event("m1", unit(0))])
+    look_up, other, later = store.pending_units(0, 10)
+    finished, added = store.mark_step(look_up.id, 2, [chained(0, {"rule": "r", "step": 2}, "/api/second"),
+                                                      unit(0, "/api/third")])
+    assert (finished.delivered, finished.dead) == (0, 0)  # its event now waits for the next step
+    # after the event's other requests, for the same event, in id order after everything recorded before
+    assert [(u.event_id, u.position, u.url, json.loads(u.chain) if u.chain else None) for u in added] == [
+        (look_up.event_id, 2, "/api/second", {"rule": "r", "step": 2}), (look_up.event_id, 3, "/api/third", None)]
+    assert added[0].id > later.id and added == store.pending_units(later.id, 10)
+    assert store.counts().units == {"pending": 4, "delivered": 1, "dead": 0}
+    # a step runs once: marking the same unit again records nothing
+    again, nothing = store.mark_step(look_up.id, 1, [unit(0)])
+    assert (again.delivered, nothing) == (0, [])
+    assert store.counts().units["pending"] == 4
+    store.mark_delivered([other.id, added[1].id])
+    finished, none = store.mark_step(added[0].id, 1, [])
+    assert (finished.delivered, none) == (1, [])
+    assert [e["messageId"] for e in store.events("delivered")] == ["m0"]
+
+
+def test_a_step_with_nothing_to_do_ends_its_event_delivered_with_the_reason(store: Outbox) -> None:
+    store.add_events("a", 0, [event("m0", chained(0, {"rule": "r", "step": 1}))])
+    (look_up,) = store.pending_units(0, 10)
+    finished, added = store.mark_step(look_up.id, 1, [], note="step 2 skipped: nothing found")
+    assert (finished.delivered, added) == (1, [])
+    (delivered,) = store.events("delivered")
+    assert (delivered["reason"], delivered["notes"]) == ("step 2 skipped: nothing found",
+                                                         ["step 2 skipped: nothing found"])
+
+
+def test_a_dead_step_dead_letters_its_event(store: Outbox) -> None:
+    store.add_events("a", 0, [event("m0", chained(0, {"rule": "r", "step": 1}))])
+    (look_up,) = store.pending_units(0, 10)
+    _, (second,) = store.mark_step(look_up.id, 1, [unit(0, "/api/second")])
+    finished = store.mark_dead([second.id], DeadLetter(404, '{"errors": ["gone"]}', "refused", 1))
+    assert finished.dead == 1
+    (letter,) = store.dead_letters()
+    assert (letter["unit"], letter["response"]["body"]) == (second.id, '{"errors": ["gone"]}')

@@ -94,13 +94,13 @@ def test_a_newer_schema_is_refused_naming_both_versions(postgres_url: str) -> No
 def test_tables_are_created_once_and_carry_a_tenant(postgres_url: str) -> None:
     PostgresOutbox(postgres_url).close()
     with PostgresOutbox(postgres_url) as store:  # opened again: nothing to migrate
-        assert store.schema_version() == LATEST == 1
+        assert store.schema_version() == LATEST == 2
     with psycopg.connect(postgres_url) as db:
         versions = db.execute("SELECT version FROM schema_version").fetchall()
         with_tenant = {r[0] for r in db.execute(
             "SELECT table_name FROM information_schema.columns WHERE column_name = 'tenant' "
             "AND table_schema = current_schema()")}
-    assert versions == [(1,)]
+    assert versions == [(1,), (2,)]
     assert with_tenant == {"meta", "sources", "events", "units", "jobs", "leases"}
 
 

@@ -87,5 +87,5 @@ def test_validate_checks_each_request_against_the_sets_api_spec(tmp_path: Path) 
         "copy/rules/subscription.yaml:87:23: rule 'subscription/unsubscribe': json.data.relationships.list.data "
         "has no 'id', which the API requires here",
         "copy: invalid, 2 problem(s)",
-        "klaviyo: valid (20 rules in 12 files, 11 settings, 14 named values)",
+        "klaviyo: valid (21 rules in 12 files, 11 settings, 14 named values)",
     ]

@@ -210,14 +210,15 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     display = _Display(show_progress, sys.stderr)
     options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
+    ingester = Ingester(mapping_set, given, outbox, sealer)  # records the input, and makes chains' next steps
     worker: DeliveryWorker | SharedDelivery
     if is_database_url(str(args.state or "")):
         from ..delivery.leases import SharedDelivery, shared_store
         worker = SharedDelivery(plan, shared_store(outbox), sealer, base_url, options,
-                                on_progress=lambda stats: _progress(display, stats))
+                                on_progress=lambda stats: _progress(display, stats), chains=ingester)
     else:
         worker = DeliveryWorker(plan, outbox, sealer, base_url, options,
-                                on_progress=lambda stats: _progress(display, stats))
+                                on_progress=lambda stats: _progress(display, stats), chains=ingester)
 
     source_name: str | None = None
     reader_error: list[str] = []
@@ -227,7 +228,6 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     if source is not None:
         source_name, stream = open_source(source, args.source_id)
         label = args.file or "stdin"
-        ingester = Ingester(mapping_set, given, outbox, sealer)
 
         def on_result(index: int, event: Any, result: MapResult | None, record: NewEvent) -> None:
             lines: list[dict[str, Any]]

@@ -25,6 +25,7 @@ import signal
 import sys
 from typing import Any
 
+from ..delivery.ingest import Ingester
 from ..delivery.leases import LeaseOptions, SharedDelivery, shared_store
 from ..delivery.outbox import OutboxError
 from ..delivery.sealing import Sealer
@@ -91,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
                    if setup.settings.get(name)}
         sealer = Sealer(secrets, store.init_meta("seal_nonce", Sealer.new_nonce()))
         options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
-        delivery = SharedDelivery(setup.plan, store, sealer, setup.base_url, options, LeaseOptions(args.lease_ttl))
+        chains = Ingester(setup.mapping_set, setup.settings, store, sealer)  # makes request chains' next steps
+        delivery = SharedDelivery(setup.plan, store, sealer, setup.base_url, options, LeaseOptions(args.lease_ttl),
+                                  chains=chains)
         if args.until_empty:
             delivery.input_complete()
         print(f"{PROGRAM} worker {delivery.holder}: delivering {shown} to {setup.base_url}"

@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from ..evaluate import Mapper, MapResult
+from ..evaluate import Mapper, MapResult, Request
 from ..events import InputError, read_events
+from ..functions import EvalError
 from ..mapping_set import MappingSet
 from ..strict_json import NotStrictJSON, printable, strict_dumps, unsendable
+from .chains import ChainError, NextStep
 from .outbox import NewEvent, NewUnit, Outbox
 from .sealing import Sealer
 
@@ -134,11 +136,14 @@ class Ingester:
 
     def _units(self, result: MapResult) -> list[NewUnit]:
         """The event's requests as the outbox stores them (sealed; strict JSON, or NotStrictJSON)."""
+        return self._sealed(result.requests)
+
+    def _sealed(self, requests: list[Request]) -> list[NewUnit]:
         units = []
         seal = self.sealer.seal
         base = self.base_url
         headers_text = self._headers_text
-        for position, request in enumerate(result.requests):
+        for position, request in enumerate(requests):
             url = request.url[len(base):] if request.url.startswith(base + "/") else request.url
             try:
                 body = None if request.body_kind is None else seal(strict_dumps(request.body, compact=True))
@@ -150,8 +155,22 @@ class Ingester:
                         headers_text[key] = headers
             except NotStrictJSON as exc:
                 raise NotStrictJSON(unsendable(request.rule, exc)) from None
-            units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body))
+            # a chain's state holds the event: masked as the stored raw event is
+            chain = None if request.chain is None else self.sealer.mask(strict_dumps(request.chain, compact=True))
+            units.append(NewUnit(position, request.rule, request.method, seal(url), headers, request.body_kind, body,
+                                 chain))
         return units
+
+    def next_step(self, chain: str, answer: Any) -> NextStep:
+        """A request chain's next step (chains.ChainRunner), mapped with this Ingester's settings."""
+        try:
+            state = json.loads(chain)
+            requests, skipped, following = self.mapper.next_step(state, answer)
+            for request in requests:
+                request.chain = following
+            return NextStep(self._sealed(requests), skipped)
+        except (EvalError, NotStrictJSON, ValueError, AttributeError) as exc:
+            raise ChainError(self.sealer.mask(str(exc))) from None
 
     def record_batch(self, source: str, events: list[Any], label: str = "",
                      dedupe_window: float | None = None) -> list[tuple[NewEvent, MapResult | None]]:

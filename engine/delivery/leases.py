@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 from ..mapping_set import PROGRAM
+from .chains import ChainRunner
 from .config import DeliveryPlan
 from .outbox import LeaseLost, Outbox
 from .sealing import Sealer
@@ -112,8 +113,9 @@ class SharedDelivery:
     def __init__(self, plan: DeliveryPlan, store: PostgresOutbox, sealer: Sealer, base_url: str,
                  options: WorkerOptions | None = None, lease: LeaseOptions | None = None,
                  holder: str | None = None, client: httpx.AsyncClient | None = None,
-                 on_progress: Callable[[WorkerStats], None] | None = None):
+                 on_progress: Callable[[WorkerStats], None] | None = None, chains: ChainRunner | None = None):
         self.plan = plan
+        self.chains = chains
         self.store = store
         self.sealer = sealer
         self.base_url = base_url
@@ -241,7 +243,8 @@ class SharedDelivery:
 
     def _start(self, lease: Lease) -> None:
         worker = DeliveryWorker(self.plan, self.store.partition_queue(lease), self.sealer, self.base_url,
-                                self.options, client=self._client, on_progress=lambda _: self._sum())
+                                self.options, client=self._client, on_progress=lambda _: self._sum(),
+                                chains=self.chains)
         task = asyncio.get_running_loop().create_task(worker.run())
         task.add_done_callback(lambda _: self._poke())
         self._held[lease.partition] = _Held(lease, worker, task)

@@ -10,6 +10,11 @@ What is stored:
 - a **unit** per request the mapping made for the event: method, URL (relative to the base URL),
   headers, body, and its status `pending`, `delivered` or `dead` (with the response that condemned
   it). Secret settings never reach the store: the sender seals them into placeholders first;
+- a unit may carry a **chain**: the next step of a request chain (JSON text the worker's
+  `ChainRunner` reads: which rule, which step, what it needs besides the answer). When such a unit
+  is answered, `mark_step` marks it delivered and records the next step's requests for the same
+  event in the same transaction, so a kill between two steps resumes at the next one and never
+  loses or repeats a step (see chains.py);
 - a **source** per input (a file, stdin, a server): how many of its events were recorded, so a
   restarted `send` skips those and goes on with the next.
 
@@ -55,6 +60,7 @@ class NewUnit:
     headers: str  # JSON object text
     body_kind: str | None
     body: str | None  # JSON text
+    chain: str | None = None  # JSON text: the chain's next step, run with this request's answer
 
 
 @dataclass
@@ -79,6 +85,7 @@ class StoredUnit:
     body_kind: str | None
     body: str | None
     attempts: int
+    chain: str | None = None
 
 
 @dataclass
@@ -123,6 +130,9 @@ class WorkQueue(Protocol):
     def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished: ...
 
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished: ...
+
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
+                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]: ...
 
     def save_job(self, job: OpenJob) -> None: ...
 
@@ -169,6 +179,15 @@ class Outbox(ABC):
     @abstractmethod
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
         """Units given up: dead-lettered with the response that condemned them."""
+
+    @abstractmethod
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
+                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
+        """A chain's step answered: in ONE transaction, the unit is marked delivered and `next_units`
+        (the next step's requests) are recorded for its event, positioned after its other requests
+        and in the unit's partition; returns what finished and the new units as stored. `note` (why
+        nothing follows, e.g. a look-up that found nothing) becomes the event's reason and a note.
+        A unit already marked is left alone and nothing is recorded (a step runs once)."""
 
     @abstractmethod
     def counts(self, source: str | None = None) -> Counts:

@@ -91,6 +91,10 @@ CREATE TABLE workers (
     seen TIMESTAMPTZ NOT NULL
 );
 """),
+    # Request chains: a unit may carry its chain's next step, run with the unit's answer.
+    (2, """
+ALTER TABLE units ADD COLUMN chain TEXT;
+"""),
 )
 
 LATEST = MIGRATIONS[-1][0]

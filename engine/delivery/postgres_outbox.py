@@ -44,6 +44,7 @@ from .outbox import (
     Finished,
     LeaseLost,
     NewEvent,
+    NewUnit,
     OpenJob,
     Outbox,
     OutboxError,
@@ -61,7 +62,10 @@ T = TypeVar("T")
 # table filled faster than autovacuum analyses it, the planner otherwise combines the id look-up with
 # a whole scan of the partial `units_pending` index, once per row — quadratic in the backlog.
 NOT_FINISHED = "status NOT IN ('delivered', 'dead')"
-UNIT_COLUMNS = "id, event_id, position, rule, method, url, headers, body_kind, body, attempts"
+UNIT_COLUMNS = "id, event_id, position, rule, method, url, headers, body_kind, body, attempts, chain"
+
+INSERT_UNIT = ("INSERT INTO units (tenant, partition, event_id, position, rule, method, url, headers, body_kind, body, "
+               "chain, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending') RETURNING id")
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ class PostgresOutbox(Outbox):
                     partition = self.partition_of(unit.method, unit.url)
                     partitions.add(partition)
                     units.append((self.tenant, partition, event_id, unit.position, unit.rule, unit.method, unit.url,
-                                  unit.headers, unit.body_kind, unit.body))
+                                  unit.headers, unit.body_kind, unit.body, unit.chain))
             # COPY: one stream for the whole batch (several times faster than row-by-row INSERTs)
             with cur.copy("COPY events (id, tenant, source, idx, message_id, status, reason, notes, raw, created, "
                           "finished) FROM STDIN") as copy:
@@ -240,7 +244,7 @@ class PostgresOutbox(Outbox):
                     copy.write_row(row)
             if units:
                 with cur.copy("COPY units (tenant, partition, event_id, position, rule, method, url, headers, "
-                              "body_kind, body, status) FROM STDIN") as copy:
+                              "body_kind, body, chain, status) FROM STDIN") as copy:
                     for row in units:
                         copy.write_row((*row, "pending"))
                 self._known_partitions(cur, partitions)
@@ -294,6 +298,51 @@ class PostgresOutbox(Outbox):
                         f"WHERE id = ANY(%s) AND {NOT_FINISHED}",
                         (letter.attempts, letter.to_json(), time.time(), list(unit_ids)))
             return self._finish(cur, unit_ids)
+
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
+                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
+        return self._mark_step(unit_id, attempts, next_units, note, None)
+
+    def _mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit], note: str | None,
+                   fence: Lease | None) -> tuple[Finished, list[StoredUnit]]:
+        return _retried(lambda: self._mark_step_once(unit_id, attempts, next_units, note, fence))
+
+    def _mark_step_once(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit], note: str | None,
+                        fence: Lease | None) -> tuple[Finished, list[StoredUnit]]:
+        with self._tx() as cur:
+            self._check_fence(cur, fence)
+            self._lock_recording(cur)  # new unit ids, so they too grow in commit order
+            cur.execute(f"SELECT event_id, partition FROM units WHERE id = %s AND {NOT_FINISHED} FOR UPDATE",
+                        (unit_id,))
+            row = cur.fetchone()
+            if row is None:
+                return Finished(), []  # marked already: its step ran
+            event_id, partition = int(row["event_id"]), str(row["partition"])
+            body = "body" if self.keep_delivered_bodies else "NULL"
+            cur.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
+                        f"body = {body} WHERE id = %s", (attempts, time.time(), unit_id))
+            cur.execute("SELECT coalesce(max(position), -1) + 1 AS after FROM units WHERE event_id = %s", (event_id,))
+            found = cur.fetchone()
+            after = int(found["after"]) if found else 0
+            new_ids: list[int] = []
+            # the next step stays in this unit's partition: the worker that ran this step runs the next
+            for offset, unit in enumerate(next_units):
+                cur.execute(INSERT_UNIT, (self.tenant, partition, event_id, after + offset, unit.rule, unit.method,
+                                          unit.url, unit.headers, unit.body_kind, unit.body, unit.chain))
+                inserted = cur.fetchone()
+                assert inserted is not None
+                new_ids.append(int(inserted["id"]))
+            if note is not None:
+                cur.execute("UPDATE events SET reason = %s, notes = (coalesce(notes, '[]')::jsonb || "
+                            "jsonb_build_array(%s::text))::text WHERE id = %s", (note, note, event_id))
+            finished = self._finish(cur, [unit_id])
+            stored: list[StoredUnit] = []
+            if new_ids:
+                cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = ANY(%s) ORDER BY id", (new_ids,))
+                stored = [_stored_unit(r) for r in cur.fetchall()]
+        if self.on_delivered is not None:
+            self.on_delivered(finished)
+        return finished, stored
 
     @staticmethod
     def _check_fence(cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
@@ -422,10 +471,9 @@ class PostgresOutbox(Outbox):
             cur.execute("DELETE FROM units WHERE event_id = %s AND status != 'delivered'", (event_id,))
             fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
             partitions = {self.partition_of(u.method, u.url) for u in fresh}
-            cur.executemany("INSERT INTO units (tenant, partition, event_id, position, rule, method, url, headers, "
-                            "body_kind, body, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')",
-                            [(self.tenant, self.partition_of(u.method, u.url), event_id, u.position, u.rule,
-                              u.method, u.url, u.headers, u.body_kind, u.body) for u in fresh])
+            cur.executemany(INSERT_UNIT, [(self.tenant, self.partition_of(u.method, u.url), event_id, u.position,
+                                           u.rule, u.method, u.url, u.headers, u.body_kind, u.body, u.chain)
+                                          for u in fresh])
             self._replayed(cur, partitions)
             status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
             cur.execute("UPDATE events SET status = %s, reason = %s, notes = %s, raw = %s, finished = %s "
@@ -631,6 +679,10 @@ class PartitionQueue:
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
         return self.store._mark_dead(unit_ids, letter, self.lease)
 
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
+                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
+        return self.store._mark_step(unit_id, attempts, next_units, note, self.lease)
+
     def save_job(self, job: OpenJob) -> None:
         self.store._save_job(job, self.lease)
 
@@ -660,7 +712,7 @@ def _retried(transaction: Callable[[], T], tries: int = 5) -> T:
 def _stored_unit(row: dict[str, Any]) -> StoredUnit:
     return StoredUnit(int(row["id"]), int(row["event_id"]), int(row["position"]), str(row["rule"]),
                       str(row["method"]), str(row["url"]), str(row["headers"]), row["body_kind"], row["body"],
-                      int(row["attempts"]))
+                      int(row["attempts"]), row.get("chain"))
 
 
 def _lease(row: dict[str, Any]) -> Lease:

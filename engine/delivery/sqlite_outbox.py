@@ -32,6 +32,7 @@ from .outbox import (
     DeadLetter,
     Finished,
     NewEvent,
+    NewUnit,
     OpenJob,
     Outbox,
     OutboxError,
@@ -95,13 +96,17 @@ CREATE TABLE IF NOT EXISTS units (
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     response TEXT,
-    finished REAL
+    finished REAL,
+    chain TEXT
 );
 CREATE INDEX IF NOT EXISTS units_pending ON units (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS units_by_event ON units (event_id);
 CREATE INDEX IF NOT EXISTS units_dead ON units (id) WHERE status = 'dead';
 """
 SCHEMA_VERSION = "1"
+_UNIT_COLUMNS = "id, event_id, position, rule, method, url, headers, body_kind, body, attempts, chain"
+_INSERT_UNIT = ("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, chain, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')")
 
 
 
@@ -202,6 +207,8 @@ class SQLiteOutbox(Outbox):
         else:
             db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
             db.executescript(_JOBS_SCHEMA)
+            if "chain" not in {str(r[1]) for r in db.execute("PRAGMA table_info(units)")}:
+                db.execute("ALTER TABLE units ADD COLUMN chain TEXT")  # an outbox from before request chains
             with self._transaction() as tx:
                 if tx.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() is None:
                     tx.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -363,21 +370,20 @@ class SQLiteOutbox(Outbox):
                          None if status == "pending" else now))
             for unit in event.units:
                 units.append((last_id, unit.position, unit.rule, unit.method, unit.url, unit.headers,
-                              unit.body_kind, unit.body))
+                              unit.body_kind, unit.body, unit.chain))
         if rows:
             db.executemany("INSERT INTO events (id, source, idx, message_id, status, reason, notes, raw, created, "
                            "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if units:
-            db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
-                           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')", units)
+            db.executemany(_INSERT_UNIT, units)
         progress = max(done, first_index + len(events))
         db.execute("UPDATE sources SET next_index = ? WHERE id = ?", (progress, source))
         return progress
 
     def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
         rows = self._db().execute(
-            "SELECT id, event_id, position, rule, method, url, headers, body_kind, body, attempts FROM units "
-            "WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            f"SELECT {_UNIT_COLUMNS} FROM units WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+            (after_id, limit)).fetchall()
         return [StoredUnit(*row) for row in rows]
 
     def save_job(self, job: OpenJob) -> None:
@@ -398,8 +404,8 @@ class SQLiteOutbox(Outbox):
         for start in range(0, len(unit_ids), 500):
             chunk = list(unit_ids[start:start + 500])
             found += [StoredUnit(*row) for row in self._db().execute(
-                "SELECT id, event_id, position, rule, method, url, headers, body_kind, body, attempts FROM units "
-                f"WHERE status = 'pending' AND id IN ({','.join('?' * len(chunk))})", chunk)]
+                f"SELECT {_UNIT_COLUMNS} FROM units WHERE status = 'pending' AND id IN ({','.join('?' * len(chunk))})",
+                chunk)]
         return sorted(found, key=lambda u: u.id)
 
     def _finish(self, db: sqlite3.Connection, unit_ids: Sequence[int]) -> Finished:
@@ -457,6 +463,33 @@ class SQLiteOutbox(Outbox):
                            [(letter.attempts, text, now, i) for i in unit_ids])
             return self._finish(db, unit_ids)
 
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
+                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT event_id FROM units WHERE id = ? AND status = 'pending'", (unit_id,)).fetchone()
+            if row is None:
+                return Finished(), []  # marked already: its step ran
+            event_id = int(row[0])
+            body = "body" if self.keep_delivered_bodies else "NULL"
+            db.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ?, body = {body} "
+                       "WHERE id = ?", (attempts, now, unit_id))
+            after = int(db.execute("SELECT coalesce(max(position), -1) FROM units WHERE event_id = ?",
+                                   (event_id,)).fetchone()[0]) + 1
+            new_ids = [int(db.execute(_INSERT_UNIT, (event_id, after + i, u.rule, u.method, u.url, u.headers,
+                                                     u.body_kind, u.body, u.chain)).lastrowid or 0)
+                       for i, u in enumerate(next_units)]
+            if note is not None:
+                notes = db.execute("SELECT notes FROM events WHERE id = ?", (event_id,)).fetchone()[0]
+                db.execute("UPDATE events SET reason = ?, notes = ? WHERE id = ?",
+                           (note, json.dumps([*(json.loads(notes) if notes else []), note], ensure_ascii=False),
+                            event_id))
+            finished = self._finish(db, [unit_id])
+            stored = [StoredUnit(*r) for r in db.execute(
+                f"SELECT {_UNIT_COLUMNS} FROM units WHERE id IN ({','.join('?' * len(new_ids))}) ORDER BY id",
+                new_ids)] if new_ids else []
+            return finished, stored
+
     def requeue_dead(self, unit_ids: Sequence[int] | None = None) -> int:
         with self._transaction() as db:
             if unit_ids is None:
@@ -485,10 +518,8 @@ class SQLiteOutbox(Outbox):
                 "SELECT position, rule FROM units WHERE event_id = ? AND status = 'delivered'", (event_id,))}
             db.execute("DELETE FROM units WHERE event_id = ? AND status != 'delivered'", (event_id,))
             fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
-            db.executemany("INSERT INTO units (event_id, position, rule, method, url, headers, body_kind, body, "
-                           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                           [(event_id, u.position, u.rule, u.method, u.url, u.headers, u.body_kind, u.body)
-                            for u in fresh])
+            db.executemany(_INSERT_UNIT, [(event_id, u.position, u.rule, u.method, u.url, u.headers, u.body_kind,
+                                           u.body, u.chain) for u in fresh])
             status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
             db.execute("UPDATE events SET status = ?, reason = ?, notes = ?, raw = ?, finished = ? WHERE id = ?",
                        (status, event.reason, json.dumps(event.notes, ensure_ascii=False) if event.notes else None,

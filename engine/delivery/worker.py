@@ -43,6 +43,7 @@ import httpx
 from ..mapping_set import PROGRAM
 from ..strict_json import decode_stored
 from .batching import BatchBuilder, Prepared, Rendered, prepare, units_named
+from .chains import ChainError, ChainRunner, chain_continues, chain_subject, inherit_subject
 from .config import BatchSpec, DeliveryPlan, Endpoint
 from .jobs import attribute_errors, error_page, job_id, job_path, job_state, same_origin_path
 from .outbox import DeadLetter, Finished, LeaseLost, OpenJob, StoredUnit, WorkQueue
@@ -98,7 +99,7 @@ class WorkerStats:
 
 
 class Unit:
-    __slots__ = ("id", "event_id", "rule", "method", "url", "headers", "body_kind", "body", "attempts",
+    __slots__ = ("id", "event_id", "rule", "method", "url", "headers", "body_kind", "body", "attempts", "chain",
                  "endpoint", "target", "spec", "prepared", "keys", "oversized", "backlog_of")
 
     def __init__(self, stored: StoredUnit):
@@ -111,6 +112,7 @@ class Unit:
         self.body_kind = stored.body_kind
         self.body = stored.body
         self.attempts = stored.attempts
+        self.chain = stored.chain
         self.endpoint: Endpoint | None = None
         self.target: Endpoint | None = None
         self.spec: BatchSpec | None = None
@@ -154,8 +156,9 @@ class DeliveryWorker:
 
     def __init__(self, plan: DeliveryPlan, outbox: WorkQueue, sealer: Sealer, base_url: str,
                  options: WorkerOptions | None = None, client: httpx.AsyncClient | None = None,
-                 on_progress: Callable[[WorkerStats], None] | None = None):
+                 on_progress: Callable[[WorkerStats], None] | None = None, chains: ChainRunner | None = None):
         self.plan = plan
+        self.chains = chains
         self.outbox = outbox
         self.sealer = sealer
         self.base_url = base_url.rstrip("/")
@@ -193,6 +196,7 @@ class DeliveryWorker:
         self._slot_freed: asyncio.Condition | None = None
         self._waiting: dict[str, int] = {}  # per when_backlog batching: its source's units not yet sent
         self._resumed: set[int] = set()  # units of jobs accepted before a restart (followed, not resent)
+        self._continued: set[int] = set()  # a chain's next steps, placed when recorded (not read again)
 
     # -- control (thread-safe) ---------------------------------------------------------------------------
     def _poke(self) -> None:
@@ -302,7 +306,8 @@ class DeliveryWorker:
             if start:
                 await asyncio.sleep(0)
             units += [self._prepare(record) for record in stored[start:start + PREPARE_SLICE]
-                      if record.id not in self._resumed]
+                      if record.id not in self._resumed and record.id not in self._continued]
+        self._continued.difference_update(record.id for record in stored)
         self._held += len(units)
         for unit in units:
             if unit.oversized:
@@ -331,6 +336,13 @@ class DeliveryWorker:
         if unit.body_kind == "json" and unit.body is not None and endpoint is not None:
             if ordered or endpoint.name in self.plan.by_source:
                 body = decode_stored(unit.body)
+        if unit.chain is not None:
+            # a chain holds its subject's order until its last step (its look-up may carry no subject)
+            held = chain_subject(unit.chain) if self.plan.same_subject else None
+            if held is not None:
+                keys.update(f"{held[0]}|{name}={value}" for name, value in held[1].items() if name in self._identifiers)
+            unit.keys = frozenset(keys)
+            return unit  # never merged into a bulk call: its own answer is needed
         if body is not None and endpoint is not None:
             if ordered:
                 for subject in endpoint.subjects(body):
@@ -586,6 +598,9 @@ class DeliveryWorker:
                 if slot.builder is not None and slot.builder.spec.job is not None:
                     await self._job_started(slot, status, text)
                     return
+                if slot.builder is None and chain_continues(next(iter(slot.units.values())).chain):
+                    await self._step(slot, status, text)
+                    return
                 await self._delivered(slot)
                 return
             if verdict.action == STOP:
@@ -664,6 +679,46 @@ class DeliveryWorker:
         self.stats.delivered_units += len(ids)
         self.stats.delivered_events += finished.delivered
         self.stats.dead_events += finished.dead
+        self._progress()
+
+    # -- request chains (chains.py) ------------------------------------------------------------------------
+    async def _step(self, slot: Slot, status: int | None, text: str | None) -> None:
+        """A chain's step answered: record its next step with the mark, then place it ahead of whatever
+        waits on the same keys (it takes its chain's place in the subject's order)."""
+        (unit,) = slot.units.values()
+        assert unit.chain is not None
+        if self.chains is None:
+            raise DeliveryStopped(f"request {unit.id} ({unit.rule}) starts a request chain, and this worker was "
+                                  "given no mapping to run its next step with; it stays pending")
+        try:
+            answer = decode_stored(text) if text else None
+            step = self.chains.next_step(unit.chain, answer)
+        except (ChainError, ValueError) as exc:
+            reason = f"the chain's next step cannot be made: {exc}"
+            await self._dead([unit], self._letter(status, text, "", slot, reason))
+            return
+        for new in step.units:  # the next step holds the chain's subject too (recorded: a restart keeps it)
+            new.chain = inherit_subject(unit.chain, new.chain)
+        attempts = slot.attempts + slot.rate_limited + 1
+        finished, added = await asyncio.to_thread(self.outbox.mark_step, unit.id, attempts, step.units, step.skipped)
+        self.stats.delivered_units += 1
+        self.stats.delivered_events += finished.delivered
+        self.stats.dead_events += finished.dead
+        if step.skipped is not None:
+            log.info("request chain of %s ends: %s", unit.rule, step.skipped)
+        following = [self._prepare(stored) for stored in added]
+        self._continued.update(u.id for u in following)
+        self._held += len(following)
+        ahead = [u for u in following if u.keys & slot.keys]
+        for later in following:
+            if later not in ahead:
+                self._place(later)
+        if ahead:
+            waiting = self._blocked
+            self._blocked = []
+            for later in ahead:
+                self._block(later)
+            self._blocked += waiting
         self._progress()
 
     # -- asynchronous jobs (batching.job) ---------------------------------------------------------------

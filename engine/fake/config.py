@@ -44,6 +44,12 @@ FAKE_SHAPE: dict[str, Any] = {
     "error_statuses": {"type": "list", "schema": {"type": "integer", "min": 500, "max": 599}},
     "records": {"type": "dict", "valuesrules": {"type": "dict", "schema": RECORD_SHAPE}},
     "responses": {"type": "dict"},
+    "lookups": {"type": "dict", "valuesrules": {"type": "dict", "schema": {
+        "parameter": {"type": "string", "required": True, "empty": False},
+        "match": {"type": "string", "required": True, "empty": False},
+        "response": {"type": "dict", "required": True},
+        "item": {"type": "dict", "required": True},
+    }}},
     "jobs": {"type": "dict", "valuesrules": {"type": "dict", "schema": {
         "states": {"type": "list", "required": True, "minlength": 1, "schema": {"type": "string"}},
         "seconds": {"type": "number", "min": 0},
@@ -78,6 +84,20 @@ class FakeConfig:
     records: dict[str, RecordSpec] = field(default_factory=dict)
     responses: dict[str, Any] = field(default_factory=dict)  # endpoint name -> canned answer body
     jobs: dict[str, FakeJob] = field(default_factory=dict)
+    lookups: dict[str, FakeLookup] = field(default_factory=dict)
+
+
+@dataclass
+class FakeLookup:
+    """An endpoint that finds profiles the fake has seen: its query `parameter` must match `match`
+    (named groups `name`, an identifier, and `value`); the answer is `response` with $found the
+    profiles found, each shaped as `item` ($id, $attributes)."""
+
+    endpoint: str
+    parameter: str
+    match: re.Pattern[str]
+    response: Any
+    item: Any
 
 
 @dataclass
@@ -138,6 +158,22 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             status_updated=int(status["updated"]) if "updated" in status else None,
             response=plain_value(raw.get("response")),
         )
+    lookups = node.get("lookups") or PosDict()
+    for endpoint_name, raw in lookups.items():
+        if endpoint_name not in endpoints:
+            problems.add(key_at(lookups, endpoint_name), f"fake.lookups: no endpoint {endpoint_name!r}")
+            continue
+        try:
+            match = re.compile(str(raw["match"]))
+        except re.error as exc:
+            problems.add(value_at(raw, "match"), f"fake.lookups.{endpoint_name}.match: not a regular expression: {exc}")
+            continue
+        if not {"name", "value"} <= set(match.groupindex):
+            problems.add(value_at(raw, "match"), f"fake.lookups.{endpoint_name}.match: needs the named groups "
+                                                 "(?P<name>…) and (?P<value>…)")
+            continue
+        fake.lookups[endpoint_name] = FakeLookup(endpoint_name, str(raw["parameter"]), match,
+                                                 plain_value(raw["response"]), plain_value(raw["item"]))
     jobs = node.get("jobs") or PosDict()
     for endpoint_name, raw in jobs.items():
         if endpoint_name not in endpoints:

@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..delivery.batching import SplitItem, canonical, get_path, split
 from ..delivery.config import DeliveryPlan, Endpoint
 from ..openapi_check import OpenAPIDocument, load_openapi
-from .config import RecordSpec, fake_config
+from .config import FakeLookup, RecordSpec, fake_config
 
 
 @dataclass
@@ -60,6 +60,7 @@ class FakeOptions:
     burst_429_length: float = 1.0  # API seconds each burst lasts
     fail_items_matching: str | None = None  # 400 for items whose JSON matches this regex
     fail_job_rows_matching: str | None = None  # a job's rows whose JSON matches: listed as import errors
+    throttle_first: dict[str, int] | None = None  # endpoint name -> how many of its first requests get a 429
     seed: int | None = None
     keep_requests: int = 100_000  # accepted requests kept for inspection
 
@@ -108,6 +109,7 @@ class FakeStore:
         if found is None:
             found = f"FAKE{len(self.profiles) + 1:022d}"
             self.profiles[found] = {}
+            self.identity[f"id={found}"] = found  # a request may name it by the id the fake gave it
         for key in keys:
             self.identity.setdefault(key, found)
         return found, created
@@ -302,6 +304,8 @@ class FakeServer:
             raise Reply(400, [_error(400, message, pointer=pointer) for pointer, message in map(_split, problems)])
         if name in self._job_pollers or name in self._job_errors:
             return self._job_answer(name, endpoint, path, raw_query)
+        if name in fake.lookups:
+            return self._look_up(fake.lookups[name], path, raw_query)
         items = self._split(name, body)
         self._check_items(name, items)
         refused: list[tuple[str, Any, str]] = []
@@ -321,6 +325,23 @@ class FakeServer:
         if name in self.config.jobs:
             return self._job_created(name, len(items) + len(refused), refused)
         return status, answer, extra
+
+    def _look_up(self, lookup: FakeLookup, path: str, raw_query: str) -> tuple[int, Any, dict[str, str]]:
+        """The profiles seen whose identifier equals the filter's value (fake.lookups)."""
+        given = parse_qs(raw_query).get(lookup.parameter, [""])[0]
+        wanted = lookup.match.match(given)
+        if wanted is None or wanted.group("name") not in self.store.identifiers:
+            raise Reply(400, [_error(400, f"Invalid {lookup.parameter} {given!r}.", parameter=lookup.parameter)])
+        store = self.store
+        with store.lock:
+            store.count(f"lookups:{lookup.endpoint}")
+            if len(store.requests) < self.options.keep_requests:
+                store.requests.append({"method": "GET", "path": path, "status": 200, "items": 0, "json": None,
+                                       "query": given})
+            profile_id = store.identity.get(f"{wanted.group('name')}={wanted.group('value')}")
+            found = [] if profile_id is None else [
+                _fill(lookup.item, {"$id": profile_id, "$attributes": dict(store.profiles[profile_id])})]
+        return 200, _fill(lookup.response, {"$found": found}), {}
 
     # -- asynchronous jobs (fake.jobs) -------------------------------------------------------------------
     def _job_created(self, name: str, total: int,
@@ -380,6 +401,12 @@ class FakeServer:
                     self.store.count("burst_429")
                 raise Reply(429, [_error(429, "Request was throttled (injected burst).", code="throttled",
                                          title="Request was throttled.")], {header: str(wait)})
+        if options.throttle_first and options.throttle_first.get(name, 0) > 0:
+            with self.store.lock:
+                options.throttle_first[name] -= 1
+                self.store.count("rate_limited")
+            raise Reply(429, [_error(429, f"Request was throttled (throttle_first) on {name}.", code="throttled",
+                                     title="Request was throttled.")], {header: "1"})
         if not options.enforce_rate_limits or endpoint is None or not endpoint.rate_windows:
             return
         with self._window_lock:

@@ -107,9 +107,10 @@ class Service:
             self.sealer = Sealer(secrets, nonce)
             self.ingester = Ingester(mapping_set, settings, self.outbox, self.sealer)
             if deliver and is_database_url(str(state)):
-                self.worker = SharedDelivery(plan, shared_store(self.outbox), self.sealer, base_url, options, lease)
+                self.worker = SharedDelivery(plan, shared_store(self.outbox), self.sealer, base_url, options, lease,
+                                             chains=self.ingester)
             elif deliver:
-                self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options)
+                self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options, chains=self.ingester)
             self.commits = CommitGroup(self._record)
         except BaseException:
             self.outbox.close()
