@@ -27,7 +27,8 @@ from .schema import check_shape
 from .yaml_loader import PosDict, PosList, YamlError, load_yaml, plain_value
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_ENV_REF = {"type": "dict", "schema": {"env": {"type": "string", "required": True, "regex": r"^[A-Za-z_][A-Za-z0-9_]*$"}}}
+_ENV_NAME = {"type": "string", "required": True, "regex": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+_ENV_REF = {"type": "dict", "schema": {"env": _ENV_NAME}}
 _TENANT_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
     "write_keys": {"type": "list", "required": True, "minlength": 1,
@@ -106,8 +107,11 @@ def load_tenants(path: str | os.PathLike[str], mapping_set: MappingSet,
         try:
             tenant.resolved = mapping_set.resolve_settings(dict(given))
         except SettingsError as exc:
+            settings_node: PosDict = entry["settings"]
             for message in exc.messages:
-                problems.add(settings_at, f"tenant '{name}': {message}")
+                named = re.match(r"setting '([^']*)'", message)
+                at = settings_node.key_positions.get(named.group(1)) if named else None
+                problems.add(at or settings_at, f"tenant '{name}': {message}")
             continue
         missing = mapping_set.missing_to_send(tenant.resolved)
         if missing:

@@ -71,10 +71,10 @@ class _MeteredOutbox(SQLiteOutbox):
         return finished
 
 
-def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics) -> Outbox:
+def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics, tenant: str = "") -> Outbox:
     if not is_database_url(str(state)):
         return _MeteredOutbox(state, metrics)
-    outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of))
+    outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of, tenant=tenant))
 
     def observe(finished: Finished) -> None:
         for seconds in finished.latencies:
@@ -94,11 +94,12 @@ class Service:
     def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
                  metrics: Metrics | None = None, dedupe_window: float | None = DEDUPE_WINDOW,
-                 deliver: bool = True, lease: LeaseOptions | None = None):
+                 deliver: bool = True, lease: LeaseOptions | None = None, tenant: str = ""):
         self.metrics = metrics or Metrics()
         self.dedupe_window = dedupe_window or None  # 0: keep every copy
         # raises OutboxError: locked by another process, damaged, a database out of reach or too new
-        self.outbox = _open_metered(state, plan, self.metrics)
+        self.tenant = tenant
+        self.outbox = _open_metered(state, plan, self.metrics, tenant)
         self.worker: DeliveryWorker | SharedDelivery | None = None
         try:
             nonce = self.outbox.init_meta("seal_nonce", Sealer.new_nonce())
