@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
               f"{stats.rate_limited} answered 429 · {pending} event(s) pending in the outbox · "
               f"leases: {counters.claimed} taken ({counters.takeovers} from a dead worker), "
               f"{counters.lost} lost", file=sys.stderr)
+        if deliveries.stopped:
+            return EXIT_USAGE  # some tenant's configuration is refused (logged above)
         return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
     finally:
         for store in stores:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..mapping_set import PROGRAM
 from .leases import LeaseCounters, SharedDelivery
-from .worker import WorkerStats
+from .worker import DeliveryStopped, WorkerStats
 
 if TYPE_CHECKING:
     from .postgres_outbox import PostgresOutbox
@@ -31,6 +31,8 @@ class TenantDeliveries:
         self.deliveries = deliveries
         self.stats = WorkerStats()
         self.unknown_tenants: set[str] = set()  # met, told once, left alone
+        # tenants whose delivery a configuration error stopped (e.g. their key refused): the others go on
+        self.stopped: dict[str, DeliveryStopped] = {}
 
     @property
     def counters(self) -> LeaseCounters:
@@ -68,9 +70,11 @@ class TenantDeliveries:
         return {tenant: len(delivery.partitions_held) for tenant, delivery in self.deliveries.items()}
 
     async def run(self) -> WorkerStats:
-        """Run every tenant's delivery until all return (stop(), or --until-empty); the first error
-        stops the others and is raised."""
-        tasks = [asyncio.create_task(delivery.run()) for delivery in self.deliveries.values()]
+        """Run every tenant's delivery until all return (stop(), or --until-empty). A tenant stopped by
+        a configuration error (DeliveryStopped) is logged and left stopped while the others go on; when
+        every tenant is stopped so, the first error is raised. Any other error stops all and is raised."""
+        tasks = {asyncio.create_task(self._run_one(tenant, delivery)): tenant
+                 for tenant, delivery in self.deliveries.items()}
         watcher = asyncio.create_task(self._watch_tenants())
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -79,10 +83,21 @@ class TenantDeliveries:
                 self.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise failed[0].exception()  # type: ignore[misc]
+            if self.stopped and len(self.stopped) == len(self.deliveries):
+                raise next(iter(self.stopped.values()))
         finally:
             watcher.cancel()
             self.sum_stats()
         return self.stats
+
+    async def _run_one(self, tenant: str, delivery: SharedDelivery) -> None:
+        try:
+            await delivery.run()
+        except DeliveryStopped as exc:
+            self.stopped[tenant] = exc
+            if len(self.deliveries) > 1:
+                log.error("tenant '%s': configuration error, its delivery stopped: %s (nothing was dead-lettered; "
+                          "the other tenants go on)", tenant, exc)
 
     async def _watch_tenants(self) -> None:
         first = next(iter(self.deliveries.values()))
