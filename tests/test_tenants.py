@@ -35,8 +35,8 @@ tenants:
       listId: ListA
   beta:
     write_keys: [{env: BETA_WRITE_KEY}]
-    settings: {privateKey: %s, listId: ListB}
-""" % KEY_B
+    settings: {privateKey: KEY_B, listId: ListB}
+""".replace("KEY_B", KEY_B)
 ENVIRONMENT = {"ALPHA_KLAVIYO_KEY": KEY_A, "BETA_WRITE_KEY": "wk-beta"}
 LEASE_TTL = "3"
 
