@@ -7,10 +7,13 @@ scraped, for every tenant and lane, so any one process shows it all.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..delivery.postgres_outbox import PostgresOutbox
 from ..delivery.tenant_deliveries import TenantDeliveries
 from .metrics import Metrics, Series
+
+if TYPE_CHECKING:  # (the PostgreSQL driver is imported only when a URL is given)
+    from ..delivery.postgres_outbox import PostgresOutbox
 
 # counter -> the WorkerStats field it reads
 DELIVERY_TOTALS = {"events_delivered_total": "delivered_events", "events_dead_lettered_total": "dead_events",

@@ -48,6 +48,7 @@ from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
 from .commits import CommitGroup
 from .connections import guarded_protocol
+from .delivery_metrics import backlog_series, count_deliveries
 from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
 
@@ -124,6 +125,15 @@ class Service:
         self.metrics.counter_from("events_dead_lettered_total", lambda: stats.dead_events)
         self.metrics.counter_from("retries_total", lambda: stats.retried)
         self.metrics.counter_from("rate_limited_total", lambda: stats.rate_limited)
+        self.metrics.counter_from("job_polls_total", lambda: stats.job_polls)
+        if isinstance(self.worker, SharedDelivery):
+            shared = self.worker
+            count_deliveries(self.metrics, lambda field: float(getattr(stats, field)),
+                             lambda: shared.counters.takeovers, shared.store,
+                             lambda: {tenant: len(shared.partitions_held)})
+        elif is_database_url(str(state)):  # --no-worker: the backlog all the same
+            store = shared_store(self.outbox)
+            self.metrics.gauge_series("backlog", lambda: backlog_series(store))
         self.metrics.gauge("outbox_depth", self.pending)
         self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
 

@@ -10,7 +10,9 @@
    `worker --until-empty` processes against the fake Klaviyo without rate limits (in this
    process, on loopback): delivered events per second, from the workers' start to the last one's
    exit (process start included; an empty run's start-up time is reported beside it).
-3. Under the published limits: track events enough for --limited-windows full steady windows (and
+3. Takeover: the same events, 2 workers (default --lease-ttl); the one holding a partition with work
+   left is SIGKILLed: seconds until another holds that partition's lease.
+4. Under the published limits: track events enough for --limited-windows full steady windows (and
    half of one more) at the Bulk Create Events ceiling, recorded, then 3 workers against the fake
    enforcing Klaviyo's limits: the events accepted in the full windows over what the ceiling allows
    (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests.
@@ -18,7 +20,7 @@
 Everything (the fake, the workers, PostgreSQL) shares this machine's cores: the count is printed.
 Keys: store_sqlite_add_us, store_sqlite_mark_us, store_postgres_add_us, store_postgres_mark_us,
 store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, workers_4_events_per_s,
-worker_startup_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429, cores.
+worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429, cores.
 """
 
 from __future__ import annotations
@@ -116,6 +118,48 @@ def run_workers(url: str, settings: Path, base_url: str, count: int, *more: str)
     return time.perf_counter() - started, logs
 
 
+def takeover(dsn: str, settings: Path, base_url: str, events: list[Any], workers: int = 2) -> dict[str, Any]:
+    """Seconds from the SIGKILL of a worker holding a partition with work left to another worker's
+    lease on it, with the default --lease-ttl (the bound: 4/3 of it)."""
+    import signal
+
+    schema = Schema(dsn)
+    command = [sys.executable, "-m", "engine", "worker", "--state", schema.url, "--settings", str(settings),
+               "--base-url", base_url, "--log-level", "warning"]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        record(schema.url, events)
+        processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for _ in range(workers)]
+        by_pid = {p.pid: p for p in processes}
+        query = ("SELECT l.partition, l.holder, l.generation FROM leases l WHERE l.expires > now() AND EXISTS "
+                 "(SELECT 1 FROM units u WHERE u.partition = l.partition AND u.status = 'pending')")
+        with psycopg.connect(schema.url, autocommit=True) as db:
+            deadline = time.monotonic() + 120
+            while True:
+                held = [(p, h, g) for p, h, g in db.execute(query).fetchall() if int(h.split(":")[-2]) in by_pid]
+                if held:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit("takeover: no worker held a partition with work")
+                time.sleep(0.05)
+            partition, holder, generation = held[0]
+            by_pid[int(holder.split(":")[-2])].send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            while not db.execute("SELECT 1 FROM leases WHERE partition = %s AND generation > %s",
+                                 (partition, generation)).fetchall():
+                if time.monotonic() - killed > 120:
+                    raise SystemExit("takeover: no other worker took the partition")
+                time.sleep(0.05)
+            return {"takeover_s": time.monotonic() - killed, "takeover_partition": partition}
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=60)
+        schema.drop()
+
+
 def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: int = 3) -> dict[str, Any]:
     """3 workers under the published limits: the fraction of the events ceiling, the share of 429s."""
     import threading
@@ -166,29 +210,20 @@ def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: in
             "limited_input_events": len(events)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-events", type=int, default=10_000)
-    parser.add_argument("--worker-events", type=int, default=20_000)
-    parser.add_argument("--limited-windows", type=int, default=1,
-                        help="full steady windows (API minutes) the run under the published limits must fill (0: skip)")
-    parser.add_argument("--limited-time-scale", type=float, default=1.0)
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args(argv)
-    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
-    if not dsn:
-        raise SystemExit("set SEGMENT_KLAVIYO_TEST_POSTGRES to a PostgreSQL URL (postgresql://root@127.0.0.1/test)")
+def measure(dsn: str, store_events: int = 10_000, worker_events: int = 20_000, limited_windows: int = 1,
+            limited_time_scale: float = 1.0) -> dict[str, Any]:
+    """Every figure of this module's docstring (tests/bench/run.py calls it too)."""
     figures: dict[str, Any] = {"cores": os.cpu_count()}
 
     with tempfile.TemporaryDirectory() as folder:
         outbox = open_outbox(str(Path(folder) / "state"))
-        figures["store_sqlite_add_us"], figures["store_sqlite_mark_us"] = store_cost(outbox, args.store_events)
+        figures["store_sqlite_add_us"], figures["store_sqlite_mark_us"] = store_cost(outbox, store_events)
         outbox.close()
         schema = Schema(dsn)
         try:
             with PostgresOutbox(schema.url) as store:
                 figures["store_postgres_add_us"], figures["store_postgres_mark_us"] = store_cost(
-                    store, args.store_events)
+                    store, store_events)
         finally:
             schema.drop()
         figures["store_postgres_over_sqlite"] = (
@@ -198,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Path(folder) / "settings.json"
         settings.write_text(json.dumps(SETTINGS), encoding="utf-8")
         plan = DeliveryPlan.for_set(engine.load_mapping_set("klaviyo"))
-        events = list(corpus.generate(args.worker_events))
+        events = list(corpus.generate(worker_events))
         with FakeServer(plan, FakeOptions(enforce_rate_limits=False)) as fake:
             empty = Schema(dsn)
             try:
@@ -219,9 +254,26 @@ def main(argv: list[str] | None = None) -> int:
                     figures["worker_events_delivered"] = pending
                 finally:
                     schema.drop()
-        if args.limited_windows:
-            figures.update(limited(dsn, Path(folder), args.limited_windows, args.limited_time_scale))
+            figures.update(takeover(dsn, settings, fake.url, events))
+        if limited_windows:
+            figures.update(limited(dsn, Path(folder), limited_windows, limited_time_scale))
 
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-events", type=int, default=10_000)
+    parser.add_argument("--worker-events", type=int, default=20_000)
+    parser.add_argument("--limited-windows", type=int, default=1,
+                        help="full steady windows (API minutes) the run under the published limits must fill (0: skip)")
+    parser.add_argument("--limited-time-scale", type=float, default=1.0)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
+    if not dsn:
+        raise SystemExit("set SEGMENT_KLAVIYO_TEST_POSTGRES to a PostgreSQL URL (postgresql://root@127.0.0.1/test)")
+    figures = measure(dsn, args.store_events, args.worker_events, args.limited_windows, args.limited_time_scale)
     for key, value in figures.items():
         print(f"{key:32} {value:,.2f}" if isinstance(value, float) else f"{key:32} {value}")
     if args.json:
