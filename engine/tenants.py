@@ -4,7 +4,7 @@
       acme:                                   # the tenant's name (the outbox keeps its events apart)
         write_keys: [{env: ACME_WRITE_KEY}]   # Segment write keys that route here
         settings:                             # the mapping set's settings, as --settings takes them
-          private_api_key: {env: ACME_KLAVIYO_KEY}
+          private_api_key: {env: ACME_API_KEY}
           list_id: XyZ123
 
 Any write key or setting may be `{env: NAME}`: read from the environment variable NAME when the
