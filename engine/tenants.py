@@ -37,7 +37,7 @@ _TENANT_SCHEMA: dict[str, Any] = {
 }
 TENANTS_FILE_SCHEMA: dict[str, Any] = {
     "description": {"type": "string"},
-    "tenants": {"type": "dict", "required": True, "minlength": 1,
+    "tenants": {"type": "dict", "required": True, "empty": False,
                 "valuesrules": {"type": "dict", "schema": _TENANT_SCHEMA}},
 }
 

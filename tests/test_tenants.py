@@ -93,6 +93,35 @@ def test_the_shape_of_a_tenants_file_is_checked(tmp_path: Path) -> None:
     assert [p.split(": ")[0] for p in caught.value.problems] == [f"{path}:3:17", f"{path}:5:5"]
 
 
+def test_the_tenants_schema_takes_the_readme_example_and_refuses_mistakes() -> None:
+    import jsonschema
+    import yaml
+
+    from engine.json_schema import json_schema
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n# tenants.yaml.*?\n(tenants:.*?)```", readme, re.S)
+    assert example is not None
+    validator = jsonschema.Draft202012Validator(json_schema("tenants"))
+    assert list(validator.iter_errors(yaml.safe_load(example.group(1)))) == []
+    mistakes = {"tenants": {"a": {"write_keys": [{"env": "1X"}], "settings": {}, "lists": []}}}
+    assert sorted(e.message for e in validator.iter_errors(mistakes)) == [
+        "Additional properties are not allowed ('lists' was unexpected)",
+        "{'env': '1X'} is not valid under any of the given schemas"]
+
+
+def test_the_readme_tenants_example_loads(tmp_path: Path) -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n(# tenants.yaml.*?)```", readme, re.S)
+    assert example is not None
+    path = tmp_path / "tenants.yaml"
+    path.write_text(example.group(1), encoding="utf-8")
+    environment = {"ACME_WRITE_KEY": "wk-acme", "ACME_KLAVIYO_KEY": KEY_A, "GLOBEX_KLAVIYO_KEY": KEY_B}
+    acme, globex = load_tenants(path, klaviyo(), environment)
+    assert acme.write_keys == ["wk-acme"] and acme.settings == {"privateKey": KEY_A, "listId": "XyZ123"}
+    assert globex.write_keys == ["wk_globex_1", "wk_globex_2"] and globex.resolved["sendPageEvents"] is False
+
+
 def test_tenants_need_a_shared_outbox_and_their_own_keys(tmp_path: Path) -> None:
     path = tmp_path / "tenants.yaml"
     path.write_text(TENANTS, encoding="utf-8")

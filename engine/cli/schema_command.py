@@ -12,7 +12,7 @@ from .common import EXIT_OK, fail
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("schema", help="print the JSON Schema of mapping.yaml, rule, delivery or case files",
+    parser = subparsers.add_parser("schema", help="print the JSON Schema of mapping.yaml, rule, delivery, case or tenants files",
                                    description=__doc__)
     parser.add_argument("kind", nargs="?", choices=sorted(KINDS), help="which kind of file (with --write: all)")
     parser.add_argument("--write", metavar="DIR",
