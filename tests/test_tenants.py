@@ -247,3 +247,37 @@ def test_a_worker_s_metrics_show_its_leases_and_every_tenant_s_backlog(postgres_
     finally:
         assert _stop(process) == 0
     assert "delivering" in (tmp_path / "worker.log").read_text()
+
+
+def _record(url: str, tenant: str, settings: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """Record events for one tenant the way `serve --tenants --no-worker` does."""
+    from engine.delivery.config import DeliveryPlan
+    from engine.delivery.ingest import Ingester
+    from engine.delivery.postgres_outbox import PostgresOutbox
+    from engine.delivery.sealing import Sealer
+
+    mapping_set = klaviyo()
+    with PostgresOutbox(url, tenant=tenant, partition_of=DeliveryPlan.for_set(mapping_set).lane_of) as store:
+        store.init_meta("mapping_set", mapping_set.name)
+        sealer = Sealer({"privateKey": settings["privateKey"]}, store.init_meta("seal_nonce", Sealer.new_nonce()))
+        Ingester(mapping_set, settings, store, sealer).ingest(events, "test")
+
+
+def test_a_tenant_whose_key_is_refused_stops_alone(postgres_url: str, tmp_path: Path, fake_klaviyo: Any) -> None:
+    fake = fake_klaviyo(enforce_rate_limits=False, api_keys=[KEY_A])  # beta's key is refused (401)
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(TENANTS, encoding="utf-8")
+    events_a, events_b = _events(3, "alpha-"), _events(4, "beta-")
+    _record(postgres_url, "alpha", SETTINGS_A, events_a)
+    _record(postgres_url, "beta", SETTINGS_B, events_b)
+    run = subprocess.run([sys.executable, "-m", "engine", "worker", "--state", postgres_url, "--tenants", str(tenants),
+                          "--base-url", fake.url, "--lease-ttl", LEASE_TTL, "--until-empty"],
+                         cwd=PROJECT_ROOT, env={**os.environ, **ENVIRONMENT}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "tenant 'beta': configuration error, its delivery stopped" in run.stderr
+    assert KEY_B not in run.stderr
+    delivered = {(r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"]}
+    assert delivered == expected_event_keys(events_a, SETTINGS_A)
+    beta = _lines(run_cli("outbox", "status", "--state", postgres_url, "--tenant", "beta"))[-1]
+    assert beta["events"]["pending"] > 0 and beta["events"]["dead"] == 0 and beta["events"]["delivered"] == 0
