@@ -14,6 +14,7 @@ from typing import Any
 from .delivery.config import DELIVERY_SCHEMA
 from .mapping_set import PROGRAM
 from .schema import CASE_SCHEMA, RULE_FILE_SCHEMA, RULE_SCHEMA, SET_FILE_SCHEMA
+from .tenants import TENANTS_FILE_SCHEMA
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _TYPES = {"string": "string", "boolean": "boolean", "integer": "integer", "number": "number", "dict": "object",
@@ -24,6 +25,7 @@ KINDS: dict[str, tuple[str, dict[str, Any]]] = {
     "rules": ("a rule file: named values, tables and rules", RULE_FILE_SCHEMA),
     "delivery": ("delivery.yaml: how a set's requests are delivered", DELIVERY_SCHEMA),
     "case": ("a test case of a mapping set: settings, event(s), and what must come out", CASE_SCHEMA),
+    "tenants": ("a tenants file (serve/worker --tenants): each tenant's write keys and settings", TENANTS_FILE_SCHEMA),
 }
 _RULE_REF = {"$ref": "#/$defs/rule"}
 
@@ -75,6 +77,8 @@ def _field(rules: dict[str, Any]) -> dict[str, Any]:
             out["additionalProperties"] = _field(value)
         elif rule == "keysrules":
             out["propertyNames"] = _field(value)
+        elif rule == "anyof":
+            out["anyOf"] = [_field(choice) for choice in value]
         else:
             raise UntranslatableShape(f"no JSON Schema for the cerberus rule {rule!r}")
     return out

@@ -18,6 +18,7 @@ from ..problems import MappingSetError, SettingsError
 
 if TYPE_CHECKING:
     from ..delivery.config import DeliveryPlan
+    from ..tenants import Tenant
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -109,6 +110,14 @@ class DeliverySetup:
     given_settings: dict[str, Any]
     settings: dict[str, Any]  # validated, defaults filled in
     base_url: str
+    tenants: list[Tenant] | None = None  # --tenants: each with its own settings (the two above are empty)
+
+
+def add_tenants_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenants", metavar="FILE",
+                        help="several destinations in one deployment: a YAML file of tenants, each with the write "
+                             "keys that route to it and its own settings (instead of --settings; needs a "
+                             "postgresql:// --state; see README, Running on several machines)")
 
 
 def prepare_delivery(args: argparse.Namespace, verb: str) -> DeliverySetup:
@@ -123,6 +132,10 @@ def prepare_delivery(args: argparse.Namespace, verb: str) -> DeliverySetup:
         plan = DeliveryPlan.for_set(mapping_set)
     except MappingSetError as exc:
         raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+    env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
+    base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
+    if getattr(args, "tenants", None):
+        return DeliverySetup(mapping_set, plan, {}, {}, base_url, _read_tenants(args, mapping_set))
     given = read_settings(args.settings, args.overrides)
     try:
         resolved = mapping_set.resolve_settings(dict(given))
@@ -132,6 +145,20 @@ def prepare_delivery(args: argparse.Namespace, verb: str) -> DeliverySetup:
     if missing:
         raise UsageError(f"missing setting(s) needed to send: {', '.join(missing)} "
                          f"(--settings FILE or --set {missing[0]}=…)")
-    env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
-    base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
     return DeliverySetup(mapping_set, plan, given, resolved, base_url)
+
+
+def _read_tenants(args: argparse.Namespace, mapping_set: MappingSet) -> list[Tenant]:
+    from ..delivery.stores import is_database_url
+    from ..tenants import TenantsError, load_tenants
+
+    if args.settings or args.overrides:
+        raise UsageError("--tenants gives each tenant its settings: leave out --settings and --set")
+    if not is_database_url(args.state):
+        raise UsageError("--tenants needs a shared outbox (--state postgresql://…): the SQLite store in a folder "
+                         "holds one destination's events")
+    try:
+        return load_tenants(args.tenants, mapping_set)
+    except TenantsError as exc:
+        raise UsageError(f"--tenants {args.tenants}: {len(exc.problems)} problem(s):\n" + "\n".join(exc.problems)) \
+            from None

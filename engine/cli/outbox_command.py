@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> None:
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--state", required=True, metavar="DIR|URL",
                             help="the outbox folder of `send --state`, or a postgresql:// URL (a shared outbox)")
+        action.add_argument("--tenant", default="", metavar="NAME",
+                            help="with a postgresql:// --state: this tenant's events (a name in the --tenants file "
+                                 "of serve and worker; default: those recorded without --tenants)")
         if name == "replay":
             action.add_argument("--unit", type=int, action="append", metavar="ID",
                                 help="only this dead request (its `unit` in dead-letters; repeatable)")
@@ -61,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
         return fail("--rejected needs --remap")
     if args.action == "replay" and args.remap and args.unit:
         return fail("--remap maps whole events again: leave out --unit")
+    if args.tenant and not is_database_url(args.state):
+        return fail(f"--tenant {args.tenant}: only a shared outbox (--state postgresql://…) has tenants")
     try:
         # Only replay writes; the others read, beside a running server or in a read-only folder.
         writes = args.action == "replay"
-        outbox = open_outbox(args.state, exclusive=writes, create=False, read_only=not writes)
+        outbox = open_outbox(args.state, exclusive=writes, create=False, read_only=not writes, tenant=args.tenant)
     except (FileNotFoundError, OutboxError) as exc:
         return fail(str(exc))
     masker = Sealer({}, outbox.get_meta("seal_nonce") or "0")
@@ -76,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
                 out.write(json.dumps({"source": source["id"], "input": source["label"],
                                       "events": counts.events, "requests": counts.units}) + "\n")
             total = outbox.counts()
-            out.write(json.dumps({"total": True, "events": total.events, "requests": total.units,
-                                  "outbox": outbox.where}) + "\n")
+            line = {"total": True, "events": total.events, "requests": total.units, "outbox": outbox.where}
+            if args.tenant:
+                line["tenant"] = args.tenant
+            out.write(json.dumps(line) + "\n")
         elif args.action == "dead-letters":
             for letter in outbox.dead_letters():
                 out.write(masker.mask(json_line(letter)) + "\n")

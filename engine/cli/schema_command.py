@@ -12,8 +12,8 @@ from .common import EXIT_OK, fail
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("schema", help="print the JSON Schema of mapping.yaml, rule, delivery or case files",
-                                   description=__doc__)
+    parser = subparsers.add_parser("schema", description=__doc__,
+                                   help="print the JSON Schema of mapping.yaml, rule, delivery, case or tenants files")
     parser.add_argument("kind", nargs="?", choices=sorted(KINDS), help="which kind of file (with --write: all)")
     parser.add_argument("--write", metavar="DIR",
                         help="write every kind's schema as DIR/<kind>.schema.json instead of printing one")

@@ -33,7 +33,7 @@ from ..delivery.stores import is_database_url, without_password
 from ..delivery.worker import WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
 from ..serve.limits import DEDUPE_WINDOW, ConnectionLimits
-from .common import EXIT_OK, UsageError, add_mapping_options, fail, prepare_delivery
+from .common import EXIT_OK, UsageError, add_mapping_options, add_tenants_option, fail, prepare_delivery
 
 DEFAULT_STATE = f"{PROGRAM}-state"
 KEYS_ENV = PROGRAM.upper().replace("-", "_") + "_WRITE_KEYS"
@@ -46,6 +46,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
     add_mapping_options(parser)
+    add_tenants_option(parser)
     parser.add_argument("--state", default=DEFAULT_STATE, metavar="DIR|URL",
                         help=f"the outbox folder, kept across restarts (default: ./{DEFAULT_STATE}); or a "
                              "postgresql:// URL, an outbox shared by several servers and workers")
@@ -102,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup = prepare_delivery(args, "serve")
         mapping_set, plan, settings, base_url = setup.mapping_set, setup.plan, setup.given_settings, setup.base_url
-        write_keys = _write_keys(args)
+        write_keys = _write_keys(args) if not setup.tenants else [key for t in setup.tenants for key in t.write_keys]
+        if setup.tenants and (args.write_keys or args.write_key_files):
+            raise UsageError("--tenants names each tenant's write keys: leave out --write-key and --write-key-file")
         if not write_keys:
             raise UsageError(f"give at least one write key (--write-key-file FILE, {KEYS_ENV} or --write-key): "
                              "the key Segment's libraries are configured with")
@@ -135,14 +138,24 @@ def run(args: argparse.Namespace) -> int:
     state = args.state if is_database_url(args.state) else Path(args.state)
     options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
     try:
-        service = Service(mapping_set, plan, settings, state, base_url, options, dedupe_window=args.dedupe_window,
-                          deliver=args.deliver, lease=LeaseOptions(args.lease_ttl))
+        if setup.tenants:
+            from ..serve.tenant_services import TenantServices
+            tenants = TenantServices(mapping_set, plan, setup.tenants, str(state), base_url, options,
+                                     dedupe_window=args.dedupe_window, deliver=args.deliver,
+                                     lease=LeaseOptions(args.lease_ttl))
+        else:
+            service = Service(mapping_set, plan, settings, state, base_url, options, dedupe_window=args.dedupe_window,
+                              deliver=args.deliver, lease=LeaseOptions(args.lease_ttl))
     except OutboxError as exc:  # names the file (or database) and what to do
         return fail(str(exc))
     except OSError as exc:
         return fail(f"--state {without_password(str(state))}: {exc}")
-    app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan,
-                     body_timeout=limits.body_timeout)
+    if setup.tenants:
+        app = create_app(lambda messages: None, [], tenants.metrics, tenants.health, tenants.lifespan,
+                         body_timeout=limits.body_timeout, tenants=tenants.routes)
+    else:
+        app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan,
+                         body_timeout=limits.body_timeout)
     run_server(app, args.host, args.port, state, base_url if args.deliver else "no one (--no-worker)", limits)
     return EXIT_OK
 

@@ -2,6 +2,7 @@
 
     $PROG worker --state postgresql://user@db/segment --settings settings.yaml
     $PROG worker --state postgresql://… --settings … --until-empty     # a backlog, then exit
+    $PROG worker --state postgresql://… --tenants tenants.yaml --metrics-port 9464
 
 The outbox's requests are split into partitions, one per lane of the mapping set's delivery section.
 A worker leases whole partitions (at most its fair share of them among the live workers), renews its
@@ -14,6 +15,11 @@ sent, the leases are released for the other workers. Exit 0 after such a stop, o
 once nothing is pending and nothing was dead-lettered by this worker; 1 with --until-empty when some
 events were dead-lettered (`outbox dead-letters --state URL`); 2 for bad usage, a database out of
 reach or too new, or a configuration the API refuses (401/403: nothing is dead-lettered).
+
+With --tenants FILE it delivers every tenant of the file (each with its own settings, partitions,
+leases and rate limits); a tenant whose requests it meets but that is not in its file is left to
+the workers that have its settings (it says so once). --metrics-port serves GET /metrics
+(Prometheus: backlog per tenant and lane, leases held, takeovers, job polls) on --metrics-host.
 """
 
 from __future__ import annotations
@@ -23,17 +29,31 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..delivery.ingest import Ingester
 from ..delivery.leases import LeaseOptions, SharedDelivery, shared_store
 from ..delivery.outbox import OutboxError
 from ..delivery.sealing import Sealer
 from ..delivery.stores import is_database_url, open_outbox, without_password
+from ..delivery.tenant_deliveries import TenantDeliveries
 from ..delivery.worker import DeliveryStopped, WorkerOptions
 from ..mapping_set import DEFAULT_SET, PROGRAM
-from .common import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, UsageError, add_mapping_options, fail, prepare_delivery
+from .common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    DeliverySetup,
+    UsageError,
+    add_mapping_options,
+    add_tenants_option,
+    fail,
+    prepare_delivery,
+)
 from .serve_command import add_lease_option
+
+if TYPE_CHECKING:  # (the PostgreSQL driver is imported only when a URL is given)
+    from ..delivery.postgres_outbox import PostgresOutbox
 
 __doc__ = (__doc__ or "").replace("$PROG", PROGRAM)
 
@@ -45,6 +65,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--state", required=True, metavar="URL",
                         help="the shared outbox: a postgresql:// URL (the one `serve --state` records into)")
     add_mapping_options(parser)
+    add_tenants_option(parser)
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve GET /metrics (Prometheus) on this port (0: any free port, printed)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="address for --metrics-port (default 127.0.0.1: this machine only)")
     parser.add_argument("--base-url", metavar="URL",
                         help="deliver here instead of the mapping set's base URL (also: the environment "
                              f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
@@ -73,56 +98,90 @@ def run(args: argparse.Namespace) -> int:
         setup = prepare_delivery(args, "deliver")
         if args.time_scale <= 0 or args.concurrency < 1 or args.linger < 0 or not args.lease_ttl > 0:
             raise UsageError("--time-scale must be > 0, --concurrency ≥ 1, --linger ≥ 0 and --lease-ttl > 0")
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port {args.metrics_port}: not a port number")
     except UsageError as exc:
         return fail(str(exc))
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"{PROGRAM} worker: %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     shown = without_password(args.state)
+    stores: list[PostgresOutbox] = []
     try:
-        store = shared_store(open_outbox(args.state, partition_of=setup.plan.lane_of))
-    except OutboxError as exc:
-        return fail(str(exc))
-    try:
-        recorded_by = store.init_meta("mapping_set", setup.mapping_set.name)
-        if recorded_by != setup.mapping_set.name:
-            return fail(f"--state {shown} holds requests of mapping set '{recorded_by}', not "
-                        f"'{setup.mapping_set.name}'")
-        secrets = {name: str(setup.settings[name]) for name in setup.mapping_set.secret_settings
-                   if setup.settings.get(name)}
-        sealer = Sealer(secrets, store.init_meta("seal_nonce", Sealer.new_nonce()))
-        options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
-        chains = Ingester(setup.mapping_set, setup.settings, store, sealer)  # makes request chains' next steps
-        delivery = SharedDelivery(setup.plan, store, sealer, setup.base_url, options, LeaseOptions(args.lease_ttl),
-                                  chains=chains)
+        try:
+            deliveries = _tenant_deliveries(args, setup, stores)
+        except OutboxError as exc:
+            return fail(str(exc))
+        except UsageError as exc:
+            return fail(str(exc))
         if args.until_empty:
-            delivery.input_complete()
-        print(f"{PROGRAM} worker {delivery.holder}: delivering {shown} to {setup.base_url}"
+            deliveries.input_complete()
+        tenants = ", ".join(f"'{name}'" for name in deliveries.deliveries if name)
+        print(f"{PROGRAM} worker {' '.join(deliveries.holders)}: delivering {shown} to {setup.base_url}"
+              + (f" for tenants {tenants}" if tenants else "")
               + (" until nothing is pending" if args.until_empty else ""), file=sys.stderr, flush=True)
         try:
-            asyncio.run(_run_until_signal(delivery))
+            asyncio.run(_run_until_signal(deliveries, args.metrics_host, args.metrics_port))
         except DeliveryStopped as exc:
             print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
                   file=sys.stderr)
             return EXIT_USAGE
-        stats = delivery.stats
-        counts = store.counts()
+        stats = deliveries.sum_stats()
+        counters = deliveries.counters
+        pending = sum(store.counts().events["pending"] for store in stores)
         print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
               f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
-              f"{stats.rate_limited} answered 429 · {counts.events['pending']} event(s) pending in the outbox · "
-              f"leases: {delivery.counters.claimed} taken ({delivery.counters.takeovers} from a dead worker), "
-              f"{delivery.counters.lost} lost", file=sys.stderr)
+              f"{stats.rate_limited} answered 429 · {pending} event(s) pending in the outbox · "
+              f"leases: {counters.claimed} taken ({counters.takeovers} from a dead worker), "
+              f"{counters.lost} lost", file=sys.stderr)
+        if deliveries.stopped:
+            return EXIT_USAGE  # some tenant's configuration is refused (logged above)
         return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
     finally:
-        store.close()
+        for store in stores:
+            store.close()
 
 
-async def _run_until_signal(delivery: SharedDelivery) -> None:
+def _tenant_deliveries(args: argparse.Namespace, setup: DeliverySetup,
+                       stores: list[PostgresOutbox]) -> TenantDeliveries:
+    """A SharedDelivery per tenant of --tenants (or one, tenant '', with --settings); each store
+    opened is appended to `stores` (for the caller to close)."""
+    targets = [(t.name, t.resolved) for t in setup.tenants] if setup.tenants is not None else [("", setup.settings)]
+    options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger)
+    deliveries: dict[str, SharedDelivery] = {}
+    for tenant, settings in targets:
+        store = shared_store(open_outbox(args.state, partition_of=setup.plan.lane_of, tenant=tenant))
+        stores.append(store)
+        recorded_by = store.init_meta("mapping_set", setup.mapping_set.name)
+        if recorded_by != setup.mapping_set.name:
+            whose = f" for tenant '{tenant}'" if tenant else ""
+            raise UsageError(f"--state {without_password(args.state)} holds requests{whose} of mapping set "
+                             f"'{recorded_by}', not '{setup.mapping_set.name}'")
+        secrets = {name: str(settings[name]) for name in setup.mapping_set.secret_settings if settings.get(name)}
+        sealer = Sealer(secrets, store.init_meta("seal_nonce", Sealer.new_nonce()))
+        chains = Ingester(setup.mapping_set, settings, store, sealer)  # makes request chains' next steps
+        deliveries[tenant] = SharedDelivery(setup.plan, store, sealer, setup.base_url, options,
+                                            LeaseOptions(args.lease_ttl), chains=chains)
+    return TenantDeliveries(deliveries)
+
+
+async def _run_until_signal(deliveries: TenantDeliveries, metrics_host: str, metrics_port: int | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, delivery.stop)
+        loop.add_signal_handler(sig, deliveries.stop)
+    server = None
+    if metrics_port is not None:
+        from ..serve.delivery_metrics import shared_delivery_metrics
+        from ..serve.metrics_endpoint import serve_metrics
+
+        metrics = shared_delivery_metrics(deliveries)
+        server = await serve_metrics(metrics.render, metrics_host, metrics_port)
+        bound = server.sockets[0].getsockname()
+        print(f"{PROGRAM} worker: metrics on http://{bound[0]}:{bound[1]}/metrics", file=sys.stderr, flush=True)
     try:
-        await delivery.run()
+        await deliveries.run()
     finally:
+        if server is not None:
+            server.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -571,6 +571,19 @@ class PostgresOutbox(Outbox):
             row = cur.fetchone()
             return int(row["n"]) if row else 0
 
+    def backlog(self) -> dict[tuple[str, str], int]:
+        """Pending requests by (tenant, partition), of every tenant: what all workers have left (metrics)."""
+        with self._tx() as cur:
+            cur.execute("SELECT tenant, partition, count(*) AS n FROM units WHERE status = 'pending' "
+                        "GROUP BY tenant, partition")
+            return {(str(r["tenant"]), str(r["partition"])): int(r["n"]) for r in cur.fetchall()}
+
+    def tenants_with_partitions(self) -> list[str]:
+        """Every tenant that has recorded requests (a worker delivers those it has settings for)."""
+        with self._tx(leases=True) as cur:
+            cur.execute("SELECT DISTINCT tenant FROM leases ORDER BY tenant")
+            return [str(r["tenant"]) for r in cur.fetchall()]
+
     # -- leases (leases.py decides when) -----------------------------------------------------------------
     def heartbeat(self, holder: str, ttl: float) -> int:
         """Say this worker is alive; returns how many workers are (seen within `ttl`)."""

@@ -29,14 +29,15 @@ def without_password(state: str) -> str:
 
 
 def open_outbox(state: str, *, create: bool = True, exclusive: bool = True, read_only: bool = False,
-                partition_of: Callable[[str, str], str] | None = None) -> Outbox:
+                partition_of: Callable[[str, str], str] | None = None, tenant: str = "") -> Outbox:
     """The outbox `state` names. A folder: SQLiteOutbox (`exclusive`: the folder's lock; `create`:
     make it if missing). A URL: PostgresOutbox (tables created or migrated unless `read_only`;
-    `partition_of(method, url)` names the lease each recorded request is delivered under).
+    `partition_of(method, url)` names the lease each recorded request is delivered under; `tenant`:
+    whose events it reads and records, '' without --tenants). A folder has no tenants.
     Raises OutboxError (and, for a folder, FileNotFoundError or OSError)."""
     if is_database_url(state):
         from .postgres_outbox import PostgresOutbox
-        return PostgresOutbox(state, partition_of=partition_of, read_only=read_only)
+        return PostgresOutbox(state, tenant=tenant, partition_of=partition_of, read_only=read_only)
     from .sqlite_outbox import SQLiteOutbox
     return SQLiteOutbox(state, exclusive=exclusive, create=create, read_only=read_only)
 

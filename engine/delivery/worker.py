@@ -95,6 +95,7 @@ class WorkerStats:
     dead_units: int = 0
     delivered_events: int = 0
     dead_events: int = 0
+    job_polls: int = 0  # looks at an asynchronous job's state
     started: float = field(default_factory=time.monotonic)
 
 
@@ -744,6 +745,7 @@ class DeliveryWorker:
         while True:
             if not await self._pause(job.interval / self.options.time_scale):
                 return  # stopping: the job stays recorded and is polled again by the next run
+            self.stats.job_polls += 1
             answer = await self._fetch(slot, job.poll, job_path(job.poll, identifier))
             if answer is None:
                 return

@@ -84,16 +84,21 @@ class _Auth:
 
     def from_header(self, header: str) -> str | None:
         """The refusal reason for an Authorization header, or None when it carries a known write key."""
+        return self.key_from_header(header)[0]
+
+    def key_from_header(self, header: str) -> tuple[str | None, str]:
+        """(the refusal reason or None, the write key the header carries)."""
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "basic":
-            return f"{scheme or 'this'} authorization is not supported; use HTTP Basic with the write key as user name"
+            return (f"{scheme or 'this'} authorization is not supported; use HTTP Basic with the write key as user "
+                    "name"), ""
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            return "the Basic credentials are not valid base64"
+            return "the Basic credentials are not valid base64", ""
         # `key:` as Segment documents it; a bare `key` is accepted too, as Segment still does.
         user = decoded.partition(":")[0]
-        return None if user and self.allows(user) else "unknown write key"
+        return (None if user and self.allows(user) else "unknown write key"), user
 
 
 class _BodyTimeout(Exception):
@@ -132,8 +137,13 @@ async def _read_body(request: Request, limit: int, endpoint: str, timeout: float
 
 def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | None = None,
                health: Callable[[], dict[str, Any]] | None = None, lifespan: Lifespan[Any] | None = None,
-               body_timeout: float = BODY_TIMEOUT) -> Starlette:
-    """The Tracking API app. `health()` returns the /health body; a false "ok" in it answers 503."""
+               body_timeout: float = BODY_TIMEOUT, tenants: Mapping[str, Accept] | None = None) -> Starlette:
+    """The Tracking API app. `health()` returns the /health body; a false "ok" in it answers 503.
+
+    `tenants` (serve --tenants): write key -> the accept of the tenant it routes to; `accept` and
+    `write_keys` are then not used."""
+    if tenants is not None:
+        write_keys = list(tenants)
     auth = _Auth(write_keys)
     stats = metrics or Metrics()
     asynchronous = inspect.iscoroutinefunction(accept)
@@ -150,8 +160,9 @@ def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | Non
             return _error(404, "not_found", f"no endpoint /v1/{endpoint}; the Tracking API has "
                           + ", ".join(f"/v1/{e}" for e in ENDPOINTS))
         header = request.headers.get("authorization")
+        key = ""
         if header is not None:
-            refusal = auth.from_header(header)
+            refusal, key = auth.key_from_header(header)
             if refusal is not None:
                 return _unauthorized(refusal)
         try:
@@ -174,11 +185,12 @@ def create_app(accept: Accept, write_keys: Iterable[str], metrics: Metrics | Non
             return _unauthorized("unknown write key" if body_key else
                                  "no write key: send HTTP Basic with the write key as user name")
         if messages:
+            receive = accept if tenants is None else tenants[key if header is not None else str(body_key)]
             try:
-                if asynchronous:
-                    await cast("Awaitable[None]", accept(messages))
+                if inspect.iscoroutinefunction(receive) if tenants is not None else asynchronous:
+                    await cast("Awaitable[None]", receive(messages))
                 else:
-                    await run_in_threadpool(accept, messages)
+                    await run_in_threadpool(receive, messages)
             except Exception as exc:
                 log.exception("could not store %d message(s)", len(messages))
                 return _error(503, "unavailable", f"the messages could not be stored, send them again: {exc}",

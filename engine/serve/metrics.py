@@ -32,11 +32,18 @@ COUNTERS = {
                                 "(over the cap with none idle: answered 503 busy, except /health and /metrics).",
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
+    "job_polls_total": "Looks at the state of an asynchronous job the destination accepted.",
+    "lease_takeovers_total": "Partitions this process took over from a worker whose lease had expired (a shared "
+                             "outbox).",
 }
 GAUGES = {
     "outbox_depth": "Events in the outbox not yet delivered, rejected or dead-lettered.",
     "up": "1 while the server and its delivery worker are running.",
+    "backlog": "Requests pending in the outbox, by tenant and lane (a shared outbox: all processes' backlog).",
+    "leases_held": "Partitions (tenant, lane) this process delivers under a lease, by tenant.",
 }
+# A labelled gauge's reader: one value per series, each named by its labels.
+Series = dict[tuple[tuple[str, str], ...], float]
 HISTOGRAM = ("delivery_latency_seconds", "Seconds from an event's receipt to its delivery.")
 
 
@@ -91,6 +98,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in COUNTERS}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._gauge_series: dict[str, Callable[[], Series]] = {}
         self._readers: dict[str, Callable[[], float]] = {}
         self._latency = _Histogram(LATENCY_BUCKETS)
 
@@ -126,6 +134,12 @@ class Metrics:
             raise KeyError(f"unknown gauge {name!r}")
         self._gauges[name] = read
 
+    def gauge_series(self, name: str, read: Callable[[], Series]) -> None:
+        """A gauge with labels: `read()` gives each series' labels and value, when scraped."""
+        if name not in GAUGES:
+            raise KeyError(f"unknown gauge {name!r}")
+        self._gauge_series[name] = read
+
     def render(self) -> str:
         lines: list[str] = []
         read = {name: _read(reader) for name, reader in self._readers.items()}
@@ -146,10 +160,18 @@ class Metrics:
             lines.append(f"{full}_count {self._latency.count}")
         for name, help_text in GAUGES.items():
             reader = self._gauges.get(name)
-            if reader is None:
+            series_reader = self._gauge_series.get(name)
+            if reader is None and series_reader is None:
                 continue
-            value = _read(reader)
             full = f"{PREFIX}_{name}"
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge",
-                      f"{full} {_number(value)}"]
+            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge"]
+            if reader is not None:
+                lines.append(f"{full} {_number(_read(reader))}")
+            else:
+                assert series_reader is not None
+                try:
+                    series = series_reader()
+                except Exception:  # a scrape must not fail for one reading (e.g. the database away)
+                    series = {}
+                lines += [f"{full}{_labels(key)} {_number(value)}" for key, value in sorted(series.items())]
         return "\n".join(lines) + "\n"

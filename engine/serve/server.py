@@ -48,6 +48,7 @@ from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
 from .commits import CommitGroup
 from .connections import guarded_protocol
+from .delivery_metrics import backlog_series, count_deliveries
 from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
 
@@ -71,10 +72,10 @@ class _MeteredOutbox(SQLiteOutbox):
         return finished
 
 
-def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics) -> Outbox:
+def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics, tenant: str = "") -> Outbox:
     if not is_database_url(str(state)):
         return _MeteredOutbox(state, metrics)
-    outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of))
+    outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of, tenant=tenant))
 
     def observe(finished: Finished) -> None:
         for seconds in finished.latencies:
@@ -94,11 +95,12 @@ class Service:
     def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
                  metrics: Metrics | None = None, dedupe_window: float | None = DEDUPE_WINDOW,
-                 deliver: bool = True, lease: LeaseOptions | None = None):
+                 deliver: bool = True, lease: LeaseOptions | None = None, tenant: str = ""):
         self.metrics = metrics or Metrics()
         self.dedupe_window = dedupe_window or None  # 0: keep every copy
         # raises OutboxError: locked by another process, damaged, a database out of reach or too new
-        self.outbox = _open_metered(state, plan, self.metrics)
+        self.tenant = tenant
+        self.outbox = _open_metered(state, plan, self.metrics, tenant)
         self.worker: DeliveryWorker | SharedDelivery | None = None
         try:
             nonce = self.outbox.init_meta("seal_nonce", Sealer.new_nonce())
@@ -124,6 +126,15 @@ class Service:
         self.metrics.counter_from("events_dead_lettered_total", lambda: stats.dead_events)
         self.metrics.counter_from("retries_total", lambda: stats.retried)
         self.metrics.counter_from("rate_limited_total", lambda: stats.rate_limited)
+        self.metrics.counter_from("job_polls_total", lambda: stats.job_polls)
+        if isinstance(self.worker, SharedDelivery):
+            shared = self.worker
+            count_deliveries(self.metrics, lambda field: float(getattr(stats, field)),
+                             lambda: shared.counters.takeovers, shared.store,
+                             lambda: {tenant: len(shared.partitions_held)})
+        elif is_database_url(str(state)):  # --no-worker: the backlog all the same
+            store = shared_store(self.outbox)
+            self.metrics.gauge_series("backlog", lambda: backlog_series(store))
         self.metrics.gauge("outbox_depth", self.pending)
         self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
 

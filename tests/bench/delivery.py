@@ -85,6 +85,27 @@ def run_send(root: Path, source: Path, settings_path: Path, url: str,
 EVENTS_PER_INPUT = {False: 1.5, True: 0.69}
 
 
+def fraction_over_windows(samples: list[tuple[float, int]], total: int, finished_api: float, window: float,
+                          rate: float) -> tuple[float | None, list[float]]:
+    """From (API time, accepted items) samples: the items accepted in each full window during which
+    the sender still had items to deliver, and their sum over what the ceiling allows in them."""
+    times = [t for t, _ in samples]
+
+    def accepted_at(api_time: float) -> float:
+        i = bisect.bisect_left(times, api_time)
+        if i == 0:
+            return float(samples[0][1])
+        if i >= len(samples):
+            return float(samples[-1][1])
+        (t0, a0), (t1, a1) = samples[i - 1], samples[i]
+        return a0 + (a1 - a0) * (api_time - t0) / (t1 - t0) if t1 > t0 else float(a1)
+
+    last_busy = next((t for t, a in samples if a >= total), finished_api)  # when the last item was accepted
+    full = [k for k in range(int(last_busy // window)) if (k + 1) * window <= last_busy]
+    per_window = [accepted_at((k + 1) * window) - accepted_at(k * window) for k in full]
+    return (sum(per_window) / (len(full) * rate * window) if full else None), per_window
+
+
 def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_scale: float = 1.0,
             mixed: bool = False) -> dict[str, Any]:
     """With `mixed`, the whole corpus goes (profiles and subscriptions flow too) and only the events
@@ -141,23 +162,8 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
                 "message": f"not measured: send exited {process.returncode}: {process.stderr.strip()[-500:]}"}
     events, delivered, requests, retried, answered_429 = (int(g) for g in summary.groups())
 
-    # Accepted events at the end of each full window during which send was still delivering.
-    times = [t for t, _ in samples]
-
-    def accepted_at(api_time: float) -> float:
-        i = bisect.bisect_left(times, api_time)
-        if i == 0:
-            return float(samples[0][1])
-        if i >= len(samples):
-            return float(samples[-1][1])
-        (t0, a0), (t1, a1) = samples[i - 1], samples[i]
-        return a0 + (a1 - a0) * (api_time - t0) / (t1 - t0) if t1 > t0 else float(a1)
-
     total = counters.get(counter, 0)
-    last_busy = next((t for t, a in samples if a >= total), finished_api)  # when the last event was accepted
-    full = [k for k in range(int(last_busy // window)) if (k + 1) * window <= last_busy]
-    per_window = [accepted_at((k + 1) * window) - accepted_at(k * window) for k in full]
-    fraction = sum(per_window) / (len(full) * rate * window) if full else None
+    fraction, per_window = fraction_over_windows(samples, total, finished_api, window, rate)
     return {
         "fraction_of_ceiling": round(fraction, 4) if fraction is not None else None,
         "fraction_429": round(answered_429 / requests, 4) if requests else None,
@@ -170,13 +176,13 @@ def measure(root: Path, workdir: Path, seed: int = 7, windows: int = 2, time_sca
         "requests": requests,
         "retried": retried,
         "answered_429": answered_429,
-        "full_windows": len(full),
+        "full_windows": len(per_window),
         "events_per_window": [round(x) for x in per_window],
         "wall_seconds": round(elapsed, 1),
         # All accepted events over the whole run: start-up counts against it, but the last, partial
         # window can run above the steady rate (nothing is left to wait for), so this is only a hint.
         "end_to_end_fraction": round(total / (elapsed * time_scale * rate), 4),
-        "message": None if full else "the run was shorter than one full window",
+        "message": None if per_window else "the run was shorter than one full window",
     }
 
 

@@ -23,12 +23,19 @@
 8. Lean paths (lean.py): `map` over a JSON pass-through floor, `send` CPU over `map` CPU (fake
    without limits), `serve` over a bare Starlette app (load.py, floor_app.py) with its p99 at half
    its maximum rate and its CPU per event in batches of 100 over `map`'s.
+9. The shared outbox (shared.py), when SEGMENT_KLAVIYO_TEST_POSTGRES names a PostgreSQL server:
+   the PostgreSQL store's cost per event over SQLite's, events/s delivered by 1, 2 and 4 `worker`
+   processes (fake without limits), and 3 workers under the published limits (fraction of the
+   ceiling, share of 429s). --no-shared skips it.
 
 With --json FILE, writes one object with (at least) the keys events, engine_events_per_s,
 baseline_events_per_s, engine_over_baseline, load_validate_ms, stream_1m_peak_rss_mb,
 delivery_fraction_of_ceiling, delivery_429_fraction, delivery_profiles_per_s,
 delivery_profile_fraction_of_ceiling, delivery_mixed_fraction_of_ceiling, map_over_json_floor,
-send_cpu_over_map_cpu, serve_over_floor, serve_p99_ms_at_half_rate, serve_cpu_over_map_cpu. Not
+send_cpu_over_map_cpu, serve_over_floor, serve_p99_ms_at_half_rate, serve_cpu_over_map_cpu,
+shared_store_postgres_over_sqlite, shared_workers_1_events_per_s, shared_workers_2_events_per_s,
+shared_workers_4_events_per_s, shared_limited_3_workers_fraction_of_ceiling,
+shared_limited_3_workers_fraction_429 (null without PostgreSQL) and shared (all of shared.py's). Not
 part of the test run (pytest does not collect this folder).
 """
 
@@ -56,6 +63,7 @@ import baseline as baseline_module  # noqa: E402
 import corpus  # noqa: E402
 import delivery  # noqa: E402
 import lean  # noqa: E402
+import shared  # noqa: E402
 
 import engine  # noqa: E402
 
@@ -271,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lean-events", type=int, default=200_000,
                         help="events for map against the JSON floor (send against map: a quarter of them)")
     parser.add_argument("--serve-seconds", type=float, default=5.0, help="seconds of each serve load run")
+    parser.add_argument("--no-shared", action="store_true", help="skip the shared-outbox (PostgreSQL) figures")
     parser.add_argument("--profile", metavar="FILE", help="also profile the engine (cProfile) into FILE")
     args = parser.parse_args(argv)
 
@@ -317,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         lean_figures["send"] = lean.measure_send_cpu(ROOT, workdir, args.lean_events // 4, args.seed)
         lean_figures["serve"] = lean.measure_serve(ROOT, workdir, args.seed,
                                                    lean_figures["send"]["map_cpu_us_per_event"], args.serve_seconds)
+    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
+    shared_figures = shared.measure(dsn) if dsn and not args.no_shared else None
+
+    def from_shared(key: str) -> Any:
+        return shared_figures.get(key) if shared_figures else None
 
     figures: dict[str, Any] = {
         "events": args.events,
@@ -348,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         "serve_p99_ms_at_half_rate": lean_figures["serve"]["serve_p99_ms_at_half_rate"] if lean_figures else None,
         "serve_cpu_over_map_cpu": lean_figures["serve"]["serve_cpu_over_map_cpu"] if lean_figures else None,
         "lean": lean_figures or None,
+        "shared_store_postgres_over_sqlite": from_shared("store_postgres_over_sqlite"),
+        **{f"shared_workers_{n}_events_per_s": from_shared(f"workers_{n}_events_per_s") for n in (1, 2, 4)},
+        "shared_limited_3_workers_fraction_of_ceiling": from_shared("limited_3_workers_fraction_of_ceiling"),
+        "shared_limited_3_workers_fraction_429": from_shared("limited_3_workers_fraction_429"),
+        "shared": shared_figures,
         "rounds": args.rounds,
         "seed": args.seed,
         "python": platform.python_version(),
@@ -423,6 +442,15 @@ def print_table(f: dict[str, Any], stream: dict[str, Any] | None) -> None:
         row("… p99 ms at half serve's rate", f"{sv['serve_p99_ms_at_half_rate']:.1f}", "≤ 50")
         row("`serve` CPU/event (batches of 100) / `map`'s",
             "null" if sv["serve_cpu_over_map_cpu"] is None else f"{sv['serve_cpu_over_map_cpu']:.2f}", "≤ 2")
+    sh = f["shared"]
+    if sh:
+        row("PostgreSQL store / SQLite store, µs per event", f"{sh['store_postgres_over_sqlite']:.2f}")
+        row(f"workers 1, 2, 4: events/s ({sh['cores']} cores)", ", ".join(
+            f"{sh[f'workers_{n}_events_per_s']:,.0f}" for n in (1, 2, 4)))
+        fraction = sh.get("limited_3_workers_fraction_of_ceiling")
+        row("3 workers at the limits: fraction of ceiling", "null" if fraction is None else f"{fraction:.1%}", "≥ 90%")
+        share = sh.get("limited_3_workers_fraction_429")
+        row("… requests answered 429", "null" if share is None else f"{share:.2%}", "< 1%")
 
 
 if __name__ == "__main__":

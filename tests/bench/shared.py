@@ -6,14 +6,21 @@
    as `send` and `serve` record) and marked delivered with `mark_delivered` (calls of 100 units, as
    bulk answers come), on the SQLite store (a tmp folder) and on the PostgreSQL store (a schema of
    its own): microseconds of wall time per event for each step, and PostgreSQL over SQLite.
-2. Workers: the bench corpus's --worker-events events recorded in a fresh schema, then 1 and then
-   2 `worker --until-empty` processes against the fake Klaviyo without rate limits (in this
+2. Workers: the bench corpus's --worker-events events recorded in a fresh schema, then 1, 2 and 4
+   `worker --until-empty` processes against the fake Klaviyo without rate limits (in this
    process, on loopback): delivered events per second, from the workers' start to the last one's
    exit (process start included; an empty run's start-up time is reported beside it).
+3. Takeover: the same events, 2 workers (default --lease-ttl); the one holding a partition with work
+   left is SIGKILLed: seconds until another holds that partition's lease.
+4. Under the published limits: track events enough for --limited-windows full steady windows (and
+   half of one more) at the Bulk Create Events ceiling, recorded, then 3 workers against the fake
+   enforcing Klaviyo's limits: the events accepted in the full windows over what the ceiling allows
+   (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests.
 
 Everything (the fake, the workers, PostgreSQL) shares this machine's cores: the count is printed.
 Keys: store_sqlite_add_us, store_sqlite_mark_us, store_postgres_add_us, store_postgres_mark_us,
-store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, worker_startup_s, cores.
+store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, workers_4_events_per_s,
+worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429, cores.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -35,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
+import delivery  # noqa: E402
 import psycopg  # noqa: E402
 
 import engine  # noqa: E402
@@ -93,39 +102,128 @@ def record(url: str, events: list[Any]) -> int:
         return store.counts().events["pending"]
 
 
-def run_workers(url: str, settings: Path, base_url: str, count: int) -> float:
+def run_workers(url: str, settings: Path, base_url: str, count: int, *more: str) -> tuple[float, list[str]]:
+    """`count` workers until nothing is pending: (wall seconds, each one's stderr)."""
     command = [sys.executable, "-m", "engine", "worker", "--state", url, "--settings", str(settings),
-               "--base-url", base_url, "--until-empty", "--log-level", "warning"]
+               "--base-url", base_url, "--until-empty", "--log-level", "warning", *more]
     started = time.perf_counter()
     workers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for _ in range(count)]
+    logs = []
     for process in workers:
-        _, err = process.communicate(timeout=600)
+        _, err = process.communicate(timeout=1800)
         if process.returncode != 0:
             raise SystemExit(f"worker failed ({process.returncode}): {err[-2000:]}")
-    return time.perf_counter() - started
+        logs.append(err)
+    return time.perf_counter() - started, logs
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-events", type=int, default=10_000)
-    parser.add_argument("--worker-events", type=int, default=20_000)
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args(argv)
-    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
-    if not dsn:
-        raise SystemExit("set SEGMENT_KLAVIYO_TEST_POSTGRES to a PostgreSQL URL (postgresql://root@127.0.0.1/test)")
+def takeover(dsn: str, settings: Path, base_url: str, events: list[Any], workers: int = 2) -> dict[str, Any]:
+    """Seconds from the SIGKILL of a worker holding a partition with work left to another worker's
+    lease on it, with the default --lease-ttl (the bound: 4/3 of it)."""
+    import signal
+
+    schema = Schema(dsn)
+    command = [sys.executable, "-m", "engine", "worker", "--state", schema.url, "--settings", str(settings),
+               "--base-url", base_url, "--log-level", "warning"]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        record(schema.url, events)
+        processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for _ in range(workers)]
+        by_pid = {p.pid: p for p in processes}
+        query = ("SELECT l.partition, l.holder, l.generation FROM leases l WHERE l.expires > now() AND EXISTS "
+                 "(SELECT 1 FROM units u WHERE u.partition = l.partition AND u.status = 'pending')")
+        with psycopg.connect(schema.url, autocommit=True) as db:
+            deadline = time.monotonic() + 120
+            while True:
+                held = [(p, h, g) for p, h, g in db.execute(query).fetchall() if int(h.split(":")[-2]) in by_pid]
+                if held:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit("takeover: no worker held a partition with work")
+                time.sleep(0.05)
+            partition, holder, generation = held[0]
+            by_pid[int(holder.split(":")[-2])].send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            while not db.execute("SELECT 1 FROM leases WHERE partition = %s AND generation > %s",
+                                 (partition, generation)).fetchall():
+                if time.monotonic() - killed > 120:
+                    raise SystemExit("takeover: no other worker took the partition")
+                time.sleep(0.05)
+            return {"takeover_s": time.monotonic() - killed, "takeover_partition": partition}
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=60)
+        schema.drop()
+
+
+def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: int = 3) -> dict[str, Any]:
+    """3 workers under the published limits: the fraction of the events ceiling, the share of 429s."""
+    import threading
+
+    mapping_set = engine.load_mapping_set("klaviyo")
+    rate, limits = delivery.ceiling(mapping_set.delivery)
+    window = limits["window_s"]
+    source = folder / "limited.ndjson"
+    delivery._write_corpus(source, int(rate * window * (windows + 0.5) / delivery.EVENTS_PER_INPUT[False]), 7)
+    events = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    settings = folder / "limited-settings.json"
+    settings.write_text(json.dumps(SETTINGS), encoding="utf-8")
+    schema = Schema(dsn)
+    counter = f"accepted_items:{limits['endpoint']}"
+    try:
+        record(schema.url, events)
+        fake = FakeServer(DeliveryPlan.for_set(mapping_set), FakeOptions(time_scale=time_scale)).start()
+        samples: list[tuple[float, int]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                with fake.store.lock:
+                    samples.append((fake.api_now(), fake.store.counters.get(counter, 0)))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            seconds, logs = run_workers(schema.url, settings, fake.url, workers, "--time-scale", str(time_scale))
+            finished_api = fake.api_now()
+        finally:
+            done.set()
+            sampler.join()
+            with fake.store.lock:
+                total = fake.store.counters.get(counter, 0)
+            fake.stop()
+    finally:
+        schema.drop()
+    summaries = [re.search(r"(\d+) requests, (\d+) retried, (\d+) answered 429", log) for log in logs]
+    requests = sum(int(m.group(1)) for m in summaries if m)
+    answered_429 = sum(int(m.group(3)) for m in summaries if m)
+    fraction, per_window = delivery.fraction_over_windows(samples, total, finished_api, window, rate)
+    return {f"limited_{workers}_workers_fraction_of_ceiling": round(fraction, 4) if fraction is not None else None,
+            f"limited_{workers}_workers_fraction_429": round(answered_429 / requests, 5) if requests else None,
+            "limited_ceiling_events_per_s": rate, "limited_events_per_window": [round(x) for x in per_window],
+            "limited_requests": requests, "limited_answered_429": answered_429, "limited_wall_s": round(seconds, 1),
+            "limited_input_events": len(events)}
+
+
+def measure(dsn: str, store_events: int = 10_000, worker_events: int = 20_000, limited_windows: int = 1,
+            limited_time_scale: float = 1.0) -> dict[str, Any]:
+    """Every figure of this module's docstring (tests/bench/run.py calls it too)."""
     figures: dict[str, Any] = {"cores": os.cpu_count()}
 
     with tempfile.TemporaryDirectory() as folder:
         outbox = open_outbox(str(Path(folder) / "state"))
-        figures["store_sqlite_add_us"], figures["store_sqlite_mark_us"] = store_cost(outbox, args.store_events)
+        figures["store_sqlite_add_us"], figures["store_sqlite_mark_us"] = store_cost(outbox, store_events)
         outbox.close()
         schema = Schema(dsn)
         try:
             with PostgresOutbox(schema.url) as store:
                 figures["store_postgres_add_us"], figures["store_postgres_mark_us"] = store_cost(
-                    store, args.store_events)
+                    store, store_events)
         finally:
             schema.drop()
         figures["store_postgres_over_sqlite"] = (
@@ -135,19 +233,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = Path(folder) / "settings.json"
         settings.write_text(json.dumps(SETTINGS), encoding="utf-8")
         plan = DeliveryPlan.for_set(engine.load_mapping_set("klaviyo"))
-        events = list(corpus.generate(args.worker_events))
+        events = list(corpus.generate(worker_events))
         with FakeServer(plan, FakeOptions(enforce_rate_limits=False)) as fake:
             empty = Schema(dsn)
             try:
                 PostgresOutbox(empty.url).close()
-                figures["worker_startup_s"] = run_workers(empty.url, settings, fake.url, 1)
+                figures["worker_startup_s"] = run_workers(empty.url, settings, fake.url, 1)[0]
             finally:
                 empty.drop()
-            for count in (1, 2):
+            for count in (1, 2, 4):
                 schema = Schema(dsn)
                 try:
                     pending = record(schema.url, events)
-                    seconds = run_workers(schema.url, settings, fake.url, count)
+                    seconds = run_workers(schema.url, settings, fake.url, count)[0]
                     with PostgresOutbox(schema.url) as store:
                         counts = store.counts().events
                     assert counts["pending"] == 0 and counts["delivered"] == pending, counts
@@ -156,7 +254,26 @@ def main(argv: list[str] | None = None) -> int:
                     figures["worker_events_delivered"] = pending
                 finally:
                     schema.drop()
+            figures.update(takeover(dsn, settings, fake.url, events))
+        if limited_windows:
+            figures.update(limited(dsn, Path(folder), limited_windows, limited_time_scale))
 
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-events", type=int, default=10_000)
+    parser.add_argument("--worker-events", type=int, default=20_000)
+    parser.add_argument("--limited-windows", type=int, default=1,
+                        help="full steady windows (API minutes) the run under the published limits must fill (0: skip)")
+    parser.add_argument("--limited-time-scale", type=float, default=1.0)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    dsn = os.environ.get("SEGMENT_KLAVIYO_TEST_POSTGRES")
+    if not dsn:
+        raise SystemExit("set SEGMENT_KLAVIYO_TEST_POSTGRES to a PostgreSQL URL (postgresql://root@127.0.0.1/test)")
+    figures = measure(dsn, args.store_events, args.worker_events, args.limited_windows, args.limited_time_scale)
     for key, value in figures.items():
         print(f"{key:32} {value:,.2f}" if isinstance(value, float) else f"{key:32} {value}")
     if args.json:
