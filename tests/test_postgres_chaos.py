@@ -59,10 +59,11 @@ def _accepted(fake: Any) -> int:
 
 def _kill_a_busy_worker(url: str, workers: list[subprocess.Popen[bytes]], fake: Any) -> subprocess.Popen[bytes] | None:
     """SIGKILL a worker that holds the lease of a partition with requests pending, once the API has
-    accepted some calls (so: mid-delivery); the one killed, or None (none yet)."""
+    accepted a call (so: mid-delivery); the one killed, or None (none yet). One call, not more: on a
+    loaded machine the workers fall behind and a handful of bulk calls carry the whole corpus."""
     import psycopg
 
-    if _accepted(fake) < 10:
+    if _accepted(fake) < 1:
         return None
     with psycopg.connect(url) as db:
         holders = [str(h) for (h,) in db.execute(
@@ -88,8 +89,8 @@ def _plan_of(profile: dict[str, Any]) -> Any:
 def test_two_servers_three_workers_kills_and_a_faulty_api(postgres_url: str, tmp_path: Path, fake_klaviyo: Any,
                                                           processes: list[subprocess.Popen[bytes]]) -> None:
     started = time.monotonic()
-    fake = fake_klaviyo(time_scale=float(SCALE), error_rate=0.1, drop_rate=0.03, burst_429_every=20.0,
-                        burst_429_length=1.0, seed=4321)
+    fake = fake_klaviyo(time_scale=float(SCALE), error_rate=0.2, drop_rate=0.08, burst_429_every=10.0,
+                        burst_429_length=2.0, seed=4321)
     settings = write_settings(tmp_path)
     common = ["--state", postgres_url, "--settings", str(settings), "--lease-ttl", LEASE_TTL]
     servers, urls = [], []
@@ -117,6 +118,7 @@ def test_two_servers_three_workers_kills_and_a_faulty_api(postgres_url: str, tmp
             answer = client.post(target + "/v1/batch", json={"batch": batch}, auth=("wk", ""))
             assert answer.status_code == 200, answer.text
             acknowledged += batch
+            time.sleep(0.1)  # paced like a live source: the workers make many small calls, not a few huge ones
             if number == 6:  # right after server 0 acknowledged this batch
                 servers[0].send_signal(signal.SIGKILL)
                 servers[0].wait(timeout=10)
