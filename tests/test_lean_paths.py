@@ -231,3 +231,27 @@ def test_units_stay_with_their_events_when_sources_interleave(tmp_path: Path) ->
             ("two", 0, "c", "pending"), ("one", 3, "d", "pending")]
         db.close()
         assert outbox.progress("one") == 4 and outbox.progress("two") == 1
+
+
+def test_the_stored_input_is_msgspecs_text_and_maps_again_to_the_same_record(tmp_path: Path) -> None:
+    from engine.delivery.ingest import Ingester
+    from engine.delivery.sealing import Sealer
+    from engine.mapping_set import load_mapping_set
+
+    event = {"type": "track", "event": "Ordered", "userId": "u1", "messageId": "m1",
+             "properties": {"big": 1e16, "small": 1e-7, "tenth": 0.1, "huge": 2 ** 70, "name": "Zoë ✓",
+                            "key": "pk_secret", "nested": [{"x": -0.0}, None, True]}}
+    outbox = SQLiteOutbox(tmp_path)
+    try:
+        ingester = Ingester(load_mapping_set("klaviyo"), {"privateKey": "pk_secret"}, outbox,
+                            Sealer({"privateKey": "pk_secret"}, "0123abcd"))
+        record, _ = ingester.to_record(event, 0)
+        assert record.raw == ('{"type":"track","event":"Ordered","userId":"u1","messageId":"m1","properties":'
+                              '{"big":1e16,"small":1e-7,"tenth":0.1,"huge":1180591620717411303424,"name":"Zoë ✓",'
+                              '"key":"***","nested":[{"x":-0.0},null,true]}}')
+        # The standard library reads the same values back (1e16 is 1e+16), and mapping it again
+        # gives the record the event gave.
+        assert json.loads(record.raw)["properties"]["big"] == 1e16
+        assert ingester.remap(record.raw.replace("***", "pk_secret"), 0) == record
+    finally:
+        outbox.close()

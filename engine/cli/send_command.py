@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..delivery.config import DeliveryPlan
 from ..delivery.ingest import Ingester, open_source
@@ -28,8 +28,6 @@ from ..delivery.stores import is_database_url, open_outbox, without_password
 from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
 from ..evaluate import MapResult
 from ..events import read_events
-from ..fake.config import fake_config
-from ..fake.server import FakeOptions, FakeServer
 from ..mapping_set import DEFAULT_SET, PROGRAM, MappingSet
 from ..strict_json import json_line
 from .common import (
@@ -43,6 +41,9 @@ from .common import (
     fail,
     prepare_delivery,
 )
+
+if TYPE_CHECKING:
+    from ..fake.server import FakeServer
 
 EXIT_INTERRUPTED = 130
 
@@ -180,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"--state {without_password(state)}: {exc}")
         try:
             if args.fake:
+                # (the fake server and the OpenAPI checker it loads: only when --fake asks for them)
+                from ..fake.config import fake_config
+                from ..fake.server import FakeOptions, FakeServer
+
                 auth_setting = fake_config(plan).auth_setting
                 key = resolved.get(auth_setting) if auth_setting else None
                 fake = FakeServer(plan, FakeOptions(api_keys=[key] if key else None, time_scale=args.time_scale))

@@ -21,7 +21,7 @@ from ..evaluate import Mapper, MapResult, Request
 from ..events import InputError, read_events
 from ..functions import EvalError
 from ..mapping_set import MappingSet
-from ..strict_json import NotStrictJSON, printable, strict_dumps, unsendable
+from ..strict_json import NotStrictJSON, compact_text, printable, strict_dumps, unsendable
 from .chains import ChainError, NextStep
 from .outbox import NewEvent, NewUnit, Outbox
 from .sealing import Sealer
@@ -112,7 +112,8 @@ class Ingester:
             result.reject(str(exc))
         message_id = result.message_id if isinstance(result.message_id, str) else None
         # Kept until the event is delivered, so that a dead or rejected event can be mapped again.
-        raw = self.sealer.mask(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        # (msgspec's text: a float may read 1e16 for 1e+16, the same double to every reader of it)
+        raw = self.sealer.mask(compact_text(event))
         # (reasons and warnings may quote a rule file's constant: stored as text SQLite can hold)
         notes = [printable(f"item {r.item} ({r.rule}) rejected: {r.reason}") for r in result.item_rejections]
         notes += [printable(f"warning: {w}") for w in result.warnings]
