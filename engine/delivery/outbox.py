@@ -305,6 +305,21 @@ def open_private(path: str | os.PathLike[str]) -> Any:
 
 
 
+def skip_duplicates(events: Sequence[NewEvent], first: int, seen: dict[str, int], window: float) -> None:
+    """Mark each event whose messageId was `seen` (messageId -> index: earlier in the store, or earlier in
+    `events`, whose first index is `first`) as skipped, with the event it repeats; both stores use this."""
+    for offset, event in enumerate(events):
+        if event.message_id is None:
+            continue
+        earlier = seen.get(event.message_id)
+        if earlier is None:
+            seen[event.message_id] = first + offset
+            continue
+        event.status, event.units, event.raw = "skipped", [], None
+        event.reason = (f"duplicate: event {earlier} of this source has the same messageId "
+                        f"(duplicates are skipped for {window:g} s)")
+
+
 def raw_event(raw: str | None) -> Any:
     """A stored input event as JSON, or as the text it is when it is not strict JSON (a line that was
     not JSON, not UTF-8, or held NaN: the reason it was rejected)."""

@@ -51,6 +51,7 @@ from .outbox import (
     StoredEvent,
     StoredUnit,
     raw_event,
+    skip_duplicates,
 )
 from .postgres_migrations import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
 from .stores import without_password
@@ -198,16 +199,7 @@ class PostgresOutbox(Outbox):
                         "message_id = ANY(%s) AND created >= %s GROUP BY message_id",
                         (self.tenant, source, ids, time.time() - window))
             seen.update((str(r["message_id"]), int(r["idx"])) for r in cur.fetchall())
-        for offset, event in enumerate(events):
-            if event.message_id is None:
-                continue
-            earlier = seen.get(event.message_id)
-            if earlier is None:
-                seen[event.message_id] = first + offset
-                continue
-            event.status, event.units, event.raw = "skipped", [], None
-            event.reason = (f"duplicate: event {earlier} of this source has the same messageId "
-                            f"(duplicates are skipped for {window:g} s)")
+        skip_duplicates(events, first, seen, window)
 
     def _add_events(self, cur: psycopg.Cursor[Any], source: str, first_index: int, events: Sequence[NewEvent],
                     label: str) -> int:

@@ -40,6 +40,7 @@ from .outbox import (
     StoredUnit,
     open_private,
     raw_event,
+    skip_duplicates,
 )
 
 OUTBOX_FILE = "outbox.sqlite3"
@@ -331,16 +332,7 @@ class SQLiteOutbox(Outbox):
             seen.update((str(r[0]), int(r[1])) for r in db.execute(
                 f"SELECT message_id, idx, min(id) FROM events WHERE source = ? AND message_id IN "
                 f"({','.join('?' * len(chunk))}) AND created >= ? GROUP BY message_id", [source, *chunk, since]))
-        for offset, event in enumerate(events):
-            if event.message_id is None:
-                continue
-            earlier = seen.get(event.message_id)
-            if earlier is None:
-                seen[event.message_id] = first + offset
-                continue
-            event.status, event.units, event.raw = "skipped", [], None
-            event.reason = (f"duplicate: event {earlier} of this source has the same messageId "
-                            f"(duplicates are skipped for {window:g} s)")
+        skip_duplicates(events, first, seen, window)
 
     def _add_events(self, db: sqlite3.Connection, source: str, first_index: int, events: Sequence[NewEvent],
                     label: str) -> int:
