@@ -144,6 +144,16 @@ def test_requeue_puts_dead_units_back(store: Outbox) -> None:
     assert store.requeue_dead() == 0
 
 
+def test_requeue_leaves_a_delivered_unit_and_its_event_alone(store: Outbox) -> None:
+    store.add_events("a", 0, [event("m0", unit()), event("m1", unit())])
+    u0, u1 = store.pending_units(0, 10)
+    store.mark_delivered([u0.id])
+    store.mark_dead([u1.id], DeadLetter(500, "x", "down", 5))
+    assert store.requeue_dead([u0.id]) == 0  # not dead: nothing to put back, the event stays delivered
+    assert store.pending_units(0, 10) == []
+    assert store.counts().events == {"pending": 0, "delivered": 1, "rejected": 0, "skipped": 0, "dead": 1}
+
+
 def test_jobs_are_kept_until_finished(store: Outbox) -> None:
     store.add_events("a", 0, [event("m0", unit()), event("m1", unit())])
     u0, u1 = store.pending_units(0, 10)

@@ -492,10 +492,12 @@ class SQLiteOutbox(Outbox):
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
+                # events first, while the units still say which of them are dead: a delivered unit
+                # named here must not put its (finished) event back to pending with nothing to send
+                db.execute(f"UPDATE events SET status = 'pending', finished = NULL WHERE id IN "
+                           f"(SELECT event_id FROM units WHERE status = 'dead' AND id IN ({marks}))", chunk)
                 count += db.execute(f"UPDATE units SET status = 'pending', attempts = 0, finished = NULL "
                                     f"WHERE status = 'dead' AND id IN ({marks})", chunk).rowcount
-                db.execute(f"UPDATE events SET status = 'pending', finished = NULL WHERE id IN "
-                           f"(SELECT event_id FROM units WHERE id IN ({marks}))", chunk)
             return count
 
     def events_to_remap(self, statuses: Sequence[str]) -> list[StoredEvent]:
