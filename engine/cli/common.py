@@ -35,6 +35,22 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
                         help="override one setting; VALUE is read as a YAML scalar (true, 3, text)")
 
 
+def add_delivery_options(parser: argparse.ArgumentParser, *, concurrency: str) -> None:
+    """What `serve` and `worker` deliver with: where, which sets, how many calls at once, how long a bulk
+    call waits, and the fake's clock. `concurrency` is the --concurrency help (a worker's is per partition)."""
+    parser.add_argument("--base-url", metavar="URL",
+                        help="deliver here instead of the mapping set's base URL (also: the environment "
+                             f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
+    parser.add_argument("--allow-compatibility-only", action="store_true",
+                        help="deliver with a mapping set marked compatibility_only (its API may be retired)")
+    parser.add_argument("--concurrency", type=int, default=8, metavar="N", help=concurrency)
+    parser.add_argument("--linger", type=float, default=0.25, metavar="SECONDS",
+                        help="how long a bulk call that is not full waits for more items (default 0.25)")
+    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                        help="the API's clock runs X times faster (only for a fake started with the same "
+                             "--time-scale)")
+
+
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="log internal errors with their tracebacks on stderr (for a bug report)")

@@ -31,9 +31,17 @@ from ..delivery.leases import DEFAULT_LEASE_TTL, LeaseOptions
 from ..delivery.outbox import OutboxError
 from ..delivery.stores import is_database_url, without_password
 from ..delivery.worker import WorkerOptions
-from ..mapping_set import DEFAULT_SET, PROGRAM
+from ..mapping_set import PROGRAM
 from ..serve.limits import DEDUPE_WINDOW, ConnectionLimits
-from .common import EXIT_OK, UsageError, add_mapping_options, add_tenants_option, fail, prepare_delivery
+from .common import (
+    EXIT_OK,
+    UsageError,
+    add_delivery_options,
+    add_mapping_options,
+    add_tenants_option,
+    fail,
+    prepare_delivery,
+)
 
 DEFAULT_STATE = f"{PROGRAM}-state"
 KEYS_ENV = PROGRAM.upper().replace("-", "_") + "_WRITE_KEYS"
@@ -60,18 +68,7 @@ def add_parser(subparsers: Any) -> None:
                              "other users of the machine")
     parser.add_argument("--write-key-file", dest="write_key_files", action="append", default=[], metavar="FILE",
                         help="write keys, one a line (blank lines and lines starting with # are ignored; repeatable)")
-    parser.add_argument("--base-url", metavar="URL",
-                        help="deliver here instead of the mapping set's base URL (also: the environment "
-                             f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
-    parser.add_argument("--allow-compatibility-only", action="store_true",
-                        help="deliver with a mapping set marked compatibility_only (its API may be retired)")
-    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
-                        help="HTTP requests to the API at once (default 8)")
-    parser.add_argument("--linger", type=float, default=0.25, metavar="SECONDS",
-                        help="how long a bulk call that is not full waits for more items (default 0.25)")
-    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
-                        help="the API's clock runs X times faster (only for a fake started with the same "
-                             "--time-scale)")
+    add_delivery_options(parser, concurrency="HTTP requests to the API at once (default 8)")
     limits = ConnectionLimits()
     parser.add_argument("--head-timeout", type=float, default=limits.head_timeout, metavar="SECONDS",
                         help="close a connection whose request line and headers take longer (default "

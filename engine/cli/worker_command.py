@@ -38,13 +38,14 @@ from ..delivery.sealing import Sealer
 from ..delivery.stores import is_database_url, open_outbox, without_password
 from ..delivery.tenant_deliveries import TenantDeliveries
 from ..delivery.worker import DeliveryStopped, WorkerOptions
-from ..mapping_set import DEFAULT_SET, PROGRAM
+from ..mapping_set import PROGRAM
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_USAGE,
     DeliverySetup,
     UsageError,
+    add_delivery_options,
     add_mapping_options,
     add_tenants_option,
     fail,
@@ -70,20 +71,9 @@ def add_parser(subparsers: Any) -> None:
                         help="serve GET /metrics (Prometheus) on this port (0: any free port, printed)")
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
                         help="address for --metrics-port (default 127.0.0.1: this machine only)")
-    parser.add_argument("--base-url", metavar="URL",
-                        help="deliver here instead of the mapping set's base URL (also: the environment "
-                             f"variable <SET NAME>_BASE_URL, e.g. {DEFAULT_SET.upper()}_BASE_URL)")
-    parser.add_argument("--allow-compatibility-only", action="store_true",
-                        help="deliver with a mapping set marked compatibility_only (its API may be retired)")
     parser.add_argument("--until-empty", action="store_true",
                         help="exit once nothing is pending (in any partition) instead of waiting for more")
-    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
-                        help="HTTP requests to the API at once, per partition held (default 8)")
-    parser.add_argument("--linger", type=float, default=0.25, metavar="SECONDS",
-                        help="how long a bulk call that is not full waits for more items (default 0.25)")
-    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
-                        help="the API's clock runs X times faster (only for a fake started with the same "
-                             "--time-scale)")
+    add_delivery_options(parser, concurrency="HTTP requests to the API at once, per partition held (default 8)")
     add_lease_option(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="what to log on stderr (default info: leases taken, given back and lost)")
