@@ -50,6 +50,13 @@ def normalize_key(key: str) -> str:
     return re.sub(r"[^0-9a-z]", "", key.lower())
 
 
+def left_out_loosely(key: Any, excluded: frozenset[str], normalized: frozenset[str]) -> bool:
+    """rest with `keys: loose`: whether `key` is one of those left out, ignoring case and punctuation."""
+    if key in excluded:
+        return True
+    return isinstance(key, str) and normalize_key(key) in normalized
+
+
 def is_falsy(value: Any) -> bool:
     """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
     return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
@@ -73,6 +80,21 @@ def locate(error: EvalError, field_path: str, position: Position) -> FieldError:
 # A named value's generated function: (its level's scope, its level's Vars) -> the value (None when
 # absent), which it also remembers in the Vars (see named_values).
 NamedValueFunction = Callable[[dict[str, Any], Any], Any]
+
+
+class LocatedRender:
+    """A template's render whose EvalError is located at the field the template was written for."""
+
+    __slots__ = ("render", "field_path", "position")
+
+    def __init__(self, render: Callable[[dict[str, Any]], Any], field_path: str, position: Position):
+        self.render, self.field_path, self.position = render, field_path, position
+
+    def __call__(self, scope: dict[str, Any]) -> Any:
+        try:
+            return self.render(scope)
+        except EvalError as exc:
+            raise locate(exc, self.field_path, self.position) from None
 
 
 class Vars(dict[str, Any]):
