@@ -19,11 +19,15 @@ from .analyse import always_object, consumed_paths
 from .codegen import MAX_INLINE_INDENT, Source
 from .expressions import Expression, emit_expression
 from .functions import CASTS, EvalError, a_json_type
+from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .problems import Position
 from .runtime import (
     ABSENT,
+    FastPathMiss,
     FieldError,
+    fast_getattr,
+    fast_getitem,
     is_falsy,
     leave_out_leaves,
     leave_out_leaves_of,
@@ -133,13 +137,55 @@ class CodeGenerator:
             self.source.emit(indent, f"if not {out}:")
             self.source.emit(indent + 1, f"{out} = ABSENT")
 
+    # -- templates -----------------------------------------------------------------------------------
     def visit_Template(self, node: ir.Template, scope: str, indent: int) -> str:
+        """Jinja's rendering, called; or the fast subset's code, falling back to it for anything unusual."""
         source = self.source
-        fast = node.template.emit
-        if fast is not None:
-            return fast(source, scope, indent, source.bind(node.render))
         out = source.temp()
-        source.emit(indent, f"{out} = {source.bind(node.render)}({scope})")
+        if node.pieces is None:
+            source.emit(indent, f"{out} = {source.bind(node.render)}({scope})")
+            return out
+        source.emit(indent, "try:")
+        pieces = [source.bind(piece.value) if isinstance(piece, ir.Literal) and isinstance(piece.value, str)
+                  else f"str({self.value(piece, scope, indent + 1)})" for piece in node.pieces]
+        source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
+        if len(pieces) > 1:  # (one value alone is not limited: it is the event's)
+            source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(FastPathMiss)}")
+        source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(FastPathMiss)}):")
+        source.emit(indent + 1, f"{out} = {source.bind(node.render)}({scope})")
+        return out
+
+    def visit_JinjaName(self, node: ir.JinjaName, scope: str, indent: int) -> str:
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = {scope}[{node.name!r}]")
+        return out
+
+    def visit_JinjaAttribute(self, node: ir.JinjaAttribute, scope: str, indent: int) -> str:
+        source = self.source
+        if isinstance(node.value, ir.JinjaName) and node.value.name == "vars" and source.named is not None:
+            return source.named(node.attribute, indent)  # a named value: as the rule's code reads it
+        inner, out = self.value(node.value, scope, indent), source.temp()
+        source.emit(indent, f"{out} = {inner}[{node.attribute!r}] if {inner}.__class__ is dict else "
+                            f"{source.bind(fast_getattr)}({inner}, {node.attribute!r})")
+        return out
+
+    def visit_JinjaItem(self, node: ir.JinjaItem, scope: str, indent: int) -> str:
+        source = self.source
+        inner, out = self.value(node.value, scope, indent), source.temp()
+        source.emit(indent, f"{out} = {source.bind(fast_getitem)}({inner}, {source.bind(node.key)})")
+        return out
+
+    def visit_JinjaChoice(self, node: ir.JinjaChoice, scope: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"{out} = {self.value(node.left, scope, indent)}")
+        source.emit(indent, f"if {'not ' if node.is_or else ''}{out}:")
+        source.emit(indent + 1, f"{out} = {self.value(node.right, scope, indent + 1)}")
+        return out
+
+    def visit_JinjaNot(self, node: ir.JinjaNot, scope: str, indent: int) -> str:
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = not {self.value(node.value, scope, indent)}")
         return out
 
     # -- choices -------------------------------------------------------------------------------------

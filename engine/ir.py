@@ -85,7 +85,42 @@ class First(Node):
 @dataclass(frozen=True, slots=True, eq=False)
 class Template(Node):
     template: CompiledTemplate
-    render: Callable[[dict[str, Any]], Any]  # the template's render, its errors located at this field
+    render: Callable[[dict[str, Any]], Any]  # Jinja's rendering, its errors located at this field
+    # The fast subset: the output's pieces (Literal text, Jinja* reads), None when Jinja renders it all.
+    pieces: tuple[Node, ...] | None
+
+
+# The fast Jinja subset (templates._fast_handles): reads Jinja makes the same way, anything unusual
+# (a missing name or key, not a dict) left to Jinja, which says exactly what.
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaName(Node):
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaAttribute(Node):
+    value: Node
+    attribute: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaItem(Node):
+    value: Node
+    key: Any
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaChoice(Node):
+    """`a or b` (is_or), `a and b`: Python's truthiness, as Jinja's."""
+
+    left: Node
+    right: Node
+    is_or: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaNot(Node):
+    value: Node
 
 
 @dataclass(frozen=True, slots=True, eq=False)

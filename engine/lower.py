@@ -14,6 +14,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import nodes
+
 from . import ir
 from .codegen import Origin
 from .expressions import Expression, ExpressionError, compile_expression
@@ -192,7 +194,10 @@ class Lowerer:
             except EvalError:
                 pass  # (any other failure rejects each event, with its reason, as it always has)
 
-        return ir.Template(origin, template, LocatedRender(render, field_path, position))
+        pieces = None if template.fast_pieces is None else tuple(
+            ir.Literal(origin, piece.data) if isinstance(piece, nodes.TemplateData) else _jinja(piece, origin)
+            for piece in template.fast_pieces)
+        return ir.Template(origin, template, LocatedRender(render, field_path, position), pieces)
 
     def object(self, node: PosDict, field_path: str, omit_empty: bool, origin: Origin) -> ir.Object:
         return ir.Object(origin, tuple(
@@ -392,3 +397,20 @@ class Lowerer:
                 part = part if cast is None else simplify(ir.CastTo(part.origin, part, cast))
             parts.append((key, part))
         return ir.Object((table.position, f"tables.{table.name}"), tuple(parts))
+
+
+def _jinja(node: nodes.Node, origin: Origin) -> ir.Node:
+    """A read of the fast Jinja subset (templates._fast_handles) as IR."""
+    if isinstance(node, nodes.Const):
+        return ir.Literal(origin, node.value)
+    if isinstance(node, nodes.Name):
+        return ir.JinjaName(origin, node.name)
+    if isinstance(node, nodes.Getattr):
+        return ir.JinjaAttribute(origin, _jinja(node.node, origin), node.attr)
+    if isinstance(node, nodes.Getitem):
+        assert isinstance(node.arg, nodes.Const)  # (_fast_handles allows no other)
+        return ir.JinjaItem(origin, _jinja(node.node, origin), node.arg.value)
+    if isinstance(node, (nodes.Or, nodes.And)):
+        return ir.JinjaChoice(origin, _jinja(node.left, origin), _jinja(node.right, origin), isinstance(node, nodes.Or))
+    assert isinstance(node, nodes.Not)
+    return ir.JinjaNot(origin, _jinja(node.node, origin))

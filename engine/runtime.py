@@ -97,6 +97,27 @@ class LocatedRender:
             raise locate(exc, self.field_path, self.position) from None
 
 
+class FastPathMiss(Exception):
+    """A template's fast path met something it does not handle; Jinja renders the template instead."""
+
+
+def fast_getattr(obj: Any, attribute: str) -> Any:
+    """`obj.attribute` as a template's fast path reads it from anything but a plain dict (as Jinja's
+    sandboxed getattr would: a dict's key, never a method)."""
+    if not isinstance(obj, dict) or hasattr(type(obj), attribute):
+        raise FastPathMiss
+    return obj[attribute]  # a KeyError: the caller lets Jinja render
+
+
+def fast_getitem(obj: Any, item: Any) -> Any:
+    if not isinstance(obj, (dict, list)):
+        raise FastPathMiss
+    try:
+        return obj[item]
+    except (LookupError, TypeError):
+        raise FastPathMiss from None
+
+
 class Vars(dict[str, Any]):
     """One level's named values, computed on first use per event and then remembered (the level's
     named-value functions remember what they compute here, see named_values)."""
