@@ -16,9 +16,8 @@ from . import ir
 from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
-from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
-from .generate import emit_value, generate_function, new_source
+from .generate import CodeGenerator, emit_value, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
 from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
@@ -465,7 +464,7 @@ class Mapper:
         emit = source.emit
         source.namespace["_not_a_list"] = lambda items: EvalError(
             f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")
-        emit(2, f"items = {emit_expression(rule.for_each, source, 'scope', 2, 'scope')}")
+        emit(2, f"items = {CodeGenerator(source).expression(rule.for_each, 'scope', 2, 'scope')}")
         emit(2, "if items is None:")
         emit(3, "return final")
         emit(2, "if not isinstance(items, list):")

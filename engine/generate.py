@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jmespath.exceptions import JMESPathError
+
 from . import ir
 from .analyse import always_object, consumed_paths
 from .codegen import MAX_INLINE_INDENT, Source
-from .expressions import Expression, emit_expression
-from .functions import CASTS, EvalError, a_json_type
+from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
+from .functions import CASTS, FUNCTIONS, EvalError, a_json_type
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .problems import Position
@@ -29,10 +31,12 @@ from .runtime import (
     fast_getattr,
     fast_getitem,
     is_falsy,
+    jmespath_equals,
     leave_out_leaves,
     leave_out_leaves_of,
     left_out_loosely,
     locate,
+    loose_get,
     normalize_key,
     not_an_object,
 )
@@ -54,6 +58,19 @@ def emit_value(node: ir.Node, source: Source, scope: str, indent: int) -> str:
     return CodeGenerator(source).value(node, scope, indent)
 
 
+def expression_function(expression: Expression) -> Evaluate:
+    """The expression as one generated function of the value it is computed on."""
+    return _jmespath_function(expression.ast, expression.loose, expression.source)
+
+
+def _jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
+    """`text` names it in jmespath's errors ("": a part of an expression, whose caller's guard names the whole)."""
+    source = Source()
+    source.emit(1, f"return {CodeGenerator(source).guarded(ast, loose, text, 'cur', 1, None)}")
+    made: Evaluate = source.define("expression(cur)")
+    return made
+
+
 def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
     """`node` as one generated function of the scope; named values are read from the scope's `vars`."""
     source = new_source()
@@ -67,6 +84,9 @@ class CodeGenerator:
 
     def __init__(self, source: Source):
         self.source = source
+        # the JMESPath expression being written: keys: loose, and the scope's variable (see expression)
+        self.loose = False
+        self.named_root: str | None = None
 
     def value(self, node: ir.Node, scope: str, indent: int) -> str:
         """The node's code (a deep node is its own function, called), lines marked with its place."""
@@ -221,7 +241,7 @@ class CodeGenerator:
                 self.cast(value, out, cast, field_path, level)
                 break  # found: no later expression is tried
             if path is None:
-                found = emit_expression(expression, source, scope, level, scope)
+                found = self.expression(expression, scope, level, scope)
             else:
                 found = self.read_path(path, roots, value, scope, level)
             source.emit(level, f"if {found} is not None:")
@@ -347,7 +367,7 @@ class CodeGenerator:
         source = self.source
         start = len(source.lines)
         source.emit(indent, "try:")
-        value = emit_expression(node.expression, source, scope, indent + 1, scope)  # usable after the try
+        value = self.expression(node.expression, scope, indent + 1, scope)  # usable after the try
         if len(source.lines) == start + 1:  # nothing to run (a constant, or the scope itself)
             source.drop(start)
             return value
@@ -376,7 +396,7 @@ class CodeGenerator:
             if number:  # (flat, not nested: a long list stays within Python's nesting limits)
                 source.emit(indent, f"if {'not ' if any_one else ''}{out}:")
                 level += 1
-            value = emit_expression(expression, source, scope, level, scope)
+            value = self.expression(expression, scope, level, scope)
             source.emit(level, f"{out} = {value} is not None")
         source.booleans.add(out)
         return out
@@ -432,7 +452,7 @@ class CodeGenerator:
     def visit_Rest(self, node: ir.Rest, scope: str, indent: int) -> str:
         source = self.source
         excluded, nested = _left_out(node)
-        found, out = emit_expression(node.expression, source, scope, indent, scope), source.temp()
+        found, out = self.expression(node.expression, scope, indent, scope), source.temp()
         self.source_check(found, out, "dict", node, indent)
         # The usual case (exact keys, nulls left out) is one set lookup per key, no call.
         keep = "" if node.keep_null else "v is not None and "
@@ -453,7 +473,7 @@ class CodeGenerator:
     def visit_Each(self, node: ir.Each, scope: str, indent: int) -> str:
         source = self.source
         items, out, inner_scope, item = source.temp(), source.temp(), source.temp(), source.temp()
-        source.emit(indent, f"{items} = {emit_expression(node.expression, source, scope, indent, scope)}")
+        source.emit(indent, f"{items} = {self.expression(node.expression, scope, indent, scope)}")
         self.source_check(items, out, "list", node, indent)
         source.emit(indent + 1, f"{out} = []")
         source.emit(indent + 1, f"{inner_scope} = dict({scope})")
@@ -492,6 +512,310 @@ class CodeGenerator:
         source.emit(indent, f"{out} = ABSENT if {result} is ABSENT else {source.bind(node.encoding)}({result})")
         return out
 
+    # -- JMESPath ------------------------------------------------------------------------------------
+    # An expression's tree (jmespath's AST: dicts with a type) is written node for node, in the order
+    # jmespath's interpreter visits it, by `jmespath_<type>`: paths, indexes, literals, comparisons,
+    # and/or/not, pipes, lists, objects, projections, filters, flattening and function calls become
+    # straight-line Python (a loose key is one call); slices and exprefs call jmespath's interpreter
+    # on their node, so the language is always full JMESPath.
+    def expression(self, expression: Expression, cur: str, indent: int, named_root: str | None = None) -> str:
+        """The expression computed on the variable `cur`; jmespath's own errors become EvalErrors
+        naming its text. With `named_root` (the scope's variable), `vars.NAME` is read by key."""
+        return self.guarded(expression.ast, expression.loose, expression.source, cur, indent, named_root)
+
+    def guarded(self, ast: dict[str, Any], loose: bool, text: str, cur: str, indent: int,
+                named_root: str | None) -> str:
+        source = self.source
+        self.loose, self.named_root = loose, named_root
+        source.namespace.update(_equals=jmespath_equals, _instance=JMESPATH_FUNCTIONS)
+        if not text or not _needs_guard(ast):  # ("": a part of an expression, whose caller's guard names the whole)
+            return self.jmespath(ast, cur, indent)
+        source.emit(indent, "try:")
+        start = len(source.lines)
+        value = self.jmespath(ast, cur, indent + 1)  # assigned inside the try, or a constant: usable after it
+        if len(source.lines) == start:
+            source.emit(indent + 1, "pass")
+        source.emit(indent, f"except {source.bind(JMESPathError)} as exc:")
+        source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(text + ': ')} + str(exc)) from None")
+        return value
+
+    def jmespath(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """Statements computing `node` on the value named `cur`; the name holding it."""
+        kind = node["type"]
+        if kind == "literal":
+            name = self.source.constant(node["value"])
+            if isinstance(node["value"], (int, float)) and not isinstance(node["value"], bool):
+                self.source.numbers.add(name)
+            return name
+        if kind in ("current", "identity"):
+            return cur
+        fixed = self.root_constant(node, cur)
+        if fixed is not None:
+            return fixed
+        if indent > MAX_INLINE_INDENT:  # deep: the node as its own function, called (see codegen)
+            out = self.source.temp()
+            made = _jmespath_function(node, self.loose, "")
+            self.source.emit(indent, f"{out} = {self.source.bind(made)}({cur})")
+            return out
+        visit: Callable[[dict[str, Any], str, int], str] = getattr(self, f"jmespath_{kind}", self.jmespath_interpreted)
+        return visit(node, cur, indent)
+
+    def root_constant(self, node: dict[str, Any], cur: str) -> str | None:
+        """A read of a fixed scope root (Source.roots), done now: `settings.x` -> its value, bound."""
+        if cur != self.named_root or self.loose:
+            return None
+        steps = [node] if node["type"] == "field" else node["children"] if node["type"] == "subexpression" else []
+        if not steps or any(step["type"] != "field" for step in steps) or steps[0]["value"] not in self.source.roots:
+            return None
+        value = self.source.roots[steps[0]["value"]]
+        for step in steps[1:]:
+            value = value.get(step["value"]) if isinstance(value, dict) else None
+        return self.source.constant(value)
+
+    def jmespath_interpreted(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """Slices, exprefs: jmespath's interpreter, on the same tree (keys there are exact)."""
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = {self.source.bind(INTERPRETER.visit)}({self.source.bind(node)}, {cur})")
+        return out
+
+    def jmespath_field(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        if self.loose:
+            source.emit(indent, f"{out} = {source.bind(loose_get)}({cur}, {node['value']!r})")
+        elif cur == self.named_root:  # the scope: always a dict
+            source.emit(indent, f"{out} = {cur}.get({node['value']!r})")
+        else:
+            source.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+        return out
+
+    def jmespath_subexpression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source, children = self.source, node["children"]
+        if cur == self.named_root and not self.loose and _is_named_value(node):
+            return self.named_value_path(node, cur, indent)
+        out = source.temp()
+        depth = indent
+        if cur != self.named_root:  # (the scope is never null)
+            source.emit(indent, f"{out} = None")
+            source.emit(indent, f"if {cur} is not None:")
+            depth += 1
+        value = self.jmespath(children[0], cur, depth)
+        for child in children[1:]:
+            if child["type"] == "field" and not self.loose:
+                # (the first step reads the first child's value, not a copy of it)
+                source.emit(depth, f"{out} = {value}.get({child['value']!r}) if isinstance({value}, dict) else None")
+                value = out
+                continue
+            if value != out:
+                source.emit(depth, f"{out} = {value}")
+                value = out
+            source.emit(depth, f"if {out} is not None:")
+            value = self.jmespath(child, out, depth + 1)
+            source.emit(depth + 1, f"{out} = {value}")
+            value = out
+            if depth < MAX_INLINE_INDENT:  # (deeper, the next steps test `out` again instead)
+                depth += 1
+        if value != out:
+            source.emit(depth, f"{out} = {value}")
+        return out
+
+    def named_value_path(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """`vars.NAME...` on the scope: the named value read by key (see NamedReads), then its steps."""
+        source, children = self.source, node["children"]
+        name = children[1]["value"]
+        if source.named is not None:
+            out = source.named(name, indent)
+        else:
+            out = source.temp()
+            source.emit(indent, f"{out} = {cur}.get('vars')")
+            source.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
+        if len(children) > 2:  # a copy: the next steps must not overwrite the named value's local
+            value, out = out, source.temp()
+            source.emit(indent, f"{out} = {value}")
+        for child in children[2:]:
+            if child["type"] != "field" or self.loose:
+                source.emit(indent, f"if {out} is not None:")
+                value = self.jmespath(child, out, indent + 1)
+                source.emit(indent + 1, f"{out} = {value}")
+            else:
+                source.emit(indent, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
+        return out
+
+    def jmespath_index_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        children = node["children"]
+        if not _only_indexes(children):
+            return self.jmespath_interpreted(node, cur, indent)
+        value = self.jmespath(children[0], cur, indent)
+        for child in children[1:]:
+            index = int(child["value"])
+            out = self.source.temp()
+            self.source.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
+                                     f"-len({value}) <= {index} < len({value}) else None")
+            value = out
+        return value
+
+    def jmespath_and_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source, children, is_and = self.source, node["children"], node["type"] == "and_expression"
+        left = self.jmespath(children[0], cur, indent)
+        if left in source.known:  # decided now: the left side, or the right side alone
+            if is_falsy(source.known[left]) == is_and:
+                return left
+            return self.jmespath(children[1], cur, indent)
+        out = source.temp()
+        source.emit(indent, f"{out} = {left}")
+        source.emit(indent, f"if {source.truthy(left) if is_and else source.falsy(left)}:")
+        right = self.jmespath(children[1], cur, indent + 1)
+        source.emit(indent + 1, f"{out} = {right}")
+        if left in source.booleans and (right in source.booleans or right in source.known
+                                        and isinstance(source.known[right], bool)):
+            source.booleans.add(out)
+        return out
+
+    jmespath_or_expression = jmespath_and_expression
+
+    def jmespath_not_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        operand = self.jmespath(node["children"][0], cur, indent)
+        if operand in source.known:
+            return source.constant(is_falsy(source.known[operand]))
+        out = source.temp()
+        source.emit(indent, f"{out} = {source.falsy(operand)}")
+        source.booleans.add(out)
+        return out
+
+    def jmespath_pipe(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        left = self.jmespath(node["children"][0], cur, indent)
+        return self.jmespath(node["children"][1], left, indent)
+
+    def jmespath_multi_select_list(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"if {cur} is None:")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        parts = [self.jmespath(child, cur, indent + 1) for child in node["children"]]
+        source.emit(indent + 1, f"{out} = [{', '.join(parts)}]")
+        return out
+
+    def jmespath_multi_select_dict(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"if {cur} is None:")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        pairs = [(child["value"], self.jmespath(child["children"][0], cur, indent + 1)) for child in node["children"]]
+        source.emit(indent + 1, f"{out} = {{{', '.join(f'{key!r}: {value}' for key, value in pairs)}}}")
+        return out
+
+    def jmespath_flatten(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        base, out, element = self.jmespath(node["children"][0], cur, indent), source.temp(), source.temp()
+        source.emit(indent, f"if not isinstance({base}, list):")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{out} = []")
+        source.emit(indent + 1, f"for {element} in {base}:")
+        source.emit(indent + 2, f"if isinstance({element}, list):")
+        source.emit(indent + 3, f"{out}.extend({element})")
+        source.emit(indent + 2, "else:")
+        source.emit(indent + 3, f"{out}.append({element})")
+        return out
+
+    def jmespath_comparator(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        left_node, right_node = node["children"]
+        left = self.jmespath(left_node, cur, indent)
+        right = self.jmespath(right_node, cur, indent)
+        op = node["value"]
+        out = source.temp()
+        constant = right_node["value"] if right_node["type"] == "literal" else _NOT_LITERAL
+        if op in ("eq", "ne"):
+            if constant is None or isinstance(constant, str):
+                # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
+                if constant is None:
+                    source.emit(indent, f"{out} = {left} is {'' if op == 'eq' else 'not '}None")
+                else:
+                    source.emit(indent, f"{out} = {left} {'==' if op == 'eq' else '!='} {right}")
+            elif isinstance(constant, bool):
+                # true/false equals only itself (never 1 or 0): an identity test, without _equals' call.
+                test = f"{left} is {constant!r}"
+                source.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
+            else:
+                call = f"_equals({left}, {right})"
+                source.emit(indent, f"{out} = {call}" if op == "eq" else f"{out} = not {call}")
+            source.booleans.add(out)
+            return out
+        python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
+        number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
+        # (a side known to be a number, such as length()'s result or a number literal, is not tested)
+        tests = [number.format(side) for side in (left, right) if side not in source.numbers]
+        if not tests:
+            source.emit(indent, f"{out} = {left} {python_op} {right}")
+        else:
+            source.emit(indent, f"{out} = ({left} {python_op} {right}) if {' and '.join(tests)} else None")
+        source.booleans.add(out)
+        return out
+
+    def jmespath_projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """`a[*].b`, `a[?cond].b` and `a.*.b`: b of each element of the list a (for which cond is
+        true), or of each value of the object a, nulls left out."""
+        source, children = self.source, node["children"]
+        base = self.jmespath(children[0], cur, indent)
+        out, element = source.temp(), source.temp()
+        of_object = node["type"] == "value_projection"
+        source.emit(indent, f"if not isinstance({base}, {'dict' if of_object else 'list'}):")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{out} = []")
+        source.emit(indent + 1, f"for {element} in {base}{'.values()' if of_object else ''}:")
+        level = indent + 2
+        if node["type"] == "filter_projection":
+            condition = self.jmespath(children[2], element, level)
+            source.emit(level, f"if {source.falsy(condition)}:")
+            source.emit(level + 1, "continue")
+        value = self.jmespath(children[1], element, level)
+        source.emit(level, f"if {value} is not None:")
+        source.emit(level + 1, f"{out}.append({value})")
+        return out
+
+    jmespath_filter_projection = jmespath_value_projection = jmespath_projection
+
+    def jmespath_function_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        if any(child["type"] == "expref" for child in node["children"]):
+            return self.jmespath_interpreted(node, cur, indent)
+        source, name = self.source, node["value"]
+        arguments = [self.jmespath(child, cur, indent) for child in node["children"]]
+        out = source.temp()
+        listed = ", ".join(arguments)
+        if name in FUNCTIONS:
+            source.emit(indent, f"{out} = {source.bind(FUNCTIONS[name][0])}({listed})")
+            return out
+        call_function = f"_instance.call_function({name!r}, [{listed}])"
+        inline = _INLINE_BUILTINS.get(name)
+        if inline is not None and len(arguments) == 1:
+            # The common case written out; any other argument goes through jmespath (its checks, its errors).
+            source.namespace["_JSON_TYPES"] = _JSON_TYPES
+            test, value = inline
+            argument = arguments[0]
+            source.emit(indent, f"{out} = {value.format(argument)} if {test.format(argument)} else {call_function}")
+            if name == "length":  # an int, or jmespath's error
+                source.numbers.add(out)
+            return out
+        direct = direct_builtin(name, len(arguments))
+        if direct is None:
+            source.emit(indent, f"{out} = {call_function}")
+            return out
+        builtin, allowed = direct
+        function = source.bind(builtin)
+        checks = [f"type({argument}).__name__ in {source.bind(types)}"
+                  for argument, types in zip(arguments, allowed, strict=True) if types is not None]
+        direct_call = f"{function}(_instance, {listed})"
+        if not checks:
+            source.emit(indent, f"{out} = {direct_call}")
+        else:
+            source.emit(indent, f"{out} = {direct_call} if {' and '.join(checks)} else {call_function}")
+        return out
+
 
 def _scalar(node: ir.Node) -> bool:
     return isinstance(node, ir.Literal) and node.is_scalar
@@ -528,3 +852,48 @@ def _left_out(node: ir.Rest) -> tuple[frozenset[str], dict[str, set[tuple[str, .
     for key in excluded:  # a key left out whole needs no leaf left out
         nested.pop(key, None)
     return frozenset(excluded), nested
+
+
+_NOT_LITERAL: Any = object()
+
+# JMESPath type names of the exact Python classes JSON decodes to (subclasses go through jmespath).
+_JSON_TYPES: dict[type, str] = {str: "string", int: "number", float: "number", bool: "boolean", list: "array",
+                                dict: "object", type(None): "null"}
+# builtin -> (the test its argument must pass, the value then), each a format of the argument's name
+_INLINE_BUILTINS: dict[str, tuple[str, str]] = {
+    "type": ("{0}.__class__ in _JSON_TYPES", "_JSON_TYPES[{0}.__class__]"),
+    "length": ("isinstance({0}, (str, list, dict))", "len({0})"),
+    "keys": ("isinstance({0}, dict)", "list({0})"),
+}
+
+# Node kinds written out that never raise jmespath's errors (function calls and the interpreter
+# may: expressions holding those keep a guard that turns the error into an EvalError).
+_UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "identity", "comparator",
+                              "and_expression", "or_expression", "not_expression", "pipe", "multi_select_list",
+                              "projection", "filter_projection", "flatten", "value_projection",
+                              "multi_select_dict", "key_val_pair", "index"})
+
+
+def _only_indexes(children: list[dict[str, Any]]) -> bool:
+    """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
+    return all(child["type"] == "index" for child in children[1:])
+
+
+def _needs_guard(node: dict[str, Any]) -> bool:
+    kind = node["type"]
+    if kind == "function_expression":
+        if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
+            return True
+    elif kind == "index_expression":
+        if not _only_indexes(node["children"]):
+            return True
+    elif kind not in _UNGUARDED_KINDS:
+        return True
+    return any(_needs_guard(child) for child in node["children"] if isinstance(child, dict))
+
+
+def _is_named_value(node: dict[str, Any]) -> bool:
+    """`vars.NAME...`: a subexpression whose first two steps are the field vars and a field."""
+    children = node["children"]
+    return (len(children) >= 2 and children[0]["type"] == "field" and children[0]["value"] == "vars"
+            and children[1]["type"] == "field")

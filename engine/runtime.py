@@ -57,6 +57,29 @@ def left_out_loosely(key: Any, excluded: frozenset[str], normalized: frozenset[s
     return isinstance(key, str) and normalize_key(key) in normalized
 
 
+def loose_get(current: Any, key: str) -> Any:
+    """`current.key` under `keys: loose`: the exact key, else the first whose normalized form matches."""
+    if not isinstance(current, dict):
+        return None
+    value = current.get(key)
+    if value is not None:
+        return value
+    wanted = normalize_key(key)
+    for candidate, candidate_value in current.items():
+        if isinstance(candidate, str) and normalize_key(candidate) == wanted:
+            return candidate_value
+    return None
+
+
+def jmespath_equals(a: Any, b: Any) -> bool:
+    # JMESPath: booleans never equal numbers (Python says True == 1).
+    if isinstance(a, bool) != isinstance(b, bool) and (
+        isinstance(a, (int, float)) or isinstance(b, (int, float))
+    ):
+        return False
+    return bool(a == b)
+
+
 def is_falsy(value: Any) -> bool:
     """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
     return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)

@@ -1,6 +1,6 @@
 """The generated Python for JMESPath expressions agrees with jmespath itself.
 
-engine/expressions.py writes each expression as Python (_Codegen). Random expressions over random
+engine/generate.py writes each expression as Python (CodeGenerator.jmespath_<type>). Random expressions over random
 documents must give the same value, of the same type, or the same error, as jmespath.search with
 the rule language's functions.
 """
