@@ -7,8 +7,9 @@ the named tables read (following named values).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import ir
 from .expressions import Expression
@@ -40,46 +41,43 @@ def expression_reads(expressions: Iterable[Expression]) -> Reads:
     return out
 
 
+def children(node: ir.Node) -> Iterator[ir.Node]:
+    """The nodes a node holds (in fields, tuples, and an object's (key, node) pairs), in order;
+    not what it refers to (a table's fields, named values)."""
+    for name in node.__dataclass_fields__:
+        value = getattr(node, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], ir.Node):
+                item = item[1]
+            if isinstance(item, ir.Node):
+                yield item
+
+
 class ReadsOf:
-    """The visitor: `ReadsOf().visit(node)` (one method per node class, as CodeGenerator has)."""
+    """The visitor: `ReadsOf().visit(node)`; a node without its own `visit_` method reads what its
+    children read."""
 
     def visit(self, node: ir.Node | None) -> Reads:
-        return Reads() if node is None else getattr(self, f"visit_{type(node).__name__}")(node)
-
-    def parts(self, nodes: Iterable[ir.Node | None]) -> Reads:
+        if node is None:
+            return Reads()
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is not None:
+            found: Reads = method(node)
+            return found
         out = Reads()
-        for node in nodes:
-            out.add(self.visit(node))
+        for child in children(node):
+            out.add(self.visit(child))
         return out
 
-    def visit_Literal(self, node: ir.Literal) -> Reads:
-        return Reads()
-
-    visit_Absent = visit_Literal
-
-    def visit_ListOf(self, node: ir.ListOf) -> Reads:
-        return self.parts(node.items)
-
-    def visit_Object(self, node: ir.Object) -> Reads:
-        return self.parts(part for _, part in node.fields)
-
-    def visit_Select(self, node: ir.Select) -> Reads:
+    def visit_Select(self, node: ir.Select | ir.Presence) -> Reads:
         return expression_reads(node.expressions)
 
-    def visit_Condition(self, node: ir.Condition) -> Reads:
+    visit_Presence = visit_Select
+
+    def visit_Condition(self, node: ir.Condition | ir.Rest) -> Reads:
         return expression_reads([node.expression])
 
-    def visit_Presence(self, node: ir.Presence) -> Reads:
-        return expression_reads(node.expressions)
-
-    def visit_Rest(self, node: ir.Rest) -> Reads:
-        return expression_reads([node.expression])
-
-    def visit_First(self, node: ir.First) -> Reads:
-        return self.parts(node.options)
-
-    def visit_Merge(self, node: ir.Merge) -> Reads:
-        return self.parts(node.parts)
+    visit_Rest = visit_Condition
 
     def visit_Template(self, node: ir.Template) -> Reads:
         # (a template reading `vars` at all counts as reading the event)
@@ -87,26 +85,12 @@ class ReadsOf:
         return Reads({(root,) for root in template.roots},
                      {path[1] for path in template.reads if path[0] == "vars" and len(path) > 1})
 
-    def visit_If(self, node: ir.If) -> Reads:
-        return self.parts((node.condition, node.then, node.otherwise))
-
-    def visit_Default(self, node: ir.Default) -> Reads:
-        return self.parts((node.value, node.default))
-
-    def visit_CastTo(self, node: ir.CastTo) -> Reads:
-        return self.visit(node.value)
-
-    def visit_Encode(self, node: ir.Encode) -> Reads:
-        return self.visit(node.value)
-
-    def visit_Lookup(self, node: ir.Lookup) -> Reads:
-        return self.visit(node.key)
-
     def visit_TableFields(self, node: ir.TableFields) -> Reads:
         return self.visit(node.table.lowered)
 
     def visit_Each(self, node: ir.Each) -> Reads:
-        inner = self.parts((node.value, node.where))
+        inner = self.visit(node.value)
+        inner.add(self.visit(node.where))
         out = expression_reads([node.expression])
         out.paths |= {path for path in inner.paths if path[0] not in (node.name, "index")}
         out.names |= inner.names
@@ -139,3 +123,20 @@ def always_object(node: ir.Node) -> bool:
     if isinstance(node, (ir.Object, ir.Merge, ir.Rest, ir.TableFields)):
         return not node.omit_empty
     return False
+
+
+def table_cycle(table: Any) -> list[str] | None:
+    """The names of a cycle of fields tables that build each other from `table` (a table that holds
+    itself, through others), or None."""
+    def walk(node: ir.Node | None, trail: list[str]) -> list[str] | None:
+        if isinstance(node, ir.TableFields):
+            if node.table.name in trail:
+                return trail[trail.index(node.table.name):] + [node.table.name]
+            return walk(node.table.lowered, trail + [node.table.name])
+        for child in () if node is None else children(node):
+            found = walk(child, trail)
+            if found is not None:
+                return found
+        return None
+
+    return walk(table.lowered, [table.name])

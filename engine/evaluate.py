@@ -17,7 +17,7 @@ from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
 from .functions import EvalError, a_json_type, describe, json_type, to_string
-from .generate import CodeGenerator, emit_value, generate_function, new_source
+from .generate import CodeGenerator, emit_value, expression_function, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
 from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
@@ -413,7 +413,8 @@ class Mapper:
             source.emit(1, f"return {out}")
             build = source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}")
             steps.append(_StepCode(build, None if step.when is None else generate_function(step.when, "when"),
-                                   None if step.skip is None else generate_function(step.skip, "skip")))
+                                   None if step.skip is None else generate_function(step.skip, "skip"),
+                                   None if step.for_each is None else expression_function(step.for_each)))
         self._chains[rule.name] = (rule, outer, steps)
 
     def next_step(self, chain: dict[str, Any], answer: Any) -> tuple[list[Request], str | None, dict[str, Any] | None]:
@@ -442,10 +443,10 @@ class Mapper:
         skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
         if code.when is not None and not code.when(scope):
             return [], skipped + _text(code.skip, scope), None
-        if step.for_each is None:
+        if code.for_each is None or step.for_each is None:
             requests = [code.build(scope, result, None)]
         else:
-            items = step.for_each.evaluate(scope)
+            items = code.for_each(scope)
             if items is not None and not isinstance(items, list):
                 raise EvalError(f"then.steps[{number}].for_each {step.for_each.source}: is {a_json_type(items)}, "
                                 "not a list")
@@ -567,11 +568,12 @@ _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
 
 @dataclass
 class _StepCode:
-    """A chain step's generated code: its request builder, and its when and skip (when it has them)."""
+    """A chain step's generated code: its request builder, and its when, skip and for_each (if any)."""
 
     build: Callable[..., Request]
     when: Callable[[dict[str, Any]], bool] | None
     skip: Callable[[dict[str, Any]], Any] | None
+    for_each: Callable[[dict[str, Any]], Any] | None
 
 
 def _text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[str, Any]) -> str:

@@ -18,7 +18,6 @@ from .codegen import Origin
 from .expressions import Expression
 from .problems import Position
 from .templates import Template as CompiledTemplate
-from .yaml_loader import ScalarPlace
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -210,7 +209,3 @@ class Each(Node):
 class Encode(Node):
     value: Node
     encoding: Callable[[Any], Any]
-
-
-def origin_of(place: ScalarPlace, field_path: str) -> Origin:
-    return (place.position, field_path)

@@ -18,7 +18,7 @@ from typing import Any
 import cerberus
 
 from . import ir
-from .analyse import reads
+from .analyse import reads, table_cycle
 from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .lower import Known, Lowerer, TableDef, normalize_lookup_key
 from .problems import MappingSetError, Position, ProblemList, SettingsError
@@ -340,6 +340,10 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
     if isinstance(defaults, PosDict) and "headers" in defaults:
         default_headers = root_compiler.value(defaults["headers"], defaults.value_places["headers"], "defaults.headers")
     _check_cycles(named_values, problems, documents)
+    for table in tables.values():
+        cycle = table_cycle(table) if table.lowered is not None else None
+        if cycle is not None:
+            problems.add(table.position, f"table '{table.name}' holds itself: {' -> '.join(cycle)}")
     _check_rule_names(rules, problems)
     compiled_sections: dict[str, object] = {}
     delivery_compiler = SECTION_COMPILERS.get("delivery")
