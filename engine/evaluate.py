@@ -274,7 +274,7 @@ class Mapper:
     # tested a dozen attributes of every rule on every event, and evaluating its value trees node by
     # node cost a call per node; the plan is fixed at load time, so only the steps this rule has are
     # written out, in the same order, with its conditions and its request's values inline (each
-    # value's own code, see values.emit_value). Names and messages are bound, never source text.
+    # value's own code, see generate.CodeGenerator). Names and messages are bound, never source text.
     def _runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         """The rule's function (made on first use, once per Mapper); check_type for nested rules,
         whose type _rules_for has not filtered; `outer`: the named values of the set, then of each

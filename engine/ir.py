@@ -161,7 +161,7 @@ class CastTo(Node):
 class TableFields(Node):
     """`fields: TABLE`: the table's object, built in place."""
 
-    table: Any  # values.TableDef: its `lowered` Object is set once every table is lowered
+    table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
     omit_empty: bool
 
 
@@ -180,7 +180,7 @@ class Rest(Node):
     source_text: str
     position: Position
     except_keys: frozenset[str]
-    except_tables: tuple[Any, ...]  # values.TableDef
+    except_tables: tuple[Any, ...]  # lower.TableDef
     named: dict[str, Node] = field(hash=False)  # the set's named values (what a table reads through vars)
     loose: bool = False
     keep_null: bool = False
