@@ -1,8 +1,8 @@
 """Generated Python source, shared by the compile stage: many compiled parts written into one function.
 
 Why: a rule's value tree evaluated node by node costs a Python call per node, per event; written
-out as straight-line code in one function it costs none. Every generator (JMESPath selectors,
-value directives, rule runners) writes into a `Source`. Only names made here and keys passed
+out as straight-line code in one function it costs none. The code generator (generate.py) and the
+rule runners (evaluate.py) write into a `Source`. Only names made here and keys passed
 through repr() reach the text; every other value (functions, constants, messages) is bound in the
 function's namespace under a generated name.
 """
@@ -32,7 +32,7 @@ class Source:
     def __init__(self, namespace: dict[str, Any] | None = None):
         self.lines: list[str] = []
         # The rule file's place (and field) each line was written for: set by whoever writes a
-        # part's code (see values.emit_value), read back when generated code fails (see origin).
+        # part's code (see generate.CodeGenerator.value), read back when generated code fails (see origin).
         self.place: Origin | None = None
         self.places: list[Origin | None] = []
         self.namespace: dict[str, Any] = dict(namespace or {})
@@ -168,9 +168,6 @@ def describe_bound(value: Any) -> str:
         return f"place {value}"
     if isinstance(getattr(value, "name", None), str) and isinstance(getattr(value, "position", None), Position):
         return f"{type(value).__name__.lower()} {value.name!r} at {value.position}"  # (a rule)
-    origin = getattr(value, "origin", None)
-    if isinstance(origin, tuple) and len(origin) == 2 and isinstance(origin[0], Position):
-        return f"value of {origin[1]} at {origin[0]}"
     if isinstance(value, dict) and value and all(describe_bound(v).startswith("generated ") for v in value.values()):
         return "the generated functions of " + ", ".join(map(str, value))  # (a level's named values)
     if "__repr__" not in {name for cls in type(value).__mro__[:-1] for name in vars(cls)}:  # (an address)

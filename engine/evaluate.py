@@ -12,16 +12,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import ir
+from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
-from .expressions import emit_expression
 from .functions import EvalError, a_json_type, describe, json_type, to_string
+from .generate import CodeGenerator, emit_value, expression_function, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
 from .named_values import Level, NamedReads, NamedValueFunctions
 from .problems import MappingSetError, Problem
 from .rules import ChainStep, RequestPlan, Rule, normalize_event_name
-from .runtime import ABSENT, FieldError, Vars, form_body, is_falsy, new_vars, new_vars_source, not_a_url, with_query
-from .values import emit_value, new_source
+from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
 
 MASK = "***"
 log = logging.getLogger(f"{PROGRAM}.evaluate")
@@ -137,18 +138,19 @@ class Mapper:
         self._values = self._named.functions((mapping_set.values,))  # the set's named values
         self._constant_headers: dict[str, str] | None = None
         headers = mapping_set.default_headers
-        if headers is not None and not headers.reads_event:
+        self._headers_of = None if headers is None else generate_function(headers, "headers")
+        if self._headers_of is not None and not reads(headers).event:
             # Headers that read only settings are computed once, not per request.
             scope = {"settings": self.settings, "mapping": self.mapping_info}
             scope["vars"] = new_vars({}, scope)
-            self._constant_headers = self._headers(headers.evaluate(scope))
+            self._constant_headers = self._headers(self._headers_of(scope))
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
         # rule name -> its generated function's source, and the namespace its names are bound in
         self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
         self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
-        # rule name -> the rule with a request chain, its named values' levels, and each step's builder
-        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[Callable[..., Request]]]] = {}
+        # rule name -> the rule with a request chain, its named values' levels, and each step's code
+        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[_StepCode]]] = {}
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
@@ -192,12 +194,11 @@ class Mapper:
         (e.g. the key check's call); headers that read an event's fields find them absent."""
         if self._constant_headers is not None:
             return dict(self._constant_headers)
-        headers = self.mapping_set.default_headers
-        if headers is None:
+        if self._headers_of is None:
             return {}
         scope: dict[str, Any] = {"settings": self.settings, "mapping": self.mapping_info}
         scope["vars"] = new_vars(self._values, scope)
-        return self._headers(headers.evaluate(scope))
+        return self._headers(self._headers_of(scope))
 
     def _rules_for(self, event_type: str) -> _Dispatch:
         """The top-level rules that can match this event type, in order: those for any event name, and
@@ -273,7 +274,7 @@ class Mapper:
     # tested a dozen attributes of every rule on every event, and evaluating its value trees node by
     # node cost a call per node; the plan is fixed at load time, so only the steps this rule has are
     # written out, in the same order, with its conditions and its request's values inline (each
-    # value's own code, see values.emit_value). Names and messages are bound, never source text.
+    # value's own code, see generate.CodeGenerator). Names and messages are bound, never source text.
     def _runner(self, rule: Rule, check_type: bool, outer: tuple[dict[str, Any], ...]) -> _Runner:
         """The rule's function (made on first use, once per Mapper); check_type for nested rules,
         whose type _rules_for has not filtered; `outer`: the named values of the set, then of each
@@ -302,7 +303,7 @@ class Mapper:
         source.place = (rule.position, f"rule '{rule.name}'")
         source.namespace.update({
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
-            "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": self._text,
+            "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": _text,
             "Vars": Vars, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
             "_item": _item,
         })
@@ -349,16 +350,15 @@ class Mapper:
             for requirement in rule.requires:
                 source.place = (requirement.position, f"rule '{rule.name}' require")
                 emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
-                emit(3, f"result.rejection = text({source.bind(requirement.reason)}, {here}) + suffix")
+                emit(3, f"result.rejection = {self._message(source, requirement.reason, here)} + suffix")
                 emit(3, "return True")
             source.place = (rule.position, f"rule '{rule.name}'")
             self._emit_warnings(source, rule, here, 2)
-            source.namespace["message"] = rule.message
             if rule.action == "reject":
-                emit(2, f"result.rejection = text(message, {here}) + suffix")
+                emit(2, f"result.rejection = {self._message(source, rule.message, here)} + suffix")
                 emit(2, "return True")
             elif rule.action == "skip":
-                emit(2, f"skipped = text(message, {here})")
+                emit(2, f"skipped = {self._message(source, rule.message, here)}")
                 emit(2, "if not result.requests:")
                 emit(3, "result.skipped = skipped")
                 emit(2, "return True")
@@ -371,7 +371,8 @@ class Mapper:
                 assert rule.request is not None
                 request = self._emit_request(source, rule.request, here, 2, 'None')
                 if rule.steps:
-                    emit(2, f"{source.bind(self._chain_started)}(rule, {request}, {here})")
+                    subject = None if rule.order_subject is None else generate_function(rule.order_subject, "subject")
+                    emit(2, f"{source.bind(self._chain_started)}(rule, {source.bind(subject)}, {request}, {here})")
                 emit(2, f"result.requests.append({request})")
                 if recorder is not None:
                     emit(2, f"{source.bind(recorder.request_built)}()")
@@ -388,27 +389,33 @@ class Mapper:
         return run
 
     # -- request chains (then) ---------------------------------------------------------------------------
-    def _chain_started(self, rule: Rule, request: Request, scope: dict[str, Any]) -> None:
+    @staticmethod
+    def _chain_started(rule: Rule, subject_of: Callable[[dict[str, Any]], Any] | None, request: Request,
+                       scope: dict[str, Any]) -> None:
         """The first request of a chain: it carries what the next step needs, and says what follows."""
         subject: dict[str, Any] | None = None
-        if rule.order_lane is not None and rule.order_subject is not None:
-            found = rule.order_subject.evaluate(scope)
+        if rule.order_lane is not None and subject_of is not None:
+            found = subject_of(scope)
             identifiers = {k: v for k, v in found.items() if v is not None} if isinstance(found, dict) else {}
             subject = {"lane": rule.order_lane, "identifiers": identifiers}
         request.chain = {"rule": rule.name, "step": 0, "event": scope["input"], "subject": subject}
         request.then = [describe_step(number + 2, step) for number, step in enumerate(rule.steps)]
 
     def _chain_builders(self, rule: Rule, outer: tuple[dict[str, Any], ...]) -> None:
-        """Each step's request, generated like a rule's (named values read through the scope's Vars)."""
-        builders = []
+        """Each step's request, generated like a rule's (named values read through the scope's Vars),
+        and its when and skip."""
+        steps = []
         for number, step in enumerate(rule.steps):
             source = self._new_source()
             source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
             source.namespace.update({"rule": rule})
             out = self._emit_request(source, step.request, "scope", 1, "index")
             source.emit(1, f"return {out}")
-            builders.append(source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}"))
-        self._chains[rule.name] = (rule, outer, builders)
+            build = source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}")
+            steps.append(_StepCode(build, None if step.when is None else generate_function(step.when, "when"),
+                                   None if step.skip is None else generate_function(step.skip, "skip"),
+                                   None if step.for_each is None else expression_function(step.for_each)))
+        self._chains[rule.name] = (rule, outer, steps)
 
     def next_step(self, chain: dict[str, Any], answer: Any) -> tuple[list[Request], str | None, dict[str, Any] | None]:
         """A chain's next step, given the answer to its previous one: (its requests, why there are
@@ -418,8 +425,8 @@ class Mapper:
         if found is None or not isinstance(number, int) or not 0 <= number < len(found[0].steps):
             raise EvalError(f"no step {number!r} of a request chain in rule {chain.get('rule')!r} "
                             "(the mapping changed since the event was recorded?)")
-        rule, outer, builders = found
-        step = rule.steps[number]
+        rule, outer, steps = found
+        step, code = rule.steps[number], steps[number]
         event = chain.get("event")
         if not isinstance(event, dict):
             raise EvalError("the chain's event was not kept")
@@ -434,19 +441,19 @@ class Mapper:
         scope["vars"] = parent
         result = MapResult(0, event.get("messageId"))
         skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
-        if step.when is not None and is_falsy(step.when.evaluate(scope)):
-            return [], skipped + self._text(step.skip, scope), None
-        if step.for_each is None:
-            requests = [builders[number](scope, result, None)]
+        if code.when is not None and not code.when(scope):
+            return [], skipped + _text(code.skip, scope), None
+        if code.for_each is None or step.for_each is None:
+            requests = [code.build(scope, result, None)]
         else:
-            items = step.for_each.evaluate(scope)
+            items = code.for_each(scope)
             if items is not None and not isinstance(items, list):
                 raise EvalError(f"then.steps[{number}].for_each {step.for_each.source}: is {a_json_type(items)}, "
                                 "not a list")
-            requests = [builders[number]({**scope, step.item_name: item, "index": index}, result, index)
+            requests = [code.build({**scope, step.item_name: item, "index": index}, result, index)
                         for index, item in enumerate(items or [])]
             if not requests:
-                return [], skipped + self._text(step.skip, scope), None
+                return [], skipped + _text(code.skip, scope), None
         following = {**chain, "step": number + 1} if number + 1 < len(rule.steps) else None
         return requests, None, following
 
@@ -458,7 +465,7 @@ class Mapper:
         emit = source.emit
         source.namespace["_not_a_list"] = lambda items: EvalError(
             f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")
-        emit(2, f"items = {emit_expression(rule.for_each, source, 'scope', 2, 'scope')}")
+        emit(2, f"items = {CodeGenerator(source).expression(rule.for_each, 'scope', 2, 'scope')}")
         emit(2, "if items is None:")
         emit(3, "return final")
         emit(2, "if not isinstance(items, list):")
@@ -477,7 +484,7 @@ class Mapper:
             source.place = (requirement.position, f"rule '{rule.name}' require")
             emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
             emit(5, "result.item_rejections.append("
-                    f"_item(rule, index, text({source.bind(requirement.reason)}, item_scope) + suffix))")
+                    f"_item(rule, index, {self._message(source, requirement.reason, 'item_scope')} + suffix))")
             emit(5, "continue")
         self._emit_warnings(source, rule, "item_scope", 4)
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
@@ -489,12 +496,15 @@ class Mapper:
     def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
         for warning in rule.warns:
             source.emit(indent, f"if {emit_value(warning.test, source, scope, indent)}:")
-            source.emit(indent + 1, f"result.warnings.append(text({source.bind(warning.message)}, {scope}) + suffix)")
+            source.emit(indent + 1, f"result.warnings.append({self._message(source, warning.message, scope)} + suffix)")
 
     @staticmethod
-    def _text(compiled: Any, scope: dict[str, Any]) -> str:
-        value = compiled.evaluate(scope)
-        return "" if value is ABSENT else str(value)
+    def _message(source: Source, message: ir.Node | None, scope: str) -> str:
+        """Code for a message's text (a reason, a warning): its own function, called only when the
+        message is given (map --explain records the fields a rule sends, not its messages)."""
+        if isinstance(message, ir.Literal) and message.is_scalar:
+            return source.bind(str(message.value))
+        return f"text({source.bind(None if message is None else generate_function(message, 'message'))}, {scope})"
 
     # -- requests --------------------------------------------------------------------------------------
     @staticmethod
@@ -511,7 +521,7 @@ class Mapper:
         from a ready dict. Returns the name of the local holding the Request."""
         emit, bind = source.emit, source.bind
         url = source.temp()
-        constant = plan.url.constant
+        constant = plan.url.value if isinstance(plan.url, ir.Literal) else None
         if isinstance(constant, str) and constant:  # joined once; any other constant fails as below, each time
             joined = self.base_url + (constant if constant.startswith("/") else "/" + constant) \
                 if plan.url_is_path else constant
@@ -542,7 +552,7 @@ class Mapper:
             emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
             return out
         value = emit_value(plan.body, source, scope, indent)
-        if not plan.body.always_object:
+        if not always_object(plan.body):
             emit(indent, f"if {value} is ABSENT:")
             emit(indent + 1, f"{out} = " + request.format("None", "None"))
             emit(indent, "else:")
@@ -554,6 +564,21 @@ class Mapper:
 
 
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
+
+
+@dataclass
+class _StepCode:
+    """A chain step's generated code: its request builder, and its when, skip and for_each (if any)."""
+
+    build: Callable[..., Request]
+    when: Callable[[dict[str, Any]], bool] | None
+    skip: Callable[[dict[str, Any]], Any] | None
+    for_each: Callable[[dict[str, Any]], Any] | None
+
+
+def _text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[str, Any]) -> str:
+    value = ABSENT if evaluate is None else evaluate(scope)
+    return "" if value is ABSENT else str(value)
 # An event type's rules: for any event name, and per normalized name that some rule names (or None)
 _Dispatch = tuple[list[_Runner], dict[str, list[_Runner]] | None]
 

@@ -17,11 +17,13 @@ from typing import Any
 
 import cerberus
 
+from . import ir
+from .analyse import reads, table_cycle
 from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
+from .lower import Known, Lowerer, TableDef, normalize_lookup_key
 from .problems import MappingSetError, Position, ProblemList, SettingsError
 from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
-from .values import Compiled, Known, TableDef, ValueCompiler, normalize_lookup_key
 from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
 SET_FILE = "mapping.yaml"
@@ -64,8 +66,8 @@ class MappingSet:
     revision: str | None
     settings: dict[str, SettingSpec]
     rules: list[Rule]
-    values: dict[str, Compiled]
-    default_headers: Compiled | None
+    values: dict[str, ir.Node]
+    default_headers: ir.Node | None
     delivery: dict[str, Any]
     compatibility_only: str | None
     # The delivery section as loaded (with YAML positions, for the delivery layer's own checks).
@@ -313,28 +315,21 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
             value_names.add(value_name)
 
     known = Known(settings=set(specs), values=value_names, tables=tables)
-    root_compiler = ValueCompiler(problems, known, shown(set_path))
-    named_values: dict[str, Compiled] = {}
+    lowered_values: dict[str, ir.Node] = {}  # (rule-level values join them: what rest's except_fields follow)
+    root_compiler = Lowerer(problems, known, shown(set_path), lowered_values)
+    named_values: dict[str, ir.Node] = {}
     rules: list[Rule] = []
-    compilers: list[ValueCompiler] = []
     for file, document in documents:
-        compiler = ValueCompiler(problems, known, file)
-        compiler.links = root_compiler.links
-        compiler.value_deps = root_compiler.value_deps
-        compilers.append(compiler)
+        compiler = Lowerer(problems, known, file, lowered_values)
         for table in tables.values():
             if table.kind == "fields" and table.position.file == file:
-                table.compiled = compiler.with_items({"item", "index"}).fields_table(table)
+                table.lowered = compiler.with_items({"item", "index"}).fields_table(table)
         values_node = document.get("values") or PosDict()
         for value_name, entry in values_node.items():
-            compiled = compiler.value(entry, values_node.value_places[value_name], f"values.{value_name}")
-            named_values[value_name] = compiled
-            root_compiler.value_deps[value_name] = compiled
+            lowered = compiler.value(entry, values_node.value_places[value_name], f"values.{value_name}")
+            named_values[value_name] = lowered_values[value_name] = lowered
     for file, document in documents:
-        compiler = ValueCompiler(problems, known, file)
-        compiler.links = root_compiler.links
-        compiler.value_deps = root_compiler.value_deps
-        rule_compiler = RuleCompiler(compiler, file)
+        rule_compiler = RuleCompiler(Lowerer(problems, known, file, lowered_values), file)
         for rule_node in good_rules[id(document)]:
             rules.append(rule_compiler.compile(rule_node))
         for rule_node in document.get("rules") or []:
@@ -344,9 +339,11 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
     defaults = head.get("defaults")
     if isinstance(defaults, PosDict) and "headers" in defaults:
         default_headers = root_compiler.value(defaults["headers"], defaults.value_places["headers"], "defaults.headers")
-    for link in root_compiler.links:
-        link()
-    _check_cycles(named_values, root_compiler, problems, documents)
+    _check_cycles(named_values, problems, documents)
+    for table in tables.values():
+        cycle = table_cycle(table) if table.lowered is not None else None
+        if cycle is not None:
+            problems.add(table.position, f"table '{table.name}' holds itself: {' -> '.join(cycle)}")
     _check_rule_names(rules, problems)
     compiled_sections: dict[str, object] = {}
     delivery_compiler = SECTION_COMPILERS.get("delivery")
@@ -387,7 +384,7 @@ def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList)
     shape again (a missing action, a problem at the place a shape problem names) is left out, and a part whose
     shape stops the compiler just adds nothing."""
     found = ProblemList()
-    compiler = ValueCompiler(found, Known(known.settings, set(known.values), known.tables), file)
+    compiler = Lowerer(found, Known(known.settings, set(known.values), known.tables), file)
     try:
         RuleCompiler(compiler, file).compile(rule_node)
     except Exception:  # noqa: BLE001 - the shape is wrong: what was found before this part stands
@@ -399,7 +396,7 @@ def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList)
             problems.add(problem.position, problem.message)
 
 
-def _check_cycles(values: dict[str, Compiled], compiler: ValueCompiler, problems: ProblemList,
+def _check_cycles(values: dict[str, ir.Node], problems: ProblemList,
                   documents: list[tuple[str, PosDict]]) -> None:
     positions: dict[str, Position] = {}
     for _, document in documents:
@@ -416,7 +413,7 @@ def _check_cycles(values: dict[str, Compiled], compiler: ValueCompiler, problems
             problems.add(positions[name], f"named values refer to each other in a cycle: {cycle}")
             return
         state[name] = 1
-        for ref in sorted(values[name].var_refs):
+        for ref in sorted(reads(values[name]).names):
             visit(ref, trail + [name])
         state[name] = 2
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import ir
 from .codegen import Source
+from .generate import emit_value
 from .runtime import ABSENT, UNSET, NamedValueFunction
-from .values import Compiled, emit_value
 
 # A level's named values, the variable holding its Vars, the variable holding its scope.
-Level = tuple[dict[str, Compiled], str, str]
+Level = tuple[dict[str, ir.Node], str, str]
 
 
 class NamedValueFunctions:
@@ -36,15 +37,15 @@ class NamedValueFunctions:
     def __init__(self, new_source: Callable[[], Source]):
         self._new_source = new_source
         self._tables: dict[int, dict[str, NamedValueFunction]] = {}
-        self._levels: list[dict[str, Compiled]] = []  # (keeps the keys' dicts alive)
+        self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
 
-    def functions(self, chain: tuple[dict[str, Compiled], ...]) -> dict[str, NamedValueFunction]:
+    def functions(self, chain: tuple[dict[str, ir.Node], ...]) -> dict[str, NamedValueFunction]:
         """Every named value of the innermost level of `chain` (outermost level first), generated."""
         for name in chain[-1]:
             self.function(chain, name)
         return self._table(chain[-1])
 
-    def function(self, chain: tuple[dict[str, Compiled], ...], name: str) -> NamedValueFunction:
+    def function(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
         """The function of the named value `name` of the innermost level of `chain`."""
         table = self._table(chain[-1])
         function = table.get(name)
@@ -52,14 +53,14 @@ class NamedValueFunctions:
             function = table[name] = self._generate(chain, name)
         return function
 
-    def _table(self, definitions: dict[str, Compiled]) -> dict[str, NamedValueFunction]:
+    def _table(self, definitions: dict[str, ir.Node]) -> dict[str, NamedValueFunction]:
         table = self._tables.get(id(definitions))
         if table is None:
             table = self._tables[id(definitions)] = {}
             self._levels.append(definitions)
         return table
 
-    def _generate(self, chain: tuple[dict[str, Compiled], ...], name: str) -> NamedValueFunction:
+    def _generate(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
         inner = len(chain) - 1
         source = self._new_source()
         # The Vars and scopes of the outer levels, from this level's Vars (dropped when unread).

@@ -5,15 +5,13 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codegen import Source
-from .expressions import Expression, emit_expression
+from . import ir
+from .expressions import Expression
+from .lower import Lowerer
 from .problems import Position
-from .runtime import ABSENT
-from .values import Compiled, ValueCompiler, expression_reads, generated
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 
@@ -25,26 +23,26 @@ def normalize_event_name(name: str) -> str:
 
 @dataclass
 class Requirement:
-    test: Compiled  # true when the requirement is met
-    reason: Compiled
+    test: ir.Node  # true when the requirement is met
+    reason: ir.Node
     position: Position
 
 
 @dataclass
 class Warning_:
-    test: Compiled  # true when the warning applies
-    message: Compiled
+    test: ir.Node  # true when the warning applies
+    message: ir.Node
 
 
 @dataclass
 class RequestPlan:
     method: str
-    url: Compiled  # absolute URL, or a path joined to the base URL
+    url: ir.Node  # absolute URL, or a path joined to the base URL
     url_is_path: bool
-    query: Compiled | None
-    headers: Compiled | None
+    query: ir.Node | None
+    headers: ir.Node | None
     body_kind: str | None  # "json", "form" or None
-    body: Compiled | None
+    body: ir.Node | None
 
 
 @dataclass
@@ -53,8 +51,8 @@ class ChainStep:
 
     position: Position
     description: str
-    when: Compiled | None  # false: the chain ends here, skipped with `skip`
-    skip: Compiled | None
+    when: ir.Condition | None  # false: the chain ends here, skipped with `skip`
+    skip: ir.Node | None
     for_each: Expression | None  # a request per item (none: skipped with `skip`)
     item_name: str
     request: RequestPlan
@@ -69,21 +67,21 @@ class Rule:
     types: frozenset[str] | None = None
     event_names: frozenset[str] | None = None
     event_globs: tuple[str, ...] = ()
-    when: Compiled | None = None
+    when: ir.Node | None = None
     when_source: str = ""  # the condition's text, for map --explain
     final: bool = False
-    values: dict[str, Compiled] = field(default_factory=dict)
+    values: dict[str, ir.Node] = field(default_factory=dict)
     for_each: Expression | None = None
     item_name: str = "item"
     requires: list[Requirement] = field(default_factory=list)
     warns: list[Warning_] = field(default_factory=list)
     action: str = "request"  # request | reject | skip | group
-    message: Compiled | None = None  # for reject and skip
+    message: ir.Node | None = None  # for reject and skip
     request: RequestPlan | None = None
     children: list[Rule] = field(default_factory=list)
     steps: list[ChainStep] = field(default_factory=list)  # then.steps: after the request, in order
     order_lane: str | None = None  # then.order: the subject whose order the whole chain holds
-    order_subject: Compiled | None = None
+    order_subject: ir.Node | None = None
 
     def matches(self, event_type: Any, event_name: Any) -> bool:
         if self.types is not None and event_type not in self.types:
@@ -98,39 +96,12 @@ class Rule:
         return any(fnmatch.fnmatchcase(normalized, pattern) for pattern in self.event_globs)
 
 
-def _presence(expressions: list[Expression], any_one: bool) -> Compiled:
-    """one_of (any_one) or present: whether any (all) of the expressions is not null, each tried
-    only while the answer is open."""
-    def emit(source: Source, scope: str, indent: int) -> str:
-        out = source.temp()
-        source.emit(indent, f"{out} = {not any_one}")
-        for number, expression in enumerate(expressions):
-            level = indent
-            if number:  # (flat, not nested: a long list stays within Python's nesting limits)
-                source.emit(indent, f"if {'not ' if any_one else ''}{out}:")
-                level += 1
-            value = emit_expression(expression, source, scope, level, scope)
-            source.emit(level, f"{out} = {value} is not None")
-        source.booleans.add(out)
-        return out
-
-    return generated(emit, *expression_reads(expressions))
-
-
-def _constant(text: str) -> Callable[[dict[str, Any]], str]:
-    return lambda scope: text
-
-
-def _always_true(scope: dict[str, Any]) -> bool:
-    return True
-
-
 def _as_list(node: Any) -> list[Any]:
     return list(node) if isinstance(node, list) else [node]
 
 
 class RuleCompiler:
-    def __init__(self, values: ValueCompiler, file: str):
+    def __init__(self, values: Lowerer, file: str):
         self.values = values
         self.file = file
 
@@ -166,7 +137,7 @@ class RuleCompiler:
             for key, entry in rule_values.items():
                 compiled = values.value(entry, rule_values.value_places[key], f"rule '{name}' values.{key}")
                 rule.values[key] = compiled
-                values.value_deps[key] = compiled
+                values.named[key] = compiled
 
         for i, requirement in enumerate(node.get("require", []) or []):
             rule.requires.append(self._requirement(requirement, node["require"].item_places[i], name, values))
@@ -204,29 +175,29 @@ class RuleCompiler:
             rule.children = [child_compiler.compile(child, name) for child in node["rules"]]
         return rule
 
-    def _requirement(self, node: PosDict, place: ScalarPlace, name: str, values: ValueCompiler) -> Requirement:
+    def _requirement(self, node: PosDict, place: ScalarPlace, name: str, values: Lowerer) -> Requirement:
         kinds = [k for k in ("check", "one_of", "present") if k in node]
         field_path = f"rule '{name}' require"
         if len(kinds) != 1:
             values.problem(place.position, f"{field_path}: needs exactly one of check, one_of or present")
-            return Requirement(Compiled(_always_true), Compiled(lambda scope: ""), place.position)
+            return Requirement(ir.Literal(None, True), ir.Literal(None, ""), place.position)
         kind = kinds[0]
+        test: ir.Node
         if kind == "check":
-            test = values.condition(node["check"], node.value_places["check"], field_path) or Compiled(_always_true)
+            test = values.condition(node["check"], node.value_places["check"], field_path) or ir.Literal(None, True)
             default_reason = f"check failed: {node['check']}"
         else:
             sources: PosList = node[kind]
-            found = [values.expression(s, sources.item_places[i], field_path) for i, s in enumerate(sources)]
-            test = _presence([e for e in found if e is not None], kind == "one_of")
+            test = values.presence(sources, field_path, kind == "one_of")
             names = ", ".join(str(s) for s in sources)
             default_reason = f"needs one of {names}; none is present" if kind == "one_of" else f"needs {names}"
         if "reason" in node:
             reason = values.value(node["reason"], node.value_places["reason"], field_path + ".reason")
         else:
-            reason = Compiled(_constant(default_reason))
+            reason = ir.Literal((place.position, field_path), default_reason)
         return Requirement(test, reason, place.position)
 
-    def _chain(self, rule: Rule, node: PosDict, values: ValueCompiler) -> None:
+    def _chain(self, rule: Rule, node: PosDict, values: Lowerer) -> None:
         name = rule.name
         if rule.for_each is not None:
             values.problem(node.position, f"rule '{name}': then (a request chain) goes on a rule without for_each")
@@ -258,7 +229,7 @@ class RuleCompiler:
                                                                  reads),
                                         str(step["request"].get("path") or step["request"].get("url") or "")))
 
-    def _request(self, node: PosDict, name: str, values: ValueCompiler) -> RequestPlan:
+    def _request(self, node: PosDict, name: str, values: Lowerer) -> RequestPlan:
         field_path = f"rule '{name}' request"
         if "path" in node:
             url = values.value(node["path"], node.value_places["path"], field_path + ".path")
@@ -268,7 +239,7 @@ class RuleCompiler:
             url_is_path = False
         else:
             values.problem(node.position, f"{field_path}: needs path or url")
-            url, url_is_path = Compiled(lambda scope: ABSENT), True
+            url, url_is_path = ir.Absent((node.position, field_path)), True
         query = values.value(node["query"], node.value_places["query"], "query") if "query" in node else None
         headers = values.value(node["headers"], node.value_places["headers"], "headers") if "headers" in node else None
         body_kind = "json" if "json" in node else "form" if "form" in node else None

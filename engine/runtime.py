@@ -50,6 +50,36 @@ def normalize_key(key: str) -> str:
     return re.sub(r"[^0-9a-z]", "", key.lower())
 
 
+def left_out_loosely(key: Any, excluded: frozenset[str], normalized: frozenset[str]) -> bool:
+    """rest with `keys: loose`: whether `key` is one of those left out, ignoring case and punctuation."""
+    if key in excluded:
+        return True
+    return isinstance(key, str) and normalize_key(key) in normalized
+
+
+def loose_get(current: Any, key: str) -> Any:
+    """`current.key` under `keys: loose`: the exact key, else the first whose normalized form matches."""
+    if not isinstance(current, dict):
+        return None
+    value = current.get(key)
+    if value is not None:
+        return value
+    wanted = normalize_key(key)
+    for candidate, candidate_value in current.items():
+        if isinstance(candidate, str) and normalize_key(candidate) == wanted:
+            return candidate_value
+    return None
+
+
+def jmespath_equals(a: Any, b: Any) -> bool:
+    # JMESPath: booleans never equal numbers (Python says True == 1).
+    if isinstance(a, bool) != isinstance(b, bool) and (
+        isinstance(a, (int, float)) or isinstance(b, (int, float))
+    ):
+        return False
+    return bool(a == b)
+
+
 def is_falsy(value: Any) -> bool:
     """JMESPath falsiness: false, null, "", [] and {} (0 is true)."""
     return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
@@ -73,6 +103,42 @@ def locate(error: EvalError, field_path: str, position: Position) -> FieldError:
 # A named value's generated function: (its level's scope, its level's Vars) -> the value (None when
 # absent), which it also remembers in the Vars (see named_values).
 NamedValueFunction = Callable[[dict[str, Any], Any], Any]
+
+
+class LocatedRender:
+    """A template's render whose EvalError is located at the field the template was written for."""
+
+    __slots__ = ("render", "field_path", "position")
+
+    def __init__(self, render: Callable[[dict[str, Any]], Any], field_path: str, position: Position):
+        self.render, self.field_path, self.position = render, field_path, position
+
+    def __call__(self, scope: dict[str, Any]) -> Any:
+        try:
+            return self.render(scope)
+        except EvalError as exc:
+            raise locate(exc, self.field_path, self.position) from None
+
+
+class FastPathMiss(Exception):
+    """A template's fast path met something it does not handle; Jinja renders the template instead."""
+
+
+def fast_getattr(obj: Any, attribute: str) -> Any:
+    """`obj.attribute` as a template's fast path reads it from anything but a plain dict (as Jinja's
+    sandboxed getattr would: a dict's key, never a method)."""
+    if not isinstance(obj, dict) or hasattr(type(obj), attribute):
+        raise FastPathMiss
+    return obj[attribute]  # a KeyError: the caller lets Jinja render
+
+
+def fast_getitem(obj: Any, item: Any) -> Any:
+    if not isinstance(obj, (dict, list)):
+        raise FastPathMiss
+    try:
+        return obj[item]
+    except (LookupError, TypeError):
+        raise FastPathMiss from None
 
 
 class Vars(dict[str, Any]):

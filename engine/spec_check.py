@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from . import ir
 from .openapi_check import OpenAPIDocument
 from .problems import Position, Problem
 from .rules import Rule
-from .values import NOT_CONSTANT, Compiled
 
 MAX_DEPTH = 32  # (a schema's $refs can loop: a tree deeper than this is not followed further)
 
@@ -26,7 +26,7 @@ def spec_problems(rules: list[Rule], spec: OpenAPIDocument) -> list[Problem]:
     for rule in _with_requests(rules):
         plan = rule.request
         assert plan is not None
-        path = plan.url.constant
+        path = plan.url.value if isinstance(plan.url, ir.Literal) else None
         if not plan.url_is_path or not isinstance(path, str) or "{{" in path:
             continue
         where = plan.url.origin[0] if plan.url.origin is not None else rule.position
@@ -70,22 +70,24 @@ def _resolve(spec: OpenAPIDocument, schema: Any) -> dict[str, Any]:
     return schema
 
 
-def _missing_members(part: Compiled, schema: dict[str, Any], spec: OpenAPIDocument, rule: str, where: str,
+def _missing_members(part: ir.Node, schema: dict[str, Any], spec: OpenAPIDocument, rule: str, where: str,
                      depth: int) -> list[Problem]:
     """The required members of `schema` that the object `part` (its keys fixed in the rule file)
     does not have; then the same for each of its members that is such an object too."""
-    if part.alternatives and depth <= MAX_DEPTH:  # (if: each branch that may be sent)
-        return [problem for branch in part.alternatives
+    if isinstance(part, ir.If) and depth <= MAX_DEPTH:  # (if: each branch that may be sent)
+        branches = (part.then,) if part.otherwise is None else (part.then, part.otherwise)
+        return [problem for branch in branches
                 for problem in _missing_members(branch, schema, spec, rule, where, depth + 1)]
-    if part.shape is None or depth > MAX_DEPTH or schema.get("type", "object") != "object":
+    fields = part.table.lowered if isinstance(part, ir.TableFields) else part
+    if not isinstance(fields, ir.Object) or depth > MAX_DEPTH or schema.get("type", "object") != "object":
         return []  # computed per event (or not an object): the request check sees it
-    members = dict(part.shape[0])
+    members = dict(fields.fields)
     position: Position = part.origin[0] if part.origin is not None else Position("?", 0, 0)
     path = part.origin[1] if part.origin is not None else where
     problems = [Problem(position, f"rule '{rule}': {path} has no '{name}', which the API requires here")
                 for name in schema.get("required", []) if name not in members]
     properties = schema.get("properties", {})
     for name, member in members.items():
-        if name in properties and member.constant is NOT_CONSTANT:
+        if name in properties and not (isinstance(member, ir.Literal) and member.is_scalar):
             problems += _missing_members(member, _resolve(spec, properties[name]), spec, rule, where, depth + 1)
     return problems

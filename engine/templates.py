@@ -17,9 +17,8 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
 
-from .codegen import Source
 from .functions import FUNCTIONS, EvalError
-from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LOOP_NESTING, MAX_TEMPLATE_OUTPUT
+from .limits import MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LOOP_NESTING
 from .template_limits import BUDGET_KEY, Budget, check_function, count_in_rendering, limited_environment
 
 _ENVIRONMENT = limited_environment(
@@ -42,17 +41,14 @@ class TemplateError(Exception):
         super().__init__(message)
 
 
-# Writes a template's fast path into generated code: (source, the scope's variable, indent, the
-# name of a function of the scope to call when the fast path can't answer) -> the result's name.
-Emit = Callable[[Source, str, int, str], str]
-
-
 @dataclass
 class Template:
     source: str
     render: Callable[[dict[str, Any]], str]
     roots: frozenset[str]  # the top-level names the template reads (traits, settings, vars, …)
-    emit: Emit | None = None  # for templates the fast path handles
+    # The output's pieces (text, and expressions of the fast subset) when the fast path handles the
+    # template: lower.py makes IR of them, written into rules' code; None: only Jinja renders it.
+    fast_pieces: tuple[nodes.Node, ...] | None = None
     # The named values and settings it reads by name (("vars", NAME), ("settings", NAME)) and the
     # engine's fan-out names it reads ("item",), ("index",): checked at load like a selector's paths.
     reads: frozenset[tuple[str, ...]] = frozenset()
@@ -68,10 +64,9 @@ def compile_template(source: str) -> Template:
         if loops > MAX_TEMPLATE_LOOP_NESTING:
             raise TemplateError(f"template nests {loops} loops; the limit is {MAX_TEMPLATE_LOOP_NESTING}", loop_line)
         roots = frozenset(meta.find_undeclared_variables(syntax_tree)) - set(_ENVIRONMENT.globals)
-        emitter = _fast_emitter(syntax_tree) if _fast_handles(syntax_tree) else None
+        pieces = tuple(_output_pieces(syntax_tree)) if _fast_handles(syntax_tree) else None
         # (a template that is one read of the event renders it as it is, by either path)
-        single_read = emitter is not None and len(parts := _output_pieces(syntax_tree)) == 1 and not isinstance(
-            parts[0], nodes.TemplateData)
+        single_read = pieces is not None and len(pieces) == 1 and not isinstance(pieces[0], nodes.TemplateData)
         _check_names(syntax_tree)
         compiled: list[Callable[[dict[str, Any]], str]] = []
     except jinja2.TemplateSyntaxError as exc:
@@ -88,19 +83,10 @@ def compile_template(source: str) -> Template:
             compiled.append(_jinja_renderer(syntax_tree, single_read))
         return compiled[0](scope)
 
-    # The fast path outside a rule's code: the same code, as its own function (something unusual,
-    # such as a missing name or not a dict, falls back to Jinja, which says exactly what).
-    # Made on first use: most templates are written into rules' code and never rendered alone.
-    fast: list[Callable[[dict[str, Any]], str]] = []
-
+    # (the fast path is generated code; what it cannot answer, such as a missing name, comes here)
     def render(scope: dict[str, Any]) -> str:
-        if not fast:
-            code = Source()
-            if emitter is not None:
-                code.emit(1, f"return {emitter(code, 'scope', 1, code.bind(jinja_render))}")
-            fast.append(code.define("template(scope)") if emitter is not None else jinja_render)
         try:
-            return fast[0](scope)
+            return jinja_render(scope)
         except SecurityError as exc:
             raise EvalError(f"template refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
@@ -112,7 +98,7 @@ def compile_template(source: str) -> Template:
         except Exception as exc:  # a filter or operator failed on this event's data
             raise EvalError(f"template failed: {type(exc).__name__}: {exc}") from None
 
-    return Template(source, render, roots, emitter, _named_reads(syntax_tree, roots))
+    return Template(source, render, roots, pieces, _named_reads(syntax_tree, roots))
 
 
 _NAMED_ROOTS = ("vars", "settings")
@@ -182,10 +168,6 @@ def _tree_depth(tree: nodes.Template) -> tuple[int, int, int, int]:
 
 
 # -- a fast path for the templates rules mostly hold: text and {{ a.b.c }}, a['b'], a or b ----------
-class _Slow(Exception):
-    """The fast path met something it does not handle; Jinja renders the template instead."""
-
-
 def _fast_handles(tree: nodes.Template) -> bool:
     """Whether the template is only text and expressions the fast path reads as Jinja would: a
     name from the scope, an item of a dict or list, a dict key written as an attribute (never a
@@ -206,72 +188,3 @@ def _fast_handles(tree: nodes.Template) -> bool:
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
-
-
-# -- the same fast path, written into a rule's generated function --------------------------------------
-def _fast_getattr(obj: Any, attribute: str) -> Any:
-    """`obj.attribute` as the fast path reads it from anything but a plain dict (see getattr_)."""
-    if not isinstance(obj, dict) or hasattr(type(obj), attribute):
-        raise _Slow
-    return obj[attribute]  # a KeyError: the caller lets Jinja render
-
-
-def _fast_getitem(obj: Any, item: Any) -> Any:
-    if not isinstance(obj, (dict, list)):
-        raise _Slow
-    try:
-        return obj[item]
-    except (LookupError, TypeError):
-        raise _Slow from None
-
-
-def _fast_emitter(tree: nodes.Template) -> Emit:
-    """The fast path's code, for a template it handles (_fast_handles).
-
-    A missing name or key, or anything unusual, falls back to calling the template's function,
-    which renders with Jinja and raises its exact error."""
-    parts = _output_pieces(tree)
-
-    def emit(source: Source, scope: str, indent: int, fallback: str) -> str:
-        out = source.temp()
-        source.emit(indent, "try:")
-        pieces = []
-        for node in parts:
-            if isinstance(node, nodes.TemplateData):
-                pieces.append(source.bind(node.data))
-            else:
-                pieces.append(f"str({_emit_expression(node, source, scope, indent + 1)})")
-        source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
-        if len(pieces) > 1:  # (one value alone is not limited: it is the event's)
-            source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(_Slow)}")
-        source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(_Slow)}):")
-        source.emit(indent + 1, f"{out} = {fallback}({scope})")
-        return out
-
-    return emit
-
-
-def _emit_expression(node: nodes.Node, source: Source, scope: str, indent: int) -> str:
-    out = source.temp()
-    if isinstance(node, nodes.Const):
-        return source.bind(node.value)
-    if isinstance(node, nodes.Name):
-        source.emit(indent, f"{out} = {scope}[{node.name!r}]")
-    elif isinstance(node, nodes.Getattr):
-        if (isinstance(node.node, nodes.Name) and node.node.name == "vars" and source.named is not None):
-            return source.named(node.attr, indent)  # a named value: as the rule's code reads it
-        inner = _emit_expression(node.node, source, scope, indent)
-        source.emit(indent, f"{out} = {inner}[{node.attr!r}] if {inner}.__class__ is dict else "
-                            f"{source.bind(_fast_getattr)}({inner}, {node.attr!r})")
-    elif isinstance(node, nodes.Getitem):
-        assert isinstance(node.arg, nodes.Const)  # (_fast_handles allows no other)
-        inner = _emit_expression(node.node, source, scope, indent)
-        source.emit(indent, f"{out} = {source.bind(_fast_getitem)}({inner}, {source.bind(node.arg.value)})")
-    elif isinstance(node, (nodes.Or, nodes.And)):
-        source.emit(indent, f"{out} = {_emit_expression(node.left, source, scope, indent)}")
-        source.emit(indent, f"if {'not ' if isinstance(node, nodes.Or) else ''}{out}:")
-        source.emit(indent + 1, f"{out} = {_emit_expression(node.right, source, scope, indent + 1)}")
-    else:
-        assert isinstance(node, nodes.Not)
-        source.emit(indent, f"{out} = not {_emit_expression(node.node, source, scope, indent)}")
-    return out

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import engine
-from engine.values import Compiled
+from engine import ir
 
 
 def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPatch,
@@ -16,10 +16,11 @@ def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPat
     good = {"type": "track", "userId": "u", "event": "E", "messageId": "m"}
     broken_rule = next(rule for rule in mapping_set.rules if rule.name == "track/event")
 
-    def explode(scope: dict) -> bool:  # type: ignore[type-arg]
+    def explode(value: str) -> bool:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(broken_rule, "when", Compiled(explode))
+    # a condition whose code calls a function that fails (no origin: the rule's own place is named)
+    monkeypatch.setattr(broken_rule, "when", ir.Encode(None, ir.Literal(None, "x"), explode))
     mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
     with caplog.at_level(logging.DEBUG, logger="segment-klaviyo.evaluate"):
         result = mapper.map(good, 3)

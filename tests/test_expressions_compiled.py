@@ -1,6 +1,6 @@
 """The generated Python for JMESPath expressions agrees with jmespath itself.
 
-engine/expressions.py writes each expression as Python (_Codegen). Random expressions over random
+engine/generate.py writes each expression as Python (CodeGenerator.jmespath_<type>). Random expressions over random
 documents must give the same value, of the same type, or the same error, as jmespath.search with
 the rule language's functions.
 """
@@ -16,8 +16,10 @@ import pytest
 
 from engine import expressions, runtime
 from engine.functions import EvalError
+from engine.generate import generate_function
+from engine.lower import Known, Lowerer
 from engine.problems import Position, ProblemList
-from engine.values import FieldError, Known, ValueCompiler
+from engine.runtime import FieldError
 from engine.yaml_loader import PosDict, ScalarPlace
 
 
@@ -115,7 +117,7 @@ def test_generated_conditions_and_choices_match_truthiness() -> None:
     generated code; an expression's error is raised located at the field."""
     rng = random.Random(11)
     place = ScalarPlace(Position("rules.yaml", 1, 1), None)
-    compiler = ValueCompiler(ProblemList(), Known({"x"}, set(), {}), "rules.yaml")
+    compiler = Lowerer(ProblemList(), Known({"x"}, set(), {}), "rules.yaml")
     compared = 0
     for _ in range(800):
         source = _expression(rng)
@@ -129,13 +131,14 @@ def test_generated_conditions_and_choices_match_truthiness() -> None:
         node = PosDict({"if": source, "then": "yes", "else": "no"})
         node.position, node.key_positions = place.position, dict.fromkeys(node, place.position)
         node.value_places = dict.fromkeys(node, place)
-        choose = compiler.value(node, place, "v")
+        choose = generate_function(compiler.value(node, place, "v"))
         assert test is not None
+        decide = generate_function(test)
         for _ in range(4):
             document = {"a": _document(rng), "b": _document(rng), "c": _document(rng)}
             expected = _outcome(compiled.evaluate, document)
             if expected[0] == "error":
-                for function, where in ((test.evaluate, "when"), (choose.evaluate, "v.if")):
+                for function, where in ((decide, "when"), (choose, "v.if")):
                     try:
                         function(document)
                     except FieldError as exc:
@@ -144,8 +147,8 @@ def test_generated_conditions_and_choices_match_truthiness() -> None:
                         raise AssertionError(f"{source}: expected {expected[1]}")
             elif expected[0] == "value":
                 truth = not runtime.is_falsy(expected[1])
-                assert bool(test.evaluate(document)) is truth, (source, document)  # (None for false, as in `if not`)
-                assert choose.evaluate(document) == ("yes" if truth else "no"), (source, document)
+                assert bool(decide(document)) is truth, (source, document)  # (None for false, as in `if not`)
+                assert choose(document) == ("yes" if truth else "no"), (source, document)
             compared += 1
     assert not compiler.problems
     assert compared > 1000

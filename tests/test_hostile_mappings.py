@@ -192,7 +192,7 @@ def test_a_long_select_or_first_list_compiles_and_picks_the_first_present(
 def test_the_fast_path_outside_generated_code_has_the_same_outcome(case: dict[str, Any]) -> None:
     """A template's own render (named values and fallbacks call it) agrees with the rule's code."""
     template = compile_template(case["template"])
-    assert template.emit is not None  # (a template the fast path handles)
+    assert template.fast_pieces is not None  # (a template the fast path handles)
     scope = {"traits": traits_of(case)}
     if "expect_rejection" in case:
         with pytest.raises(EvalError) as raised:

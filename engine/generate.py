@@ -1,0 +1,899 @@
+"""Stage 3, compile: the code generator. One visitor writes the Python of every IR node (ir.py).
+
+Why generated code: a rule's value tree evaluated node by node costs a Python call per node, per
+event; written out as straight-line code in one function it costs none. A node's code is written
+into a `Source` (codegen.py) by `visit_<NodeClass>`, which returns the name of the local (or bound
+constant) holding the value, ABSENT included; "ABSENT" itself when the value is known now to be
+absent. Each line is marked with the rule file's place of the node it was written for, so
+tracebacks and internal errors name the YAML line. There is no other way a node is evaluated:
+`function` generates a node as a function of the scope for callers outside generated code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jmespath.exceptions import JMESPathError
+
+from . import ir
+from .analyse import always_object, consumed_paths
+from .codegen import MAX_INLINE_INDENT, Source
+from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
+from .functions import CASTS, FUNCTIONS, EvalError, a_json_type
+from .limits import MAX_TEMPLATE_OUTPUT
+from .lower import normalize_lookup_key
+from .problems import Position
+from .runtime import (
+    ABSENT,
+    FastPathMiss,
+    FieldError,
+    fast_getattr,
+    fast_getitem,
+    is_falsy,
+    jmespath_equals,
+    leave_out_leaves,
+    leave_out_leaves_of,
+    left_out_loosely,
+    locate,
+    loose_get,
+    normalize_key,
+    not_an_object,
+)
+
+Evaluate = Callable[[dict[str, Any]], Any]
+
+# `select` and `first` try their options one inside the other; past this many levels they go on
+# from the outer level (one more test each), so a long list stays within Python's nesting limits.
+CHAIN_NESTING = 8
+
+
+def new_source() -> Source:
+    """A Source whose namespace has the names every value's code uses."""
+    return Source({"ABSENT": ABSENT})
+
+
+def emit_value(node: ir.Node, source: Source, scope: str, indent: int) -> str:
+    """Write `node`'s code into `source`, reading the scope held by the variable `scope`."""
+    return CodeGenerator(source).value(node, scope, indent)
+
+
+def expression_function(expression: Expression) -> Evaluate:
+    """The expression as one generated function of the value it is computed on."""
+    return _jmespath_function(expression.ast, expression.loose, expression.source)
+
+
+def _jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
+    """`text` names it in jmespath's errors ("": a part of an expression, whose caller's guard names the whole)."""
+    source = Source()
+    source.emit(1, f"return {CodeGenerator(source).guarded(ast, loose, text, 'cur', 1, None)}")
+    made: Evaluate = source.define("expression(cur)")
+    return made
+
+
+def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
+    """`node` as one generated function of the scope; named values are read from the scope's `vars`."""
+    source = new_source()
+    source.emit(1, f"return {CodeGenerator(source).value(node, 'scope', 1)}")
+    made: Evaluate = source.define(f"{name}(scope)")
+    return made
+
+
+class CodeGenerator:
+    """Writes nodes' code into one Source."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        # the JMESPath expression being written: keys: loose, and the scope's variable (see expression)
+        self.loose = False
+        self.named_root: str | None = None
+
+    def value(self, node: ir.Node, scope: str, indent: int) -> str:
+        """The node's code (a deep node is its own function, called), lines marked with its place."""
+        source = self.source
+        if isinstance(node, ir.Literal) and node.is_scalar:
+            return source.bind(node.value)
+        outer_place = source.place
+        if node.origin is not None:
+            source.place = node.origin
+        try:
+            if indent <= MAX_INLINE_INDENT:
+                visited: str = getattr(self, f"visit_{type(node).__name__}")(node, scope, indent)
+                return visited
+            out = source.temp()  # deep: its own function (see codegen.MAX_INLINE_INDENT)
+            source.emit(indent, f"{out} = {source.bind(generate_function(node))}({scope})")
+            return out
+        finally:
+            source.place = outer_place
+
+    # -- plain values ------------------------------------------------------------------------------
+    def visit_Literal(self, node: ir.Literal, scope: str, indent: int) -> str:
+        return self.source.bind(node.value)  # (a `literal:` object or list: the same object each time)
+
+    def visit_Absent(self, node: ir.Absent, scope: str, indent: int) -> str:
+        return "ABSENT"
+
+    def visit_ListOf(self, node: ir.ListOf, scope: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"{out} = []")
+        for part in node.items:
+            value = self.value(part, scope, indent)
+            if value != "ABSENT":  # (a part decided now to be absent)
+                source.emit(indent, f"if {value} is not ABSENT:")
+                source.emit(indent + 1, f"{out}.append({value})")
+        return out
+
+    def visit_Object(self, node: ir.Object, scope: str, indent: int, omit_empty: bool | None = None) -> str:
+        """Keys inserted in order, constants as they are, computed parts only when not ABSENT (each
+        part evaluated at its key's turn); with omit_empty, ABSENT when empty. A leading run of
+        constant keys starts as a copy of a ready dict."""
+        source, fields = self.source, node.fields
+        out = source.temp()
+        leading = 0
+        while leading < len(fields) and _scalar(fields[leading][1]):
+            leading += 1
+        if leading:
+            ready = {key: part.value for key, part in fields[:leading] if isinstance(part, ir.Literal)}
+            source.emit(indent, f"{out} = {source.bind(ready)}.copy()")
+        else:
+            source.emit(indent, f"{out} = {{}}")
+        for key, part in fields[leading:]:
+            value = self.value(part, scope, indent)
+            if _scalar(part) or always_object(part):
+                source.emit(indent, f"{out}[{key!r}] = {value}")  # never ABSENT
+            elif value != "ABSENT":  # (else a part decided now to be absent)
+                source.emit(indent, f"if {value} is not ABSENT:")
+                source.emit(indent + 1, f"{out}[{key!r}] = {value}")
+        self.absent_if_empty(out, node.omit_empty if omit_empty is None else omit_empty, indent)
+        return out
+
+    def visit_TableFields(self, node: ir.TableFields, scope: str, indent: int) -> str:
+        return self.visit_Object(node.table.lowered, scope, indent, node.omit_empty)
+
+    def absent_if_empty(self, out: str, omit_empty: bool, indent: int) -> None:
+        """omit_empty: an empty object or list is ABSENT."""
+        if omit_empty:
+            self.source.emit(indent, f"if not {out}:")
+            self.source.emit(indent + 1, f"{out} = ABSENT")
+
+    # -- templates -----------------------------------------------------------------------------------
+    def visit_Template(self, node: ir.Template, scope: str, indent: int) -> str:
+        """Jinja's rendering, called; or the fast subset's code, falling back to it for anything unusual."""
+        source = self.source
+        out = source.temp()
+        if node.pieces is None:
+            source.emit(indent, f"{out} = {source.bind(node.render)}({scope})")
+            return out
+        source.emit(indent, "try:")
+        pieces = [source.bind(piece.value) if isinstance(piece, ir.Literal) and isinstance(piece.value, str)
+                  else f"str({self.value(piece, scope, indent + 1)})" for piece in node.pieces]
+        source.emit(indent + 1, f"{out} = {' + '.join(pieces) if pieces else repr('')}")
+        if len(pieces) > 1:  # (one value alone is not limited: it is the event's)
+            source.emit(indent + 1, f"if len({out}) > {MAX_TEMPLATE_OUTPUT}: raise {source.bind(FastPathMiss)}")
+        source.emit(indent, f"except ({source.bind(KeyError)}, {source.bind(FastPathMiss)}):")
+        source.emit(indent + 1, f"{out} = {source.bind(node.render)}({scope})")
+        return out
+
+    def visit_JinjaName(self, node: ir.JinjaName, scope: str, indent: int) -> str:
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = {scope}[{node.name!r}]")
+        return out
+
+    def visit_JinjaAttribute(self, node: ir.JinjaAttribute, scope: str, indent: int) -> str:
+        source = self.source
+        if isinstance(node.value, ir.JinjaName) and node.value.name == "vars" and source.named is not None:
+            return source.named(node.attribute, indent)  # a named value: as the rule's code reads it
+        inner, out = self.value(node.value, scope, indent), source.temp()
+        source.emit(indent, f"{out} = {inner}[{node.attribute!r}] if {inner}.__class__ is dict else "
+                            f"{source.bind(fast_getattr)}({inner}, {node.attribute!r})")
+        return out
+
+    def visit_JinjaItem(self, node: ir.JinjaItem, scope: str, indent: int) -> str:
+        source = self.source
+        inner, out = self.value(node.value, scope, indent), source.temp()
+        source.emit(indent, f"{out} = {source.bind(fast_getitem)}({inner}, {source.bind(node.key)})")
+        return out
+
+    def visit_JinjaChoice(self, node: ir.JinjaChoice, scope: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"{out} = {self.value(node.left, scope, indent)}")
+        source.emit(indent, f"if {'not ' if node.is_or else ''}{out}:")
+        source.emit(indent + 1, f"{out} = {self.value(node.right, scope, indent + 1)}")
+        return out
+
+    def visit_JinjaNot(self, node: ir.JinjaNot, scope: str, indent: int) -> str:
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = not {self.value(node.value, scope, indent)}")
+        return out
+
+    # -- choices -------------------------------------------------------------------------------------
+    def visit_Select(self, node: ir.Select, scope: str, indent: int) -> str:
+        """The first present value (not null, not missing), else ABSENT (or the constant default).
+
+        Plain paths are read inline (`scope.get('traits')`, then `.get('email')` while the value is
+        an object), the same reads JMESPath makes; `vars.NAME` is read by key (see NamedReads); any
+        other expression is written out too. Each expression is tried only when the ones before it
+        found nothing. With a cast, found values and the default are cast."""
+        source, field_path, cast = self.source, _field_path(node), node.cast
+        out, value = source.temp(), source.temp()
+        source.emit(indent, f"{out} = ABSENT")
+        source.emit(indent, "try:")
+        level = indent + 1
+        roots: dict[tuple[str, ...], str] = {}  # path (prefix) -> the local holding it, once read
+        for expression in node.expressions:
+            if level - indent > CHAIN_NESTING:  # a long chain goes on from the outer level
+                source.drop(-1)  # (the else:)
+                source.emit(indent + 1, f"if {out} is ABSENT:")
+                level = indent + 2
+            path = _plain_path(expression)
+            if expression.loose and path is not None and path[0] != "vars":  # (keys: loose: matched as JMESPath's are)
+                path = None
+            if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
+                fixed = source.roots[path[0]]
+                for key in path[1:]:
+                    fixed = fixed.get(key) if isinstance(fixed, dict) else None
+                if fixed is None:
+                    continue  # never present: the next expression is tried
+                source.emit(level, f"{value} = {source.constant(fixed)}")
+                self.field_source(field_path, expression.source, level)
+                self.cast(value, out, cast, field_path, level)
+                break  # found: no later expression is tried
+            if path is None:
+                found = self.expression(expression, scope, level, scope)
+            else:
+                found = self.read_path(path, roots, value, scope, level)
+            source.emit(level, f"if {found} is not None:")
+            self.field_source(field_path, expression.source, level + 1)
+            self.cast(found, out, cast, field_path, level + 1)
+            source.emit(level, "else:")
+            level += 1
+        if source.lines[-1].endswith("else:"):  # nothing more to try
+            source.drop(-1)
+        if source.lines[-1].endswith("try:"):  # nothing at all to try (settings that are not set)
+            source.emit(indent + 1, "pass")
+        self.located(field_path, node.position, indent)
+        if source.field_sources is not None:  # (map --explain) none of the paths was present
+            source.emit(indent, f"if {out} is ABSENT:")
+            self.field_source(field_path, None, indent + 1)
+        if node.default is not ir.NO_DEFAULT:  # the default is cast too (outside the select's own error handling)
+            source.emit(indent, f"if {out} is ABSENT:")
+            if cast is None:
+                source.emit(indent + 1, f"{out} = {source.bind(node.default)}")
+            else:
+                source.emit(indent + 1, f"{value} = {source.bind(node.default)}")
+                self.cast(value, out, cast, field_path, indent + 1)
+        return out
+
+    def read_path(self, path: tuple[str, ...], roots: dict[tuple[str, ...], str], value: str, scope: str,
+                  level: int) -> str:
+        """A plain path's value, read key by key; inner objects kept in `roots` for later paths."""
+        source, steps = self.source, path[1:]
+        if path[0] == "vars" and steps and source.named is not None:  # see NamedReads
+            found = source.named(steps[0], level)
+            steps = steps[1:]
+        else:
+            root = roots.get(path[:1])
+            if root is None:
+                root = roots[path[:1]] = source.temp()
+                source.emit(level, f"{root} = {scope}.get({path[0]!r})")
+            found = root
+            if path[0] == "vars" and steps:  # named values: read by key, computed on first use
+                source.emit(level, f"{value} = None if {root} is None else {root}[{steps[0]!r}]")
+                found, steps = value, steps[1:]
+            else:  # a prefix an earlier expression read (traits.address) is not read again
+                done = max((n for n in range(1, len(path)) if path[:n] in roots), default=1)
+                found, steps = roots[path[:done]], path[done:]
+        for number, key in enumerate(steps):
+            if path[0] != "vars" and number < len(steps) - 1:  # an inner object: kept for the next paths
+                step = roots[path[:len(path) - len(steps) + number + 1]] = source.temp()
+            else:
+                step = value
+            source.emit(level, f"{step} = {found}.get({key!r}) if isinstance({found}, dict) else None")
+            found = step
+        return found
+
+    def field_source(self, field_path: str, supplied_by: str | None, indent: int) -> None:
+        """map --explain: record which expression supplied the field (None: none was present)."""
+        source = self.source
+        if source.field_sources is not None:
+            source.emit(indent, f"{source.field_sources}[{source.bind(field_path)}] = {source.bind(supplied_by)}")
+
+    def cast(self, value: str, out: str, cast: ir.Cast | None, field_path: str, indent: int) -> None:
+        """out = cast(value) (value itself without a cast); its error names the cast, at the option."""
+        source = self.source
+        if cast is None:
+            source.emit(indent, f"{out} = {value}")
+            return
+        if cast.function is CASTS["string"]:
+            source.emit(indent, f"if {value}.__class__ is str:")
+            source.emit(indent + 1, f"{out} = {value}")
+            source.emit(indent, "else:")
+            indent += 1
+        source.emit(indent, "try:")
+        source.emit(indent + 1, f"{out} = {source.bind(cast.function)}({value})")
+        source.emit(indent, f"except {source.bind(EvalError)} as exc:")
+        message = source.bind(f"cannot cast to {cast.name}: ")
+        source.emit(indent + 1, f"raise {source.bind(FieldError)}({message} + str(exc), "
+                                f"{source.bind(field_path)}, {source.bind(cast.position)}) from None")
+
+    def located(self, field_path: str, position: Position, indent: int) -> None:
+        """The handler closing a `try:` at `indent`: an EvalError is located at this field."""
+        source = self.source
+        source.emit(indent, f"except {source.bind(EvalError)} as exc:")
+        source.emit(indent + 1, f"raise {source.bind(locate)}(exc, {source.bind(field_path)}, {source.bind(position)}) "
+                                "from None")
+
+    def visit_First(self, node: ir.First, scope: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        level = indent
+        for part in node.options:  # each option only when the ones before it gave nothing
+            if level - indent > CHAIN_NESTING:  # a long chain goes on from the outer level
+                source.drop(-1)
+                source.emit(indent, f"if {out} is ABSENT or {out} is None:")
+                level = indent + 1
+            source.emit(level, f"{out} = {self.value(part, scope, level)}")
+            source.emit(level, f"if {out} is ABSENT or {out} is None:")
+            level += 1
+        source.emit(level, f"{out} = ABSENT")
+        return out
+
+    def visit_Default(self, node: ir.Default, scope: str, indent: int) -> str:
+        source = self.source
+        value = self.value(node.value, scope, indent)
+        if value == "ABSENT":  # decided now: the default
+            return self.value(node.default, scope, indent)
+        out = source.temp()
+        source.emit(indent, f"{out} = {value}")
+        source.emit(indent, f"if {out} is ABSENT:")
+        source.emit(indent + 1, f"{out} = {self.value(node.default, scope, indent + 1)}")
+        return out
+
+    def visit_CastTo(self, node: ir.CastTo, scope: str, indent: int) -> str:
+        source = self.source
+        value = self.value(node.value, scope, indent)
+        out = source.temp()
+        source.emit(indent, f"if {value} is ABSENT:")
+        source.emit(indent + 1, f"{out} = ABSENT")
+        source.emit(indent, "else:")
+        self.cast(value, out, node.cast, _field_path(node), indent + 1)
+        return out
+
+    # -- conditions ----------------------------------------------------------------------------------
+    def condition_value(self, node: ir.Condition, scope: str, indent: int) -> str:
+        """The condition's expression's value (not yet its truthiness), its errors located at its field."""
+        source = self.source
+        start = len(source.lines)
+        source.emit(indent, "try:")
+        value = self.expression(node.expression, scope, indent + 1, scope)  # usable after the try
+        if len(source.lines) == start + 1:  # nothing to run (a constant, or the scope itself)
+            source.drop(start)
+            return value
+        self.located(_field_path(node), node.position, indent)
+        return value
+
+    def visit_Condition(self, node: ir.Condition, scope: str, indent: int) -> str:
+        source = self.source
+        value = self.condition_value(node, scope, indent)
+        if value in source.known:  # decided now (it reads only fixed roots such as settings)
+            return repr(not is_falsy(source.known[value]))
+        if value in source.booleans:
+            return value
+        out = source.temp()
+        source.emit(indent, f"{out} = not {source.falsy(value)}")
+        source.booleans.add(out)
+        return out
+
+    def visit_Presence(self, node: ir.Presence, scope: str, indent: int) -> str:
+        """Each expression tried only while the answer is open."""
+        source, any_one = self.source, node.any_one
+        out = source.temp()
+        source.emit(indent, f"{out} = {not any_one}")
+        for number, expression in enumerate(node.expressions):
+            level = indent
+            if number:  # (flat, not nested: a long list stays within Python's nesting limits)
+                source.emit(indent, f"if {'not ' if any_one else ''}{out}:")
+                level += 1
+            value = self.expression(expression, scope, level, scope)
+            source.emit(level, f"{out} = {value} is not None")
+        source.booleans.add(out)
+        return out
+
+    def visit_If(self, node: ir.If, scope: str, indent: int) -> str:
+        source = self.source
+        value = self.condition_value(node.condition, scope, indent)
+        if value in source.known:  # decided now: only the branch taken is written
+            chosen_part = node.otherwise if is_falsy(source.known[value]) else node.then
+            return "ABSENT" if chosen_part is None else self.value(chosen_part, scope, indent)
+        out = source.temp()
+        source.emit(indent, f"if {source.falsy(value)}:")
+        chosen = "ABSENT" if node.otherwise is None else self.value(node.otherwise, scope, indent + 1)
+        source.emit(indent + 1, f"{out} = {chosen}")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{out} = {self.value(node.then, scope, indent + 1)}")
+        return out
+
+    # -- objects from objects ------------------------------------------------------------------------
+    def visit_Merge(self, node: ir.Merge, scope: str, indent: int) -> str:
+        source, field_path = self.source, _field_path(node)
+        out = source.temp()
+        source.emit(indent, f"{out} = {{}}")
+        for part in node.parts:  # (later parts win)
+            value = self.value(part, scope, indent)
+            if always_object(part):
+                source.emit(indent, f"{out}.update({value})")
+                continue
+            if value == "ABSENT":  # (a part decided now to be absent)
+                continue
+            source.emit(indent, f"if {value} is not ABSENT:")
+            source.emit(indent + 1, f"if not isinstance({value}, dict):")
+            source.emit(indent + 2, f"raise {source.bind(not_an_object)}({value}, "
+                                    f"{source.bind(field_path)}, {source.bind(node.position)})")
+            source.emit(indent + 1, f"{out}.update({value})")
+        self.absent_if_empty(out, node.omit_empty, indent)
+        return out
+
+    def source_check(self, found: str, out: str, kind: str, node: ir.Rest | ir.Each, indent: int) -> None:
+        """What rest (kind dict) and each (kind list) do with their source before using it: null or
+        missing is empty (ABSENT with omit_empty); another type is an error naming the source text.
+        Ends with `else:`, under which (at indent + 1) the caller writes its work on `found`."""
+        source = self.source
+        source.emit(indent, f"if {found} is None:")
+        source.emit(indent + 1, f"{out} = ABSENT" if node.omit_empty else f"{out} = {kind}()")
+        source.emit(indent, f"elif not isinstance({found}, {kind}):")
+        not_kind = source.bind(", not an object" if kind == "dict" else ", not a list")
+        source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(node.source_text)} + ' is ' + "
+                                f"{source.bind(a_json_type)}({found}) + {not_kind}, "
+                                f"{source.bind(_field_path(node))}, {source.bind(node.position)})")
+        source.emit(indent, "else:")
+
+    def visit_Rest(self, node: ir.Rest, scope: str, indent: int) -> str:
+        source = self.source
+        excluded, nested = _left_out(node)
+        found, out = self.expression(node.expression, scope, indent, scope), source.temp()
+        self.source_check(found, out, "dict", node, indent)
+        # The usual case (exact keys, nulls left out) is one set lookup per key, no call.
+        keep = "" if node.keep_null else "v is not None and "
+        if node.loose:
+            normalized = frozenset(normalize_key(k) for k in excluded)
+            kept = f"not {source.bind(left_out_loosely)}(k, {source.bind(excluded)}, {source.bind(normalized)})"
+        else:
+            kept = f"k not in {source.bind(excluded)}"
+        source.emit(indent + 1, f"{out} = {{k: v for k, v in {found}.items() if {keep}{kept}}}")
+        if nested and node.loose:
+            source.emit(indent + 1, f"{source.bind(leave_out_leaves)}({out}, {source.bind(nested)}, True)")
+        for key, paths in nested.items() if not node.loose else ():  # a key lookup each, a call only when there
+            source.emit(indent + 1, f"if {key!r} in {out}:")
+            source.emit(indent + 2, f"{source.bind(leave_out_leaves_of)}({out}, {key!r}, {source.bind(paths)})")
+        self.absent_if_empty(out, node.omit_empty, indent + 1)
+        return out
+
+    def visit_Each(self, node: ir.Each, scope: str, indent: int) -> str:
+        source = self.source
+        items, out, inner_scope, item = source.temp(), source.temp(), source.temp(), source.temp()
+        source.emit(indent, f"{items} = {self.expression(node.expression, scope, indent, scope)}")
+        self.source_check(items, out, "list", node, indent)
+        source.emit(indent + 1, f"{out} = []")
+        source.emit(indent + 1, f"{inner_scope} = dict({scope})")
+        source.emit(indent + 1, f"for {inner_scope}['index'], {item} in enumerate({items}):")
+        level = indent + 2
+        source.emit(level, f"{inner_scope}[{node.name!r}] = {item}")
+        if node.where is not None:
+            source.emit(level, f"if not {self.value(node.where, inner_scope, level)}:")
+            source.emit(level + 1, "continue")
+        result = self.value(node.value, inner_scope, level)
+        source.emit(level, f"if {result} is not ABSENT:")
+        source.emit(level + 1, f"{out}.append({result})")
+        self.absent_if_empty(out, node.omit_empty, indent + 1)
+        return out
+
+    # -- tables and encodings ------------------------------------------------------------------------
+    def visit_Lookup(self, node: ir.Lookup, scope: str, indent: int) -> str:
+        source = self.source
+        value = self.value(node.key, scope, indent)
+        if not node.entries:  # an empty table: absent (the key is still evaluated, for its errors)
+            return "ABSENT"
+        out = source.temp()
+        source.emit(indent, f"if {value} is ABSENT:")
+        source.emit(indent + 1, f"{out} = ABSENT")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, "try:")
+        source.emit(indent + 2, f"{out} = {source.bind(node.entries)}.get({source.bind(normalize_lookup_key)}"
+                                f"({value}, {node.ignore_case!r}), ABSENT)")
+        source.emit(indent + 1, "except TypeError:  # unhashable: not in the table")
+        source.emit(indent + 2, f"{out} = ABSENT")
+        return out
+
+    def visit_Encode(self, node: ir.Encode, scope: str, indent: int) -> str:
+        source = self.source
+        result, out = self.value(node.value, scope, indent), source.temp()
+        source.emit(indent, f"{out} = ABSENT if {result} is ABSENT else {source.bind(node.encoding)}({result})")
+        return out
+
+    # -- JMESPath ------------------------------------------------------------------------------------
+    # An expression's tree (jmespath's AST: dicts with a type) is written node for node, in the order
+    # jmespath's interpreter visits it, by `jmespath_<type>`: paths, indexes, literals, comparisons,
+    # and/or/not, pipes, lists, objects, projections, filters, flattening and function calls become
+    # straight-line Python (a loose key is one call); slices and exprefs call jmespath's interpreter
+    # on their node, so the language is always full JMESPath.
+    def expression(self, expression: Expression, cur: str, indent: int, named_root: str | None = None) -> str:
+        """The expression computed on the variable `cur`; jmespath's own errors become EvalErrors
+        naming its text. With `named_root` (the scope's variable), `vars.NAME` is read by key."""
+        return self.guarded(expression.ast, expression.loose, expression.source, cur, indent, named_root)
+
+    def guarded(self, ast: dict[str, Any], loose: bool, text: str, cur: str, indent: int,
+                named_root: str | None) -> str:
+        source = self.source
+        self.loose, self.named_root = loose, named_root
+        source.namespace.update(_equals=jmespath_equals, _instance=JMESPATH_FUNCTIONS)
+        if not text or not _needs_guard(ast):  # ("": a part of an expression, whose caller's guard names the whole)
+            return self.jmespath(ast, cur, indent)
+        source.emit(indent, "try:")
+        start = len(source.lines)
+        value = self.jmespath(ast, cur, indent + 1)  # assigned inside the try, or a constant: usable after it
+        if len(source.lines) == start:
+            source.emit(indent + 1, "pass")
+        source.emit(indent, f"except {source.bind(JMESPathError)} as exc:")
+        source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(text + ': ')} + str(exc)) from None")
+        return value
+
+    def jmespath(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """Statements computing `node` on the value named `cur`; the name holding it."""
+        kind = node["type"]
+        if kind == "literal":
+            name = self.source.constant(node["value"])
+            if isinstance(node["value"], (int, float)) and not isinstance(node["value"], bool):
+                self.source.numbers.add(name)
+            return name
+        if kind in ("current", "identity"):
+            return cur
+        fixed = self.root_constant(node, cur)
+        if fixed is not None:
+            return fixed
+        if indent > MAX_INLINE_INDENT:  # deep: the node as its own function, called (see codegen)
+            out = self.source.temp()
+            made = _jmespath_function(node, self.loose, "")
+            self.source.emit(indent, f"{out} = {self.source.bind(made)}({cur})")
+            return out
+        visit: Callable[[dict[str, Any], str, int], str] = getattr(self, f"jmespath_{kind}", self.jmespath_interpreted)
+        return visit(node, cur, indent)
+
+    def root_constant(self, node: dict[str, Any], cur: str) -> str | None:
+        """A read of a fixed scope root (Source.roots), done now: `settings.x` -> its value, bound."""
+        if cur != self.named_root or self.loose:
+            return None
+        steps = [node] if node["type"] == "field" else node["children"] if node["type"] == "subexpression" else []
+        if not steps or any(step["type"] != "field" for step in steps) or steps[0]["value"] not in self.source.roots:
+            return None
+        value = self.source.roots[steps[0]["value"]]
+        for step in steps[1:]:
+            value = value.get(step["value"]) if isinstance(value, dict) else None
+        return self.source.constant(value)
+
+    def jmespath_interpreted(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """Slices, exprefs: jmespath's interpreter, on the same tree (keys there are exact)."""
+        out = self.source.temp()
+        self.source.emit(indent, f"{out} = {self.source.bind(INTERPRETER.visit)}({self.source.bind(node)}, {cur})")
+        return out
+
+    def jmespath_field(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        if self.loose:
+            source.emit(indent, f"{out} = {source.bind(loose_get)}({cur}, {node['value']!r})")
+        elif cur == self.named_root:  # the scope: always a dict
+            source.emit(indent, f"{out} = {cur}.get({node['value']!r})")
+        else:
+            source.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+        return out
+
+    def jmespath_subexpression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source, children = self.source, node["children"]
+        if cur == self.named_root and not self.loose and _is_named_value(node):
+            return self.named_value_path(node, cur, indent)
+        out = source.temp()
+        depth = indent
+        if cur != self.named_root:  # (the scope is never null)
+            source.emit(indent, f"{out} = None")
+            source.emit(indent, f"if {cur} is not None:")
+            depth += 1
+        value = self.jmespath(children[0], cur, depth)
+        for child in children[1:]:
+            if child["type"] == "field" and not self.loose:
+                # (the first step reads the first child's value, not a copy of it)
+                source.emit(depth, f"{out} = {value}.get({child['value']!r}) if isinstance({value}, dict) else None")
+                value = out
+                continue
+            if value != out:
+                source.emit(depth, f"{out} = {value}")
+                value = out
+            source.emit(depth, f"if {out} is not None:")
+            value = self.jmespath(child, out, depth + 1)
+            source.emit(depth + 1, f"{out} = {value}")
+            value = out
+            if depth < MAX_INLINE_INDENT:  # (deeper, the next steps test `out` again instead)
+                depth += 1
+        if value != out:
+            source.emit(depth, f"{out} = {value}")
+        return out
+
+    def named_value_path(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """`vars.NAME...` on the scope: the named value read by key (see NamedReads), then its steps."""
+        source, children = self.source, node["children"]
+        name = children[1]["value"]
+        if source.named is not None:
+            out = source.named(name, indent)
+        else:
+            out = source.temp()
+            source.emit(indent, f"{out} = {cur}.get('vars')")
+            source.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
+        if len(children) > 2:  # a copy: the next steps must not overwrite the named value's local
+            value, out = out, source.temp()
+            source.emit(indent, f"{out} = {value}")
+        for child in children[2:]:
+            if child["type"] != "field" or self.loose:
+                source.emit(indent, f"if {out} is not None:")
+                value = self.jmespath(child, out, indent + 1)
+                source.emit(indent + 1, f"{out} = {value}")
+            else:
+                source.emit(indent, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
+        return out
+
+    def jmespath_index_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        children = node["children"]
+        if not _only_indexes(children):
+            return self.jmespath_interpreted(node, cur, indent)
+        value = self.jmespath(children[0], cur, indent)
+        for child in children[1:]:
+            index = int(child["value"])
+            out = self.source.temp()
+            self.source.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
+                                     f"-len({value}) <= {index} < len({value}) else None")
+            value = out
+        return value
+
+    def jmespath_and_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source, children, is_and = self.source, node["children"], node["type"] == "and_expression"
+        left = self.jmespath(children[0], cur, indent)
+        if left in source.known:  # decided now: the left side, or the right side alone
+            if is_falsy(source.known[left]) == is_and:
+                return left
+            return self.jmespath(children[1], cur, indent)
+        out = source.temp()
+        source.emit(indent, f"{out} = {left}")
+        source.emit(indent, f"if {source.truthy(left) if is_and else source.falsy(left)}:")
+        right = self.jmespath(children[1], cur, indent + 1)
+        source.emit(indent + 1, f"{out} = {right}")
+        if left in source.booleans and (right in source.booleans or right in source.known
+                                        and isinstance(source.known[right], bool)):
+            source.booleans.add(out)
+        return out
+
+    jmespath_or_expression = jmespath_and_expression
+
+    def jmespath_not_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        operand = self.jmespath(node["children"][0], cur, indent)
+        if operand in source.known:
+            return source.constant(is_falsy(source.known[operand]))
+        out = source.temp()
+        source.emit(indent, f"{out} = {source.falsy(operand)}")
+        source.booleans.add(out)
+        return out
+
+    def jmespath_pipe(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        left = self.jmespath(node["children"][0], cur, indent)
+        return self.jmespath(node["children"][1], left, indent)
+
+    def jmespath_multi_select_list(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"if {cur} is None:")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        parts = [self.jmespath(child, cur, indent + 1) for child in node["children"]]
+        source.emit(indent + 1, f"{out} = [{', '.join(parts)}]")
+        return out
+
+    def jmespath_multi_select_dict(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        out = source.temp()
+        source.emit(indent, f"if {cur} is None:")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        pairs = [(child["value"], self.jmespath(child["children"][0], cur, indent + 1)) for child in node["children"]]
+        source.emit(indent + 1, f"{out} = {{{', '.join(f'{key!r}: {value}' for key, value in pairs)}}}")
+        return out
+
+    def jmespath_flatten(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        base, out, element = self.jmespath(node["children"][0], cur, indent), source.temp(), source.temp()
+        source.emit(indent, f"if not isinstance({base}, list):")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{out} = []")
+        source.emit(indent + 1, f"for {element} in {base}:")
+        source.emit(indent + 2, f"if isinstance({element}, list):")
+        source.emit(indent + 3, f"{out}.extend({element})")
+        source.emit(indent + 2, "else:")
+        source.emit(indent + 3, f"{out}.append({element})")
+        return out
+
+    def jmespath_comparator(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        source = self.source
+        left_node, right_node = node["children"]
+        left = self.jmespath(left_node, cur, indent)
+        right = self.jmespath(right_node, cur, indent)
+        op = node["value"]
+        out = source.temp()
+        constant = right_node["value"] if right_node["type"] == "literal" else _NOT_LITERAL
+        if op in ("eq", "ne"):
+            if constant is None or isinstance(constant, str):
+                # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
+                if constant is None:
+                    source.emit(indent, f"{out} = {left} is {'' if op == 'eq' else 'not '}None")
+                else:
+                    source.emit(indent, f"{out} = {left} {'==' if op == 'eq' else '!='} {right}")
+            elif isinstance(constant, bool):
+                # true/false equals only itself (never 1 or 0): an identity test, without _equals' call.
+                test = f"{left} is {constant!r}"
+                source.emit(indent, f"{out} = {test}" if op == "eq" else f"{out} = not ({test})")
+            else:
+                call = f"_equals({left}, {right})"
+                source.emit(indent, f"{out} = {call}" if op == "eq" else f"{out} = not {call}")
+            source.booleans.add(out)
+            return out
+        python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
+        number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
+        # (a side known to be a number, such as length()'s result or a number literal, is not tested)
+        tests = [number.format(side) for side in (left, right) if side not in source.numbers]
+        if not tests:
+            source.emit(indent, f"{out} = {left} {python_op} {right}")
+        else:
+            source.emit(indent, f"{out} = ({left} {python_op} {right}) if {' and '.join(tests)} else None")
+        source.booleans.add(out)
+        return out
+
+    def jmespath_projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        """`a[*].b`, `a[?cond].b` and `a.*.b`: b of each element of the list a (for which cond is
+        true), or of each value of the object a, nulls left out."""
+        source, children = self.source, node["children"]
+        base = self.jmespath(children[0], cur, indent)
+        out, element = source.temp(), source.temp()
+        of_object = node["type"] == "value_projection"
+        source.emit(indent, f"if not isinstance({base}, {'dict' if of_object else 'list'}):")
+        source.emit(indent + 1, f"{out} = None")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{out} = []")
+        source.emit(indent + 1, f"for {element} in {base}{'.values()' if of_object else ''}:")
+        level = indent + 2
+        if node["type"] == "filter_projection":
+            condition = self.jmespath(children[2], element, level)
+            source.emit(level, f"if {source.falsy(condition)}:")
+            source.emit(level + 1, "continue")
+        value = self.jmespath(children[1], element, level)
+        source.emit(level, f"if {value} is not None:")
+        source.emit(level + 1, f"{out}.append({value})")
+        return out
+
+    jmespath_filter_projection = jmespath_value_projection = jmespath_projection
+
+    def jmespath_function_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+        if any(child["type"] == "expref" for child in node["children"]):
+            return self.jmespath_interpreted(node, cur, indent)
+        source, name = self.source, node["value"]
+        arguments = [self.jmespath(child, cur, indent) for child in node["children"]]
+        out = source.temp()
+        listed = ", ".join(arguments)
+        if name in FUNCTIONS:
+            source.emit(indent, f"{out} = {source.bind(FUNCTIONS[name][0])}({listed})")
+            return out
+        call_function = f"_instance.call_function({name!r}, [{listed}])"
+        inline = _INLINE_BUILTINS.get(name)
+        if inline is not None and len(arguments) == 1:
+            # The common case written out; any other argument goes through jmespath (its checks, its errors).
+            source.namespace["_JSON_TYPES"] = _JSON_TYPES
+            test, value = inline
+            argument = arguments[0]
+            source.emit(indent, f"{out} = {value.format(argument)} if {test.format(argument)} else {call_function}")
+            if name == "length":  # an int, or jmespath's error
+                source.numbers.add(out)
+            return out
+        direct = direct_builtin(name, len(arguments))
+        if direct is None:
+            source.emit(indent, f"{out} = {call_function}")
+            return out
+        builtin, allowed = direct
+        function = source.bind(builtin)
+        checks = [f"type({argument}).__name__ in {source.bind(types)}"
+                  for argument, types in zip(arguments, allowed, strict=True) if types is not None]
+        direct_call = f"{function}(_instance, {listed})"
+        if not checks:
+            source.emit(indent, f"{out} = {direct_call}")
+        else:
+            source.emit(indent, f"{out} = {direct_call} if {' and '.join(checks)} else {call_function}")
+        return out
+
+
+def _scalar(node: ir.Node) -> bool:
+    return isinstance(node, ir.Literal) and node.is_scalar
+
+
+def _field_path(node: ir.Node) -> str:
+    return "" if node.origin is None else node.origin[1]
+
+
+def _plain_path(expression: Expression) -> tuple[str, ...] | None:
+    """The keys of an expression that is a plain path (`a`, `a.b.c`), else None."""
+    ast = expression.ast
+    if ast["type"] == "field":
+        return (ast["value"],)
+    if ast["type"] == "subexpression" and all(child["type"] == "field" for child in ast["children"]):
+        return tuple(child["value"] for child in ast["children"])
+    return None
+
+
+def _left_out(node: ir.Rest) -> tuple[frozenset[str], dict[str, set[tuple[str, ...]]]]:
+    """rest's keys left out whole, and (from except_fields' reads deeper than a key, such as
+    traits.company.name) key -> the paths under it to leave out; the rest of that key's object stays."""
+    excluded = set(node.except_keys)
+    nested: dict[str, set[tuple[str, ...]]] = {}
+    prefixes = list(node.expression.info.paths)
+    if len(prefixes) == 1:
+        prefix = prefixes[0]
+        for table in node.except_tables:
+            for path in consumed_paths(table.lowered, node.named):
+                if path[: len(prefix)] == prefix and len(path) == len(prefix) + 1:
+                    excluded.add(path[len(prefix)])
+                elif path[: len(prefix)] == prefix and len(path) > len(prefix):
+                    nested.setdefault(path[len(prefix)], set()).add(path[len(prefix) + 1:])
+    for key in excluded:  # a key left out whole needs no leaf left out
+        nested.pop(key, None)
+    return frozenset(excluded), nested
+
+
+_NOT_LITERAL: Any = object()
+
+# JMESPath type names of the exact Python classes JSON decodes to (subclasses go through jmespath).
+_JSON_TYPES: dict[type, str] = {str: "string", int: "number", float: "number", bool: "boolean", list: "array",
+                                dict: "object", type(None): "null"}
+# builtin -> (the test its argument must pass, the value then), each a format of the argument's name
+_INLINE_BUILTINS: dict[str, tuple[str, str]] = {
+    "type": ("{0}.__class__ in _JSON_TYPES", "_JSON_TYPES[{0}.__class__]"),
+    "length": ("isinstance({0}, (str, list, dict))", "len({0})"),
+    "keys": ("isinstance({0}, dict)", "list({0})"),
+}
+
+# Node kinds written out that never raise jmespath's errors (function calls and the interpreter
+# may: expressions holding those keep a guard that turns the error into an EvalError).
+_UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "identity", "comparator",
+                              "and_expression", "or_expression", "not_expression", "pipe", "multi_select_list",
+                              "projection", "filter_projection", "flatten", "value_projection",
+                              "multi_select_dict", "key_val_pair", "index"})
+
+
+def _only_indexes(children: list[dict[str, Any]]) -> bool:
+    """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
+    return all(child["type"] == "index" for child in children[1:])
+
+
+def _needs_guard(node: dict[str, Any]) -> bool:
+    kind = node["type"]
+    if kind == "function_expression":
+        if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
+            return True
+    elif kind == "index_expression":
+        if not _only_indexes(node["children"]):
+            return True
+    elif kind not in _UNGUARDED_KINDS:
+        return True
+    return any(_needs_guard(child) for child in node["children"] if isinstance(child, dict))
+
+
+def _is_named_value(node: dict[str, Any]) -> bool:
+    """`vars.NAME...`: a subexpression whose first two steps are the field vars and a field."""
+    children = node["children"]
+    return (len(children) >= 2 and children[0]["type"] == "field" and children[0]["value"] == "vars"
+            and children[1]["type"] == "field")

@@ -1,0 +1,211 @@
+"""The compile stage's intermediate form: what a value tree means, with no code in it.
+
+Lowering (lower.py) turns a rule file's value trees into these nodes, checking every directive;
+analyse.py says what a node reads; optimise.py folds what is known at load time; one CodeGenerator
+(generate.py) writes Python for them. Every node carries `origin`: the rule file's place and field
+path it was written at (None only for a node made by the engine, not read from a file). Nodes are
+frozen; those that refer to a table hold its TableDef, whose lowered fields are set once every
+table is lowered (a table may name one defined after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codegen import Origin
+from .expressions import Expression
+from .problems import Position
+from .templates import Template as CompiledTemplate
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Node:
+    """(Nodes compare by identity: each is one place in a rule file.)"""
+
+    origin: Origin | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cast:
+    """A `cast` option: its name, the function, and where the option was written (its errors' place)."""
+
+    name: str
+    function: Callable[[Any], Any]
+    position: Position
+
+
+NO_DEFAULT: Any = object()  # Select.default when there is none
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Literal(Node):
+    """A value written in the file (a scalar, or a `literal:` object or list)."""
+
+    value: Any
+
+    @property
+    def is_scalar(self) -> bool:
+        return not isinstance(self.value, (dict, list))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Absent(Node):
+    """Always absent (what a part with a problem becomes, so the rest of the file is still checked)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ListOf(Node):
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Object(Node):
+    fields: tuple[tuple[str, Node], ...]
+    omit_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Select(Node):
+    """The first expression whose value is present, else `default` (NO_DEFAULT: absent), cast."""
+
+    expressions: tuple[Expression, ...]
+    position: Position
+    default: Any = NO_DEFAULT
+    cast: Cast | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class First(Node):
+    options: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Template(Node):
+    template: CompiledTemplate
+    render: Callable[[dict[str, Any]], Any]  # Jinja's rendering, its errors located at this field
+    # The fast subset: the output's pieces (Literal text, Jinja* reads), None when Jinja renders it all.
+    pieces: tuple[Node, ...] | None
+
+
+# The fast Jinja subset (templates._fast_handles): reads Jinja makes the same way, anything unusual
+# (a missing name or key, not a dict) left to Jinja, which says exactly what.
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaName(Node):
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaAttribute(Node):
+    value: Node
+    attribute: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaItem(Node):
+    value: Node
+    key: Any
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaChoice(Node):
+    """`a or b` (is_or), `a and b`: Python's truthiness, as Jinja's."""
+
+    left: Node
+    right: Node
+    is_or: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JinjaNot(Node):
+    value: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Condition(Node):
+    """An expression's JMESPath truthiness: a Python bool."""
+
+    expression: Expression
+    position: Position
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Presence(Node):
+    """require's one_of (any_one) or present: whether any (every) expression is not null."""
+
+    expressions: tuple[Expression, ...]
+    any_one: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class If(Node):
+    condition: Condition
+    then: Node
+    otherwise: Node | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Default(Node):
+    value: Node
+    default: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CastTo(Node):
+    value: Node
+    cast: Cast
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TableFields(Node):
+    """`fields: TABLE`: the table's object, built in place."""
+
+    table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Merge(Node):
+    parts: tuple[Node, ...]
+    position: Position
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rest(Node):
+    """An object's keys but those written elsewhere: `except` keys, and what `except_fields` tables read."""
+
+    expression: Expression
+    source_text: str
+    position: Position
+    except_keys: frozenset[str]
+    except_tables: tuple[Any, ...]  # lower.TableDef
+    named: dict[str, Node] = field(hash=False)  # the set's named values (what a table reads through vars)
+    loose: bool = False
+    keep_null: bool = False
+    omit_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Lookup(Node):
+    key: Node
+    entries: dict[Any, Any]
+    ignore_case: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Each(Node):
+    expression: Expression
+    source_text: str
+    position: Position
+    name: str
+    value: Node
+    where: Condition | None
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Encode(Node):
+    value: Node
+    encoding: Callable[[Any], Any]

@@ -1,0 +1,416 @@
+"""Stage 3, compile: lowering. Value trees (the right-hand side of every field in a rule) become IR
+(ir.py), every directive checked here, every problem collected rather than stopping.
+
+A value tree is YAML: a scalar is itself (a string holding `{{ }}` is a Jinja template), a mapping
+builds an object, a list builds a list, and a mapping with a directive key (`select`, `first`,
+`template`, `literal`, `if`, `fields`, `object`, `merge`, `rest`, `lookup`, `each`, `encode`)
+computes a value. A value that is absent is `ABSENT`, and an object drops keys whose value is
+absent (never sending them as null). What the nodes compute is written by generate.CodeGenerator.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import nodes
+
+from . import ir
+from .codegen import Origin
+from .expressions import Expression, ExpressionError, compile_expression
+from .functions import CASTS, ENCODINGS, EvalError, json_type
+from .optimise import simplify
+from .problems import Position, ProblemList
+from .runtime import LocatedRender
+from .template_limits import TemplateLimit
+from .templates import TemplateError, compile_template, looks_like_template
+from .yaml_loader import PosDict, PosList, ScalarPlace, plain_value
+
+# Root names the engine puts in every scope; event fields of the same name are shadowed.
+RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index", "response")
+
+HEADS = ("select", "first", "template", "literal", "if", "fields", "object", "merge", "rest", "lookup", "each",
+         "encode")
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "select": ("default", "cast", "keys"),
+    "first": ("default", "cast"),
+    "template": ("default", "cast"),
+    "literal": (),
+    "if": ("then", "else", "cast"),
+    "fields": ("omit_empty",),
+    "object": ("omit_empty",),
+    "merge": ("omit_empty",),
+    "rest": ("except", "except_fields", "omit_empty", "keys", "keep_null"),
+    "lookup": ("key", "default", "cast"),
+    "each": ("as", "where", "value", "omit_empty"),
+    "encode": ("value",),
+}
+
+
+@dataclass
+class TableDef:
+    """A table from a rule file: `fields` (target → value) or `lookup` (key → value)."""
+
+    name: str
+    position: Position
+    kind: str  # "fields" or "lookup"
+    entries: Any
+    ignore_case: bool = False
+    cast: str | None = None
+    cast_place: ScalarPlace | None = None
+    lowered: ir.Object | None = None
+    lookup: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Known:
+    """Names a rule may refer to; unknown references are load-time problems."""
+
+    settings: set[str]
+    values: set[str]
+    tables: dict[str, TableDef]
+    item_names: set[str] = field(default_factory=set)
+
+
+def normalize_lookup_key(key: Any, ignore_case: bool) -> Any:
+    if ignore_case and isinstance(key, str):
+        return _normalize_text_key(key)
+    return key
+
+
+@functools.lru_cache(maxsize=4096)  # lookup keys (event names, plans) repeat from event to event
+def _normalize_text_key(key: str) -> str:
+    return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
+
+
+class Lowerer:
+    """Lowers the value trees of one rule file to IR, collecting every problem rather than stopping."""
+
+    def __init__(self, problems: ProblemList, known: Known, file: str,
+                 named: dict[str, ir.Node] | None = None):
+        self.problems = problems
+        self.known = known
+        self.file = file
+        # The set's named values as lowered so far, by name (what rest's except_fields follow).
+        self.named: dict[str, ir.Node] = {} if named is None else named
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def problem(self, position: Position, message: str) -> None:
+        self.problems.add(position, message)
+
+    def with_items(self, names: set[str]) -> Lowerer:
+        known = self.known
+        return Lowerer(self.problems, Known(known.settings, set(known.values), known.tables, known.item_names | names),
+                       self.file, self.named)
+
+    def expression(self, text: Any, place: ScalarPlace, field_path: str, loose: bool = False) -> Expression | None:
+        if not isinstance(text, str):
+            self.problem(place.position, f"{field_path}: expected a JMESPath expression (a string), "
+                                         f"got {json_type(text)}")
+            return None
+        try:
+            expression = compile_expression(text, loose)
+        except ExpressionError as exc:
+            self.problem(place.offset_position(text, exc.offset), f"{field_path}: {exc.message}")
+            return None
+        for path in expression.info.paths:
+            self._check_reference(path, text, place, field_path)
+        return expression
+
+    def _check_reference(self, path: tuple[str, ...], text: str, place: ScalarPlace, field_path: str) -> None:
+        root = path[0]
+        offset = text.find(".".join(path[:2]))
+        if offset < 0:  # (`vars['name']` in a template)
+            offset = max(text.find(path[-1]), 0)
+        if root == "settings" and len(path) > 1 and path[1] not in self.known.settings:
+            known = ", ".join(sorted(self.known.settings)) or "none"
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: unknown setting '{path[1]}' (declared settings: {known})")
+        elif root == "vars" and len(path) > 1 and path[1] not in self.known.values:
+            known = ", ".join(sorted(self.known.values)) or "none"
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: unknown named value '{path[1]}' (defined values: {known})")
+        elif root in ("item", "index") and root not in self.known.item_names:
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: '{root}' is only defined inside for_each or each")
+        elif root == "response" and root not in self.known.item_names:
+            self.problem(place.offset_position(text, offset),
+                         f"{field_path}: 'response' is only defined in a step of `then` "
+                         "(the previous request's answer)")
+
+    def condition(self, text: Any, place: ScalarPlace, field_path: str) -> ir.Condition | None:
+        """JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), its errors located
+        at this field."""
+        expression = self.expression(text, place, field_path)
+        if expression is None:
+            return None
+        return ir.Condition((place.position, field_path), expression, place.position)
+
+    def presence(self, sources: PosList, field_path: str, any_one: bool) -> ir.Presence:
+        found = [self.expression(s, sources.item_places[i], field_path) for i, s in enumerate(sources)]
+        return ir.Presence((sources.position, field_path), tuple(e for e in found if e is not None), any_one)
+
+    # -- value trees ---------------------------------------------------------------------------------
+    def value(self, node: Any, place: ScalarPlace, field_path: str) -> ir.Node:
+        origin = (place.position, field_path)
+        if isinstance(node, PosDict):
+            heads = [key for key in node if key in HEADS]
+            if len(heads) > 1:
+                self.problem(node.position, f"{field_path}: one directive per mapping, found {', '.join(heads)}")
+                return ir.Absent(origin)
+            if heads:
+                return self.directive(heads[0], node, field_path, origin)
+            return self.object(node, field_path, False, origin)
+        if isinstance(node, PosList):
+            return ir.ListOf(origin, tuple(self.value(item, node.item_places[i], f"{field_path}[{i}]")
+                                           for i, item in enumerate(node)))
+        if isinstance(node, str) and looks_like_template(node):
+            return self.template(node, place, field_path)
+        return ir.Literal(origin, node)
+
+    def template(self, text: Any, place: ScalarPlace, field_path: str) -> ir.Node:
+        origin = (place.position, field_path)
+        if not isinstance(text, str):
+            self.problem(place.position, f"{field_path}: template must be a string, got {json_type(text)}")
+            return ir.Absent(origin)
+        try:
+            template = compile_template(text)
+        except TemplateError as exc:
+            lines = text.split("\n")
+            offset = sum(len(line) + 1 for line in lines[: exc.line - 1])
+            self.problem(place.offset_position(text, offset), f"{field_path}: {exc.message}")
+            return ir.Absent(origin)
+        for path in sorted(template.reads):
+            self._check_reference(path, text, place, field_path)
+        render = template.render
+        position = place.position
+        if not template.roots:  # the same text for every event: a limit it passes is a load-time problem
+            try:
+                render({})
+            except TemplateLimit as exc:
+                self.problem(position, f"{field_path}: {exc}")
+                return ir.Absent(origin)
+            except EvalError:
+                pass  # (any other failure rejects each event, with its reason, as it always has)
+
+        pieces = None if template.fast_pieces is None else tuple(
+            ir.Literal(origin, piece.data) if isinstance(piece, nodes.TemplateData) else _jinja(piece, origin)
+            for piece in template.fast_pieces)
+        return ir.Template(origin, template, LocatedRender(render, field_path, position), pieces)
+
+    def object(self, node: PosDict, field_path: str, omit_empty: bool, origin: Origin) -> ir.Object:
+        return ir.Object(origin, tuple(
+            (key, self.value(value, node.value_places[key], f"{field_path}.{key}" if field_path else key))
+            for key, value in node.items()), omit_empty)
+
+    def _option_bool(self, node: PosDict, key: str, field_path: str) -> bool:
+        value = node.get(key, False)
+        if not isinstance(value, bool):
+            self.problem(node.value_places[key].position, f"{field_path}: {key} must be true or false")
+            return False
+        return value
+
+    def _omit_empty(self, node: PosDict, field_path: str) -> bool:
+        return self._option_bool(node, "omit_empty", field_path) if "omit_empty" in node else False
+
+    def directive(self, head: str, node: PosDict, field_path: str, origin: Origin) -> ir.Node:
+        allowed = (head, *OPTIONS[head])
+        for key in node:
+            if key not in allowed:
+                allowed_text = ", ".join(OPTIONS[head]) or "none"
+                self.problem(node.key_positions[key],
+                             f"{field_path}: unknown option '{key}' for {head} (allowed: {allowed_text})")
+        place = node.value_places[head]
+        lowered: ir.Node = getattr(self, f"_directive_{head}")(node, place, field_path, origin)
+        if "default" in node:
+            default = self.value(node["default"], node.value_places["default"], f"{field_path}.default")
+            lowered = ir.Default(origin, lowered, default)
+        if "cast" in node:
+            cast = self.cast(node["cast"], node.value_places["cast"], field_path)
+            if cast is not None:
+                lowered = ir.CastTo(origin, lowered, cast)
+        return simplify(lowered)
+
+    def cast(self, cast_name: Any, place: ScalarPlace, field_path: str) -> ir.Cast | None:
+        function = CASTS.get(cast_name) if isinstance(cast_name, str) else None
+        if function is None:
+            self.problem(place.position, f"{field_path}: unknown cast {cast_name!r} (casts: {', '.join(CASTS)})")
+            return None
+        return ir.Cast(cast_name, function, place.position)
+
+    # -- directives ----------------------------------------------------------------------------------
+    def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        keys = node.get("keys", "exact")
+        if keys not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        sources = node["select"]
+        if isinstance(sources, PosList):
+            if not sources:
+                self.problem(place.position, f"{field_path}: select needs at least one expression")
+            pairs = [(text, sources.item_places[i]) for i, text in enumerate(sources)]
+        else:
+            pairs = [(sources, place)]
+        expressions = (self.expression(t, p, field_path, keys == "loose") for t, p in pairs)
+        return ir.Select(origin, tuple(e for e in expressions if e is not None), place.position)
+
+    def _directive_first(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        options = node["first"]
+        if not isinstance(options, PosList) or not options:
+            self.problem(place.position, f"{field_path}: first needs a list of values")
+            return ir.Absent(origin)
+        return ir.First(origin, tuple(self.value(v, options.item_places[i], f"{field_path}.first[{i}]")
+                                      for i, v in enumerate(options)))
+
+    def _directive_template(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        return self.template(node["template"], place, field_path)
+
+    def _directive_literal(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        return ir.Literal(origin, plain_value(node["literal"]))
+
+    def _directive_if(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        condition = self.condition(node["if"], place, field_path + ".if")
+        if "then" not in node:
+            self.problem(node.key_positions["if"], f"{field_path}: if needs then")
+            return ir.Absent(origin)
+        then = self.value(node["then"], node.value_places["then"], field_path)
+        otherwise = self.value(node["else"], node.value_places["else"], field_path) if "else" in node else None
+        if condition is None:
+            return ir.Absent(origin)
+        return ir.If(origin, condition, then, otherwise)
+
+    def _table(self, name: Any, place: ScalarPlace, field_path: str, kind: str) -> TableDef | None:
+        table = self.known.tables.get(name) if isinstance(name, str) else None
+        if table is None or table.kind != kind:
+            names = ", ".join(sorted(n for n, t in self.known.tables.items() if t.kind == kind)) or "none"
+            self.problem(place.position, f"{field_path}: unknown {kind} table {name!r} ({kind} tables: {names})")
+            return None
+        return table
+
+    def _directive_fields(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        table = self._table(node["fields"], place, field_path, "fields")
+        omit_empty = self._omit_empty(node, field_path)
+        if table is None:
+            return ir.Absent(origin)
+        return ir.TableFields(origin, table, omit_empty)
+
+    def _directive_object(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        body = node["object"]
+        if not isinstance(body, PosDict):
+            self.problem(place.position, f"{field_path}: object needs a mapping of fields")
+            return ir.Absent(origin)
+        return self.object(body, field_path, self._omit_empty(node, field_path), origin)
+
+    def _directive_merge(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        parts = node["merge"]
+        if not isinstance(parts, PosList) or not parts:
+            self.problem(place.position, f"{field_path}: merge needs a list of objects")
+            return ir.Absent(origin)
+        omit_empty = self._omit_empty(node, field_path)
+        return ir.Merge(origin, tuple(self.value(v, parts.item_places[i], field_path) for i, v in enumerate(parts)),
+                        place.position, omit_empty)
+
+    def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        keys_option = node.get("keys", "exact")
+        if keys_option not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        loose = keys_option == "loose"  # the source is found, and keys are left out, ignoring case and punctuation
+        keep_null = self._option_bool(node, "keep_null", field_path) if "keep_null" in node else False
+        expression = self.expression(node["rest"], place, field_path, loose)
+        if expression is None:
+            return ir.Absent(origin)
+        excluded: frozenset[str] = frozenset()
+        if "except" in node:
+            keys = node["except"]
+            if not isinstance(keys, PosList) or not all(isinstance(k, str) for k in keys):
+                self.problem(node.value_places["except"].position, f"{field_path}: except needs a list of keys")
+            else:
+                excluded = frozenset(keys)
+        tables: tuple[TableDef, ...] = ()
+        if "except_fields" in node:
+            names = node["except_fields"]
+            names_list = list(names) if isinstance(names, PosList) else [names]
+            found = (self._table(n, node.value_places["except_fields"], field_path, "fields") for n in names_list)
+            tables = tuple(table for table in found if table is not None)
+            if len(expression.info.paths) != 1:
+                self.problem(place.position, f"{field_path}: except_fields needs rest to be a plain path like traits")
+        return ir.Rest(origin, expression, node["rest"], place.position, excluded, tables, self.named, loose,
+                       keep_null, self._omit_empty(node, field_path))
+
+    def _directive_lookup(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        table = self._table(node["lookup"], place, field_path, "lookup")
+        if "key" not in node:
+            self.problem(node.key_positions["lookup"], f"{field_path}: lookup needs key")
+            return ir.Absent(origin)
+        key = self.value(node["key"], node.value_places["key"], field_path + ".key")
+        if table is None:
+            return ir.Absent(origin)
+        return ir.Lookup(origin, key, table.lookup, table.ignore_case)
+
+    def _directive_each(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        expression = self.expression(node["each"], place, field_path)
+        name = node.get("as", "item")
+        if not isinstance(name, str) or not name.isidentifier():
+            self.problem(place.position, f"{field_path}: as must be a name")
+            name = "item"
+        inner = self.with_items({name, "index"})
+        if "value" not in node:
+            self.problem(node.key_positions["each"], f"{field_path}: each needs value")
+            return ir.Absent(origin)
+        value = inner.value(node["value"], node.value_places["value"], f"{field_path}[]")
+        where = inner.condition(node["where"], node.value_places["where"], f"{field_path}.where") \
+            if "where" in node else None
+        if expression is None:
+            return ir.Absent(origin)
+        return ir.Each(origin, expression, node["each"], place.position, name, value, where,
+                       self._omit_empty(node, field_path))
+
+    def _directive_encode(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
+        encoding = ENCODINGS.get(node["encode"]) if isinstance(node["encode"], str) else None
+        if encoding is None:
+            self.problem(place.position, f"{field_path}: unknown encoding {node['encode']!r} "
+                                         f"(encodings: {', '.join(ENCODINGS)})")
+        if "value" not in node:
+            self.problem(node.key_positions["encode"], f"{field_path}: encode needs value")
+            return ir.Absent(origin)
+        value = self.value(node["value"], node.value_places["value"], field_path)
+        return value if encoding is None else ir.Encode(origin, value, encoding)
+
+    # -- tables --------------------------------------------------------------------------------------
+    def fields_table(self, table: TableDef) -> ir.Object:
+        """A fields table: target key → selector shorthand (string or list) or a value tree."""
+        entries: PosDict = table.entries
+        parts: list[tuple[str, ir.Node]] = []
+        for key, entry in entries.items():
+            place = entries.value_places[key]
+            field_path = f"tables.{table.name}.{key}"
+            if isinstance(entry, (str, PosList)) and not (isinstance(entry, str) and looks_like_template(entry)):
+                shorthand = PosDict(select=entry)
+                shorthand.position = place.position
+                shorthand.key_positions = {"select": place.position}
+                shorthand.value_places = {"select": place}
+                part = self.directive("select", shorthand, field_path, (place.position, field_path))
+            else:
+                part = self.value(entry, place, field_path)
+            if table.cast is not None and table.cast_place is not None:  # (a wrong cast: named at each entry)
+                cast = self.cast(table.cast, table.cast_place, field_path)
+                part = part if cast is None else simplify(ir.CastTo(part.origin, part, cast))
+            parts.append((key, part))
+        return ir.Object((table.position, f"tables.{table.name}"), tuple(parts))
+
+
+def _jinja(node: nodes.Node, origin: Origin) -> ir.Node:
+    """A read of the fast Jinja subset (templates._fast_handles) as IR."""
+    if isinstance(node, nodes.Const):
+        return ir.Literal(origin, node.value)
+    if isinstance(node, nodes.Name):
+        return ir.JinjaName(origin, node.name)
+    if isinstance(node, nodes.Getattr):
+        return ir.JinjaAttribute(origin, _jinja(node.node, origin), node.attr)
+    if isinstance(node, nodes.Getitem):
+        assert isinstance(node.arg, nodes.Const)  # (_fast_handles allows no other)
+        return ir.JinjaItem(origin, _jinja(node.node, origin), node.arg.value)
+    if isinstance(node, (nodes.Or, nodes.And)):
+        return ir.JinjaChoice(origin, _jinja(node.left, origin), _jinja(node.right, origin), isinstance(node, nodes.Or))
+    assert isinstance(node, nodes.Not)
+    return ir.JinjaNot(origin, _jinja(node.node, origin))
