@@ -74,7 +74,7 @@ def unit(path: str, position: int = 0) -> NewUnit:
     return NewUnit(position, "r", "POST", path, "{}", "json", "{}")
 
 
-def lanes(method: str, url: str) -> str:
+def lanes(method: str, url: str, unit: object = None) -> str:
     return url.strip("/").split("/")[0]  # "/a/x" is in partition "a"
 
 

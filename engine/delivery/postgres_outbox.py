@@ -1,12 +1,13 @@
 """The shared outbox: a PostgreSQL database used by any number of `serve` and `worker` processes.
 
-    outbox = PostgresOutbox("postgresql://user@host/db", partition_of=lane_of)   # creates/migrates tables
+    outbox = PostgresOutbox("postgresql://user@host/db", partition_of=plan.lane_of)  # creates/migrates tables
     outbox.add_events(...)                  # the Outbox contract (outbox.py), like the SQLite store
     lease = outbox.claim_partitions(holder, ttl=10, limit=1)[0]
     queue = outbox.partition_queue(lease)   # what one DeliveryWorker drains: that partition only
 
-Each unit is recorded with a **partition** (`partition_of(method, url)`: the lane of the endpoint it
-calls, so one subject's requests in one lane share a partition) and a **tenant** ('' for now). A
+Each unit is recorded with a **partition** (`partition_of(method, url, unit)`: the lane of the
+endpoint it calls, or for a lane split by `order.partitions` the part its ordering key hashes to, so
+one subject's requests in one lane share a partition; partitions.py) and a **tenant**. A
 worker delivers a partition only while it holds its lease (leases.py runs them): a row in `leases`
 with a holder, an expiry on the database's clock and a generation that grows with every new holder.
 The queue of a lease marks units only while the lease row still names that holder and generation —
@@ -48,6 +49,7 @@ from .outbox import (
     OpenJob,
     Outbox,
     OutboxError,
+    PartitionOf,
     StoredEvent,
     StoredUnit,
     raw_event,
@@ -84,13 +86,13 @@ class PostgresOutbox(Outbox):
 
     keep_delivered_bodies = False
 
-    def __init__(self, url: str, tenant: str = "", partition_of: Callable[[str, str], str] | None = None,
+    def __init__(self, url: str, tenant: str = "", partition_of: PartitionOf | None = None,
                  read_only: bool = False, pool_size: int = 8):
         """Connect (and, unless `read_only`, create or migrate the tables). Raises OutboxError naming
         the database when it cannot be reached or its schema is newer than this code."""
         self.url = url
         self.tenant = tenant
-        self.partition_of = partition_of or (lambda method, url: "")
+        self.partition_of: PartitionOf = partition_of or (lambda method, url, unit: "")
         self.read_only = read_only
         self.on_delivered: Callable[[Finished], None] | None = None  # e.g. a server's latency metrics
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -225,7 +227,7 @@ class PostgresOutbox(Outbox):
                              json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
                              None if status == "pending" else now))
                 for unit in event.units:
-                    partition = self.partition_of(unit.method, unit.url)
+                    partition = self.partition_of(unit.method, unit.url, unit)
                     partitions.add(partition)
                     units.append((self.tenant, partition, event_id, unit.position, unit.rule, unit.method, unit.url,
                                   unit.headers, unit.body_kind, unit.body, unit.chain))
@@ -462,10 +464,10 @@ class PostgresOutbox(Outbox):
             delivered = {(int(r["position"]), str(r["rule"])) for r in cur.fetchall()}
             cur.execute("DELETE FROM units WHERE event_id = %s AND status != 'delivered'", (event_id,))
             fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
-            partitions = {self.partition_of(u.method, u.url) for u in fresh}
-            cur.executemany(INSERT_UNIT, [(self.tenant, self.partition_of(u.method, u.url), event_id, u.position,
-                                           u.rule, u.method, u.url, u.headers, u.body_kind, u.body, u.chain)
-                                          for u in fresh])
+            placed = [(self.partition_of(u.method, u.url, u), u) for u in fresh]
+            partitions = {partition for partition, _ in placed}
+            cur.executemany(INSERT_UNIT, [(self.tenant, partition, event_id, u.position, u.rule, u.method, u.url,
+                                           u.headers, u.body_kind, u.body, u.chain) for partition, u in placed])
             self._replayed(cur, partitions)
             status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
             cur.execute("UPDATE events SET status = %s, reason = %s, notes = %s, raw = %s, finished = %s "
@@ -587,26 +589,28 @@ class PostgresOutbox(Outbox):
             row = cur.fetchone()
             return int(row["n"]) if row else 1
 
-    def partition_count(self) -> int:
+    def partition_names(self) -> list[str]:
+        """Every partition this tenant has recorded requests in (a lease row each), in name order."""
         with self._tx(leases=True) as cur:
-            cur.execute("SELECT count(*) AS n FROM leases WHERE tenant = %s", (self.tenant,))
-            row = cur.fetchone()
-            return int(row["n"]) if row else 0
+            cur.execute("SELECT partition FROM leases WHERE tenant = %s ORDER BY partition", (self.tenant,))
+            return [str(r["partition"]) for r in cur.fetchall()]
 
-    def claim_partitions(self, holder: str, ttl: float, limit: int) -> list[Lease]:
-        """Take up to `limit` partitions nobody holds (or whose lease expired), atomically: rows another
-        worker is claiming at the same instant are skipped (FOR UPDATE SKIP LOCKED), never shared."""
+    def claim_partitions(self, holder: str, ttl: float, limit: int, among: Sequence[str] | None = None) -> list[Lease]:
+        """Take up to `limit` partitions (of `among`, when given) nobody holds or whose lease expired,
+        atomically: rows another worker is claiming at the same instant are skipped (FOR UPDATE SKIP
+        LOCKED), never shared."""
         if limit <= 0:
             return []
+        which, args = ("AND partition = ANY(%s)", (list(among),)) if among is not None else ("", ())
         with self._tx(leases=True) as cur:
             cur.execute(
                 "UPDATE leases l SET holder = %s, generation = l.generation + 1, "
                 "expires = now() + make_interval(secs => %s) FROM ("
-                "  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s AND "
+                f"  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s {which} AND "
                 "  (holder IS NULL OR expires < now()) ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED) old "
                 "WHERE l.tenant = old.tenant AND l.partition = old.partition "
                 "RETURNING l.tenant, l.partition, l.holder, l.generation, l.replays, old.was IS NOT NULL AS taken_over",
-                (holder, ttl, self.tenant, limit))
+                (holder, ttl, self.tenant, *args, limit))
             return [_lease(r) for r in cur.fetchall()]
 
     def renew_leases(self, holder: str, ttl: float) -> list[Lease]:
