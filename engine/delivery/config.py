@@ -298,8 +298,9 @@ class DeliveryPlan:
 
     def ordering_key(self, endpoint: Endpoint, unit: NewUnit) -> str:
         """What a split lane partitions a request by: `NAME=VALUE` of the first subject identifier (in
-        `subject_identifiers` order) of its first subject, or of the subject its chain holds; a request
-        about no identified subject has no order to keep and is spread by its body."""
+        `subject_identifiers` order) of its first subject, or of the subject its chain holds. Requests
+        about no identified subject all share the key '' (one partition): an event's requests in one lane
+        then never wait on each other across partitions."""
         if self.same_subject:
             identified: dict[str, Any] | None = None
             if unit.chain is not None:
@@ -316,7 +317,7 @@ class DeliveryPlan:
                     value = identified.get(name)
                     if value not in (None, ""):
                         return f"{name}={value}"
-        return unit.body if unit.body is not None else unit.url
+        return ""
 
     @staticmethod
     def for_set(mapping_set: MappingSet) -> DeliveryPlan:

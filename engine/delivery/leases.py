@@ -11,8 +11,8 @@ one `DeliveryWorker` on it — so per-subject order and batching stay what they 
 and a bulk job's polling belongs to the holder of the partition that started it.
 
 - **Sharing**: workers say they are alive on every renewal; each holds at most its fair share of
-  each lane (the lane's partitions ÷ live workers, rounded up), giving back the extra ones
-  gracefully when one joins.
+  each lane (the lane's partitions ÷ live workers, rounded up) and of all partitions (likewise),
+  giving back the extra ones gracefully when one joins.
 - **Rate limits across workers**: the workers of one process's partitions of a lane share one set
   of limiters, kept to m/K of the lane's limits when it holds m of the lane's K partitions (all of
   them for a lane that is not split, or when it holds every part).
@@ -235,19 +235,26 @@ class SharedDelivery:
         by_lane: dict[str, list[str]] = {}
         for name in await self._leases(self.store.partition_names):
             by_lane.setdefault(lane_share(name)[0], []).append(name)
+        workers = max(live, 1)
+        # A fair share of each lane (the parts of a split lane spread over the workers), and of all
+        # partitions (the lanes that are one partition each go to different workers).
+        overall = max(1, math.ceil(sum(map(len, by_lane.values())) / workers))
+        kept = 0
         for lane, names in sorted(by_lane.items()):
-            # a fair share of each lane: the parts of a split lane spread over the workers
-            share = max(1, math.ceil(len(names) / max(live, 1)))
+            share = max(1, math.ceil(len(names) / workers))
             mine = sorted((h for h in self._held.values() if not h.leaving and h.lease.partition in names),
                           key=lambda h: h.lease.partition)
-            for held in mine[share:]:
+            keep = min(share, max(overall - kept, 0))
+            for held in mine[keep:]:
                 log.info("giving partition %r back: %d worker(s) share lane %r's %d partition(s)",
                          held.lease.partition, live, lane, len(names))
                 held.give_back = True  # released once its calls in flight are answered (_collect): no wait here,
                 held.worker.stop()  # so the other leases keep being renewed meanwhile
-            room = share - len(mine[:share])
+            kept += len(mine[:keep])
+            room = keep - len(mine[:keep])
             if room > 0 and not self._stopping:
                 for lease in await self._leases(self.store.claim_partitions, self.holder, ttl, room, names):
+                    kept += 1
                     self.counters.claimed += 1
                     if lease.taken_over:
                         self.counters.takeovers += 1
@@ -255,6 +262,10 @@ class SharedDelivery:
                              ", taken over from a worker whose lease expired" if lease.taken_over else "")
                     self._start(lease)
         self._reshare()
+
+    def rate_limiter(self, lane: str, endpoint: str) -> RateLimiter | None:
+        """The limiter this process's partitions of `lane` share for an endpoint (None before it held one)."""
+        return self._limiters.get(lane, {}).get(endpoint)
 
     def _reshare(self) -> None:
         """Each lane's rate limits: the share of the lane's partitions this process delivers (m of K:

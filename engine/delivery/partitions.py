@@ -6,8 +6,8 @@ partition is delivered by one process however many run. `order.partitions: {LANE
 lane into K partitions named `LANE#i/K` (i = 0 … K-1); a request goes to the part chosen by a
 stable hash (CRC-32, the same in every process and release, unlike Python's salted `hash()`) of
 its **ordering key**: the first of `subject_identifiers`, in their declared order, that the
-request's first subject has, as `NAME=VALUE`. Requests with one ordering key are always in one
-partition, so one worker delivers them, in input order.
+request's first subject has, as `NAME=VALUE` ('' for a request about no identified subject). Requests
+with one ordering key are always in one partition, so one worker delivers them, in input order.
 
 What a split lane cannot order: two requests about one subject whose ordering keys differ (the
 subject known by `email` in one and by `external_id` alone in another; or a request about several

@@ -269,13 +269,10 @@ class PostgresOutbox(Outbox):
         return _retried(lambda: self._mark_delivered_once(unit_ids, attempts, fence))
 
     def _mark_delivered_once(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
-        with self._tx() as cur:
-            self._check_fence(cur, fence)
-            body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
-            cur.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
-                        f"body = {body} WHERE id = ANY(%s) AND {NOT_FINISHED}",
-                        (attempts, time.time(), list(unit_ids)))
-            finished = self._finish(cur, unit_ids)
+        body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
+        finished = self._mark(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
+                              f"body = {body} WHERE id = ANY(%s) AND {NOT_FINISHED} RETURNING event_id",
+                              (attempts, time.time(), list(unit_ids)), fence)
         if self.on_delivered is not None:
             self.on_delivered(finished)
         return finished
@@ -283,15 +280,24 @@ class PostgresOutbox(Outbox):
     def _mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
         if not unit_ids:
             return Finished()
-        return _retried(lambda: self._mark_dead_once(unit_ids, letter, fence))
+        return _retried(lambda: self._mark(
+            "UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
+            f"WHERE id = ANY(%s) AND {NOT_FINISHED} RETURNING event_id",
+            (letter.attempts, letter.to_json(), time.time(), list(unit_ids)), fence))
 
-    def _mark_dead_once(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
-        with self._tx() as cur:
-            self._check_fence(cur, fence)
-            cur.execute("UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
-                        f"WHERE id = ANY(%s) AND {NOT_FINISHED}",
-                        (letter.attempts, letter.to_json(), time.time(), list(unit_ids)))
-            return self._finish(cur, unit_ids)
+    def _mark(self, update: str, args: tuple[Any, ...], fence: Lease | None) -> Finished:
+        """One marking transaction in two round trips (pipelined: the fence and the units' update, then
+        the events' lock and their update). Committed without waiting for the disk (synchronous_commit
+        off): a mark lost to a database crash only sends its units again (at-least-once, as with a
+        killed worker's calls in flight); recording is never relaxed this way."""
+        with self._tx() as cur, cur.connection.pipeline():
+            cur.execute("SET LOCAL synchronous_commit = off")
+            fenced = self._fence_query(cur, fence)
+            cur.execute(update, args)
+            event_ids = sorted({int(r["event_id"]) for r in cur.fetchall()})
+            if fence is not None and fenced is not None and fenced.fetchone() is None:
+                raise _lease_lost(fence)  # (rolled back: nothing marked)
+            return self._finish(cur, event_ids)
 
     def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
                   note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
@@ -329,7 +335,7 @@ class PostgresOutbox(Outbox):
             if note is not None:
                 cur.execute("UPDATE events SET reason = %s, notes = (coalesce(notes, '[]')::jsonb || "
                             "jsonb_build_array(%s::text))::text WHERE id = %s", (note, note, event_id))
-            finished = self._finish(cur, [unit_id])
+            finished = self._finish(cur, [event_id])
             stored: list[StoredUnit] = []
             if new_ids:
                 cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = ANY(%s) ORDER BY id", (new_ids,))
@@ -339,40 +345,41 @@ class PostgresOutbox(Outbox):
         return finished, stored
 
     @staticmethod
-    def _check_fence(cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
-        """Within the marking transaction: the lease still names this holder and generation (the row
-        locked until commit, so a takeover waits for the marks and then sees them)."""
+    def _fence_query(cur: psycopg.Cursor[Any], fence: Lease | None) -> psycopg.Cursor[Any] | None:
+        """Within the marking transaction: select the lease row if it still names this holder and
+        generation, locked until commit (so a takeover waits for the marks and then sees them). Its
+        own cursor: pipelined with the statements after it, read once they are sent."""
         if fence is None:
-            return
-        cur.execute("SELECT 1 FROM leases WHERE tenant = %s AND partition = %s AND holder = %s AND generation = %s "
-                    "FOR SHARE", (fence.tenant, fence.partition, fence.holder, fence.generation))
-        if cur.fetchone() is None:
-            raise LeaseLost(f"the lease on partition {fence.partition!r} (generation {fence.generation}) "
-                            "was taken over: nothing marked")
+            return None
+        fenced = cur.connection.cursor()
+        fenced.execute("SELECT 1 FROM leases WHERE tenant = %s AND partition = %s AND holder = %s AND generation = %s "
+                       "FOR SHARE", (fence.tenant, fence.partition, fence.holder, fence.generation))
+        return fenced
 
-    def _finish(self, cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> Finished:
+    @classmethod
+    def _check_fence(cls, cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
+        fenced = cls._fence_query(cur, fence)
+        if fence is not None and fenced is not None and fenced.fetchone() is None:
+            raise _lease_lost(fence)
+
+    def _finish(self, cur: psycopg.Cursor[Any], event_ids: Sequence[int]) -> Finished:
+        """Events of `event_ids` with no request left pending end delivered (or dead, when one is)."""
         finished = Finished()
-        now = time.time()
-        # The events' rows are locked in id order (two partitions' marks may finish one event: they
-        # take turns, and the second sees the first's units), then their status is worked out.
-        cur.execute("SELECT DISTINCT event_id FROM units WHERE id = ANY(%s)", (list(unit_ids),))
-        candidates = sorted(int(r["event_id"]) for r in cur.fetchall())
-        cur.execute("SELECT id, status FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (candidates,))
-        event_ids = [int(r["id"]) for r in cur.fetchall() if r["status"] == "pending"]
         if not event_ids:
             return finished
-        cur.execute("SELECT event_id, bool_or(status = 'pending') AS waiting, bool_or(status = 'dead') AS dead "
-                    "FROM units WHERE event_id = ANY(%s) GROUP BY event_id", (event_ids,))
-        ended = {int(r["event_id"]): "dead" if r["dead"] else "delivered" for r in cur.fetchall() if not r["waiting"]}
-        if not ended:
-            return finished
-        # one statement: status, finish time, and the raw input dropped once delivered
+        # The events' rows are locked in id order first (two partitions' marks may finish one event: they
+        # take turns), then a new statement (a new snapshot: it sees the other's committed units) works
+        # out and sets their status, finish time, and the raw input dropped once delivered.
+        locked = cur.connection.cursor()
+        locked.execute("SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (list(event_ids),))
         keep_raw = "events.raw" if self.keep_delivered_bodies else \
             "CASE WHEN v.status = 'delivered' THEN NULL ELSE events.raw END"
-        cur.execute(f"UPDATE events SET status = v.status, finished = %s, raw = {keep_raw} FROM "
-                    "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS status) v WHERE events.id = v.id "
+        cur.execute(f"UPDATE events SET status = v.status, finished = %s, raw = {keep_raw} FROM ("
+                    "SELECT event_id, CASE WHEN bool_or(status = 'dead') THEN 'dead' ELSE 'delivered' END AS status "
+                    "FROM units WHERE event_id = ANY(%s) GROUP BY event_id HAVING NOT bool_or(status = 'pending')) v "
+                    "WHERE events.id = v.event_id AND events.status = 'pending' "
                     "RETURNING events.status, events.finished - events.created AS latency",
-                    (now, list(ended), list(ended.values())))
+                    (time.time(), list(event_ids)))
         for row in cur.fetchall():
             if row["status"] == "delivered":
                 finished.delivered += 1
@@ -727,6 +734,11 @@ def _stored_unit(row: dict[str, Any]) -> StoredUnit:
 def _lease(row: dict[str, Any]) -> Lease:
     return Lease(str(row["tenant"]), str(row["partition"]), str(row["holder"]), int(row["generation"]),
                  int(row["replays"]), bool(row.get("taken_over", False)))
+
+
+def _lease_lost(fence: Lease) -> LeaseLost:
+    return LeaseLost(f"the lease on partition {fence.partition!r} (generation {fence.generation}) was taken over: "
+                     "nothing marked")
 
 
 def _first_line(exc: BaseException) -> str:

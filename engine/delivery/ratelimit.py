@@ -42,6 +42,11 @@ class RateLimiter:
         # (a tiny epsilon: 150 × 2/6 is 50, not 49.999…)
         self._active = [(max(1, int(limit * self.share + 1e-9)), span) for limit, span in self.windows]
 
+    @property
+    def limits(self) -> list[int]:
+        """Each window's limit at the current share (as many as the endpoint's published windows)."""
+        return [limit for limit, _ in self._active]
+
     def delay(self, now: float | None = None) -> float:
         """Seconds to wait before the next request may go (0 when it may go now)."""
         now = time.monotonic() if now is None else now
