@@ -652,13 +652,9 @@ class PostgresOutbox(Outbox):
                 return units
             # per event, its first request still pending in another partition (one indexed look-up
             # for the batch: a correlated subquery per unit costs a scan each on a fresh table)
-            cur.execute("SELECT event_id, id, status, partition FROM units WHERE event_id = ANY(%s)",
-                        (sorted({u.event_id for u in units}),))
-            elsewhere: dict[int, int] = {}
-            for row in cur.fetchall():
-                if row["status"] == "pending" and row["partition"] != partition:
-                    event_id = int(row["event_id"])
-                    elsewhere[event_id] = min(int(row["id"]), elsewhere.get(event_id, int(row["id"])))
+            cur.execute(f"SELECT event_id, min(id) AS first FROM units WHERE event_id = ANY(%s) AND partition <> %s "
+                        f"AND {NOT_FINISHED} GROUP BY event_id", (sorted({u.event_id for u in units}), partition))
+            elsewhere = {int(row["event_id"]): int(row["first"]) for row in cur.fetchall()}
         for position, stored in enumerate(units):
             first = elsewhere.get(stored.event_id)
             if first is not None and first < stored.id:
