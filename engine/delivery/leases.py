@@ -60,6 +60,7 @@ T = TypeVar("T")
 
 DEFAULT_LEASE_TTL = 10.0  # seconds: a dead worker's partitions are taken over within ttl × 4/3
 EMPTY_CHECK = 0.2  # seconds between looks for "nothing pending" (--until-empty)
+SETTLE = 1.0  # seconds from a worker's first heartbeat to its first claim
 
 
 @dataclass
@@ -178,6 +179,12 @@ class SharedDelivery:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
+            # Say it is alive, and claim only a moment later: workers started together then see each
+            # other and each claims its share, instead of the first taking every partition and
+            # giving most back (their workers stopped, their reads thrown away) a renewal later.
+            await self._leases(self.store.heartbeat, self.holder, self.lease_options.ttl)
+            renew = self.lease_options.renew_every
+            self._last_tend = time.monotonic() - renew + min(SETTLE, renew)
             while not self._stopping:
                 self._wake.clear()
                 if self._told:
@@ -276,8 +283,8 @@ class SharedDelivery:
                 lane, fraction = lane_share(held.lease.partition)
                 shares[lane] = shares.get(lane, 0.0) + fraction
         for lane, limiters in self._limiters.items():
-            for limiter in limiters.values():
-                limiter.set_share(shares.get(lane, 1.0))
+            for limiter in limiters.values():  # (a lane it no longer holds: the least, for calls still finishing)
+                limiter.set_share(shares.get(lane, 0.0))
 
     def _start(self, lease: Lease) -> None:
         lane = lane_share(lease.partition)[0]

@@ -15,12 +15,16 @@
 4. Under the published limits: track events enough for --limited-windows full steady windows (and
    half of one more) at the Bulk Create Events ceiling, recorded, then 3 workers against the fake
    enforcing Klaviyo's limits: the events accepted in the full windows over what the ceiling allows
-   (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests.
+   (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests;
+   where the CPU went meanwhile (cores: the workers' CPU seconds per wall second, the PostgreSQL
+   server processes serving the run's schema, this process's fake) and each worker's events.
 
 Everything (the fake, the workers, PostgreSQL) shares this machine's cores: the count is printed.
 Keys: store_sqlite_add_us, store_sqlite_mark_us, store_postgres_add_us, store_postgres_mark_us,
 store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, workers_4_events_per_s,
-worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429, cores.
+worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429,
+limited_cpu_workers, limited_cpu_postgres, limited_cpu_fake, limited_worker_events,
+limited_worker_cpu_us_per_event, cores.
 """
 
 from __future__ import annotations
