@@ -26,6 +26,7 @@ tables are created and migrated by the product (postgres_migrations.py).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +107,7 @@ class PostgresOutbox(Outbox):
         # Lease upkeep has connections of its own: a renewal must never wait behind delivery's
         # transactions (a lease that is not renewed in time is taken over).
         self._lease_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._lease_pool_lock = threading.Lock()
         try:
             self._check_schema()
         except BaseException:
@@ -157,10 +159,11 @@ class PostgresOutbox(Outbox):
             raise OutboxError(f"{self.where}: the outbox is closed")
         pool = self._pool
         if leases:
-            if self._lease_pool is None:
-                self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
-                                                  kwargs={"connect_timeout": 10})
-            pool = self._lease_pool
+            with self._lease_pool_lock:  # (made on first use, maybe by two upkeep threads at once: one pool)
+                if self._lease_pool is None:
+                    self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
+                                                      kwargs={"connect_timeout": 10})
+                pool = self._lease_pool
         with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             yield cur
 
