@@ -104,6 +104,14 @@ def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:
     ("  endpoint: get_accounts", "  endpoint: get_account", "check.endpoint: no endpoint 'get_account'"),
     ("  shows: \"data[0]", "  shows: \"data[", "check.shows: not a JMESPath expression"),
     ("    get_accounts:\n      data:", "    get_acounts:\n      data:", "fake.responses: no endpoint 'get_acounts'"),
+    ("  partitions: {events: 6}", "  partitions: {event: 6}", "order.partitions: no endpoint is in lane 'event' "
+                                                              "(lanes: events, profiles, subscriptions)"),
+    ("  partitions: {events: 6}", "  partitions: {events: 11}", "order.partitions.events: 11 partitions would leave "
+     "each less than one request of bulk_create_events's burst limit (10); at most 10"),
+    ("  partitions: {events: 6}", "  partitions: {profiles: 4}", "order.partitions.profiles: 4 partitions would "
+     "leave each less than one request of request_profile_deletion's burst limit (3); at most 3"),
+    ("  partitions: {events: 6}", "  partitions: {events: 0}", "'events' must be at least 1"),
+    ("    lane: events", "    lane: events#2", "lane 'events#2': a lane's name cannot hold '#'"),
 ])
 def test_a_broken_delivery_section_is_reported_at_its_place(tmp_path: Path, old: str, new: str, message: str) -> None:
     folder = _broken_copy(tmp_path, old, new)

@@ -74,7 +74,7 @@ def unit(path: str, position: int = 0) -> NewUnit:
     return NewUnit(position, "r", "POST", path, "{}", "json", "{}")
 
 
-def lanes(method: str, url: str) -> str:
+def lanes(method: str, url: str, unit: object = None) -> str:
     return url.strip("/").split("/")[0]  # "/a/x" is in partition "a"
 
 
@@ -373,3 +373,79 @@ def test_replayed_dead_letters_are_delivered_by_a_running_worker(postgres_url: s
     assert counts["dead"] == 0 and counts["delivered"] > 0
     kept = Counter((r["key"][1], r["key"][2]) for r in fake.store.snapshot()["records"]["events"])
     assert set(kept) == expected_event_keys(events) and max(kept.values()) == 1
+
+
+# -- split lanes (order.partitions) ----------------------------------------------------------------------------
+def _track_events(count: int) -> list[dict[str, Any]]:
+    return [{"type": "track", "event": "Viewed", "userId": f"u{n}", "messageId": f"m{n}",
+             "context": {"traits": {"email": f"user{n}@example.com"}}, "properties": {"n": n}} for n in range(count)]
+
+
+def test_a_split_lane_s_parts_are_leased_apart_and_taken_over(postgres_url: str) -> None:
+    record(postgres_url, _track_events(60))
+    plan = DeliveryPlan.for_set(engine.load_mapping_set("klaviyo"))
+    with PostgresOutbox(postgres_url, partition_of=plan.lane_of) as store:
+        parts = [p for p in store.partition_names() if p.startswith("events#")]
+        assert parts == [f"events#{n}/6" for n in range(6)]
+        mine = store.claim_partitions("A", ttl=30, limit=3, among=parts)
+        theirs = store.claim_partitions("B", ttl=30, limit=10, among=parts)
+        assert [lease.partition for lease in mine] == parts[:3] and [lease.partition for lease in theirs] == parts[3:]
+        queue = store.partition_queue(mine[0])
+        pending = queue.pending_units(0, 100)
+        assert pending and all(plan.lane_of(u.method, u.url, NewUnit(u.position, u.rule, u.method, u.url, u.headers,
+                                                                      u.body_kind, u.body)) == parts[0]
+                               for u in pending)
+        # A stops renewing: its three parts expire and B takes them over, as whole leases
+        with psycopg.connect(postgres_url) as db:
+            db.execute("UPDATE leases SET expires = now() - interval '1 second' WHERE holder = 'A'")
+        taken = store.claim_partitions("B", ttl=30, limit=10, among=parts)
+        assert [(lease.partition, lease.generation, lease.taken_over) for lease in taken] == \
+            [(part, 2, True) for part in parts[:3]]
+        with pytest.raises(LeaseLost, match=f"the lease on partition '{parts[0]}' \\(generation 1\\)"):
+            queue.mark_delivered([pending[0].id])
+        assert store.partition_queue(taken[0]).mark_delivered([pending[0].id]).delivered == 1
+
+
+def test_workers_sharing_a_split_lane_share_its_rate_limits(postgres_url: str, fake_klaviyo: Any) -> None:
+    """Two workers: 3 of the events lane's 6 parts each, so half of each limit each; once one stops,
+    the other holds all 6 and has the whole budget."""
+    import asyncio
+
+    from engine.delivery.leases import SharedDelivery
+    from engine.delivery.worker import WorkerOptions
+
+    fake = fake_klaviyo(enforce_rate_limits=False)
+    record(postgres_url, _track_events(60))
+    plan = DeliveryPlan.for_set(engine.load_mapping_set("klaviyo"))
+
+    def limits(delivery: SharedDelivery) -> list[int] | None:
+        limiter = delivery.rate_limiter("events", "bulk_create_events")
+        return limiter.limits if limiter is not None else None
+
+    async def scenario(store: PostgresOutbox) -> None:
+        sealer = Sealer({"privateKey": SECRET}, store.init_meta("seal_nonce", Sealer.new_nonce()))
+        first, second = (SharedDelivery(plan, store, sealer, fake.url, WorkerOptions(), LeaseOptions(ttl=1.5),
+                                        holder=name) for name in ("A", "B"))
+        runs = [asyncio.create_task(delivery.run()) for delivery in (first, second)]
+
+        async def until(condition: Any, what: str, running: list[asyncio.Task[Any]]) -> None:
+            deadline = time.monotonic() + 30
+            while not condition():
+                assert time.monotonic() < deadline, (what, first.partitions_held, second.partitions_held)
+                assert not any(run.done() for run in running), [run.exception() for run in running if run.done()]
+                await asyncio.sleep(0.05)
+
+        def events_held(delivery: SharedDelivery) -> int:
+            return sum(p.startswith("events#") for p in delivery.partitions_held)
+
+        await until(lambda: events_held(first) == events_held(second) == 3, "3 parts each", runs)
+        assert limits(first) == limits(second) == [5, 75]  # 10/s and 150/min, halved
+        second.stop()
+        await runs[1]
+        await until(lambda: events_held(first) == 6, "all 6 parts", runs[:1])
+        assert limits(first) == [10, 150]
+        first.stop()
+        await runs[0]
+
+    with PostgresOutbox(postgres_url, partition_of=plan.lane_of) as store:
+        asyncio.run(scenario(store))

@@ -26,7 +26,11 @@ from ..limits import MAX_SPEC_BYTES
 from ..mapping_set import MappingSet, register_section_compiler
 from ..problems import MappingSetError, Position, ProblemList
 from ..schema import check_shape
+from ..strict_json import decode_stored
 from ..yaml_loader import PosDict, PosList, ScalarPlace
+from .chains import chain_subject
+from .outbox import NewUnit
+from .partitions import MAX_LANE_PARTITIONS, SEPARATOR, partition_name, stable_index
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
@@ -93,7 +97,10 @@ DELIVERY_SCHEMA: dict[str, Any] = {
     "scopes": {"type": "string"},
     "subject_identifiers": {"type": "list", "schema": {"type": "string"}},
     "endpoints": {"type": "dict", "valuesrules": {"type": "dict", "schema": _ENDPOINT_SCHEMA}},
-    "order": {"type": "dict", "schema": {"same_event": {"type": "boolean"}, "same_subject": {"type": "boolean"}}},
+    "order": {"type": "dict", "schema": {"same_event": {"type": "boolean"}, "same_subject": {"type": "boolean"},
+                                         "partitions": {"type": "dict", "keysrules": {"type": "string"},
+                                                        "valuesrules": {"type": "integer", "min": 1,
+                                                                        "max": MAX_LANE_PARTITIONS}}}},
     "batching": {"type": "dict", "valuesrules": {"type": "dict", "schema": _BATCH_SCHEMA}},
     "retry": {"type": "dict", "schema": _RETRY_SCHEMA},
     "stop": {"type": "dict", "keysrules": {"type": "string", "regex": r"^4\d\d$"},
@@ -252,6 +259,8 @@ class DeliveryPlan:
     error_pointer: Selector | None  # in one error: the JSON pointer of what it is about
     error_detail: Selector | None  # in one error: the text to show
     key_check: KeyCheck | None = None
+    # order.partitions: a shared outbox splits these lanes into this many partitions (partitions.py)
+    lane_partitions: dict[str, int] = field(default_factory=dict)
     # Parts of the section other packages own, compiled by them (see register_delivery_part).
     parts: dict[str, object] = field(default_factory=dict)
     by_source: dict[str, BatchSpec] = field(default_factory=dict)
@@ -276,11 +285,39 @@ class DeliveryPlan:
                 return endpoint
         return None
 
-    def lane_of(self, method: str, url: str) -> str:
-        """The lane of the endpoint a stored request calls ('' for none): a shared outbox's partition,
-        leased to one worker at a time (requests about one subject in one lane keep their order)."""
+    def lane_of(self, method: str, url: str, unit: NewUnit | None = None) -> str:
+        """The lane of the endpoint a stored request calls ('' for none); given the request itself, the
+        shared outbox's partition it is recorded under: the lane, or for a lane split by
+        `order.partitions` the part its ordering key hashes to (partitions.py)."""
         endpoint = self.endpoint_for(method, url.partition("?")[0]) if url.startswith("/") else None
-        return endpoint.lane or "" if endpoint is not None else ""
+        lane = endpoint.lane or "" if endpoint is not None else ""
+        count = self.lane_partitions.get(lane, 1) if lane else 1
+        if unit is None or count <= 1 or endpoint is None:
+            return lane
+        return partition_name(lane, stable_index(self.ordering_key(endpoint, unit), count), count)
+
+    def ordering_key(self, endpoint: Endpoint, unit: NewUnit) -> str:
+        """What a split lane partitions a request by: `NAME=VALUE` of the first subject identifier (in
+        `subject_identifiers` order) of its first subject, or of the subject its chain holds. Requests
+        about no identified subject all share the key '' (one partition): an event's requests in one lane
+        then never wait on each other across partitions."""
+        if self.same_subject:
+            identified: dict[str, Any] | None = None
+            if unit.chain is not None:
+                held = chain_subject(unit.chain)
+                identified = held[1] if held is not None else None
+            elif endpoint.subject is not None and unit.body_kind == "json" and unit.body is not None:
+                try:
+                    subjects = endpoint.subjects(decode_stored(unit.body))
+                except ValueError:
+                    subjects = []
+                identified = subjects[0] if subjects else None
+            if identified:
+                for name in self.subject_identifiers:
+                    value = identified.get(name)
+                    if value not in (None, ""):
+                        return f"{name}={value}"
+        return ""
 
     @staticmethod
     def for_set(mapping_set: MappingSet) -> DeliveryPlan:
@@ -361,6 +398,38 @@ def compile_selector(text: Any, position: Position, what: str, problems: Problem
     except ExpressionError as exc:
         problems.add(position, f"{what}: not a JMESPath expression: {exc.message}")
         return None
+
+
+def _lane_partitions(order: PosDict, endpoints: dict[str, Endpoint], batches: list[BatchSpec],
+                     problems: ProblemList) -> dict[str, int]:
+    """order.partitions, checked: each names a lane, and no part gets less than one request a window
+    of an endpoint the lane calls (a worker's share of a limit is m/K of it, rounded down)."""
+    raw = order.get("partitions") or PosDict()
+    result: dict[str, int] = {}
+    for lane, count in raw.items():
+        where = value_at(raw, lane)
+        own = [e for e in endpoints.values() if e.lane == lane]
+        if not own:
+            lanes = sorted({e.lane for e in endpoints.values() if e.lane})
+            problems.add(key_at(raw, lane), f"order.partitions: no endpoint is in lane {lane!r} "
+                                            f"(lanes: {', '.join(lanes) or 'none'})")
+            continue
+        called = {e.name: e for e in own}
+        for batch in batches:
+            if batch.source.lane == lane:
+                called[batch.target.name] = batch.target
+                if batch.job is not None:
+                    called[batch.job.poll.name] = batch.job.poll
+                    if batch.job.errors is not None:
+                        called[batch.job.errors.name] = batch.job.errors
+        tight = [(w.limit, e.name, w.name) for e in called.values() for w in e.rate_windows if w.limit < int(count)]
+        if tight:
+            limit, endpoint, window = min(tight)
+            problems.add(where, f"order.partitions.{lane}: {count} partitions would leave each less than one "
+                                f"request of {endpoint}'s {window} limit ({limit}); at most {limit}")
+            continue
+        result[str(lane)] = int(count)
+    return result
 
 
 def _rate_windows(node: PosDict, problems: ProblemList) -> list[RateWindow]:
@@ -462,6 +531,9 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
             elif scopes_extension is not None:
                 scopes = operation[2].get(scopes_extension) or []
                 endpoint.scopes = [str(s) for s in scopes] if isinstance(scopes, list) else []
+        if endpoint.lane is not None and SEPARATOR in endpoint.lane:
+            problems.add(value_at(raw, "lane"), f"endpoint {name}: lane {endpoint.lane!r}: a lane's name cannot "
+                                                f"hold {SEPARATOR!r} (it names the parts of a split lane)")
         endpoints[name] = endpoint
 
     identifiers = [str(x) for x in document.get("subject_identifiers") or []]
@@ -485,6 +557,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
             continue
         sources[batch.source.name] = name
         batches.append(batch)
+    lane_partitions = _lane_partitions(order, endpoints, batches, problems)
 
     retry = RetryPolicy()
     raw_retry = document.get("retry") or PosDict()
@@ -527,7 +600,7 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
         subject_identifiers=identifiers, endpoints=endpoints, batches=batches, same_event=same_event,
         same_subject=same_subject, retry=retry, stop=stop, item_error_status=item_status,
         error_list=selectors["list"], error_pointer=selectors["pointer"], error_detail=selectors["detail"],
-        key_check=key_check, parts=parts,
+        key_check=key_check, parts=parts, lane_partitions=lane_partitions,
     )
 
 

@@ -3,15 +3,19 @@
     delivery = SharedDelivery(plan, postgres_outbox, sealer, base_url, WorkerOptions(), LeaseOptions(ttl=10))
     stats = await delivery.run()    # until stop(); or, after input_complete(), until nothing is pending
 
-A partition is a lane of the mapping set's delivery section (the store records each request under
-the lane of the endpoint it calls; requests outside any lane share the partition ''). One worker at
-a time delivers a partition: it claims the partition's lease atomically (`FOR UPDATE SKIP LOCKED`),
-renews it every `ttl / 3` seconds, and runs one `DeliveryWorker` on it — so per-subject order,
-batching and the lane's rate limits stay exactly what they are in one process, and a bulk job's
-polling belongs to the holder of the partition that started it.
+A partition is a lane of the mapping set's delivery section, or one part of a lane split by
+`order.partitions` (partitions.py: by a stable hash of the request's ordering key; requests outside
+any lane share the partition ''). One worker at a time delivers a partition: it claims the
+partition's lease atomically (`FOR UPDATE SKIP LOCKED`), renews it every `ttl / 3` seconds, and runs
+one `DeliveryWorker` on it — so per-subject order and batching stay what they are in one process,
+and a bulk job's polling belongs to the holder of the partition that started it.
 
-- **Sharing**: workers say they are alive on every renewal; each holds at most its fair share
-  (partitions ÷ live workers, rounded up), giving back the extra ones gracefully when one joins.
+- **Sharing**: workers say they are alive on every renewal; each holds at most its fair share of
+  each lane (the lane's partitions ÷ live workers, rounded up) and of all partitions (likewise),
+  giving back the extra ones gracefully when one joins.
+- **Rate limits across workers**: the workers of one process's partitions of a lane share one set
+  of limiters, kept to m/K of the lane's limits when it holds m of the lane's K partitions (all of
+  them for a lane that is not split, or when it holds every part).
 - **A worker that dies** (SIGKILL, a lost machine) stops renewing: its leases expire after `ttl`
   seconds and another worker takes them on its next renewal, so within `ttl × 4/3` (13.3 s with the
   default ttl of 10). What it had in flight is sent again by the new holder (at-least-once; the
@@ -43,8 +47,10 @@ from ..mapping_set import PROGRAM
 from .chains import ChainRunner
 from .config import DeliveryPlan
 from .outbox import LeaseLost, Outbox
+from .partitions import lane_share
+from .ratelimit import RateLimiter
 from .sealing import Sealer
-from .worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
+from .worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats, rate_limiters
 
 if TYPE_CHECKING:  # (the PostgreSQL driver is imported only by a process given a database URL)
     from .postgres_outbox import Lease, PostgresOutbox
@@ -54,6 +60,7 @@ T = TypeVar("T")
 
 DEFAULT_LEASE_TTL = 10.0  # seconds: a dead worker's partitions are taken over within ttl × 4/3
 EMPTY_CHECK = 0.2  # seconds between looks for "nothing pending" (--until-empty)
+SETTLE = 1.0  # seconds from a worker's first heartbeat to its first claim
 
 
 @dataclass
@@ -127,6 +134,9 @@ class SharedDelivery:
         self.on_progress = on_progress
         self._client = client
         self._held: dict[str, _Held] = {}
+        # per lane: the rate limiters its partitions' workers in this process share (at this
+        # process's share of the lane: _reshare)
+        self._limiters: dict[str, dict[str, RateLimiter]] = {}
         self._ended: list[WorkerStats] = []
         self._stopping = False
         self._until_empty = False
@@ -169,6 +179,12 @@ class SharedDelivery:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
+            # Say it is alive, and claim only a moment later: workers started together then see each
+            # other and each claims its share, instead of the first taking every partition and
+            # giving most back (their workers stopped, their reads thrown away) a renewal later.
+            await self._leases(self.store.heartbeat, self.holder, self.lease_options.ttl)
+            renew = self.lease_options.renew_every
+            self._last_tend = time.monotonic() - renew + min(SETTLE, renew)
             while not self._stopping:
                 self._wake.clear()
                 if self._told:
@@ -223,31 +239,65 @@ class SharedDelivery:
                 # dead units were put back behind its cursor: read the partition again from its start
                 held.restart = lease
                 held.worker.stop()
-        total = await self._leases(self.store.partition_count)
-        share = max(1, math.ceil(total / max(live, 1)))
-        mine = [h for h in self._held.values() if not h.leaving]
-        for held in sorted(mine, key=lambda h: h.lease.partition)[share:]:
-            log.info("giving partition %r back: %d worker(s) share %d partition(s)", held.lease.partition, live,
-                     total)
-            held.give_back = True  # released once its calls in flight are answered (_collect): no wait here,
-            held.worker.stop()  # so the other leases keep being renewed meanwhile
-        room = share - len([h for h in self._held.values() if not h.leaving])
-        if room > 0 and not self._stopping:
-            for lease in await self._leases(self.store.claim_partitions, self.holder, ttl, room):
-                self.counters.claimed += 1
-                if lease.taken_over:
-                    self.counters.takeovers += 1
-                log.info("delivering partition %r (lease generation %d%s)", lease.partition, lease.generation,
-                         ", taken over from a worker whose lease expired" if lease.taken_over else "")
-                self._start(lease)
+        by_lane: dict[str, list[str]] = {}
+        for name in await self._leases(self.store.partition_names):
+            by_lane.setdefault(lane_share(name)[0], []).append(name)
+        workers = max(live, 1)
+        # A fair share of each lane (the parts of a split lane spread over the workers), and of all
+        # partitions (the lanes that are one partition each go to different workers).
+        overall = max(1, math.ceil(sum(map(len, by_lane.values())) / workers))
+        kept = 0
+        for lane, names in sorted(by_lane.items()):
+            share = max(1, math.ceil(len(names) / workers))
+            mine = sorted((h for h in self._held.values() if not h.leaving and h.lease.partition in names),
+                          key=lambda h: h.lease.partition)
+            keep = min(share, max(overall - kept, 0))
+            for held in mine[keep:]:
+                log.info("giving partition %r back: %d worker(s) share lane %r's %d partition(s)",
+                         held.lease.partition, live, lane, len(names))
+                held.give_back = True  # released once its calls in flight are answered (_collect): no wait here,
+                held.worker.stop()  # so the other leases keep being renewed meanwhile
+            kept += len(mine[:keep])
+            room = keep - len(mine[:keep])
+            if room > 0 and not self._stopping:
+                for lease in await self._leases(self.store.claim_partitions, self.holder, ttl, room, names):
+                    kept += 1
+                    self.counters.claimed += 1
+                    if lease.taken_over:
+                        self.counters.takeovers += 1
+                    log.info("delivering partition %r (lease generation %d%s)", lease.partition, lease.generation,
+                             ", taken over from a worker whose lease expired" if lease.taken_over else "")
+                    self._start(lease)
+        self._reshare()
+
+    def rate_limiter(self, lane: str, endpoint: str) -> RateLimiter | None:
+        """The limiter this process's partitions of `lane` share for an endpoint (None before it held one)."""
+        return self._limiters.get(lane, {}).get(endpoint)
+
+    def _reshare(self) -> None:
+        """Each lane's rate limits: the share of the lane's partitions this process delivers (m of K:
+        m/K), on the limiters its partitions' workers share."""
+        shares: dict[str, float] = {}
+        for held in self._held.values():
+            if not held.leaving:
+                lane, fraction = lane_share(held.lease.partition)
+                shares[lane] = shares.get(lane, 0.0) + fraction
+        for lane, limiters in self._limiters.items():
+            for limiter in limiters.values():  # (a lane it no longer holds: the least, for calls still finishing)
+                limiter.set_share(shares.get(lane, 0.0))
 
     def _start(self, lease: Lease) -> None:
+        lane = lane_share(lease.partition)[0]
+        limiters = self._limiters.get(lane)
+        if limiters is None:
+            limiters = self._limiters[lane] = rate_limiters(self.plan, self.options.time_scale)
         worker = DeliveryWorker(self.plan, self.store.partition_queue(lease), self.sealer, self.base_url,
                                 self.options, client=self._client, on_progress=lambda _: self._sum(),
-                                chains=self.chains)
+                                chains=self.chains, limiters=limiters)
         task = asyncio.get_running_loop().create_task(worker.run())
         task.add_done_callback(lambda _: self._poke())
         self._held[lease.partition] = _Held(lease, worker, task)
+        self._reshare()  # before its worker's first dispatch
 
     async def _collect(self) -> None:
         """Partitions whose worker ended: a configuration error ends everything; a lost lease, that one."""

@@ -38,7 +38,7 @@ import json
 import os
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,11 @@ class NewUnit:
     body_kind: str | None
     body: str | None  # JSON text
     chain: str | None = None  # JSON text: the chain's next step, run with this request's answer
+
+
+# A shared store's partition for a request: partition_of(method, url, the request) -> its lease's name
+# (DeliveryPlan.lane_of: its lane, or the part of a split lane its ordering key hashes to).
+PartitionOf = Callable[[str, str, "NewUnit | None"], str]
 
 
 @dataclass

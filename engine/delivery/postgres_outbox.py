@@ -1,12 +1,13 @@
 """The shared outbox: a PostgreSQL database used by any number of `serve` and `worker` processes.
 
-    outbox = PostgresOutbox("postgresql://user@host/db", partition_of=lane_of)   # creates/migrates tables
+    outbox = PostgresOutbox("postgresql://user@host/db", partition_of=plan.lane_of)  # creates/migrates tables
     outbox.add_events(...)                  # the Outbox contract (outbox.py), like the SQLite store
     lease = outbox.claim_partitions(holder, ttl=10, limit=1)[0]
     queue = outbox.partition_queue(lease)   # what one DeliveryWorker drains: that partition only
 
-Each unit is recorded with a **partition** (`partition_of(method, url)`: the lane of the endpoint it
-calls, so one subject's requests in one lane share a partition) and a **tenant** ('' for now). A
+Each unit is recorded with a **partition** (`partition_of(method, url, unit)`: the lane of the
+endpoint it calls, or for a lane split by `order.partitions` the part its ordering key hashes to, so
+one subject's requests in one lane share a partition; partitions.py) and a **tenant**. A
 worker delivers a partition only while it holds its lease (leases.py runs them): a row in `leases`
 with a holder, an expiry on the database's clock and a generation that grows with every new holder.
 The queue of a lease marks units only while the lease row still names that holder and generation —
@@ -25,6 +26,7 @@ tables are created and migrated by the product (postgres_migrations.py).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +50,7 @@ from .outbox import (
     OpenJob,
     Outbox,
     OutboxError,
+    PartitionOf,
     StoredEvent,
     StoredUnit,
     raw_event,
@@ -84,13 +87,13 @@ class PostgresOutbox(Outbox):
 
     keep_delivered_bodies = False
 
-    def __init__(self, url: str, tenant: str = "", partition_of: Callable[[str, str], str] | None = None,
+    def __init__(self, url: str, tenant: str = "", partition_of: PartitionOf | None = None,
                  read_only: bool = False, pool_size: int = 8):
         """Connect (and, unless `read_only`, create or migrate the tables). Raises OutboxError naming
         the database when it cannot be reached or its schema is newer than this code."""
         self.url = url
         self.tenant = tenant
-        self.partition_of = partition_of or (lambda method, url: "")
+        self.partition_of: PartitionOf = partition_of or (lambda method, url, unit: "")
         self.read_only = read_only
         self.on_delivered: Callable[[Finished], None] | None = None  # e.g. a server's latency metrics
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -104,6 +107,7 @@ class PostgresOutbox(Outbox):
         # Lease upkeep has connections of its own: a renewal must never wait behind delivery's
         # transactions (a lease that is not renewed in time is taken over).
         self._lease_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._lease_pool_lock = threading.Lock()
         try:
             self._check_schema()
         except BaseException:
@@ -155,10 +159,11 @@ class PostgresOutbox(Outbox):
             raise OutboxError(f"{self.where}: the outbox is closed")
         pool = self._pool
         if leases:
-            if self._lease_pool is None:
-                self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
-                                                  kwargs={"connect_timeout": 10})
-            pool = self._lease_pool
+            with self._lease_pool_lock:  # (made on first use, maybe by two upkeep threads at once: one pool)
+                if self._lease_pool is None:
+                    self._lease_pool = ConnectionPool(self.url, min_size=1, max_size=2, open=True, timeout=60,
+                                                      kwargs={"connect_timeout": 10})
+                pool = self._lease_pool
         with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             yield cur
 
@@ -225,7 +230,7 @@ class PostgresOutbox(Outbox):
                              json.dumps(event.notes, ensure_ascii=False) if event.notes else None, event.raw, now,
                              None if status == "pending" else now))
                 for unit in event.units:
-                    partition = self.partition_of(unit.method, unit.url)
+                    partition = self.partition_of(unit.method, unit.url, unit)
                     partitions.add(partition)
                     units.append((self.tenant, partition, event_id, unit.position, unit.rule, unit.method, unit.url,
                                   unit.headers, unit.body_kind, unit.body, unit.chain))
@@ -267,13 +272,10 @@ class PostgresOutbox(Outbox):
         return _retried(lambda: self._mark_delivered_once(unit_ids, attempts, fence))
 
     def _mark_delivered_once(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
-        with self._tx() as cur:
-            self._check_fence(cur, fence)
-            body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
-            cur.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
-                        f"body = {body} WHERE id = ANY(%s) AND {NOT_FINISHED}",
-                        (attempts, time.time(), list(unit_ids)))
-            finished = self._finish(cur, unit_ids)
+        body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
+        finished = self._mark(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
+                              f"body = {body} WHERE id = ANY(%s) AND {NOT_FINISHED} RETURNING event_id",
+                              (attempts, time.time(), list(unit_ids)), fence)
         if self.on_delivered is not None:
             self.on_delivered(finished)
         return finished
@@ -281,15 +283,24 @@ class PostgresOutbox(Outbox):
     def _mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
         if not unit_ids:
             return Finished()
-        return _retried(lambda: self._mark_dead_once(unit_ids, letter, fence))
+        return _retried(lambda: self._mark(
+            "UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
+            f"WHERE id = ANY(%s) AND {NOT_FINISHED} RETURNING event_id",
+            (letter.attempts, letter.to_json(), time.time(), list(unit_ids)), fence))
 
-    def _mark_dead_once(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
-        with self._tx() as cur:
-            self._check_fence(cur, fence)
-            cur.execute("UPDATE units SET status = 'dead', attempts = attempts + %s, response = %s, finished = %s "
-                        f"WHERE id = ANY(%s) AND {NOT_FINISHED}",
-                        (letter.attempts, letter.to_json(), time.time(), list(unit_ids)))
-            return self._finish(cur, unit_ids)
+    def _mark(self, update: str, args: tuple[Any, ...], fence: Lease | None) -> Finished:
+        """One marking transaction in two round trips (pipelined: the fence and the units' update, then
+        the events' lock and their update). Committed without waiting for the disk (synchronous_commit
+        off): a mark lost to a database crash only sends its units again (at-least-once, as with a
+        killed worker's calls in flight); recording is never relaxed this way."""
+        with self._tx() as cur, cur.connection.pipeline():
+            cur.execute("SET LOCAL synchronous_commit = off")
+            fenced = self._fence_query(cur, fence)
+            cur.execute(update, args)
+            event_ids = sorted({int(r["event_id"]) for r in cur.fetchall()})
+            if fence is not None and fenced is not None and fenced.fetchone() is None:
+                raise _lease_lost(fence)  # (rolled back: nothing marked)
+            return self._finish(cur, event_ids)
 
     def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
                   note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
@@ -327,7 +338,7 @@ class PostgresOutbox(Outbox):
             if note is not None:
                 cur.execute("UPDATE events SET reason = %s, notes = (coalesce(notes, '[]')::jsonb || "
                             "jsonb_build_array(%s::text))::text WHERE id = %s", (note, note, event_id))
-            finished = self._finish(cur, [unit_id])
+            finished = self._finish(cur, [event_id])
             stored: list[StoredUnit] = []
             if new_ids:
                 cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE id = ANY(%s) ORDER BY id", (new_ids,))
@@ -337,40 +348,41 @@ class PostgresOutbox(Outbox):
         return finished, stored
 
     @staticmethod
-    def _check_fence(cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
-        """Within the marking transaction: the lease still names this holder and generation (the row
-        locked until commit, so a takeover waits for the marks and then sees them)."""
+    def _fence_query(cur: psycopg.Cursor[Any], fence: Lease | None) -> psycopg.Cursor[Any] | None:
+        """Within the marking transaction: select the lease row if it still names this holder and
+        generation, locked until commit (so a takeover waits for the marks and then sees them). Its
+        own cursor: pipelined with the statements after it, read once they are sent."""
         if fence is None:
-            return
-        cur.execute("SELECT 1 FROM leases WHERE tenant = %s AND partition = %s AND holder = %s AND generation = %s "
-                    "FOR SHARE", (fence.tenant, fence.partition, fence.holder, fence.generation))
-        if cur.fetchone() is None:
-            raise LeaseLost(f"the lease on partition {fence.partition!r} (generation {fence.generation}) "
-                            "was taken over: nothing marked")
+            return None
+        fenced = cur.connection.cursor()
+        fenced.execute("SELECT 1 FROM leases WHERE tenant = %s AND partition = %s AND holder = %s AND generation = %s "
+                       "FOR SHARE", (fence.tenant, fence.partition, fence.holder, fence.generation))
+        return fenced
 
-    def _finish(self, cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> Finished:
+    @classmethod
+    def _check_fence(cls, cur: psycopg.Cursor[Any], fence: Lease | None) -> None:
+        fenced = cls._fence_query(cur, fence)
+        if fence is not None and fenced is not None and fenced.fetchone() is None:
+            raise _lease_lost(fence)
+
+    def _finish(self, cur: psycopg.Cursor[Any], event_ids: Sequence[int]) -> Finished:
+        """Events of `event_ids` with no request left pending end delivered (or dead, when one is)."""
         finished = Finished()
-        now = time.time()
-        # The events' rows are locked in id order (two partitions' marks may finish one event: they
-        # take turns, and the second sees the first's units), then their status is worked out.
-        cur.execute("SELECT DISTINCT event_id FROM units WHERE id = ANY(%s)", (list(unit_ids),))
-        candidates = sorted(int(r["event_id"]) for r in cur.fetchall())
-        cur.execute("SELECT id, status FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (candidates,))
-        event_ids = [int(r["id"]) for r in cur.fetchall() if r["status"] == "pending"]
         if not event_ids:
             return finished
-        cur.execute("SELECT event_id, bool_or(status = 'pending') AS waiting, bool_or(status = 'dead') AS dead "
-                    "FROM units WHERE event_id = ANY(%s) GROUP BY event_id", (event_ids,))
-        ended = {int(r["event_id"]): "dead" if r["dead"] else "delivered" for r in cur.fetchall() if not r["waiting"]}
-        if not ended:
-            return finished
-        # one statement: status, finish time, and the raw input dropped once delivered
+        # The events' rows are locked in id order first (two partitions' marks may finish one event: they
+        # take turns), then a new statement (a new snapshot: it sees the other's committed units) works
+        # out and sets their status, finish time, and the raw input dropped once delivered.
+        locked = cur.connection.cursor()
+        locked.execute("SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (list(event_ids),))
         keep_raw = "events.raw" if self.keep_delivered_bodies else \
             "CASE WHEN v.status = 'delivered' THEN NULL ELSE events.raw END"
-        cur.execute(f"UPDATE events SET status = v.status, finished = %s, raw = {keep_raw} FROM "
-                    "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS status) v WHERE events.id = v.id "
+        cur.execute(f"UPDATE events SET status = v.status, finished = %s, raw = {keep_raw} FROM ("
+                    "SELECT event_id, CASE WHEN bool_or(status = 'dead') THEN 'dead' ELSE 'delivered' END AS status "
+                    "FROM units WHERE event_id = ANY(%s) GROUP BY event_id HAVING NOT bool_or(status = 'pending')) v "
+                    "WHERE events.id = v.event_id AND events.status = 'pending' "
                     "RETURNING events.status, events.finished - events.created AS latency",
-                    (now, list(ended), list(ended.values())))
+                    (time.time(), list(event_ids)))
         for row in cur.fetchall():
             if row["status"] == "delivered":
                 finished.delivered += 1
@@ -462,10 +474,10 @@ class PostgresOutbox(Outbox):
             delivered = {(int(r["position"]), str(r["rule"])) for r in cur.fetchall()}
             cur.execute("DELETE FROM units WHERE event_id = %s AND status != 'delivered'", (event_id,))
             fresh = [u for u in event.units if (u.position, u.rule) not in delivered]
-            partitions = {self.partition_of(u.method, u.url) for u in fresh}
-            cur.executemany(INSERT_UNIT, [(self.tenant, self.partition_of(u.method, u.url), event_id, u.position,
-                                           u.rule, u.method, u.url, u.headers, u.body_kind, u.body, u.chain)
-                                          for u in fresh])
+            placed = [(self.partition_of(u.method, u.url, u), u) for u in fresh]
+            partitions = {partition for partition, _ in placed}
+            cur.executemany(INSERT_UNIT, [(self.tenant, partition, event_id, u.position, u.rule, u.method, u.url,
+                                           u.headers, u.body_kind, u.body, u.chain) for partition, u in placed])
             self._replayed(cur, partitions)
             status = event.status if event.status != "pending" else "pending" if fresh else "delivered"
             cur.execute("UPDATE events SET status = %s, reason = %s, notes = %s, raw = %s, finished = %s "
@@ -587,26 +599,28 @@ class PostgresOutbox(Outbox):
             row = cur.fetchone()
             return int(row["n"]) if row else 1
 
-    def partition_count(self) -> int:
+    def partition_names(self) -> list[str]:
+        """Every partition this tenant has recorded requests in (a lease row each), in name order."""
         with self._tx(leases=True) as cur:
-            cur.execute("SELECT count(*) AS n FROM leases WHERE tenant = %s", (self.tenant,))
-            row = cur.fetchone()
-            return int(row["n"]) if row else 0
+            cur.execute("SELECT partition FROM leases WHERE tenant = %s ORDER BY partition", (self.tenant,))
+            return [str(r["partition"]) for r in cur.fetchall()]
 
-    def claim_partitions(self, holder: str, ttl: float, limit: int) -> list[Lease]:
-        """Take up to `limit` partitions nobody holds (or whose lease expired), atomically: rows another
-        worker is claiming at the same instant are skipped (FOR UPDATE SKIP LOCKED), never shared."""
+    def claim_partitions(self, holder: str, ttl: float, limit: int, among: Sequence[str] | None = None) -> list[Lease]:
+        """Take up to `limit` partitions (of `among`, when given) nobody holds or whose lease expired,
+        atomically: rows another worker is claiming at the same instant are skipped (FOR UPDATE SKIP
+        LOCKED), never shared."""
         if limit <= 0:
             return []
+        which, args = ("AND partition = ANY(%s)", (list(among),)) if among is not None else ("", ())
         with self._tx(leases=True) as cur:
             cur.execute(
                 "UPDATE leases l SET holder = %s, generation = l.generation + 1, "
                 "expires = now() + make_interval(secs => %s) FROM ("
-                "  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s AND "
+                f"  SELECT tenant, partition, holder AS was FROM leases WHERE tenant = %s {which} AND "
                 "  (holder IS NULL OR expires < now()) ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED) old "
                 "WHERE l.tenant = old.tenant AND l.partition = old.partition "
                 "RETURNING l.tenant, l.partition, l.holder, l.generation, l.replays, old.was IS NOT NULL AS taken_over",
-                (holder, ttl, self.tenant, limit))
+                (holder, ttl, self.tenant, *args, limit))
             return [_lease(r) for r in cur.fetchall()]
 
     def renew_leases(self, holder: str, ttl: float) -> list[Lease]:
@@ -641,13 +655,9 @@ class PostgresOutbox(Outbox):
                 return units
             # per event, its first request still pending in another partition (one indexed look-up
             # for the batch: a correlated subquery per unit costs a scan each on a fresh table)
-            cur.execute("SELECT event_id, id, status, partition FROM units WHERE event_id = ANY(%s)",
-                        (sorted({u.event_id for u in units}),))
-            elsewhere: dict[int, int] = {}
-            for row in cur.fetchall():
-                if row["status"] == "pending" and row["partition"] != partition:
-                    event_id = int(row["event_id"])
-                    elsewhere[event_id] = min(int(row["id"]), elsewhere.get(event_id, int(row["id"])))
+            cur.execute(f"SELECT event_id, min(id) AS first FROM units WHERE event_id = ANY(%s) AND partition <> %s "
+                        f"AND {NOT_FINISHED} GROUP BY event_id", (sorted({u.event_id for u in units}), partition))
+            elsewhere = {int(row["event_id"]): int(row["first"]) for row in cur.fetchall()}
         for position, stored in enumerate(units):
             first = elsewhere.get(stored.event_id)
             if first is not None and first < stored.id:
@@ -723,6 +733,11 @@ def _stored_unit(row: dict[str, Any]) -> StoredUnit:
 def _lease(row: dict[str, Any]) -> Lease:
     return Lease(str(row["tenant"]), str(row["partition"]), str(row["holder"]), int(row["generation"]),
                  int(row["replays"]), bool(row.get("taken_over", False)))
+
+
+def _lease_lost(fence: Lease) -> LeaseLost:
+    return LeaseLost(f"the lease on partition {fence.partition!r} (generation {fence.generation}) was taken over: "
+                     "nothing marked")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,10 @@ endpoint, not just the request that got it.
 
 `time_scale` shortens every window (and Retry-After) by that factor, to match a fake server that
 runs its clock faster so that tests can exercise the limits in seconds.
+
+`share` (0 < share <= 1): this limiter may use only that part of each window's limit, rounded down
+(at least one): a worker that delivers m of a split lane's K partitions keeps to m/K of the lane's
+limits, so the workers together keep to the whole (partitions.py).
 """
 
 from __future__ import annotations
@@ -29,13 +33,26 @@ class RateLimiter:
         size = max((limit for limit, _ in self.windows), default=0)
         self._sent: deque[float] = deque(maxlen=size or 1)
         self._paused_until = 0.0
+        self._active = list(self.windows)  # (limit, span) at the current share
+        self.share = 1.0
+
+    def set_share(self, share: float) -> None:
+        """Keep to this part of every window's limit from now on (see the module docstring)."""
+        self.share = min(max(share, 0.0), 1.0)
+        # (a tiny epsilon: 150 × 2/6 is 50, not 49.999…)
+        self._active = [(max(1, int(limit * self.share + 1e-9)), span) for limit, span in self.windows]
+
+    @property
+    def limits(self) -> list[int]:
+        """Each window's limit at the current share (as many as the endpoint's published windows)."""
+        return [limit for limit, _ in self._active]
 
     def delay(self, now: float | None = None) -> float:
         """Seconds to wait before the next request may go (0 when it may go now)."""
         now = time.monotonic() if now is None else now
         wait = self._paused_until - now
         sent = self._sent
-        for limit, span in self.windows:
+        for limit, span in self._active:
             if len(sent) >= limit:
                 wait = max(wait, sent[-limit] + span - now)
         return max(wait, 0.0)

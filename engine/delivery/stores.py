@@ -3,10 +3,9 @@ shared PostgreSQL store). The PostgreSQL driver is imported only when a URL is g
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .outbox import Outbox
+from .outbox import Outbox, PartitionOf
 
 DATABASE_SCHEMES = ("postgresql", "postgres")
 
@@ -29,10 +28,10 @@ def without_password(state: str) -> str:
 
 
 def open_outbox(state: str, *, create: bool = True, exclusive: bool = True, read_only: bool = False,
-                partition_of: Callable[[str, str], str] | None = None, tenant: str = "") -> Outbox:
+                partition_of: PartitionOf | None = None, tenant: str = "") -> Outbox:
     """The outbox `state` names. A folder: SQLiteOutbox (`exclusive`: the folder's lock; `create`:
     make it if missing). A URL: PostgresOutbox (tables created or migrated unless `read_only`;
-    `partition_of(method, url)` names the lease each recorded request is delivered under; `tenant`:
+    `partition_of(method, url, unit)` names the lease each recorded request is delivered under; `tenant`:
     whose events it reads and records, '' without --tenants). A folder has no tenants.
     Raises OutboxError (and, for a folder, FileNotFoundError or OSError)."""
     if is_database_url(state):
@@ -42,7 +41,7 @@ def open_outbox(state: str, *, create: bool = True, exclusive: bool = True, read
     return SQLiteOutbox(state, exclusive=exclusive, create=create, read_only=read_only)
 
 
-def record_lanes(outbox: Outbox, lane_of: Callable[[str, str], str]) -> None:
+def record_lanes(outbox: Outbox, lane_of: PartitionOf) -> None:
     """Record each request a shared store is given from now on under its lane (its lease partition)."""
     if hasattr(outbox, "partition_of"):  # (the SQLite store has no partitions: one process delivers it all)
         outbox.partition_of = lane_of

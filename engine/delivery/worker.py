@@ -152,12 +152,22 @@ class Slot:
         self.backlog_of = first.backlog_of
 
 
+def rate_limiters(plan: DeliveryPlan, time_scale: float) -> dict[str, RateLimiter]:
+    """One limiter per endpoint of the plan (by name; '' for a URL outside them: no limit)."""
+    margin = plan.retry.rate_limit_margin
+    limiters = {name: RateLimiter(endpoint.rate_windows, margin, time_scale)
+                for name, endpoint in plan.endpoints.items()}
+    limiters[""] = RateLimiter([], 0.0, time_scale)
+    return limiters
+
+
 class DeliveryWorker:
     """See the module docstring. One worker per outbox (per process, for the SQLite outbox)."""
 
     def __init__(self, plan: DeliveryPlan, outbox: WorkQueue, sealer: Sealer, base_url: str,
                  options: WorkerOptions | None = None, client: httpx.AsyncClient | None = None,
-                 on_progress: Callable[[WorkerStats], None] | None = None, chains: ChainRunner | None = None):
+                 on_progress: Callable[[WorkerStats], None] | None = None, chains: ChainRunner | None = None,
+                 limiters: dict[str, RateLimiter] | None = None):
         self.plan = plan
         self.chains = chains
         self.outbox = outbox
@@ -168,11 +178,8 @@ class DeliveryWorker:
         self.on_progress = on_progress
         self._client = client
         self._rng = random.Random(self.options.seed)
-        scale = self.options.time_scale
-        margin = plan.retry.rate_limit_margin
-        self._limiters: dict[str, RateLimiter] = {
-            name: RateLimiter(endpoint.rate_windows, margin, scale) for name, endpoint in plan.endpoints.items()}
-        self._limiters[""] = RateLimiter([], 0.0, scale)
+        # given: shared with the other partitions of its lane this process delivers (leases.py)
+        self._limiters = limiters if limiters is not None else rate_limiters(plan, self.options.time_scale)
         self._identifiers = plan.subject_identifiers
         # placement state
         self._holders: dict[str, set[Slot]] = {}

@@ -15,12 +15,16 @@
 4. Under the published limits: track events enough for --limited-windows full steady windows (and
    half of one more) at the Bulk Create Events ceiling, recorded, then 3 workers against the fake
    enforcing Klaviyo's limits: the events accepted in the full windows over what the ceiling allows
-   (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests.
+   (as tests/bench/delivery.py measures `send`), and the workers' 429 answers over their requests;
+   where the CPU went meanwhile (cores: the workers' CPU seconds per wall second, the PostgreSQL
+   server processes serving the run's schema, this process's fake) and each worker's events.
 
 Everything (the fake, the workers, PostgreSQL) shares this machine's cores: the count is printed.
 Keys: store_sqlite_add_us, store_sqlite_mark_us, store_postgres_add_us, store_postgres_mark_us,
 store_postgres_over_sqlite, workers_1_events_per_s, workers_2_events_per_s, workers_4_events_per_s,
-worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429, cores.
+worker_startup_s, takeover_s, limited_3_workers_fraction_of_ceiling, limited_3_workers_fraction_429,
+limited_cpu_workers, limited_cpu_postgres, limited_cpu_fake, limited_worker_events,
+limited_worker_cpu_us_per_event, cores.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import subprocess
 import sys
@@ -60,18 +65,64 @@ SETTINGS = {"privateKey": SECRET, "listId": "ListA", "confirmOptin": True, "send
 
 
 class Schema:
-    """A schema of its own on the server, dropped at the end."""
+    """A schema of its own on the server, dropped at the end. Its connections carry the schema's name
+    as their application_name, so their server processes can be found (BackendCPU)."""
 
     def __init__(self, dsn: str):
         self.dsn = dsn
         self.name = f"sk_bench_{os.getpid()}_{secrets.token_hex(3)}"
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f'CREATE SCHEMA "{self.name}"')
-        self.url = dsn + ("&" if "?" in dsn else "?") + f"options=-csearch_path%3D{self.name}"
+        self.url = (dsn + ("&" if "?" in dsn else "?") + f"options=-csearch_path%3D{self.name}"
+                    + f"&application_name={self.name}")
 
     def drop(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+class BackendCPU:
+    """CPU seconds used by the PostgreSQL server processes serving one schema's connections (found by
+    application_name, read from /proc every half second while they live): only when the server runs
+    on this machine (None otherwise)."""
+
+    def __init__(self, dsn: str, application_name: str):
+        import threading
+
+        self.dsn = dsn
+        self.application_name = application_name
+        self.seen: dict[int, float] = {}
+        self.readable = True
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> BackendCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            while True:
+                pids = [int(pid) for (pid,) in admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.application_name,))]
+                for pid in pids:
+                    try:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        self.readable = self.readable and pid in self.seen  # (gone since the query: fine)
+                        continue
+                    self.seen[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                if self._done.wait(0.5):
+                    return
+
+    @property
+    def seconds(self) -> float | None:
+        return sum(self.seen.values()) if self.readable and self.seen else None
 
 
 def store_cost(outbox: Outbox, count: int) -> tuple[float, float]:
@@ -189,7 +240,13 @@ def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: in
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            seconds, logs = run_workers(schema.url, settings, fake.url, workers, "--time-scale", str(time_scale))
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            here = time.process_time()
+            with BackendCPU(dsn, schema.name) as server:
+                seconds, logs = run_workers(schema.url, settings, fake.url, workers, "--time-scale", str(time_scale))
+            here = time.process_time() - here
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            workers_cpu = after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime
             finished_api = fake.api_now()
         finally:
             done.set()
@@ -200,6 +257,7 @@ def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: in
     finally:
         schema.drop()
     summaries = [re.search(r"(\d+) requests, (\d+) retried, (\d+) answered 429", log) for log in logs]
+    delivered = [re.search(r"(\d+) event\(s\) delivered", log) for log in logs]
     requests = sum(int(m.group(1)) for m in summaries if m)
     answered_429 = sum(int(m.group(3)) for m in summaries if m)
     fraction, per_window = delivery.fraction_over_windows(samples, total, finished_api, window, rate)
@@ -207,7 +265,15 @@ def limited(dsn: str, folder: Path, windows: int, time_scale: float, workers: in
             f"limited_{workers}_workers_fraction_429": round(answered_429 / requests, 5) if requests else None,
             "limited_ceiling_events_per_s": rate, "limited_events_per_window": [round(x) for x in per_window],
             "limited_requests": requests, "limited_answered_429": answered_429, "limited_wall_s": round(seconds, 1),
-            "limited_input_events": len(events)}
+            "limited_input_events": len(events),
+            # where the CPU went during the run, in CPU seconds per wall second (cores)
+            "limited_cpu_workers": round(workers_cpu / seconds, 3),
+            "limited_cpu_postgres": round(server.seconds / seconds, 3) if server.seconds is not None else None,
+            "limited_cpu_fake": round(here / seconds, 3),  # this process: the fake and its sampler
+            "limited_cpu_machine_load": round(os.getloadavg()[0], 2),
+            "limited_worker_events": [int(m.group(1)) if m else None for m in delivered],
+            "limited_worker_cpu_us_per_event": round(workers_cpu / max(sum(int(m.group(1)) for m in delivered if m), 1)
+                                                     * 1e6, 1)}
 
 
 def measure(dsn: str, store_events: int = 10_000, worker_events: int = 20_000, limited_windows: int = 1,
