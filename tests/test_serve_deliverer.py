@@ -219,3 +219,76 @@ def test_sigterm_lets_the_call_in_flight_finish_and_be_marked(fake_klaviyo: Call
         assert outbox.counts().events["delivered"] == 10
     finally:
         outbox.close()
+
+
+def test_serve_no_worker_on_a_folder_records_and_a_folder_worker_delivers(
+        fake_klaviyo: Callable[..., FakeServer], tmp_path: Path) -> None:
+    fake = fake_klaviyo(time_scale=TIME_SCALE, api_keys=[SETTINGS["privateKey"]])
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(SETTINGS), encoding="utf-8")
+    log = tmp_path / "serve.log"
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "engine", "serve", "--port", "0", "--no-worker", "--state", str(state),
+               "--write-key", WRITE_KEY, "--settings", str(settings_file), "--base-url", fake.url]
+    with log.open("wb") as out:
+        recorder = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    worker_command = [sys.executable, "-m", "engine", "worker", "--state", str(state), "--settings",
+                      str(settings_file), "--base-url", fake.url, "--time-scale", str(TIME_SCALE), "--linger", "0.05"]
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on http://" not in log.read_text():
+            assert time.monotonic() < deadline and recorder.poll() is None, log.read_text()
+            time.sleep(0.05)
+        url = log.read_text().split("listening on ", 1)[1].split()[0]
+        assert deliverer_pids(recorder.pid) == []  # no deliverer of its own
+        sent = post_tracks(url, "folder", 12)
+        health = httpx.get(url + "/health").json()
+        assert health["ok"] is True and health["outbox_depth"] == 12
+        assert health["delivery"] == "off: this server only records (serve --no-worker); worker processes deliver"
+
+        worker = subprocess.run([*worker_command, "--until-empty"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert worker.returncode == 0, worker.stderr
+        assert "stopped · 12 event(s) delivered and 0 dead-lettered by this worker" in worker.stderr
+        assert event_keys(fake) == set(sent)
+        assert httpx.get(url + "/health").json()["outbox_depth"] == 0
+
+        # a worker that waits is woken by nothing: it looks every 0.1 s
+        waiting = subprocess.Popen(worker_command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        try:
+            sent += post_tracks(url, "later", 5)
+            deadline = time.monotonic() + 30
+            while httpx.get(url + "/health").json()["outbox_depth"]:
+                assert time.monotonic() < deadline and waiting.poll() is None
+                time.sleep(0.1)
+            second = subprocess.run(worker_command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2
+            assert "delivers from it" in second.stderr and "outbox.deliver.lock" in second.stderr
+        finally:
+            waiting.send_signal(signal.SIGTERM)
+            assert waiting.wait(30) == 0
+        assert event_keys(fake) == set(sent)
+    finally:
+        recorder.send_signal(signal.SIGTERM)
+        assert recorder.wait(30) == 0
+    assert SETTINGS["privateKey"] not in log.read_text()
+
+
+def test_a_folder_worker_is_refused_beside_a_server_that_delivers(fake_klaviyo: Callable[..., FakeServer],
+                                                                  server: Callable[..., Server],
+                                                                  tmp_path: Path) -> None:
+    fake = fake_klaviyo(time_scale=TIME_SCALE)
+    serve = server(fake.url)
+    wait_for_deliverer(serve.process.pid)
+    worker = subprocess.run([sys.executable, "-m", "engine", "worker", "--state", str(serve.state), "--set",
+                             "privateKey=pk_x", "--base-url", fake.url], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert worker.returncode == 2
+    assert worker.stderr.strip() == (
+        f"segment-klaviyo: {serve.state} is in use by another process that delivers from it (a running `serve`'s "
+        "deliverer, a `worker` or `send`); it holds outbox.deliver.lock")
+    for refused in (["--tenants", "t.yaml"], ["--metrics-port", "0"]):
+        done = subprocess.run([sys.executable, "-m", "engine", "worker", "--state", str(serve.state), *refused],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "--tenants and --metrics-port need a shared outbox (a postgresql:// URL)" in done.stderr

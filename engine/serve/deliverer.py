@@ -35,10 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
+from ..delivery.config import DeliveryPlan
+from ..delivery.ingest import Ingester
 from ..delivery.outbox import Finished
+from ..delivery.sealing import Sealer
 from ..delivery.sqlite_outbox import SQLiteOutbox
-from ..delivery.worker import WorkerOptions, WorkerStats
-from ..mapping_set import PROGRAM
+from ..delivery.worker import DeliveryWorker, WorkerOptions, WorkerStats
+from ..mapping_set import PROGRAM, MappingSet
 
 log = logging.getLogger(f"{PROGRAM}.serve")
 
@@ -242,21 +245,29 @@ def _read_config() -> dict[str, Any]:
     return config
 
 
+def folder_worker(mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any], outbox: SQLiteOutbox,
+                  base_url: str, options: WorkerOptions,
+                  on_progress: Callable[[WorkerStats], None] | None = None) -> tuple[DeliveryWorker, Sealer]:
+    """The delivery worker of a state folder opened as its deliverer (serve's child, `worker --state DIR`),
+    with the sealer that masks what it logs."""
+    resolved = mapping_set.resolve_settings(dict(settings))
+    secrets = {name: str(resolved[name]) for name in mapping_set.secret_settings if resolved.get(name)}
+    sealer = Sealer(secrets, outbox.init_meta("seal_nonce", Sealer.new_nonce()))
+    chains = Ingester(mapping_set, settings, outbox, sealer)  # makes request chains' next steps
+    return DeliveryWorker(plan, outbox, sealer, base_url, options, on_progress=on_progress, chains=chains), sealer
+
+
 def main() -> int:
     config = _read_config()
     logging.basicConfig(level=int(config["log_level"]), stream=sys.stderr,
                         format=f"{PROGRAM} serve (deliverer): %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from ..delivery.config import DeliveryPlan
-    from ..delivery.ingest import Ingester
-    from ..delivery.sealing import Sealer
     from ..delivery.sqlite_outbox import OutboxLocked
-    from ..delivery.worker import DeliveryStopped, DeliveryWorker
+    from ..delivery.worker import DeliveryStopped
     from ..mapping_set import load_mapping_set
 
     mapping_set = load_mapping_set(config["mappings"])
     plan = DeliveryPlan.for_set(mapping_set)
-    settings = dict(config["settings"])
     reporter = _Reporter()
     try:
         outbox = _ReportingOutbox(config["state"], reporter)
@@ -264,12 +275,8 @@ def main() -> int:
         log.debug("%s", exc)
         return EXIT_LOCKED
     try:
-        resolved = mapping_set.resolve_settings(dict(settings))
-        secrets = {name: str(resolved[name]) for name in mapping_set.secret_settings if resolved.get(name)}
-        sealer = Sealer(secrets, outbox.init_meta("seal_nonce", Sealer.new_nonce()))
-        chains = Ingester(mapping_set, settings, outbox, sealer)  # makes request chains' next steps
-        worker = DeliveryWorker(plan, outbox, sealer, config["base_url"], WorkerOptions(**config["options"]),
-                                on_progress=reporter.write, chains=chains)
+        worker, sealer = folder_worker(mapping_set, plan, dict(config["settings"]), outbox, config["base_url"],
+                                       WorkerOptions(**config["options"]), on_progress=reporter.write)
         try:
             asyncio.run(_deliver(worker, reporter))
         except DeliveryStopped as exc:
@@ -287,7 +294,7 @@ def main() -> int:
         outbox.close()
 
 
-async def _deliver(worker: Any, reporter: _Reporter) -> None:
+async def _deliver(worker: DeliveryWorker, reporter: _Reporter) -> None:
     loop = asyncio.get_running_loop()
 
     def woken() -> None:
