@@ -178,6 +178,10 @@ def test_a_killed_deliverer_is_started_again_and_nothing_is_lost_or_doubled(
     fake = fake_klaviyo(time_scale=TIME_SCALE, api_keys=[SETTINGS["privateKey"]], slow_rate=1.0, slow_seconds=1.0)
     serve = server(fake.url)
     first = wait_for_deliverer(serve.process.pid)
+    # its settings came through a pipe: no secret on its command line or in its environment
+    command_line = Path(f"/proc/{first}/cmdline").read_bytes()
+    assert command_line.split(b"\0")[1:3] == [b"-m", b"engine.serve.deliverer"]
+    assert SETTINGS["privateKey"].encode() not in command_line + Path(f"/proc/{first}/environ").read_bytes()
     sent = post_tracks(serve.url, "before-kill", 30)
     deadline = time.monotonic() + 20
     while not fake.store.snapshot()["counters"].get("slow"):
