@@ -296,3 +296,40 @@ def test_a_folder_worker_is_refused_beside_a_server_that_delivers(fake_klaviyo: 
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
         assert "--tenants and --metrics-port need a shared outbox (a postgresql:// URL)" in done.stderr
+
+
+def test_ctrl_c_stops_the_server_and_its_deliverer_once(fake_klaviyo: Callable[..., FakeServer],
+                                                        tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group: the deliverer leaves it to the server,
+    which stops it after its requests (no restart of a deliverer taken for dead)."""
+    fake = fake_klaviyo(time_scale=TIME_SCALE, api_keys=[SETTINGS["privateKey"]])
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(SETTINGS), encoding="utf-8")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", "0", "--state",
+                                    str(tmp_path / "state"), "--write-key", WRITE_KEY, "--settings",
+                                    str(settings_file), "--base-url", fake.url, "--time-scale", str(TIME_SCALE),
+                                    "--linger", "0.05"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # (its own group: the signal reaches it alone)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on http://" not in log.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        url = log.read_text().split("listening on ", 1)[1].split()[0]
+        child = wait_for_deliverer(process.pid)
+        sent = post_tracks(url, "ctrl-c", 8)
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/health").json()["outbox_depth"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not Path(f"/proc/{child}").exists()
+    assert "restarting" not in log.read_text()
+    assert "stopped; 0 event(s) pending" in log.read_text()
+    assert event_keys(fake) == set(sent)

@@ -8,8 +8,9 @@ supervises delivers (the deliverer's lock; sqlite_outbox.py says how the two sha
     parent (serve)                                  child (python -m engine.serve.deliverer)
     ─ stdin:  one JSON line (set, settings, state,  ─ reads it, opens the outbox as the deliverer,
               options), then a byte per commit        runs DeliveryWorker; a byte: look now (notify)
-              (a wake-up; EOF: the server is gone)    EOF, SIGTERM or SIGINT: finish the calls in
-                                                      flight, send nothing new, exit 0
+              (a wake-up; EOF: the server is gone)    EOF or SIGTERM: finish the calls in flight,
+                                                      send nothing new, exit 0 (SIGINT is ignored:
+                                                      the server passes a Ctrl-C on as SIGTERM)
     ─ stdout: reads JSON lines                      ─ writes its WorkerStats and the latencies of
                                                       what it delivered since the last line
     ─ stderr: shared (its log lines)
@@ -47,6 +48,7 @@ log = logging.getLogger(f"{PROGRAM}.serve")
 
 EXIT_REFUSED = 3  # the API refused the configuration: restarting would not help
 EXIT_LOCKED = 4  # another process delivers from the folder
+EXIT_NOT_STARTED = 127  # (no child: the supervisor's own code for a failed start)
 STOP_GRACE = 60.0  # seconds a stopping child has to finish its calls in flight before it is killed
 FIRST_BACKOFF, MAX_BACKOFF = 0.25, 10.0
 HEALTHY_AFTER = 30.0  # a child that ran this long before dying is restarted at once
@@ -157,13 +159,19 @@ class DelivererProcess:
     def _exit_text(code: int) -> str:
         if code == EXIT_LOCKED:
             return "another process delivers from this folder"
+        if code == EXIT_NOT_STARTED:
+            return "it could not be started"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
     async def _run_child(self) -> int:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_WRITE_KEYS")}  # it needs no write key
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.serve.deliverer", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 24)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "engine.serve.deliverer", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, env=env, limit=1 << 24)
+        except OSError as exc:  # (no process could be made: out of memory or processes) tried again later
+            log.error("could not start the deliverer: %s", exc)
+            return EXIT_NOT_STARTED
         self._process = process
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write(self._config)
@@ -258,6 +266,9 @@ def folder_worker(mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[st
 
 
 def main() -> int:
+    # Ctrl-C reaches the whole process group: the server stops first and then stops this process
+    # (SIGTERM), so that it is not restarted meanwhile as a deliverer that died.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = _read_config()
     logging.basicConfig(level=int(config["log_level"]), stream=sys.stderr,
                         format=f"{PROGRAM} serve (deliverer): %(levelname)s %(message)s")
@@ -309,8 +320,7 @@ async def _deliver(worker: DeliveryWorker, reporter: _Reporter) -> None:
             worker.stop()
 
     loop.add_reader(0, woken)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+    loop.add_signal_handler(signal.SIGTERM, worker.stop)
     run = asyncio.create_task(worker.run())
     while not run.done():  # retries and job polls change counters without a mark: report them too
         await asyncio.wait([run], timeout=REPORT_EVERY)
