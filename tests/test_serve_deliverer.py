@@ -22,8 +22,8 @@ import httpx
 import pytest
 from test_serve_e2e import ROOT, SETTINGS, TIME_SCALE, WRITE_KEY, Server, all_delivered, auth, event_keys
 
-from engine.delivery.outbox import NewEvent
-from engine.delivery.sqlite_outbox import OutboxLocked, SQLiteOutbox
+from engine.delivery.outbox import NewEvent, NewUnit
+from engine.delivery.sqlite_outbox import MARK_CHUNK, OutboxLocked, SQLiteOutbox
 from engine.fake.server import FakeServer
 
 
@@ -67,6 +67,28 @@ def test_a_whole_folder_refuses_each_role(tmp_path: Path) -> None:
                 SQLiteOutbox(tmp_path, role=role)
     finally:
         whole.close()
+
+
+def test_a_deliverer_marks_a_large_call_in_turns_and_counts_each_event_once(tmp_path: Path) -> None:
+    """While another process may record, marks go in transactions of MARK_CHUNK units; an event whose
+    units straddle two of them is finished (and counted) once, by the second."""
+    recorder = SQLiteOutbox(tmp_path, role="recorder")
+    deliverer = SQLiteOutbox(tmp_path, role="deliverer", create=False)
+    try:
+        def unit(position: int, n: int) -> NewUnit:
+            return NewUnit(position, "rule", "POST", "/api/x", "{}", "json", json.dumps({"n": n}))
+        events = [NewEvent(f"m-{i}", "pending", units=[unit(0, i)]) for i in range(MARK_CHUNK - 1)]
+        events.append(NewEvent("straddles", "pending", units=[unit(0, -1), unit(1, -2)]))  # units 100 and 101
+        events += [NewEvent(f"n-{i}", "pending", units=[unit(0, i)]) for i in range(150)]
+        recorder.append_events("serve", events)
+        units = deliverer.pending_units(0, 1000)
+        assert len(units) == 251 and units[MARK_CHUNK - 1].event_id == units[MARK_CHUNK].event_id
+        finished = deliverer.mark_delivered([u.id for u in units])
+        assert finished.delivered == 250 and len(finished.latencies) == 250 and finished.dead == 0
+        assert recorder.counts().events["delivered"] == 250
+    finally:
+        deliverer.close()
+        recorder.close()
 
 
 WRITER = """
@@ -136,10 +158,19 @@ def deliverer_pids(pid: int) -> list[int]:
     return found
 
 
+def holds(pid: int, name: str) -> bool:
+    """Whether a process has a file of that name open (a lock it took)."""
+    try:
+        return any(os.readlink(fd).endswith("/" + name) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it ended, or an fd closed meanwhile
+        return False
+
+
 def wait_for_deliverer(pid: int, not_this: int | None = None, timeout: float = 30) -> int:
+    """The server's deliverer, once it holds the deliverer's lock."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = [child for child in deliverer_pids(pid) if child != not_this]
+        children = [child for child in deliverer_pids(pid) if child != not_this and holds(child, "outbox.deliver.lock")]
         if children:
             return children[0]
         time.sleep(0.05)

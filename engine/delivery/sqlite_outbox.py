@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ LOCK_FILE = "outbox.lock"  # the recorder's
 DELIVER_LOCK_FILE = "outbox.deliver.lock"  # the deliverer's
 WRITE_TURN_FILE = "outbox.write.lock"  # held for each write transaction while the roles are split
 ROLES = ("recorder", "deliverer")
+MARK_CHUNK = 100  # units marked in one transaction while the roles are split (about 1 ms each)
 RECORDED_FILE = "outbox.recorded"  # written with the first recorded event: evidence the file held events
 RECOVERY_HINT = ("stop whatever uses the folder, move it aside (mv {folder} {folder}.damaged) and start again with "
                  "an empty --state; README's \"A damaged outbox\" says how to recover what the file still holds")
@@ -485,26 +486,47 @@ class SQLiteOutbox(Outbox):
                     event_ids)]
         return finished
 
+    def _in_turns(self, unit_ids: Sequence[int], mark: Callable[[Sequence[int]], Finished]) -> Finished:
+        """`mark` for all the units: at once, or, while another process records into the folder, in
+        transactions of MARK_CHUNK units, letting it write between them (marking a 1,000-unit bulk
+        call took 7-38 ms on a busy machine, which every request of a server waited out)."""
+        if self._write_turn is None or len(unit_ids) <= MARK_CHUNK:
+            return mark(unit_ids)
+        finished = Finished()
+        for start in range(0, len(unit_ids), MARK_CHUNK):
+            if start:
+                os.sched_yield()  # (the recorder, woken by the unlock, takes the turn now if it waits)
+            part = mark(unit_ids[start:start + MARK_CHUNK])
+            finished.delivered += part.delivered
+            finished.dead += part.dead
+            finished.latencies += part.latencies
+        return finished
+
     def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
         if not unit_ids:
             return Finished()
         now = time.time()
-        with self._transaction() as db:
-            body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
-            db.executemany(f"UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ?, "
-                           f"body = {body} WHERE id = ? AND status = 'pending'", [(attempts, now, i) for i in unit_ids])
-            return self._finish(db, unit_ids)
+        body = "body" if self.keep_delivered_bodies else "NULL"  # a delivered body is not needed again
+
+        def mark(ids: Sequence[int]) -> Finished:
+            with self._transaction() as db:
+                db.executemany(f"UPDATE units SET status = 'delivered', attempts = attempts + ?, finished = ?, "
+                               f"body = {body} WHERE id = ? AND status = 'pending'", [(attempts, now, i) for i in ids])
+                return self._finish(db, ids)
+        return self._in_turns(unit_ids, mark)
 
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
         if not unit_ids:
             return Finished()
         now = time.time()
         text = letter.to_json()
-        with self._transaction() as db:
-            db.executemany("UPDATE units SET status = 'dead', attempts = attempts + ?, response = ?, finished = ? "
-                           "WHERE id = ? AND status = 'pending'",
-                           [(letter.attempts, text, now, i) for i in unit_ids])
-            return self._finish(db, unit_ids)
+
+        def mark(ids: Sequence[int]) -> Finished:
+            with self._transaction() as db:
+                db.executemany("UPDATE units SET status = 'dead', attempts = attempts + ?, response = ?, finished = ? "
+                               "WHERE id = ? AND status = 'pending'", [(letter.attempts, text, now, i) for i in ids])
+                return self._finish(db, ids)
+        return self._in_turns(unit_ids, mark)
 
     def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
                   note: str | None = None) -> tuple[Finished, list[StoredUnit]]:

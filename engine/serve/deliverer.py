@@ -11,7 +11,8 @@ supervises delivers (the deliverer's lock; sqlite_outbox.py says how the two sha
               (a wake-up; EOF: the server is gone)    EOF or SIGTERM: finish the calls in flight,
                                                       send nothing new, exit 0 (SIGINT is ignored:
                                                       the server passes a Ctrl-C on as SIGTERM)
-    ─ stdout: reads JSON lines                      ─ writes its WorkerStats and the latencies of
+    ─ stdout: reads JSON lines                      ─ writes {"ready": true} once it holds the lock,
+                                                      then its WorkerStats and the latencies of
                                                       what it delivered since the last line
     ─ stderr: shared (its log lines)
 
@@ -177,13 +178,14 @@ class DelivererProcess:
         process.stdin.write(self._config)
         if self._stopping:  # stopped while it was being started
             process.send_signal(signal.SIGTERM)
-        self.state = "running"
         last = dict.fromkeys(_STAT_FIELDS, 0)
         async for line in process.stdout:
             try:
                 report = json.loads(line)
             except ValueError:
                 continue
+            if report.get("ready"):  # it holds the deliverer's lock and delivers
+                self.state = "running"
             if "failure" in report:
                 self.failure = str(report["failure"])
             for name, value in report.get("stats", {}).items():
@@ -288,6 +290,7 @@ def main() -> int:
     try:
         worker, sealer = folder_worker(mapping_set, plan, dict(config["settings"]), outbox, config["base_url"],
                                        WorkerOptions(**config["options"]), on_progress=reporter.write)
+        reporter.write(worker.stats, {"ready": True})
         try:
             asyncio.run(_deliver(worker, reporter))
         except DeliveryStopped as exc:

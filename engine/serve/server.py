@@ -170,7 +170,7 @@ class Service:
         ok = self.delivering()
         delivery = "running" if ok else (self.failure or "not running")
         if self.deliverer is not None and self.failure is None and self.running:
-            delivery = self.deliverer.state if self.deliverer.state.startswith("restarting") else "running"
+            delivery = "running" if self.deliverer.state == "stopped" else self.deliverer.state  # or starting
         if self.worker is None and self.deliverer is None and self.failure is None:
             delivery = "off: this server only records (serve --no-worker); worker processes deliver"
         return {"ok": ok, "delivery": delivery, "outbox_depth": events["pending"],
