@@ -177,6 +177,15 @@ def wait_for_deliverer(pid: int, not_this: int | None = None, timeout: float = 3
     raise AssertionError("serve started no deliverer")
 
 
+def listening_url(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The URL a `serve` process says it listens on (in its log), once it does."""
+    deadline = time.monotonic() + 60
+    while "listening on http://" not in log.read_text():
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.05)
+    return log.read_text().split("listening on ", 1)[1].split()[0]
+
+
 def post_tracks(url: str, prefix: str, count: int) -> list[tuple[str, str]]:
     batch = [{"type": "track", "event": "Item Added", "userId": f"u{i % 5}", "messageId": f"{prefix}-{i}",
               "timestamp": "2026-11-01T12:00:00Z"} for i in range(count)]
@@ -270,11 +279,7 @@ def test_serve_no_worker_on_a_folder_records_and_a_folder_worker_delivers(
     worker_command = [sys.executable, "-m", "engine", "worker", "--state", str(state), "--settings",
                       str(settings_file), "--base-url", fake.url, "--time-scale", str(TIME_SCALE), "--linger", "0.05"]
     try:
-        deadline = time.monotonic() + 60
-        while "listening on http://" not in log.read_text():
-            assert time.monotonic() < deadline and recorder.poll() is None, log.read_text()
-            time.sleep(0.05)
-        url = log.read_text().split("listening on ", 1)[1].split()[0]
+        url = listening_url(recorder, log)
         assert deliverer_pids(recorder.pid) == []  # no deliverer of its own
         sent = post_tracks(url, "folder", 12)
         health = httpx.get(url + "/health").json()
@@ -344,11 +349,7 @@ def test_ctrl_c_stops_the_server_and_its_deliverer_once(fake_klaviyo: Callable[.
                                     "--linger", "0.05"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # (its own group: the signal reaches it alone)
     try:
-        deadline = time.monotonic() + 60
-        while "listening on http://" not in log.read_text():
-            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
-            time.sleep(0.05)
-        url = log.read_text().split("listening on ", 1)[1].split()[0]
+        url = listening_url(process, log)
         child = wait_for_deliverer(process.pid)
         sent = post_tracks(url, "ctrl-c", 8)
         deadline = time.monotonic() + 30
