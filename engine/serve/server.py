@@ -1,4 +1,4 @@
-"""`serve` put together: the Tracking API app, the durable outbox and the delivery worker, one process.
+"""`serve` put together: the Tracking API app, the durable outbox and the delivery worker.
 
     service = Service(mapping_set, plan, settings, state_dir, base_url, WorkerOptions(...))
     app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan)
@@ -10,13 +10,15 @@ with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; 
 recorded within the de-duplication window is recorded as a skipped duplicate instead, so a client's
 retry after a lost answer is not delivered twice), then wakes the worker; only then does the app
 answer success. The worker (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits,
-retries, dead letters) runs as a task in uvicorn's event loop for the server's whole life.
+retries, dead letters) runs for the server's whole life: on a state folder in a second process that
+this one starts, wakes and restarts (deliverer.py), so that recording and delivering do not share
+a GIL; on a database as a task in uvicorn's event loop (`SharedDelivery`).
 
 Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting connections and lets the requests in flight
 finish; then the lifespan ends, the worker is told to stop (its calls in flight finish, nothing new
-is sent) and the outbox is closed. Whatever is not delivered stays in the outbox, and the next
-`serve` (or `send --resume`) with the same `--state` delivers it. After a kill -9 the same holds:
-nothing acknowledged was only in memory.
+is sent; a deliverer process is sent SIGTERM and waited for) and the outbox is closed. Whatever is
+not delivered stays in the outbox, and the next `serve` (or `send --resume`) with the same
+`--state` delivers it. After a kill -9 the same holds: nothing acknowledged was only in memory.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class Service:
         ok = self.delivering()
         delivery = "running" if ok else (self.failure or "not running")
         if self.deliverer is not None and self.failure is None and self.running:
-            delivery = "running" if self.deliverer.state == "stopped" else self.deliverer.state  # or starting
+            delivery = self.deliverer.state  # starting, running, or restarting: why
         if self.worker is None and self.deliverer is None and self.failure is None:
             delivery = "off: this server only records (serve --no-worker); worker processes deliver"
         return {"ok": ok, "delivery": delivery, "outbox_depth": events["pending"],
