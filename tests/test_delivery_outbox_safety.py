@@ -19,7 +19,15 @@ import pytest
 from delivery_helpers import PROJECT_ROOT, run_cli
 
 from engine.delivery.outbox import NewEvent, NewUnit, open_private
-from engine.delivery.sqlite_outbox import LOCK_FILE, OUTBOX_FILE, RECORDED_FILE, OutboxDamaged, SQLiteOutbox
+from engine.delivery.sqlite_outbox import (
+    DELIVER_LOCK_FILE,
+    LOCK_FILE,
+    OUTBOX_FILE,
+    RECORDED_FILE,
+    WRITE_TURN_FILE,
+    OutboxDamaged,
+    SQLiteOutbox,
+)
 
 UNIT = NewUnit(0, "r", "POST", "/x", "{}", "json", '{"text": "' + "x" * 300 + '"}')
 HINT = ("Nothing was changed; stop whatever uses the folder, move it aside (mv {folder} {folder}.damaged) and start "
@@ -138,11 +146,17 @@ def test_outbox_folder_and_files_are_private(tmp_path: Path) -> None:
         outbox.append_events("s", [NewEvent("m", "pending", units=[UNIT])])
         names = sorted(p.name for p in folder.iterdir())
         # the WAL and its index exist while the outbox is open: SQLite gives them the file's mode
-        assert names == [LOCK_FILE, RECORDED_FILE, OUTBOX_FILE, OUTBOX_FILE + "-shm", OUTBOX_FILE + "-wal"]
+        assert names == [DELIVER_LOCK_FILE, LOCK_FILE, RECORDED_FILE, OUTBOX_FILE, OUTBOX_FILE + "-shm",
+                         OUTBOX_FILE + "-wal"]
         assert {name: mode(folder / name) for name in names} == {name: "0o600" for name in names}
         assert mode(folder) == "0o700"
     finally:
         outbox.close()
+    recorder = SQLiteOutbox(folder, role="recorder")  # the roles split (serve and its deliverer): a third lock
+    try:
+        assert mode(folder / WRITE_TURN_FILE) == "0o600"
+    finally:
+        recorder.close()
 
 
 def test_an_older_outbox_with_readable_files_is_made_private(tmp_path: Path) -> None:

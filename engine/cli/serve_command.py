@@ -5,9 +5,10 @@ Segment's libraries (or anything that speaks the Tracking API) send to
 user name is one of the write keys (--write-key, --write-key-file or the environment variable
 $KEYS_ENV, comma-separated). A request is answered {"success": true} only once every
 message in it is recorded in the outbox (--state DIR, SQLite; or a postgresql:// URL shared with other
-servers and `worker` processes); a worker in the same process delivers the recorded requests with the
-same batching, rate limits and retries as `send` (with a URL it leases partitions like `worker`;
---no-worker: this server only records, `worker` processes deliver). Mapping
+servers and `worker` processes); a worker delivers the recorded requests with the same batching, rate
+limits and retries as `send` (with a folder, in a second process this server starts, wakes and
+restarts if it dies; with a URL, in this process, leasing partitions like `worker`; --no-worker: this
+server only records, `worker` processes deliver, one `worker --state DIR` for a folder). Mapping
 rejections are recorded with their reason (`outbox rejected --state DIR`), not answered as errors.
 GET /health and GET /metrics (Prometheus) tell how it goes. SIGTERM or Ctrl-C stops it gracefully;
 what is not delivered yet stays in the outbox for the next start.
@@ -59,8 +60,8 @@ def add_parser(subparsers: Any) -> None:
                         help=f"the outbox folder, kept across restarts (default: ./{DEFAULT_STATE}); or a "
                              "postgresql:// URL, an outbox shared by several servers and workers")
     parser.add_argument("--no-worker", dest="deliver", action="store_false",
-                        help="only record what arrives; `worker` processes deliver it (needs a postgresql:// "
-                             "--state)")
+                        help="only record what arrives; `worker` processes deliver it (with a folder, one "
+                             "`worker --state DIR`)")
     add_lease_option(parser)
     parser.add_argument("--write-key", dest="write_keys", action="append", default=[], metavar="KEY",
                         help="a write key clients may use (repeatable). At least one key is required, from here, "
@@ -113,9 +114,6 @@ def run(args: argparse.Namespace) -> int:
         for name in ("head_timeout", "body_timeout", "keep_alive_timeout"):
             if not getattr(args, name) > 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0 seconds")
-        if not args.deliver and not is_database_url(args.state):
-            raise UsageError("--no-worker needs a shared outbox (--state postgresql://…): with a folder, nothing "
-                             "else could deliver what this server records")
         if not args.lease_ttl > 0:
             raise UsageError("--lease-ttl must be > 0 seconds")
         if args.max_connections < 1 or args.dedupe_window < 0:

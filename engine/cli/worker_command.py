@@ -1,8 +1,10 @@
-"""`worker`: deliver what a shared outbox (--state postgresql://…) holds, beside other workers.
+"""`worker`: deliver what a shared outbox (--state postgresql://…) holds, beside other workers; or
+what a state folder holds, beside the `serve --no-worker` that records into it.
 
     $PROG worker --state postgresql://user@db/segment --settings settings.yaml
     $PROG worker --state postgresql://… --settings … --until-empty     # a backlog, then exit
     $PROG worker --state postgresql://… --tenants tenants.yaml --metrics-port 9464
+    $PROG worker --state ./state --settings settings.yaml     # a folder: its one deliverer
 
 The outbox's requests are split into partitions, one per lane of the mapping set's delivery section.
 A worker leases whole partitions (at most its fair share of them among the live workers), renews its
@@ -20,6 +22,11 @@ With --tenants FILE it delivers every tenant of the file (each with its own sett
 leases and rate limits); a tenant whose requests it meets but that is not in its file is left to
 the workers that have its settings (it says so once). --metrics-port serves GET /metrics
 (Prometheus: backlog per tenant and lane, leases held, takeovers, job polls) on --metrics-host.
+
+With a folder (--state DIR) it is the folder's deliverer: one at a time (a second one, or a `serve`
+that delivers itself, is refused), beside the one `serve --no-worker` recording into it. It looks
+for new requests every $POLL seconds (nothing wakes it, as `serve` wakes its own deliverer);
+--tenants, --metrics-port and --lease-ttl are for a shared outbox only.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..delivery.ingest import Ingester
 from ..delivery.leases import LeaseOptions, SharedDelivery, shared_store
 from ..delivery.outbox import OutboxError
 from ..delivery.sealing import Sealer
+from ..delivery.sqlite_outbox import OUTBOX_FILE
 from ..delivery.stores import is_database_url, open_outbox, without_password
 from ..delivery.tenant_deliveries import TenantDeliveries
 from ..delivery.worker import DeliveryStopped, WorkerOptions
@@ -56,15 +65,17 @@ from .serve_command import add_lease_option
 if TYPE_CHECKING:  # (the PostgreSQL driver is imported only when a URL is given)
     from ..delivery.postgres_outbox import PostgresOutbox
 
-__doc__ = (__doc__ or "").replace("$PROG", PROGRAM)
+FOLDER_POLL = 0.1  # seconds between looks at a folder's outbox while idle: nothing wakes this worker
+__doc__ = (__doc__ or "").replace("$PROG", PROGRAM).replace("$POLL", f"{FOLDER_POLL:g}")
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("worker", help="deliver what a shared (PostgreSQL) outbox holds, beside other "
-                                                  "workers", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state", required=True, metavar="URL",
-                        help="the shared outbox: a postgresql:// URL (the one `serve --state` records into)")
+                                                  "workers, or a `serve --no-worker` folder",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", required=True, metavar="URL|DIR",
+                        help="the outbox `serve --state` records into: a postgresql:// URL (shared), or a folder "
+                             "(this worker is its one deliverer)")
     add_mapping_options(parser)
     add_tenants_option(parser)
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -83,8 +94,12 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if not is_database_url(args.state):
-            raise UsageError(f"--state {args.state}: a worker needs a shared outbox, a postgresql:// URL (a folder "
-                             "is delivered by the `send` or `serve` that records into it)")
+            if args.tenants or args.metrics_port is not None:
+                raise UsageError(f"--state {args.state}: --tenants and --metrics-port need a shared outbox (a "
+                                 "postgresql:// URL)")
+            if not Path(args.state, OUTBOX_FILE).is_file():
+                raise UsageError(f"--state {args.state}: no outbox there ({OUTBOX_FILE}); a folder worker delivers "
+                                 "what a `serve --no-worker` records into it")
         setup = prepare_delivery(args, "deliver")
         if args.time_scale <= 0 or args.concurrency < 1 or args.linger < 0 or not args.lease_ttl > 0:
             raise UsageError("--time-scale must be > 0, --concurrency ≥ 1, --linger ≥ 0 and --lease-ttl > 0")
@@ -95,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"{PROGRAM} worker: %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not is_database_url(args.state):
+        return _deliver_folder(args, setup)
     shown = without_password(args.state)
     stores: list[PostgresOutbox] = []
     try:
@@ -153,6 +170,46 @@ def _tenant_deliveries(args: argparse.Namespace, setup: DeliverySetup,
         deliveries[tenant] = SharedDelivery(setup.plan, store, sealer, setup.base_url, options,
                                             LeaseOptions(args.lease_ttl), chains=chains)
     return TenantDeliveries(deliveries)
+
+
+def _deliver_folder(args: argparse.Namespace, setup: DeliverySetup) -> int:
+    """The folder's deliverer (its lock refuses a second one, and a `serve` that delivers itself)."""
+    from ..delivery.sqlite_outbox import SQLiteOutbox
+    from ..serve.deliverer import folder_worker
+
+    try:
+        outbox = SQLiteOutbox(args.state, create=False, role="deliverer")
+    except OutboxError as exc:
+        return fail(str(exc))
+    try:
+        options = WorkerOptions(time_scale=args.time_scale, concurrency=args.concurrency, linger=args.linger,
+                                poll=FOLDER_POLL)
+        worker, _ = folder_worker(setup.mapping_set, setup.plan, setup.given_settings, outbox, setup.base_url,
+                                  options)
+        if args.until_empty:
+            worker.input_complete()
+        print(f"{PROGRAM} worker: delivering {args.state} to {setup.base_url}"
+              + (" until nothing is pending" if args.until_empty else ""), file=sys.stderr, flush=True)
+
+        async def until_signal() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+            await worker.run()
+        try:
+            asyncio.run(until_signal())
+        except DeliveryStopped as exc:
+            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        stats = worker.stats
+        print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
+              f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
+              f"{stats.rate_limited} answered 429 · {outbox.counts().events['pending']} event(s) pending in the "
+              "outbox", file=sys.stderr)
+        return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
+    finally:
+        outbox.close()
 
 
 async def _run_until_signal(deliveries: TenantDeliveries, metrics_host: str, metrics_port: int | None) -> None:

@@ -33,6 +33,7 @@ COUNTERS = {
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
     "job_polls_total": "Looks at the state of an asynchronous job the destination accepted.",
+    "deliverer_restarts_total": "Times `serve` started its deliverer process again after it died (a state folder).",
     "lease_takeovers_total": "Partitions this process took over from a worker whose lease had expired (a shared "
                              "outbox).",
 }

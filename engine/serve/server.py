@@ -1,4 +1,4 @@
-"""`serve` put together: the Tracking API app, the durable outbox and the delivery worker, one process.
+"""`serve` put together: the Tracking API app, the durable outbox and the delivery worker.
 
     service = Service(mapping_set, plan, settings, state_dir, base_url, WorkerOptions(...))
     app = create_app(service.accept, write_keys, service.metrics, service.health, service.lifespan)
@@ -10,13 +10,15 @@ with the requests that arrived meanwhile (commits.py, `Ingester.record_groups`; 
 recorded within the de-duplication window is recorded as a skipped duplicate instead, so a client's
 retry after a lost answer is not delivered twice), then wakes the worker; only then does the app
 answer success. The worker (`DeliveryWorker.run`, the same one `send` uses: batching, rate limits,
-retries, dead letters) runs as a task in uvicorn's event loop for the server's whole life.
+retries, dead letters) runs for the server's whole life: on a state folder in a second process that
+this one starts, wakes and restarts (deliverer.py), so that recording and delivering do not share
+a GIL; on a database as a task in uvicorn's event loop (`SharedDelivery`).
 
 Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting connections and lets the requests in flight
 finish; then the lifespan ends, the worker is told to stop (its calls in flight finish, nothing new
-is sent) and the outbox is closed. Whatever is not delivered stays in the outbox, and the next
-`serve` (or `send --resume`) with the same `--state` delivers it. After a kill -9 the same holds:
-nothing acknowledged was only in memory.
+is sent; a deliverer process is sent SIGTERM and waited for) and the outbox is closed. Whatever is
+not delivered stays in the outbox, and the next `serve` (or `send --resume`) with the same
+`--state` delivers it. After a kill -9 the same holds: nothing acknowledged was only in memory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -43,11 +45,12 @@ from ..delivery.outbox import Finished, Outbox
 from ..delivery.sealing import Sealer
 from ..delivery.sqlite_outbox import SQLiteOutbox
 from ..delivery.stores import is_database_url, open_outbox, without_password
-from ..delivery.worker import DeliveryStopped, DeliveryWorker, WorkerOptions, WorkerStats
+from ..delivery.worker import DeliveryStopped, WorkerOptions, WorkerStats
 from ..events import InputError
 from ..mapping_set import PROGRAM, MappingSet
 from .commits import CommitGroup
 from .connections import guarded_protocol
+from .deliverer import DelivererProcess, child_config
 from .delivery_metrics import backlog_series, count_deliveries
 from .limits import DEDUPE_WINDOW, ConnectionLimits
 from .metrics import Metrics
@@ -58,23 +61,9 @@ SOURCE = "serve"  # the outbox source every server request is recorded under
 SHUTDOWN_GRACE = 30  # seconds for the requests in flight to finish after SIGTERM
 
 
-class _MeteredOutbox(SQLiteOutbox):
-    """The SQLite outbox, reporting each delivery's latency to the metrics."""
-
-    def __init__(self, folder: str | os.PathLike[str], metrics: Metrics):
-        super().__init__(folder)
-        self._metrics = metrics
-
-    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
-        finished = super().mark_delivered(unit_ids, attempts)
-        for seconds in finished.latencies:
-            self._metrics.observe_latency(seconds)
-        return finished
-
-
 def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Metrics, tenant: str = "") -> Outbox:
-    if not is_database_url(str(state)):
-        return _MeteredOutbox(state, metrics)
+    if not is_database_url(str(state)):  # (its deliverer process reports the latencies: deliverer.py)
+        return SQLiteOutbox(state, role="recorder")
     outbox = shared_store(open_outbox(str(state), partition_of=plan.lane_of, tenant=tenant))
 
     def observe(finished: Finished) -> None:
@@ -88,9 +77,10 @@ def _open_metered(state: str | os.PathLike[str], plan: DeliveryPlan, metrics: Me
 class Service:
     """The outbox, the ingester and the worker of one server, and what the app asks of them.
 
-    `state`: a folder (SQLite; the worker runs here) or a postgresql:// URL (a shared outbox: this
-    server's worker leases partitions like a `worker` process does). `deliver=False`
-    (`serve --no-worker`): only record; `worker` processes deliver."""
+    `state`: a folder (SQLite: this process records, a deliverer process it supervises delivers,
+    deliverer.py) or a postgresql:// URL (a shared outbox: this server's worker leases partitions
+    like a `worker` process does). `deliver=False` (`serve --no-worker`): only record; `worker`
+    processes deliver."""
 
     def __init__(self, mapping_set: MappingSet, plan: DeliveryPlan, settings: dict[str, Any],
                  state: str | os.PathLike[str], base_url: str, options: WorkerOptions | None = None,
@@ -101,7 +91,8 @@ class Service:
         # raises OutboxError: locked by another process, damaged, a database out of reach or too new
         self.tenant = tenant
         self.outbox = _open_metered(state, plan, self.metrics, tenant)
-        self.worker: DeliveryWorker | SharedDelivery | None = None
+        self.worker: SharedDelivery | None = None
+        self.deliverer: DelivererProcess | None = None
         try:
             nonce = self.outbox.init_meta("seal_nonce", Sealer.new_nonce())
             resolved = mapping_set.resolve_settings(dict(settings))
@@ -112,7 +103,9 @@ class Service:
                 self.worker = SharedDelivery(plan, shared_store(self.outbox), self.sealer, base_url, options, lease,
                                              chains=self.ingester)
             elif deliver:
-                self.worker = DeliveryWorker(plan, self.outbox, self.sealer, base_url, options, chains=self.ingester)
+                config = child_config(str(mapping_set.folder.resolve()), dict(settings), str(Path(state).resolve()),
+                                      base_url, options or WorkerOptions(), log.getEffectiveLevel())
+                self.deliverer = DelivererProcess(config, self.metrics.observe_latency)
             self.commits = CommitGroup(self._record)
         except BaseException:
             self.outbox.close()
@@ -121,7 +114,8 @@ class Service:
         self.failure: str | None = None
         self.running = False
         self.started = time.time()
-        stats = self.worker.stats if self.worker is not None else WorkerStats()
+        stats = (self.worker.stats if self.worker is not None
+                 else self.deliverer.stats if self.deliverer is not None else WorkerStats())
         self.metrics.counter_from("events_delivered_total", lambda: stats.delivered_events)
         self.metrics.counter_from("events_dead_lettered_total", lambda: stats.dead_events)
         self.metrics.counter_from("retries_total", lambda: stats.retried)
@@ -136,7 +130,10 @@ class Service:
             store = shared_store(self.outbox)
             self.metrics.gauge_series("backlog", lambda: backlog_series(store))
         self.metrics.gauge("outbox_depth", self.pending)
-        self.metrics.gauge("up", lambda: 1 if self.running and self.failure is None else 0)
+        self.metrics.gauge("up", lambda: 1 if self.delivering() else 0)
+        if self.deliverer is not None:
+            deliverer = self.deliverer
+            self.metrics.counter_from("deliverer_restarts_total", lambda: deliverer.restarts)
 
     # -- for the app -----------------------------------------------------------------------------------
     async def accept(self, messages: list[dict[str, Any] | InputError], /) -> None:
@@ -151,7 +148,9 @@ class Service:
                 self.metrics.inc("events_skipped_total")
                 if record.reason and record.reason.startswith("duplicate"):
                     self.metrics.inc("events_duplicate_total")
-        if self.worker is not None:
+        if self.deliverer is not None:
+            self.deliverer.notify()
+        elif self.worker is not None:
             self.worker.notify()
 
     def _record(self, groups: list[list[dict[str, Any] | InputError]]) -> list[Any]:
@@ -160,17 +159,30 @@ class Service:
     def pending(self) -> int:
         return self.outbox.counts().events["pending"]
 
+    def delivering(self) -> bool:
+        """Up, and delivery not stopped (a deliverer being restarted counts as stopped)."""
+        if self.deliverer is not None:
+            self.failure = self.deliverer.failure
+            if self.deliverer.state.startswith("restarting"):
+                return False
+        return self.running and self.failure is None
+
     def health(self) -> dict[str, Any]:
         events = self.outbox.counts().events
-        delivery = "running" if self.running and self.failure is None else (self.failure or "not running")
-        if self.worker is None and self.failure is None:
+        ok = self.delivering()
+        delivery = "running" if ok else (self.failure or "not running")
+        if self.deliverer is not None and self.failure is None and self.running:
+            delivery = self.deliverer.state  # starting, running, or restarting: why
+        if self.worker is None and self.deliverer is None and self.failure is None:
             delivery = "off: this server only records (serve --no-worker); worker processes deliver"
-        return {"ok": self.running and self.failure is None, "delivery": delivery, "outbox_depth": events["pending"],
+        return {"ok": ok, "delivery": delivery, "outbox_depth": events["pending"],
                 "events": events, "uptime_seconds": round(time.time() - self.started, 3)}
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(self._deliver()) if self.worker is not None else None
+        if self.deliverer is not None:
+            self.deliverer.start()
         self.running = True
         try:
             yield
@@ -178,6 +190,8 @@ class Service:
             if self.worker is not None and task is not None:
                 self.worker.stop()
                 await task
+            if self.deliverer is not None:
+                await self.deliverer.stop()  # its calls in flight finish first
             self.running = False
             try:
                 left = f"{self.pending()} event(s) pending in the outbox for the next start"

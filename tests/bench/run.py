@@ -442,6 +442,9 @@ def print_table(f: dict[str, Any], stream: dict[str, Any] | None) -> None:
         row("… p99 ms at half serve's rate", f"{sv['serve_p99_ms_at_half_rate']:.1f}", "≤ 50")
         row("`serve` CPU/event (batches of 100) / `map`'s",
             "null" if sv["serve_cpu_over_map_cpu"] is None else f"{sv['serve_cpu_over_map_cpu']:.2f}", "≤ 2")
+        batches = sv["serve_batches"]
+        row("… µs per event: serve, its deliverer process; events/s",
+            f"{batches['cpu_us_per_event']}, {batches.get('deliverer_cpu_us_per_event')}; {batches['events_per_s']:,}")
     sh = f["shared"]
     if sh:
         row("PostgreSQL store / SQLite store, µs per event", f"{sh['store_postgres_over_sqlite']:.2f}")
