@@ -70,6 +70,11 @@ def leases(url: str) -> dict[str, tuple[str | None, int]]:
     return {str(p): (h, int(g)) for p, h, g in rows}
 
 
+def pending_partitions(url: str) -> set[str]:
+    with psycopg.connect(url) as db:
+        return {str(r[0]) for r in db.execute("SELECT DISTINCT partition FROM units WHERE status = 'pending'")}
+
+
 def unit(path: str, position: int = 0) -> NewUnit:
     return NewUnit(position, "r", "POST", path, "{}", "json", "{}")
 
@@ -223,16 +228,19 @@ def test_a_killed_worker_s_partitions_are_taken_over_within_the_bound(postgres_u
     doomed = worker(postgres_url, settings, fake.url, *scale)
     survivor = worker(postgres_url, settings, fake.url, *scale, "--until-empty")
     deadline = time.monotonic() + 60
-    while len({holder for holder, _ in leases(postgres_url).values()} - {None}) < 2:  # both hold a share
+    while True:  # both hold a share, and the doomed one a partition with work left (else nothing to take over)
         assert time.monotonic() < deadline and doomed.poll() is None and survivor.poll() is None
+        held = leases(postgres_url)
+        if len({holder for holder, _ in held.values()} - {None}) == 2:
+            doomed_holder = next(h for h, _ in held.values() if h and f":{doomed.pid}:" in h)
+            if any(held.get(p, (None, 0))[0] == doomed_holder for p in pending_partitions(postgres_url)):
+                break
         time.sleep(0.05)
-    doomed_holder = next(h for h, _ in leases(postgres_url).values() if h and f":{doomed.pid}:" in h)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=10)
     killed = time.monotonic()
     while True:  # every partition with work left is another worker's within the bound
-        with psycopg.connect(postgres_url) as db:
-            left = {r[0] for r in db.execute("SELECT DISTINCT partition FROM units WHERE status = 'pending'")}
+        left = pending_partitions(postgres_url)
         now = leases(postgres_url)
         if all(now.get(p, (None, 0))[0] not in (None, doomed_holder) for p in left):
             break
