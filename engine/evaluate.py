@@ -8,7 +8,7 @@ as a whole produces no request at all, never a half-built one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +16,12 @@ from . import ir
 from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
-from .functions import EvalError, a_json_type, describe, json_type, to_string
+from .functions import EvalError, a_json_type, describe, json_type, normalize_event_name, to_string
 from .generate import CodeGenerator, emit_value, expression_function, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
-from .named_values import Level, NamedReads, NamedValueFunctions
+from .named_values import NamedReads, NamedValueFunctions, emit_levels
 from .problems import MappingSetError, Problem
-from .rules import ChainStep, RequestPlan, Rule, normalize_event_name
+from .rules import ChainStep, RequestPlan, Rule
 from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
 
 MASK = "***"
@@ -140,10 +140,8 @@ class Mapper:
         headers = mapping_set.default_headers
         self._headers_of = None if headers is None else generate_function(headers, "headers")
         if self._headers_of is not None and not reads(headers).event:
-            # Headers that read only settings are computed once, not per request.
-            scope = {"settings": self.settings, "mapping": self.mapping_info}
-            scope["vars"] = new_vars({}, scope)
-            self._constant_headers = self._headers(self._headers_of(scope))
+            # Headers that read only settings (no named value either) are computed once, not per request.
+            self._constant_headers = self.settings_headers()
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
         # rule name -> its generated function's source, and the namespace its names are bound in
@@ -263,10 +261,6 @@ class Mapper:
             result.skipped = f"no rule handles {what}"
         return result
 
-    def map_all(self, events: Iterable[Any]) -> Iterator[MapResult]:
-        for index, event in enumerate(events):
-            yield self.map(event, index)
-
     # -- rules -----------------------------------------------------------------------------------------
     # Each rule runs as one generated function, `run(scope, event_type, event_name, result) -> bool`
     # (True when no later rule may run: final, or a terminal action; a rejection or a skip is written
@@ -305,7 +299,7 @@ class Mapper:
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": _text,
             "Vars": Vars, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
-            "_item": _item,
+            "ItemRejection": ItemRejection,
         })
         emit = source.emit
         if check_type and rule.types is not None:
@@ -314,18 +308,11 @@ class Mapper:
             emit(1, "if not matches(event_type, event_name): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
-        # The Vars of each outer level, innermost first (see NamedReads), and their scopes; the
-        # innermost level's scope is the one the rule is called with.
-        levels: list[Level] = []
+        # The Vars of each level (see NamedReads); the innermost level's scope is the one the rule
+        # is called with.
         setup = len(source.lines)
-        for number in range(len(outer) - 1, -1, -1):
-            if number == len(outer) - 1:
-                emit(1, f"V{number} = scope['vars']")
-                levels.insert(0, (outer[number], f"V{number}", "scope"))
-                continue
-            emit(1, f"V{number} = V{number + 1}._parent")
-            emit(1, f"S{number} = V{number}._scope")
-            levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
+        emit(1, f"V{len(outer) - 1} = scope['vars']")
+        levels = emit_levels(source, outer, "scope")
         setup_end = len(source.lines)
         reads = NamedReads(source, levels, self._named)
         inner = len(outer)  # the number of this rule's own level, when it has values
@@ -435,9 +422,7 @@ class Mapper:
         parent: Vars | None = None
         levels = (*outer, rule.values) if rule.values else outer
         for depth in range(len(levels)):
-            named = Vars()
-            named._definitions, named._scope, named._parent = self._named.functions(levels[:depth + 1]), scope, parent
-            parent = named
+            parent = new_vars(self._named.functions(levels[:depth + 1]), scope, parent)
         scope["vars"] = parent
         result = MapResult(0, event.get("messageId"))
         skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
@@ -484,14 +469,15 @@ class Mapper:
             source.place = (requirement.position, f"rule '{rule.name}' require")
             emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
             emit(5, "result.item_rejections.append("
-                    f"_item(rule, index, {self._message(source, requirement.reason, 'item_scope')} + suffix))")
+                    f"ItemRejection(rule.name, index, {self._message(source, requirement.reason, 'item_scope')}"
+                    " + suffix))")
             emit(5, "continue")
         self._emit_warnings(source, rule, "item_scope", 4)
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
         if recorder is not None:
             emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
-        emit(4, "result.item_rejections.append(_item(rule, index, _reason(rule, error)))")
+        emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
 
     def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
         for warning in rule.warns:
@@ -591,6 +577,3 @@ def describe_step(number: int, step: ChainStep) -> str:
     unless = " (or skip)" if step.when is not None or step.for_each is not None else ""
     return f"step {number}, with the previous answer as `response`: {what}{each}{unless}"
 
-
-def _item(rule: Rule, index: int, reason: str) -> ItemRejection:
-    return ItemRejection(rule.name, index, reason)

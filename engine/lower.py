@@ -10,7 +10,6 @@ absent (never sending them as null). What the nodes compute is written by genera
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +18,13 @@ from jinja2 import nodes
 from . import ir
 from .codegen import Origin
 from .expressions import Expression, ExpressionError, compile_expression
-from .functions import CASTS, ENCODINGS, EvalError, json_type
+from .functions import CASTS, ENCODINGS, EvalError, json_type, normalize_event_name
 from .optimise import simplify
 from .problems import Position, ProblemList
 from .runtime import LocatedRender
 from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
 from .yaml_loader import PosDict, PosList, ScalarPlace, plain_value
-
-# Root names the engine puts in every scope; event fields of the same name are shadowed.
-RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index", "response")
 
 HEADS = ("select", "first", "template", "literal", "if", "fields", "object", "merge", "rest", "lookup", "each",
          "encode")
@@ -75,13 +71,8 @@ class Known:
 
 def normalize_lookup_key(key: Any, ignore_case: bool) -> Any:
     if ignore_case and isinstance(key, str):
-        return _normalize_text_key(key)
+        return normalize_event_name(key)
     return key
-
-
-@functools.lru_cache(maxsize=4096)  # lookup keys (event names, plans) repeat from event to event
-def _normalize_text_key(key: str) -> str:
-    return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
 
 
 class Lowerer:
