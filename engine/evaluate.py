@@ -17,7 +17,7 @@ from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
 from .functions import EvalError, a_json_type, describe, json_type, normalize_event_name, to_string
-from .generate import CodeGenerator, emit_value, expression_function, generate_function, new_source
+from .generate import CodeGenerator, emit_value, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
 from .named_values import NamedReads, NamedValueFunctions, emit_levels
 from .problems import MappingSetError, Problem
@@ -148,7 +148,7 @@ class Mapper:
         self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
         self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
         # rule name -> the rule with a request chain, its named values' levels, and each step's code
-        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[_StepCode]]] = {}
+        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[_StepBuilder]]] = {}
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
@@ -389,19 +389,35 @@ class Mapper:
         request.then = [describe_step(number + 2, step) for number, step in enumerate(rule.steps)]
 
     def _chain_builders(self, rule: Rule, outer: tuple[dict[str, Any], ...]) -> None:
-        """Each step's request, generated like a rule's (named values read through the scope's Vars),
-        and its when and skip."""
+        """Each step as one generated function `build(scope, result) -> (requests, why none)`: its
+        when, its for_each and its requests, generated like a rule's (named values read through the
+        scope's Vars); the reason when it makes none is the step's skip."""
         steps = []
         for number, step in enumerate(rule.steps):
             source = self._new_source()
             source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
-            source.namespace.update({"rule": rule})
-            out = self._emit_request(source, step.request, "scope", 1, "index")
-            source.emit(1, f"return {out}")
-            build = source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}")
-            steps.append(_StepCode(build, None if step.when is None else generate_function(step.when, "when"),
-                                   None if step.skip is None else generate_function(step.skip, "skip"),
-                                   None if step.for_each is None else expression_function(step.for_each)))
+            emit = source.emit
+            source.namespace.update({"rule": rule, "text": _text})
+            skipped = source.bind(f"step {number + 2} of rule '{rule.name}' skipped: ")
+            skipped += f" + {self._message(source, step.skip, 'scope')}"
+            if step.when is not None:
+                emit(1, f"if not {emit_value(step.when, source, 'scope', 1)}:")
+                emit(2, f"return [], {skipped}")
+            if step.for_each is None:
+                emit(1, f"return [{self._emit_request(source, step.request, 'scope', 1, 'None')}], None")
+            else:
+                what = f"then.steps[{number}].for_each {step.for_each.source}: is "
+                source.namespace["_not_a_list"] = lambda items, what=what: EvalError(
+                    f"{what}{a_json_type(items)}, not a list")
+                emit(1, f"items = {CodeGenerator(source).expression(step.for_each, 'scope', 1, 'scope')}")
+                emit(1, "if items is not None and not isinstance(items, list):")
+                emit(2, "raise _not_a_list(items)")
+                emit(1, "requests = []")
+                emit(1, "for index, item in enumerate(items or ()):")
+                emit(2, f"item_scope = {{**scope, {step.item_name!r}: item, 'index': index}}")
+                emit(2, f"requests.append({self._emit_request(source, step.request, 'item_scope', 2, 'index')})")
+                emit(1, f"return (requests, None) if requests else ([], {skipped})")
+            steps.append(source.define("build(scope, result)", f"for rule {rule.name!r} step {number + 2}"))
         self._chains[rule.name] = (rule, outer, steps)
 
     def next_step(self, chain: dict[str, Any], answer: Any) -> tuple[list[Request], str | None, dict[str, Any] | None]:
@@ -413,7 +429,6 @@ class Mapper:
             raise EvalError(f"no step {number!r} of a request chain in rule {chain.get('rule')!r} "
                             "(the mapping changed since the event was recorded?)")
         rule, outer, steps = found
-        step, code = rule.steps[number], steps[number]
         event = chain.get("event")
         if not isinstance(event, dict):
             raise EvalError("the chain's event was not kept")
@@ -424,21 +439,9 @@ class Mapper:
         for depth in range(len(levels)):
             parent = new_vars(self._named.functions(levels[:depth + 1]), scope, parent)
         scope["vars"] = parent
-        result = MapResult(0, event.get("messageId"))
-        skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
-        if code.when is not None and not code.when(scope):
-            return [], skipped + _text(code.skip, scope), None
-        if code.for_each is None or step.for_each is None:
-            requests = [code.build(scope, result, None)]
-        else:
-            items = code.for_each(scope)
-            if items is not None and not isinstance(items, list):
-                raise EvalError(f"then.steps[{number}].for_each {step.for_each.source}: is {a_json_type(items)}, "
-                                "not a list")
-            requests = [code.build({**scope, step.item_name: item, "index": index}, result, index)
-                        for index, item in enumerate(items or [])]
-            if not requests:
-                return [], skipped + _text(code.skip, scope), None
+        requests, skipped = steps[number](scope, MapResult(0, event.get("messageId")))
+        if skipped is not None:
+            return [], skipped, None
         following = {**chain, "step": number + 1} if number + 1 < len(rule.steps) else None
         return requests, None, following
 
@@ -550,16 +553,8 @@ class Mapper:
 
 
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
-
-
-@dataclass
-class _StepCode:
-    """A chain step's generated code: its request builder, and its when, skip and for_each (if any)."""
-
-    build: Callable[..., Request]
-    when: Callable[[dict[str, Any]], bool] | None
-    skip: Callable[[dict[str, Any]], Any] | None
-    for_each: Callable[[dict[str, Any]], Any] | None
+# A chain step's generated code: (scope, result) -> (its requests, or the reason it has none)
+_StepBuilder = Callable[[dict[str, Any], MapResult], tuple[list[Request], str | None]]
 
 
 def _text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[str, Any]) -> str:
