@@ -334,13 +334,7 @@ class Mapper:
                 emit(2, new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
                 emit(2, f"rule_scope['vars'] = V{inner}")
                 reads.start([(rule.values, f"V{inner}", "rule_scope")], 2)
-            for requirement in rule.requires:
-                source.place = (requirement.position, f"rule '{rule.name}' require")
-                emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
-                emit(3, f"result.rejection = {self._message(source, requirement.reason, here)} + suffix")
-                emit(3, "return True")
-            source.place = (rule.position, f"rule '{rule.name}'")
-            self._emit_warnings(source, rule, here, 2)
+            self._emit_checks(source, rule, here, 2, "result.rejection = {} + suffix", "return True")
             if rule.action == "reject":
                 emit(2, f"result.rejection = {self._message(source, rule.message, here)} + suffix")
                 emit(2, "return True")
@@ -468,21 +462,23 @@ class Mapper:
             emit(3, f"item_scope['vars'] = V{inner}")
             reads.start([(rule.values, f"V{inner}", "item_scope")], 3)
         emit(3, "try:")
-        for requirement in rule.requires:
-            source.place = (requirement.position, f"rule '{rule.name}' require")
-            emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
-            emit(5, "result.item_rejections.append("
-                    f"ItemRejection(rule.name, index, {self._message(source, requirement.reason, 'item_scope')}"
-                    " + suffix))")
-            emit(5, "continue")
-        self._emit_warnings(source, rule, "item_scope", 4)
+        self._emit_checks(source, rule, "item_scope", 4,
+                          "result.item_rejections.append(ItemRejection(rule.name, index, {} + suffix))", "continue")
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
         if recorder is not None:
             emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
         emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
 
-    def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
+    def _emit_checks(self, source: Source, rule: Rule, scope: str, indent: int, reject: str, leave: str) -> None:
+        """require and warn: a requirement not met writes `reject` (formatted with its reason's
+        code), then `leave`; a warning that applies is added to the result."""
+        for requirement in rule.requires:
+            source.place = (requirement.position, f"rule '{rule.name}' require")
+            source.emit(indent, f"if not {emit_value(requirement.test, source, scope, indent)}:")
+            source.emit(indent + 1, reject.format(self._message(source, requirement.reason, scope)))
+            source.emit(indent + 1, leave)
+        source.place = (rule.position, f"rule '{rule.name}'")  # (what follows is the rule's again)
         for warning in rule.warns:
             source.emit(indent, f"if {emit_value(warning.test, source, scope, indent)}:")
             source.emit(indent + 1, f"result.warnings.append({self._message(source, warning.message, scope)} + suffix)")
