@@ -14,20 +14,20 @@ from .problems import Position
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Requirement:
     test: ir.Node  # true when the requirement is met
     reason: ir.Node
     position: Position
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Warning_:
     test: ir.Node  # true when the warning applies
     message: ir.Node
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RequestPlan:
     method: str
     url: ir.Node  # absolute URL, or a path joined to the base URL
@@ -38,7 +38,7 @@ class RequestPlan:
     body: ir.Node | None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class ChainStep:
     """A step of a request chain: run with the previous request's answer as `response`."""
 
