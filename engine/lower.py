@@ -232,9 +232,7 @@ class Lowerer:
 
     # -- directives ----------------------------------------------------------------------------------
     def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
-        keys = node.get("keys", "exact")
-        if keys not in ("exact", "loose"):
-            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        loose = self._loose_keys(node, field_path)
         sources = node["select"]
         if isinstance(sources, PosList):
             if not sources:
@@ -242,8 +240,15 @@ class Lowerer:
             pairs = [(text, sources.item_places[i]) for i, text in enumerate(sources)]
         else:
             pairs = [(sources, place)]
-        expressions = (self.expression(t, p, field_path, keys == "loose") for t, p in pairs)
+        expressions = (self.expression(t, p, field_path, loose) for t, p in pairs)
         return ir.Select(origin, tuple(e for e in expressions if e is not None), place.position)
+
+    def _loose_keys(self, node: PosDict, field_path: str) -> bool:
+        """The `keys` option: exact (the default) or loose."""
+        keys = node.get("keys", "exact")
+        if keys not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        return bool(keys == "loose")
 
     def _directive_first(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
         options = node["first"]
@@ -302,10 +307,8 @@ class Lowerer:
                         place.position, omit_empty)
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
-        keys_option = node.get("keys", "exact")
-        if keys_option not in ("exact", "loose"):
-            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
-        loose = keys_option == "loose"  # the source is found, and keys are left out, ignoring case and punctuation
+        # (loose: the source is found, and keys are left out, ignoring case and punctuation)
+        loose = self._loose_keys(node, field_path)
         keep_null = self._option_bool(node, "keep_null", field_path) if "keep_null" in node else False
         expression = self.expression(node["rest"], place, field_path, loose)
         if expression is None:
