@@ -8,7 +8,7 @@ as a whole produces no request at all, never a half-built one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +16,12 @@ from . import ir
 from .analyse import always_object, reads
 from .codegen import Source, legend, origin
 from .explain import Explainer, RuleRecorder
-from .functions import EvalError, a_json_type, describe, json_type, to_string
-from .generate import CodeGenerator, emit_value, expression_function, generate_function, new_source
+from .functions import EvalError, a_json_type, describe, json_type, normalize_event_name, to_string
+from .generate import CodeGenerator, emit_value, generate_function, new_source
 from .mapping_set import PROGRAM, MappingSet
-from .named_values import Level, NamedReads, NamedValueFunctions
+from .named_values import NamedReads, NamedValueFunctions, emit_levels
 from .problems import MappingSetError, Problem
-from .rules import ChainStep, RequestPlan, Rule, normalize_event_name
+from .rules import ChainStep, RequestPlan, Rule
 from .runtime import ABSENT, FieldError, Vars, form_body, new_vars, new_vars_source, not_a_url, with_query
 
 MASK = "***"
@@ -140,17 +140,15 @@ class Mapper:
         headers = mapping_set.default_headers
         self._headers_of = None if headers is None else generate_function(headers, "headers")
         if self._headers_of is not None and not reads(headers).event:
-            # Headers that read only settings are computed once, not per request.
-            scope = {"settings": self.settings, "mapping": self.mapping_info}
-            scope["vars"] = new_vars({}, scope)
-            self._constant_headers = self._headers(self._headers_of(scope))
+            # Headers that read only settings (no named value either) are computed once, not per request.
+            self._constant_headers = self.settings_headers()
         self._rules_by_type: dict[str, _Dispatch] = {}
         self._runners: dict[tuple[int, bool], _Runner] = {}  # (id(rule), check_type) -> _runner's function
         # rule name -> its generated function's source, and the namespace its names are bound in
         self._sources: dict[str, tuple[str, dict[str, Any]]] = {}
         self._masked: Mapper | None = None  # this Mapper with its secrets masked (see source)
         # rule name -> the rule with a request chain, its named values' levels, and each step's code
-        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[_StepCode]]] = {}
+        self._chains: dict[str, tuple[Rule, tuple[dict[str, Any], ...], list[_StepBuilder]]] = {}
         # Every rule's code is generated now, not on its first event: a set that builds a Mapper
         # cannot fail to compile while mapping (validate builds one for the default settings).
         for rule in mapping_set.rules:
@@ -263,10 +261,6 @@ class Mapper:
             result.skipped = f"no rule handles {what}"
         return result
 
-    def map_all(self, events: Iterable[Any]) -> Iterator[MapResult]:
-        for index, event in enumerate(events):
-            yield self.map(event, index)
-
     # -- rules -----------------------------------------------------------------------------------------
     # Each rule runs as one generated function, `run(scope, event_type, event_name, result) -> bool`
     # (True when no later rule may run: final, or a terminal action; a rejection or a skip is written
@@ -305,7 +299,7 @@ class Mapper:
             "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": _text,
             "Vars": Vars, "EvalError": EvalError, "_reason": _reason, "final": rule.final,
-            "_item": _item,
+            "ItemRejection": ItemRejection,
         })
         emit = source.emit
         if check_type and rule.types is not None:
@@ -314,18 +308,11 @@ class Mapper:
             emit(1, "if not matches(event_type, event_name): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
-        # The Vars of each outer level, innermost first (see NamedReads), and their scopes; the
-        # innermost level's scope is the one the rule is called with.
-        levels: list[Level] = []
+        # The Vars of each level (see NamedReads); the innermost level's scope is the one the rule
+        # is called with.
         setup = len(source.lines)
-        for number in range(len(outer) - 1, -1, -1):
-            if number == len(outer) - 1:
-                emit(1, f"V{number} = scope['vars']")
-                levels.insert(0, (outer[number], f"V{number}", "scope"))
-                continue
-            emit(1, f"V{number} = V{number + 1}._parent")
-            emit(1, f"S{number} = V{number}._scope")
-            levels.insert(0, (outer[number], f"V{number}", f"S{number}"))
+        emit(1, f"V{len(outer) - 1} = scope['vars']")
+        levels = emit_levels(source, outer, "scope")
         setup_end = len(source.lines)
         reads = NamedReads(source, levels, self._named)
         inner = len(outer)  # the number of this rule's own level, when it has values
@@ -347,13 +334,7 @@ class Mapper:
                 emit(2, new_vars_source(f"V{inner}", "values", "rule_scope", "scope['vars']"))
                 emit(2, f"rule_scope['vars'] = V{inner}")
                 reads.start([(rule.values, f"V{inner}", "rule_scope")], 2)
-            for requirement in rule.requires:
-                source.place = (requirement.position, f"rule '{rule.name}' require")
-                emit(2, f"if not {emit_value(requirement.test, source, here, 2)}:")
-                emit(3, f"result.rejection = {self._message(source, requirement.reason, here)} + suffix")
-                emit(3, "return True")
-            source.place = (rule.position, f"rule '{rule.name}'")
-            self._emit_warnings(source, rule, here, 2)
+            self._emit_checks(source, rule, here, 2, "result.rejection = {} + suffix", "return True")
             if rule.action == "reject":
                 emit(2, f"result.rejection = {self._message(source, rule.message, here)} + suffix")
                 emit(2, "return True")
@@ -402,19 +383,35 @@ class Mapper:
         request.then = [describe_step(number + 2, step) for number, step in enumerate(rule.steps)]
 
     def _chain_builders(self, rule: Rule, outer: tuple[dict[str, Any], ...]) -> None:
-        """Each step's request, generated like a rule's (named values read through the scope's Vars),
-        and its when and skip."""
+        """Each step as one generated function `build(scope, result) -> (requests, why none)`: its
+        when, its for_each and its requests, generated like a rule's (named values read through the
+        scope's Vars); the reason when it makes none is the step's skip."""
         steps = []
         for number, step in enumerate(rule.steps):
             source = self._new_source()
             source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
-            source.namespace.update({"rule": rule})
-            out = self._emit_request(source, step.request, "scope", 1, "index")
-            source.emit(1, f"return {out}")
-            build = source.define("build(scope, result, index)", f"for rule {rule.name!r} step {number + 2}")
-            steps.append(_StepCode(build, None if step.when is None else generate_function(step.when, "when"),
-                                   None if step.skip is None else generate_function(step.skip, "skip"),
-                                   None if step.for_each is None else expression_function(step.for_each)))
+            emit = source.emit
+            source.namespace.update({"rule": rule, "text": _text})
+            skipped = source.bind(f"step {number + 2} of rule '{rule.name}' skipped: ")
+            skipped += f" + {self._message(source, step.skip, 'scope')}"
+            if step.when is not None:
+                emit(1, f"if not {emit_value(step.when, source, 'scope', 1)}:")
+                emit(2, f"return [], {skipped}")
+            if step.for_each is None:
+                emit(1, f"return [{self._emit_request(source, step.request, 'scope', 1, 'None')}], None")
+            else:
+                what = f"then.steps[{number}].for_each {step.for_each.source}: is "
+                source.namespace["_not_a_list"] = lambda items, what=what: EvalError(
+                    f"{what}{a_json_type(items)}, not a list")
+                emit(1, f"items = {CodeGenerator(source).expression(step.for_each, 'scope', 1, 'scope')}")
+                emit(1, "if items is not None and not isinstance(items, list):")
+                emit(2, "raise _not_a_list(items)")
+                emit(1, "requests = []")
+                emit(1, "for index, item in enumerate(items or ()):")
+                emit(2, f"item_scope = {{**scope, {step.item_name!r}: item, 'index': index}}")
+                emit(2, f"requests.append({self._emit_request(source, step.request, 'item_scope', 2, 'index')})")
+                emit(1, f"return (requests, None) if requests else ([], {skipped})")
+            steps.append(source.define("build(scope, result)", f"for rule {rule.name!r} step {number + 2}"))
         self._chains[rule.name] = (rule, outer, steps)
 
     def next_step(self, chain: dict[str, Any], answer: Any) -> tuple[list[Request], str | None, dict[str, Any] | None]:
@@ -426,7 +423,6 @@ class Mapper:
             raise EvalError(f"no step {number!r} of a request chain in rule {chain.get('rule')!r} "
                             "(the mapping changed since the event was recorded?)")
         rule, outer, steps = found
-        step, code = rule.steps[number], steps[number]
         event = chain.get("event")
         if not isinstance(event, dict):
             raise EvalError("the chain's event was not kept")
@@ -435,25 +431,11 @@ class Mapper:
         parent: Vars | None = None
         levels = (*outer, rule.values) if rule.values else outer
         for depth in range(len(levels)):
-            named = Vars()
-            named._definitions, named._scope, named._parent = self._named.functions(levels[:depth + 1]), scope, parent
-            parent = named
+            parent = new_vars(self._named.functions(levels[:depth + 1]), scope, parent)
         scope["vars"] = parent
-        result = MapResult(0, event.get("messageId"))
-        skipped = f"step {number + 2} of rule '{rule.name}' skipped: "
-        if code.when is not None and not code.when(scope):
-            return [], skipped + _text(code.skip, scope), None
-        if code.for_each is None or step.for_each is None:
-            requests = [code.build(scope, result, None)]
-        else:
-            items = code.for_each(scope)
-            if items is not None and not isinstance(items, list):
-                raise EvalError(f"then.steps[{number}].for_each {step.for_each.source}: is {a_json_type(items)}, "
-                                "not a list")
-            requests = [code.build({**scope, step.item_name: item, "index": index}, result, index)
-                        for index, item in enumerate(items or [])]
-            if not requests:
-                return [], skipped + _text(code.skip, scope), None
+        requests, skipped = steps[number](scope, MapResult(0, event.get("messageId")))
+        if skipped is not None:
+            return [], skipped, None
         following = {**chain, "step": number + 1} if number + 1 < len(rule.steps) else None
         return requests, None, following
 
@@ -480,20 +462,23 @@ class Mapper:
             emit(3, f"item_scope['vars'] = V{inner}")
             reads.start([(rule.values, f"V{inner}", "item_scope")], 3)
         emit(3, "try:")
-        for requirement in rule.requires:
-            source.place = (requirement.position, f"rule '{rule.name}' require")
-            emit(4, f"if not {emit_value(requirement.test, source, 'item_scope', 4)}:")
-            emit(5, "result.item_rejections.append("
-                    f"_item(rule, index, {self._message(source, requirement.reason, 'item_scope')} + suffix))")
-            emit(5, "continue")
-        self._emit_warnings(source, rule, "item_scope", 4)
+        self._emit_checks(source, rule, "item_scope", 4,
+                          "result.item_rejections.append(ItemRejection(rule.name, index, {} + suffix))", "continue")
         emit(4, f"result.requests.append({self._emit_request(source, rule.request, 'item_scope', 4, 'index')})")
         if recorder is not None:
             emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
-        emit(4, "result.item_rejections.append(_item(rule, index, _reason(rule, error)))")
+        emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
 
-    def _emit_warnings(self, source: Source, rule: Rule, scope: str, indent: int) -> None:
+    def _emit_checks(self, source: Source, rule: Rule, scope: str, indent: int, reject: str, leave: str) -> None:
+        """require and warn: a requirement not met writes `reject` (formatted with its reason's
+        code), then `leave`; a warning that applies is added to the result."""
+        for requirement in rule.requires:
+            source.place = (requirement.position, f"rule '{rule.name}' require")
+            source.emit(indent, f"if not {emit_value(requirement.test, source, scope, indent)}:")
+            source.emit(indent + 1, reject.format(self._message(source, requirement.reason, scope)))
+            source.emit(indent + 1, leave)
+        source.place = (rule.position, f"rule '{rule.name}'")  # (what follows is the rule's again)
         for warning in rule.warns:
             source.emit(indent, f"if {emit_value(warning.test, source, scope, indent)}:")
             source.emit(indent + 1, f"result.warnings.append({self._message(source, warning.message, scope)} + suffix)")
@@ -564,16 +549,8 @@ class Mapper:
 
 
 _Runner = Callable[[dict[str, Any], str, Any, MapResult], bool]
-
-
-@dataclass
-class _StepCode:
-    """A chain step's generated code: its request builder, and its when, skip and for_each (if any)."""
-
-    build: Callable[..., Request]
-    when: Callable[[dict[str, Any]], bool] | None
-    skip: Callable[[dict[str, Any]], Any] | None
-    for_each: Callable[[dict[str, Any]], Any] | None
+# A chain step's generated code: (scope, result) -> (its requests, or the reason it has none)
+_StepBuilder = Callable[[dict[str, Any], MapResult], tuple[list[Request], str | None]]
 
 
 def _text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[str, Any]) -> str:
@@ -591,6 +568,3 @@ def describe_step(number: int, step: ChainStep) -> str:
     unless = " (or skip)" if step.when is not None or step.for_each is not None else ""
     return f"step {number}, with the previous answer as `response`: {what}{each}{unless}"
 
-
-def _item(rule: Rule, index: int, reason: str) -> ItemRejection:
-    return ItemRejection(rule.name, index, reason)

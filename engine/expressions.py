@@ -259,9 +259,9 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
         # Generated on first use: a rule writes the expression into its own code and never calls
         # this. (generate.py writes every expression's code; it imports this module.)
         if not made:
-            from .generate import expression_function
+            from .generate import jmespath_function
 
-            made.append(expression_function(expression))
+            made.append(jmespath_function(ast, loose_keys, source))
             expression.evaluate = made[0]
         return made[0](current)
 

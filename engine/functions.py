@@ -11,6 +11,7 @@ Jinja templates (`{{ snake_case(name) }}`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -84,6 +85,13 @@ def e164(value: Any, region: Any = None) -> str | None:
 
 _WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
 _NON_WORD = re.compile(r"[^0-9A-Za-z]+")
+
+
+@functools.lru_cache(maxsize=4096)  # names repeat from event to event: normalise each once
+def normalize_event_name(name: str) -> str:
+    """Case, underscores and hyphens do not matter: `order_completed` = `Order Completed` (event
+    names, and the keys of a lookup table with ignore_case)."""
+    return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
 
 
 def snake_case(value: Any) -> str | None:

@@ -58,13 +58,9 @@ def emit_value(node: ir.Node, source: Source, scope: str, indent: int) -> str:
     return CodeGenerator(source).value(node, scope, indent)
 
 
-def expression_function(expression: Expression) -> Evaluate:
-    """The expression as one generated function of the value it is computed on."""
-    return _jmespath_function(expression.ast, expression.loose, expression.source)
-
-
-def _jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
-    """`text` names it in jmespath's errors ("": a part of an expression, whose caller's guard names the whole)."""
+def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
+    """A JMESPath tree as one generated function of the value it is computed on; `text` names it in
+    jmespath's errors ("": a part of an expression, whose caller's guard names the whole)."""
     source = Source()
     source.emit(1, f"return {CodeGenerator(source).guarded(ast, loose, text, 'cur', 1, None)}")
     made: Evaluate = source.define("expression(cur)")
@@ -554,7 +550,7 @@ class CodeGenerator:
             return fixed
         if indent > MAX_INLINE_INDENT:  # deep: the node as its own function, called (see codegen)
             out = self.source.temp()
-            made = _jmespath_function(node, self.loose, "")
+            made = jmespath_function(node, self.loose, "")
             self.source.emit(indent, f"{out} = {self.source.bind(made)}({cur})")
             return out
         visit: Callable[[dict[str, Any], str, int], str] = getattr(self, f"jmespath_{kind}", self.jmespath_interpreted)

@@ -10,7 +10,6 @@ absent (never sending them as null). What the nodes compute is written by genera
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +18,13 @@ from jinja2 import nodes
 from . import ir
 from .codegen import Origin
 from .expressions import Expression, ExpressionError, compile_expression
-from .functions import CASTS, ENCODINGS, EvalError, json_type
+from .functions import CASTS, ENCODINGS, EvalError, json_type, normalize_event_name
 from .optimise import simplify
 from .problems import Position, ProblemList
 from .runtime import LocatedRender
 from .template_limits import TemplateLimit
 from .templates import TemplateError, compile_template, looks_like_template
 from .yaml_loader import PosDict, PosList, ScalarPlace, plain_value
-
-# Root names the engine puts in every scope; event fields of the same name are shadowed.
-RESERVED_ROOTS = ("input", "settings", "vars", "mapping", "item", "index", "response")
 
 HEADS = ("select", "first", "template", "literal", "if", "fields", "object", "merge", "rest", "lookup", "each",
          "encode")
@@ -75,13 +71,8 @@ class Known:
 
 def normalize_lookup_key(key: Any, ignore_case: bool) -> Any:
     if ignore_case and isinstance(key, str):
-        return _normalize_text_key(key)
+        return normalize_event_name(key)
     return key
-
-
-@functools.lru_cache(maxsize=4096)  # lookup keys (event names, plans) repeat from event to event
-def _normalize_text_key(key: str) -> str:
-    return " ".join(key.replace("_", " ").replace("-", " ").lower().split())
 
 
 class Lowerer:
@@ -241,9 +232,7 @@ class Lowerer:
 
     # -- directives ----------------------------------------------------------------------------------
     def _directive_select(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
-        keys = node.get("keys", "exact")
-        if keys not in ("exact", "loose"):
-            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        loose = self._loose_keys(node, field_path)
         sources = node["select"]
         if isinstance(sources, PosList):
             if not sources:
@@ -251,8 +240,15 @@ class Lowerer:
             pairs = [(text, sources.item_places[i]) for i, text in enumerate(sources)]
         else:
             pairs = [(sources, place)]
-        expressions = (self.expression(t, p, field_path, keys == "loose") for t, p in pairs)
+        expressions = (self.expression(t, p, field_path, loose) for t, p in pairs)
         return ir.Select(origin, tuple(e for e in expressions if e is not None), place.position)
+
+    def _loose_keys(self, node: PosDict, field_path: str) -> bool:
+        """The `keys` option: exact (the default) or loose."""
+        keys = node.get("keys", "exact")
+        if keys not in ("exact", "loose"):
+            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
+        return bool(keys == "loose")
 
     def _directive_first(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
         options = node["first"]
@@ -311,10 +307,8 @@ class Lowerer:
                         place.position, omit_empty)
 
     def _directive_rest(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
-        keys_option = node.get("keys", "exact")
-        if keys_option not in ("exact", "loose"):
-            self.problem(node.value_places["keys"].position, f"{field_path}: keys must be exact or loose")
-        loose = keys_option == "loose"  # the source is found, and keys are left out, ignoring case and punctuation
+        # (loose: the source is found, and keys are left out, ignoring case and punctuation)
+        loose = self._loose_keys(node, field_path)
         keep_null = self._option_bool(node, "keep_null", field_path) if "keep_null" in node else False
         expression = self.expression(node["rest"], place, field_path, loose)
         if expression is None:

@@ -63,21 +63,30 @@ class NamedValueFunctions:
     def _generate(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
         inner = len(chain) - 1
         source = self._new_source()
-        # The Vars and scopes of the outer levels, from this level's Vars (dropped when unread).
-        for number in range(inner - 1, -1, -1):
-            source.emit(1, f"V{number} = V{number + 1}._parent")
-            source.emit(1, f"S{number} = V{number}._scope")
+        levels = emit_levels(source, chain, f"S{inner}")  # (the outer levels' lines are dropped when unread)
         setup_end = len(source.lines)
-        reads = NamedReads(source, [(chain[number], f"V{number}", f"S{number}") for number in range(inner + 1)], self)
+        reads = NamedReads(source, levels, self)
         value = emit_value(chain[inner][name], source, f"S{inner}", 1)
         source.emit(1, f"value = None if {value} is ABSENT else {value}")
         source.emit(1, f"V{inner}[{name!r}] = value")
         source.emit(1, "return value")
         reads.finish()
-        if not reads.outer_read(inner):
+        if not any(number < inner for number in reads.read_levels):  # no outer level was read
             source.drop(0, setup_end)
         function: NamedValueFunction = source.define(f"named_value(S{inner}, V{inner})", f"for values.{name}")
         return function
+
+
+def emit_levels(source: Source, chain: tuple[dict[str, ir.Node], ...], inner_scope: str) -> list[Level]:
+    """The levels of `chain` (outermost first) as a generated function reaches them: the innermost
+    level's Vars is held by `V<its number>` and its scope by `inner_scope`; each outer level's Vars
+    is its inner level's parent, read into `V<number>` and `S<number>` by the lines written here."""
+    inner = len(chain) - 1
+    for number in range(inner - 1, -1, -1):
+        source.emit(1, f"V{number} = V{number + 1}._parent")
+        source.emit(1, f"S{number} = V{number}._scope")
+    return [(chain[number], f"V{number}", f"S{number}") for number in range(inner)] + [
+        (chain[inner], f"V{inner}", inner_scope)]
 
 
 class NamedReads:
@@ -94,7 +103,7 @@ class NamedReads:
         self._locals: dict[tuple[int, str], str] = {}  # (level number, name) -> local
         self._starts: list[tuple[int, int, list[str]]] = []  # (line, indent, locals it sets UNSET)
         self._start_of_level: list[int] = []  # level number -> its entry in _starts
-        self._read_levels: set[int] = set()
+        self.read_levels: set[int] = set()
         self._last_read: dict[str, tuple[int, int]] = {}  # local -> (line, indent) of its last test
         source.namespace.update(ABSENT=ABSENT, UNSET=UNSET)
         source.named = self
@@ -119,7 +128,7 @@ class NamedReads:
             out = source.temp()
             source.emit(indent, f"{out} = {self.levels[-1][1]}[{name!r}]")
             return out
-        self._read_levels.add(number)
+        self.read_levels.add(number)
         _, vars_name, scope_name = self.levels[number]
         local = self._locals.get((number, name))
         if local is None:
@@ -135,10 +144,6 @@ class NamedReads:
         source.emit(indent + 1, f"{local} = {vars_name}[{name!r}] if {name!r} in {vars_name} else "
                                 f"{source.bind(function)}({scope_name}, {vars_name})")
         return local
-
-    def outer_read(self, level: int) -> bool:
-        """Whether a level outside `level` was read."""
-        return any(number < level for number in self._read_levels)
 
     def finish(self) -> None:
         """Write the lines that set the locals UNSET (drop those with none to set)."""

@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import fnmatch
-import functools
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import ir
 from .expressions import Expression
+from .functions import normalize_event_name
 from .lower import Lowerer
 from .problems import Position
 from .yaml_loader import PosDict, PosList, ScalarPlace
 
 
-@functools.lru_cache(maxsize=4096)  # event names repeat: normalise each once, not once per rule and event
-def normalize_event_name(name: str) -> str:
-    """Case, underscores and hyphens do not matter: `order_completed` = `Order Completed`."""
-    return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Requirement:
     test: ir.Node  # true when the requirement is met
     reason: ir.Node
     position: Position
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Warning_:
     test: ir.Node  # true when the warning applies
     message: ir.Node
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RequestPlan:
     method: str
     url: ir.Node  # absolute URL, or a path joined to the base URL
@@ -45,7 +38,7 @@ class RequestPlan:
     body: ir.Node | None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class ChainStep:
     """A step of a request chain: run with the previous request's answer as `response`."""
 
@@ -141,13 +134,11 @@ class RuleCompiler:
 
         for i, requirement in enumerate(node.get("require", []) or []):
             rule.requires.append(self._requirement(requirement, node["require"].item_places[i], name, values))
-        for i, warning in enumerate(node.get("warn", []) or []):
-            place = node["warn"].item_places[i]
+        for warning in node.get("warn", []) or []:
             test = values.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
             message = values.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
             if test is not None:
                 rule.warns.append(Warning_(test, message))
-            del place
 
         actions = [key for key in ("request", "reject", "skip", "rules") if key in node]
         if len(actions) != 1:
@@ -158,19 +149,17 @@ class RuleCompiler:
         action = actions[0]
         if "then" in node and action != "request":
             values.problem(node.key_positions["then"], f"rule '{name}': then (a request chain) follows a request")
+        if "for_each" in node and action != "request":
+            values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
         if action == "request":
             rule.request = self._request(node["request"], name, values)
             if "then" in node:
                 self._chain(rule, node["then"], values)
         elif action in ("reject", "skip"):
-            if "for_each" in node:
-                values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
             rule.action = action
             rule.message = values.value(node[action], node.value_places[action], f"rule '{name}' {action}")
         else:
             rule.action = "group"
-            if "for_each" in node:
-                values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
             child_compiler = RuleCompiler(values, self.file)
             rule.children = [child_compiler.compile(child, name) for child in node["rules"]]
         return rule

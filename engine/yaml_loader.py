@@ -85,12 +85,6 @@ def _position(file: str, mark: yaml.Mark) -> Position:
     return Position(file, mark.line + 1, mark.column + 1)
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, position: Position, key: str):
-        self.position = position
-        self.key = key
-
-
 class _LimitedLoader(yaml.SafeLoader):
     """SafeLoader composing under limits (engine/limits.py), each hit raised at the node or alias.
 

@@ -10,6 +10,7 @@ so it is checked at load, at its FILE:LINE:COL, and compiled once per set.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,17 +135,18 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
         fake.max_body_bytes = int(node["max_body_bytes"])
     if "error_statuses" in node:
         fake.error_statuses = [int(s) for s in node["error_statuses"]]
-    responses = node.get("responses") or PosDict()
-    for endpoint_name, body in responses.items():
-        if endpoint_name not in endpoints:
-            problems.add(key_at(responses, endpoint_name), f"fake.responses: no endpoint {endpoint_name!r}")
-            continue
+    def by_endpoint(section: str) -> Iterator[tuple[str, Any]]:
+        """The section's entries for the endpoints there are (a problem for each other name)."""
+        entries = node.get(section) or PosDict()
+        for endpoint_name, raw in entries.items():
+            if endpoint_name in endpoints:
+                yield endpoint_name, raw
+            else:
+                problems.add(key_at(entries, endpoint_name), f"fake.{section}: no endpoint {endpoint_name!r}")
+
+    for endpoint_name, body in by_endpoint("responses"):
         fake.responses[endpoint_name] = plain_value(body)
-    records = node.get("records") or PosDict()
-    for endpoint_name, raw in records.items():
-        if endpoint_name not in endpoints:
-            problems.add(key_at(records, endpoint_name), f"fake.records: no endpoint {endpoint_name!r}")
-            continue
+    for endpoint_name, raw in by_endpoint("records"):
         keys = []
         for i, text in enumerate(raw.get("key") or []):
             compiled = compile_selector(text, raw["key"].item_places[i].position, f"fake.records.{endpoint_name}.key",
@@ -158,11 +160,7 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             status_updated=int(status["updated"]) if "updated" in status else None,
             response=plain_value(raw.get("response")),
         )
-    lookups = node.get("lookups") or PosDict()
-    for endpoint_name, raw in lookups.items():
-        if endpoint_name not in endpoints:
-            problems.add(key_at(lookups, endpoint_name), f"fake.lookups: no endpoint {endpoint_name!r}")
-            continue
+    for endpoint_name, raw in by_endpoint("lookups"):
         try:
             match = re.compile(str(raw["match"]))
         except re.error as exc:
@@ -174,11 +172,7 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             continue
         fake.lookups[endpoint_name] = FakeLookup(endpoint_name, str(raw["parameter"]), match,
                                                  plain_value(raw["response"]), plain_value(raw["item"]))
-    jobs = node.get("jobs") or PosDict()
-    for endpoint_name, raw in jobs.items():
-        if endpoint_name not in endpoints:
-            problems.add(key_at(jobs, endpoint_name), f"fake.jobs: no endpoint {endpoint_name!r}")
-            continue
+    for endpoint_name, raw in by_endpoint("jobs"):
         fake.jobs[endpoint_name] = FakeJob(
             endpoint=endpoint_name, states=[str(s) for s in raw["states"]], seconds=float(raw.get("seconds", 1.0)),
             response=plain_value(raw["response"]), errors_response=plain_value(raw["errors_response"]),
