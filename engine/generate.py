@@ -913,8 +913,7 @@ class CodeGenerator:
             emit(1, "if not matches(event_type, event_name): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
-        # The Vars of each level (see NamedReads); the innermost level's scope is the one the rule
-        # is called with.
+        # The Vars of each level (see NamedReads); the innermost level's scope is the one `run` is given.
         setup = len(source.lines)
         emit(1, f"V{len(outer) - 1} = scope['vars']")
         levels = emit_levels(source, outer, "scope")
