@@ -19,17 +19,24 @@ from jmespath.exceptions import JMESPathError
 from . import ir
 from .analyse import always_object, consumed_paths
 from .codegen import MAX_INLINE_INDENT, Source
+from .explain import RuleRecorder
 from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
-from .functions import CASTS, FUNCTIONS, EvalError, a_json_type
+from .functions import CASTS, FUNCTIONS, EvalError, a_json_type, normalize_event_name
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
+from .named_values import NamedReads, emit_levels
 from .problems import Position
+from .rules import ChainStep, RequestPlan, Rule
 from .runtime import (
     ABSENT,
     FastPathMiss,
     FieldError,
+    NamedValueFunction,
+    Vars,
     fast_getattr,
     fast_getitem,
+    form_body,
+    headers_object,
     is_falsy,
     jmespath_equals,
     leave_out_leaves,
@@ -37,25 +44,20 @@ from .runtime import (
     left_out_loosely,
     locate,
     loose_get,
+    message_text,
+    new_vars_source,
     normalize_key,
+    not_a_url,
     not_an_object,
+    with_query,
 )
 
 Evaluate = Callable[[dict[str, Any]], Any]
+Levels = tuple[dict[str, ir.Node], ...]  # named values: the set's, then each enclosing rule's that has some
 
 # `select` and `first` try their options one inside the other; past this many levels they go on
 # from the outer level (one more test each), so a long list stays within Python's nesting limits.
 CHAIN_NESTING = 8
-
-
-def new_source() -> Source:
-    """A Source whose namespace has the names every value's code uses."""
-    return Source({"ABSENT": ABSENT})
-
-
-def emit_value(node: ir.Node, source: Source, scope: str, indent: int) -> str:
-    """Write `node`'s code into `source`, reading the scope held by the variable `scope`."""
-    return CodeGenerator(source).value(node, scope, indent)
 
 
 def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
@@ -69,17 +71,94 @@ def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
 
 def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
     """`node` as one generated function of the scope; named values are read from the scope's `vars`."""
-    source = new_source()
+    source = Source({"ABSENT": ABSENT})  # (the name every value's code uses)
     source.emit(1, f"return {CodeGenerator(source).value(node, 'scope', 1)}")
     made: Evaluate = source.define(f"{name}(scope)")
     return made
 
 
+class MapperCode:
+    """One Mapper's code (rules, chain steps, named values: each written once, by a CodeGenerator)
+    and what it needs of the Mapper (evaluate.py imports this module, not the other way round)."""
+
+    def __init__(self, roots: dict[str, Any], field_sources: dict[str, str | None] | None, base_url: str,
+                 default_headers: ir.Node | None, runner: Callable[[Rule, bool, Levels], Callable[..., bool]],
+                 results: tuple[type, type, Callable[[Rule, EvalError], str]]):
+        """roots: the fixed scope roots (settings, mapping); field_sources: what map --explain records (None:
+        nothing); runner: a group's rule's function; results: evaluate's Request, ItemRejection, _reason."""
+        self.roots, self.field_sources, self.base_url, self.runner = roots, field_sources, base_url, runner
+        self.request, self.item_rejection, self.reason = results
+        self.default_headers = default_headers
+        self.constant_headers: dict[str, str] | None = None  # the default headers, when they read no event
+        self._tables: dict[int, dict[str, NamedValueFunction]] = {}
+        self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
+
+    def new_source(self) -> Source:
+        """A Source with the settings and mapping fixed (conditions on them decided now), recording if explaining."""
+        source = Source({"ABSENT": ABSENT})
+        source.roots = dict(self.roots)
+        if self.field_sources is not None:
+            source.field_sources = source.bind(self.field_sources)
+        return source
+
+    def rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None = None) -> tuple[
+            Callable[..., bool], str, dict[str, Any], list[Callable[..., tuple[list[Any], str | None]]]]:
+        """The rule's function (see CodeGenerator.visit_Rule), its source, the namespace it binds,
+        and each step of its request chain as one function (see CodeGenerator.visit_ChainStep)."""
+        steps = []
+        for number, step in enumerate(rule.steps):
+            source = self.new_source()
+            CodeGenerator(source, self).visit_ChainStep(step, number, rule)
+            steps.append(source.define("build(scope, result)", f"for rule {rule.name!r} step {number + 2}"))
+        source = self.new_source()
+        CodeGenerator(source, self).visit_Rule(rule, check_type, outer, recorder)
+        header = "run(scope, event_type, event_name, result)"
+        return source.define(header, f"for rule {rule.name!r}"), source.text(header), source.namespace, steps
+
+    def functions(self, chain: tuple[dict[str, ir.Node], ...]) -> dict[str, NamedValueFunction]:
+        """Every named value of the innermost level of `chain` (outermost level first), generated."""
+        for name in chain[-1]:
+            self.function(chain, name)
+        return self._table(chain[-1])
+
+    def function(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
+        """The function of the named value `name` of the innermost level of `chain`."""
+        table = self._table(chain[-1])
+        function = table.get(name)
+        if function is None:
+            function = table[name] = self._generate(chain, name)
+        return function
+
+    def _table(self, definitions: dict[str, ir.Node]) -> dict[str, NamedValueFunction]:
+        table = self._tables.get(id(definitions))
+        if table is None:
+            table = self._tables[id(definitions)] = {}
+            self._levels.append(definitions)
+        return table
+
+    def _generate(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
+        inner = len(chain) - 1
+        source = self.new_source()
+        levels = emit_levels(source, chain, f"S{inner}")  # (the outer levels' lines are dropped when unread)
+        setup_end = len(source.lines)
+        reads = NamedReads(source, levels, self)
+        value = CodeGenerator(source).value(chain[inner][name], f"S{inner}", 1)
+        source.emit(1, f"value = None if {value} is ABSENT else {value}")
+        source.emit(1, f"V{inner}[{name!r}] = value")
+        source.emit(1, "return value")
+        reads.finish()
+        if not any(number < inner for number in reads.read_levels):  # no outer level was read
+            source.drop(0, setup_end)
+        function: NamedValueFunction = source.define(f"named_value(S{inner}, V{inner})", f"for values.{name}")
+        return function
+
+
 class CodeGenerator:
     """Writes nodes' code into one Source."""
 
-    def __init__(self, source: Source):
+    def __init__(self, source: Source, mapper: MapperCode | None = None):
         self.source = source
+        self.mapper = mapper  # (rules and requests need it)
         # the JMESPath expression being written: keys: loose, and the scope's variable (see expression)
         self.loose = False
         self.named_root: str | None = None
@@ -812,6 +891,206 @@ class CodeGenerator:
             source.emit(indent, f"{out} = {direct_call} if {' and '.join(checks)} else {call_function}")
         return out
 
+    # -- rules and requests ------------------------------------------------------------------------
+    def visit_Rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None) -> None:
+        """The body of `run(scope, event_type, event_name, result) -> bool`: True when no later rule may run
+        (final, or a terminal action); a rejection or a skip is written on the result, not raised (that costs
+        more than the rest of a skipped event). Only the steps the rule has are written, its values inline.
+        check_type: a nested rule (no dispatch filtered its type); `outer`: the named values of the set, then
+        of each enclosing group with some; a recorder (map --explain): what explains the outcome is recorded."""
+        source, emit, context = self.source, self.source.emit, self.mapper
+        assert context is not None  # (a CodeGenerator for rules is given its Mapper's)
+        source.place = (rule.position, f"rule '{rule.name}'")
+        source.namespace.update({
+            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
+            "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": message_text,
+            "Vars": Vars, "EvalError": EvalError, "_reason": context.reason, "final": rule.final,
+            "ItemRejection": context.item_rejection,
+        })
+        if check_type and rule.types is not None:
+            emit(1, "if event_type not in types: return False")
+        if rule.event_globs:
+            emit(1, "if not matches(event_type, event_name): return False")
+        elif rule.event_names is not None:
+            emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
+        # The Vars of each level (see NamedReads); the innermost level's scope is the one `run` is given.
+        setup = len(source.lines)
+        emit(1, f"V{len(outer) - 1} = scope['vars']")
+        levels = emit_levels(source, outer, "scope")
+        setup_end = len(source.lines)
+        reads = NamedReads(source, levels, context)
+        inner = len(outer)  # the number of this rule's own level, when it has values
+        if rule.values:
+            source.namespace["values"] = context.functions((*outer, rule.values))
+        emit(1, "try:")  # inside: an EvalError of any step rejects the event
+        if rule.when is not None:
+            emit(2, f"if not {self.value(rule.when, 'scope', 2)}:")
+            if recorder is not None:
+                emit(3, f"{source.bind(recorder.condition_false)}()")
+            emit(3, "return False  # a rule that does not run ends nothing")
+        if rule.for_each is not None:
+            self.fan_out(rule, reads, inner, recorder)
+        else:
+            here = "scope"  # the rule's scope: its own copy when it has values
+            if rule.values:
+                here = "rule_scope"
+                emit(2, "rule_scope = dict(scope)")
+                self.own_values(rule, reads, inner, "rule_scope", "scope['vars']", 2)
+            self.checks(rule, here, 2, "result.rejection = {} + suffix", "return True")
+            if rule.action in ("reject", "skip"):
+                message = self.message(rule.message, here)
+                emit(2, f"result.rejection = {message} + suffix" if rule.action == "reject" else f"skipped = {message}")
+                if rule.action == "skip":
+                    emit(2, "if not result.requests:")
+                    emit(3, "result.skipped = skipped")
+                emit(2, "return True")
+            elif rule.action == "group":
+                for child in rule.children:
+                    run_child = context.runner(child, True, (*outer, rule.values) if rule.values else outer)
+                    emit(2, f"if {source.bind(run_child)}({here}, event_type, event_name, result):")
+                    emit(3, "return True")
+            else:
+                assert rule.request is not None
+                request = self.visit_RequestPlan(rule.request, here, 2, "None")
+                if rule.steps:
+                    subject = None if rule.order_subject is None else generate_function(rule.order_subject, "subject")
+                    emit(2, f"{source.bind(Rule.start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
+                emit(2, f"result.requests.append({request})")
+                if recorder is not None:
+                    emit(2, f"{source.bind(recorder.request_built)}()")
+        emit(1, "except EvalError as error:")
+        emit(2, "result.rejection = _reason(rule, error)")
+        emit(2, "return True")
+        emit(1, "return final")
+        reads.finish()
+        if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
+            source.drop(setup, setup_end)
+
+    def fan_out(self, rule: Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
+        """for_each: the request once per item; an item that fails its requirements (or whose values
+        fail) is rejected alone, with its index."""
+        assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
+        source, emit = self.source, self.source.emit
+        source.namespace["_not_a_list"] = lambda items: EvalError(
+            f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")
+        emit(2, f"items = {self.expression(rule.for_each, 'scope', 2, 'scope')}")
+        emit(2, "if items is None:")
+        emit(3, "return final")
+        emit(2, "if not isinstance(items, list):")
+        emit(3, "raise _not_a_list(items)")
+        emit(2, "parent_vars = scope['vars']")
+        emit(2, "for index, item in enumerate(items):")
+        emit(3, "item_scope = dict(scope)")
+        emit(3, f"item_scope[{rule.item_name!r}] = item")
+        emit(3, "item_scope['index'] = index")
+        if rule.values:
+            self.own_values(rule, reads, inner, "item_scope", "parent_vars", 3)
+        emit(3, "try:")
+        self.checks(rule, "item_scope", 4,
+                    "result.item_rejections.append(ItemRejection(rule.name, index, {} + suffix))", "continue")
+        emit(4, f"result.requests.append({self.visit_RequestPlan(rule.request, 'item_scope', 4, 'index')})")
+        if recorder is not None:
+            emit(4, f"{source.bind(recorder.request_built)}()")
+        emit(3, "except EvalError as error:")
+        emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
+
+    def own_values(self, rule: Rule, reads: NamedReads, inner: int, scope: str, parent: str, indent: int) -> None:
+        """The rule's own level of named values: a Vars (`V<inner>`) in its scope, read from here on."""
+        self.source.emit(indent, new_vars_source(f"V{inner}", "values", scope, parent))
+        self.source.emit(indent, f"{scope}['vars'] = V{inner}")
+        reads.start([(rule.values, f"V{inner}", scope)], indent)
+
+    def checks(self, rule: Rule, scope: str, indent: int, reject: str, leave: str) -> None:
+        """require and warn: a requirement not met writes `reject` (formatted with its reason's
+        code), then `leave`; a warning that applies is added to the result."""
+        source = self.source
+        for requirement in rule.requires:
+            source.place = (requirement.position, f"rule '{rule.name}' require")
+            source.emit(indent, f"if not {self.value(requirement.test, scope, indent)}:")
+            source.emit(indent + 1, reject.format(self.message(requirement.reason, scope)))
+            source.emit(indent + 1, leave)
+        source.place = (rule.position, f"rule '{rule.name}'")  # (what follows is the rule's again)
+        for warning in rule.warns:
+            source.emit(indent, f"if {self.value(warning.test, scope, indent)}:")
+            source.emit(indent + 1, f"result.warnings.append({self.message(warning.message, scope)} + suffix)")
+
+    def message(self, message: ir.Node | None, scope: str) -> str:
+        """A message's text (a reason, a warning): its own function, called only when it is given."""
+        if isinstance(message, ir.Literal) and message.is_scalar:
+            return self.source.bind(str(message.value))
+        return f"text({self.source.bind(None if message is None else generate_function(message, 'message'))}, {scope})"
+
+    def visit_ChainStep(self, step: ChainStep, number: int, rule: Rule) -> None:
+        """The body of `build(scope, result) -> (requests, why none)`: the step's when, for_each and requests,
+        written like a rule's (named values read through the scope's Vars); why none: the step's skip."""
+        source, emit = self.source, self.source.emit
+        source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
+        source.namespace.update({"rule": rule, "text": message_text})
+        skipped = source.bind(f"step {number + 2} of rule '{rule.name}' skipped: ")
+        skipped += f" + {self.message(step.skip, 'scope')}"
+        if step.when is not None:
+            emit(1, f"if not {self.value(step.when, 'scope', 1)}:")
+            emit(2, f"return [], {skipped}")
+        if step.for_each is None:
+            emit(1, f"return [{self.visit_RequestPlan(step.request, 'scope', 1, 'None')}], None")
+            return
+        what = f"then.steps[{number}].for_each {step.for_each.source}: is "
+        source.namespace["_not_a_list"] = lambda items, what=what: EvalError(f"{what}{a_json_type(items)}, not a list")
+        emit(1, f"items = {self.expression(step.for_each, 'scope', 1, 'scope')}")
+        emit(1, "if items is not None and not isinstance(items, list):")
+        emit(2, "raise _not_a_list(items)")
+        emit(1, "requests = []")
+        emit(1, "for index, item in enumerate(items or ()):")
+        emit(2, f"item_scope = {{**scope, {step.item_name!r}: item, 'index': index}}")
+        emit(2, f"requests.append({self.visit_RequestPlan(step.request, 'item_scope', 2, 'index')})")
+        emit(1, f"return (requests, None) if requests else ([], {skipped})")
+
+    def visit_RequestPlan(self, plan: RequestPlan, scope: str, indent: int, item_index: str) -> str:
+        """The plan's request (url, query, headers, body, in that order): the local holding it. A constant
+        URL is joined to the base URL here, once; constant headers are copied from a ready dict."""
+        source, emit, bind, context = self.source, self.source.emit, self.source.bind, self.mapper
+        assert context is not None  # (a CodeGenerator for rules is given its Mapper's)
+        url = source.temp()
+        constant = plan.url.value if isinstance(plan.url, ir.Literal) else None
+        if isinstance(constant, str) and constant:  # joined once; any other constant fails as below, each time
+            joined = context.base_url + (constant if constant.startswith("/") else "/" + constant) \
+                if plan.url_is_path else constant
+            emit(indent, f"{url} = {bind(joined)}")
+        else:
+            emit(indent, f"{url} = {self.value(plan.url, scope, indent)}")
+            emit(indent, f"if not isinstance({url}, str) or not {url}:")
+            emit(indent + 1, f"raise {bind(not_a_url)}({url})")
+            if plan.url_is_path:
+                emit(indent, f"{url} = {bind(context.base_url)} + ({url} if {url}.startswith('/') else '/' + {url})")
+        if plan.query is not None:
+            emit(indent, f"{url} = {bind(with_query)}({url}, {self.value(plan.query, scope, indent)})")
+        headers = source.temp()
+        if context.constant_headers is not None:
+            emit(indent, f"{headers} = {bind(context.constant_headers)}.copy()")
+        elif context.default_headers is not None:
+            value = self.value(context.default_headers, scope, indent)  # (before binding: k-names in order)
+            emit(indent, f"{headers} = {bind(headers_object)}({value})")
+        else:
+            emit(indent, f"{headers} = {{}}")
+        if plan.headers is not None:
+            value = self.value(plan.headers, scope, indent)
+            emit(indent, f"{headers}.update({bind(headers_object)}({value}))")
+        out = source.temp()
+        request = f"{bind(context.request)}(rule.name, {bind(plan.method)}, {url}, {headers}, {{}}, {{}}, " \
+                  f"result.index, {item_index})"
+        if plan.body is None:
+            emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
+            return out
+        value = self.value(plan.body, scope, indent)
+        if not always_object(plan.body):
+            emit(indent, f"if {value} is ABSENT:")
+            emit(indent + 1, f"{out} = " + request.format("None", "None"))
+            emit(indent, "else:")
+            indent += 1
+        if plan.body_kind == "form":
+            emit(indent, f"{value} = {bind(form_body)}({value})")
+        emit(indent, f"{out} = " + request.format(bind(plan.body_kind), value))
+        return out
 
 def _scalar(node: ir.Node) -> bool:
     return isinstance(node, ir.Literal) and node.is_scalar

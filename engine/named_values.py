@@ -17,64 +17,17 @@ is never computed, so neither are its errors).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import ir
 from .codegen import Source
-from .generate import emit_value
-from .runtime import ABSENT, UNSET, NamedValueFunction
+from .runtime import ABSENT, UNSET
+
+if TYPE_CHECKING:  # (generate imports this module)
+    from .generate import MapperCode
 
 # A level's named values, the variable holding its Vars, the variable holding its scope.
 Level = tuple[dict[str, ir.Node], str, str]
-
-
-class NamedValueFunctions:
-    """A Mapper's named-value functions: for each level (keyed by its definitions), name -> function.
-
-    `new_source` makes the Source each function is written into (the Mapper's fixed roots, its
-    explain recording)."""
-
-    def __init__(self, new_source: Callable[[], Source]):
-        self._new_source = new_source
-        self._tables: dict[int, dict[str, NamedValueFunction]] = {}
-        self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
-
-    def functions(self, chain: tuple[dict[str, ir.Node], ...]) -> dict[str, NamedValueFunction]:
-        """Every named value of the innermost level of `chain` (outermost level first), generated."""
-        for name in chain[-1]:
-            self.function(chain, name)
-        return self._table(chain[-1])
-
-    def function(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
-        """The function of the named value `name` of the innermost level of `chain`."""
-        table = self._table(chain[-1])
-        function = table.get(name)
-        if function is None:
-            function = table[name] = self._generate(chain, name)
-        return function
-
-    def _table(self, definitions: dict[str, ir.Node]) -> dict[str, NamedValueFunction]:
-        table = self._tables.get(id(definitions))
-        if table is None:
-            table = self._tables[id(definitions)] = {}
-            self._levels.append(definitions)
-        return table
-
-    def _generate(self, chain: tuple[dict[str, ir.Node], ...], name: str) -> NamedValueFunction:
-        inner = len(chain) - 1
-        source = self._new_source()
-        levels = emit_levels(source, chain, f"S{inner}")  # (the outer levels' lines are dropped when unread)
-        setup_end = len(source.lines)
-        reads = NamedReads(source, levels, self)
-        value = emit_value(chain[inner][name], source, f"S{inner}", 1)
-        source.emit(1, f"value = None if {value} is ABSENT else {value}")
-        source.emit(1, f"V{inner}[{name!r}] = value")
-        source.emit(1, "return value")
-        reads.finish()
-        if not any(number < inner for number in reads.read_levels):  # no outer level was read
-            source.drop(0, setup_end)
-        function: NamedValueFunction = source.define(f"named_value(S{inner}, V{inner})", f"for values.{name}")
-        return function
 
 
 def emit_levels(source: Source, chain: tuple[dict[str, ir.Node], ...], inner_scope: str) -> list[Level]:
@@ -96,7 +49,7 @@ class NamedReads:
     earlier reader computed it, else by calling its function. The locals start UNSET where the
     level's Vars is made (`start`); `finish` writes those lines."""
 
-    def __init__(self, source: Source, levels: list[Level], functions: NamedValueFunctions, indent: int = 1):
+    def __init__(self, source: Source, levels: list[Level], functions: MapperCode, indent: int = 1):
         self.source = source
         self.levels: list[Level] = []
         self.functions = functions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +52,15 @@ class ChainStep:
     request: RequestPlan
     target: str = ""  # the request's path (or url) as written, for map's description of the step
 
+    def describe(self, number: int) -> str:
+        """What the step (the chain's `number`th) will do with the previous answer, in one line (map's `then`)."""
+        what = self.description or f"{self.request.method} {self.target}"
+        each = f", once per {self.for_each.source}" if self.for_each is not None else ""
+        unless = " (or skip)" if self.when is not None or self.for_each is not None else ""
+        return f"step {number}, with the previous answer as `response`: {what}{each}{unless}"
 
-@dataclass
+
+@dataclass(frozen=True, slots=True, eq=False)  # (each rule is one place in a rule file)
 class Rule:
     name: str
     position: Position
@@ -63,18 +71,29 @@ class Rule:
     when: ir.Node | None = None
     when_source: str = ""  # the condition's text, for map --explain
     final: bool = False
-    values: dict[str, ir.Node] = field(default_factory=dict)
+    values: dict[str, ir.Node] = field(default_factory=dict)  # (a level's key: see MapperCode)
     for_each: Expression | None = None
     item_name: str = "item"
-    requires: list[Requirement] = field(default_factory=list)
-    warns: list[Warning_] = field(default_factory=list)
+    requires: tuple[Requirement, ...] = ()
+    warns: tuple[Warning_, ...] = ()
     action: str = "request"  # request | reject | skip | group
     message: ir.Node | None = None  # for reject and skip
     request: RequestPlan | None = None
-    children: list[Rule] = field(default_factory=list)
-    steps: list[ChainStep] = field(default_factory=list)  # then.steps: after the request, in order
+    children: tuple[Rule, ...] = ()
+    steps: tuple[ChainStep, ...] = ()  # then.steps: after the request, in order
     order_lane: str | None = None  # then.order: the subject whose order the whole chain holds
     order_subject: ir.Node | None = None
+
+    def start_chain(self, subject_of: Callable[[dict[str, Any]], Any] | None, request: Any,
+                    scope: dict[str, Any]) -> None:
+        """(Called by the code of the chain's first request) what the next step needs, and what follows."""
+        subject: dict[str, Any] | None = None
+        if self.order_lane is not None and subject_of is not None:
+            found = subject_of(scope)
+            identifiers = {k: v for k, v in found.items() if v is not None} if isinstance(found, dict) else {}
+            subject = {"lane": self.order_lane, "identifiers": identifiers}
+        request.chain = {"rule": self.name, "step": 0, "event": scope["input"], "subject": subject}
+        request.then = [step.describe(number + 2) for number, step in enumerate(self.steps)]
 
     def matches(self, event_type: Any, event_name: Any) -> bool:
         if self.types is not None and event_type not in self.types:
@@ -100,28 +119,30 @@ class RuleCompiler:
 
     def compile(self, node: PosDict, parent_name: str = "") -> Rule:
         name = f"{parent_name}/{node['name']}" if parent_name else str(node["name"])
-        rule = Rule(name=name, position=node.position, file=self.file)
+        # The rule's fields as they are compiled (a Rule is frozen: made once, at the end)
+        rule: dict[str, Any] = {"name": name, "position": node.position, "file": self.file, "values": {}}
+        warns: list[Warning_] = []
         values = self.values
         match = node.get("match")
         if isinstance(match, PosDict):
             if "type" in match:
-                rule.types = frozenset(str(t) for t in _as_list(match["type"]))
+                rule["types"] = frozenset(str(t) for t in _as_list(match["type"]))
             if "event" in match:
                 patterns = [normalize_event_name(str(p)) for p in _as_list(match["event"])]
                 exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
-                rule.event_names = exact or None
-                rule.event_globs = tuple(p for p in patterns if p not in exact)
+                rule["event_names"] = exact or None
+                rule["event_globs"] = tuple(p for p in patterns if p not in exact)
         if "when" in node:
-            rule.when = values.condition(node["when"], node.value_places["when"], f"rule '{name}' when")
-            rule.when_source = str(node["when"])
-        rule.final = bool(node.get("final", False))
+            rule["when"] = values.condition(node["when"], node.value_places["when"], f"rule '{name}' when")
+            rule["when_source"] = str(node["when"])
+        rule["final"] = bool(node.get("final", False))
 
         item_names: set[str] = set()
         if "for_each" in node:
-            rule.item_name = str(node.get("as", "item"))
-            item_names = {rule.item_name, "index"}
+            rule["item_name"] = str(node.get("as", "item"))
+            item_names = {rule["item_name"], "index"}
             expression = values.expression(node["for_each"], node.value_places["for_each"], f"rule '{name}' for_each")
-            rule.for_each = expression
+            rule["for_each"] = expression
         values = values.with_items(item_names)  # a child scope: rule-level names stay in this rule
 
         if "values" in node and isinstance(node["values"], PosDict):
@@ -129,40 +150,40 @@ class RuleCompiler:
             values.known.values |= set(rule_values)
             for key, entry in rule_values.items():
                 compiled = values.value(entry, rule_values.value_places[key], f"rule '{name}' values.{key}")
-                rule.values[key] = compiled
+                rule["values"][key] = compiled
                 values.named[key] = compiled
 
-        for i, requirement in enumerate(node.get("require", []) or []):
-            rule.requires.append(self._requirement(requirement, node["require"].item_places[i], name, values))
+        requires = tuple(self._requirement(requirement, node["require"].item_places[i], name, values)
+                         for i, requirement in enumerate(node.get("require", []) or []))
         for warning in node.get("warn", []) or []:
             test = values.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
             message = values.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
             if test is not None:
-                rule.warns.append(Warning_(test, message))
+                warns.append(Warning_(test, message))
 
         actions = [key for key in ("request", "reject", "skip", "rules") if key in node]
         if len(actions) != 1:
             what = "found " + ", ".join(actions) if actions else "found none"
             values.problem(node.position,
                            f"rule '{name}': needs exactly one of request, reject, skip or rules ({what})")
-            return rule
+            return Rule(**rule, requires=requires, warns=tuple(warns))
         action = actions[0]
         if "then" in node and action != "request":
             values.problem(node.key_positions["then"], f"rule '{name}': then (a request chain) follows a request")
         if "for_each" in node and action != "request":
             values.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
         if action == "request":
-            rule.request = self._request(node["request"], name, values)
+            rule["request"] = self._request(node["request"], name, values)
             if "then" in node:
                 self._chain(rule, node["then"], values)
         elif action in ("reject", "skip"):
-            rule.action = action
-            rule.message = values.value(node[action], node.value_places[action], f"rule '{name}' {action}")
+            rule["action"] = action
+            rule["message"] = values.value(node[action], node.value_places[action], f"rule '{name}' {action}")
         else:
-            rule.action = "group"
+            rule["action"] = "group"
             child_compiler = RuleCompiler(values, self.file)
-            rule.children = [child_compiler.compile(child, name) for child in node["rules"]]
-        return rule
+            rule["children"] = tuple(child_compiler.compile(child, name) for child in node["rules"])
+        return Rule(**rule, requires=requires, warns=tuple(warns))
 
     def _requirement(self, node: PosDict, place: ScalarPlace, name: str, values: Lowerer) -> Requirement:
         kinds = [k for k in ("check", "one_of", "present") if k in node]
@@ -186,16 +207,16 @@ class RuleCompiler:
             reason = ir.Literal((place.position, field_path), default_reason)
         return Requirement(test, reason, place.position)
 
-    def _chain(self, rule: Rule, node: PosDict, values: Lowerer) -> None:
-        name = rule.name
-        if rule.for_each is not None:
+    def _chain(self, rule: dict[str, Any], node: PosDict, values: Lowerer) -> None:
+        name, steps = rule["name"], []
+        if rule.get("for_each") is not None:
             values.problem(node.position, f"rule '{name}': then (a request chain) goes on a rule without for_each")
             return
         order = node.get("order")
         if isinstance(order, PosDict):
-            rule.order_lane = str(order["lane"])
-            rule.order_subject = values.value(order["subject"], order.value_places["subject"],
-                                              f"rule '{name}' then.order.subject")
+            rule["order_lane"] = str(order["lane"])
+            rule["order_subject"] = values.value(order["subject"], order.value_places["subject"],
+                                                 f"rule '{name}' then.order.subject")
         for number, step in enumerate(node["steps"]):
             field_path = f"rule '{name}' then.steps[{number}]"
             item_names = {"response"}
@@ -213,10 +234,11 @@ class RuleCompiler:
             if skip is None and (when is not None or for_each is not None):
                 values.problem(step.position, f"{field_path}: needs skip (the reason given when "
                                               f"{'when is false' if when is not None else 'for_each finds nothing'})")
-            rule.steps.append(ChainStep(step.position, str(step.get("description", "")), when, skip, for_each,
+            steps.append(ChainStep(step.position, str(step.get("description", "")), when, skip, for_each,
                                         item_name, self._request(step["request"], f"{name} then.steps[{number}]",
                                                                  reads),
                                         str(step["request"].get("path") or step["request"].get("url") or "")))
+        rule["steps"] = tuple(steps)
 
     def _request(self, node: PosDict, name: str, values: Lowerer) -> RequestPlan:
         field_path = f"rule '{name}' request"

@@ -246,3 +246,17 @@ def with_query(url: str, query: Any) -> str:
         pairs = [(k, _query_value(k, v)) for k, v in query.items()]
         url += ("&" if "?" in url else "?") + urlencode(pairs, quote_via=quote)
     return url
+
+
+def headers_object(value: Any) -> dict[str, str]:
+    if value is ABSENT:
+        return {}
+    if not isinstance(value, dict):
+        raise EvalError(f"headers must be an object, got {json_type(value)}")
+    return {str(k): to_string(v) for k, v in value.items() if v is not None}
+
+
+def message_text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[str, Any]) -> str:
+    value = ABSENT if evaluate is None else evaluate(scope)
+    return "" if value is ABSENT else str(value)
+

@@ -8,7 +8,7 @@ fake server). Generic: the spec is whatever OpenAPI document the set's delivery 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import ir
@@ -41,7 +41,7 @@ def spec_problems(rules: list[Rule], spec: OpenAPIDocument) -> list[Problem]:
     return problems
 
 
-def _with_requests(rules: list[Rule]) -> Iterator[Rule]:
+def _with_requests(rules: Iterable[Rule]) -> Iterator[Rule]:
     for rule in rules:
         if rule.request is not None:
             yield rule

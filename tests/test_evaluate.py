@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -19,8 +20,10 @@ def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPat
     def explode(value: str) -> bool:
         raise RuntimeError("boom")
 
-    # a condition whose code calls a function that fails (no origin: the rule's own place is named)
-    monkeypatch.setattr(broken_rule, "when", ir.Encode(None, ir.Literal(None, "x"), explode))
+    # a condition whose code calls a function that fails (no origin: the rule's own place is named);
+    # rules are frozen: the set gets a copy of the rule with that condition
+    broken = dataclasses.replace(broken_rule, when=ir.Encode(None, ir.Literal(None, "x"), explode))
+    monkeypatch.setattr(mapping_set, "rules", [broken if rule is broken_rule else rule for rule in mapping_set.rules])
     mapper = engine.Mapper(mapping_set, {"privateKey": "pk"})
     with caplog.at_level(logging.DEBUG, logger="segment-klaviyo.evaluate"):
         result = mapper.map(good, 3)
@@ -39,8 +42,8 @@ def test_an_internal_error_rejects_only_that_event(monkeypatch: pytest.MonkeyPat
 
 def test_settings_only_headers_are_computed_once() -> None:
     mapper = engine.Mapper(engine.load_mapping_set("klaviyo"), {"privateKey": "pk_1"})
-    assert mapper._constant_headers is not None
-    assert mapper._constant_headers["Authorization"] == "Klaviyo-API-Key pk_1"
+    assert mapper._code.constant_headers is not None
+    assert mapper._code.constant_headers["Authorization"] == "Klaviyo-API-Key pk_1"
 
 
 def test_base_url_override() -> None:
