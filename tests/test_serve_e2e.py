@@ -321,6 +321,12 @@ def test_sigterm_finishes_the_request_in_flight_and_keeps_the_outbox(fake_klaviy
     batch = [{"type": "track", "event": "Item Added", "userId": f"u{i}", "messageId": f"term-{i}",
               "timestamp": "2026-11-01T12:00:00Z"} for i in range(20)]
     assert httpx.post(server.url + "/v1/batch", json={"batch": batch}, headers=auth()).status_code == 200
+    # The deliverer (a child process) has tried once and is waiting to retry: on a loaded machine its
+    # start-up alone can outlast a fixed sleep.
+    deadline = time.monotonic() + 60
+    while not fake.store.snapshot()["counters"].get("injected_errors", 0):
+        assert time.monotonic() < deadline, "the deliverer never called the API"
+        time.sleep(0.05)
 
     # A request whose body is still on its way when SIGTERM arrives.
     body = json.dumps({"event": "Late", "userId": "late", "messageId": "term-late"}).encode()
