@@ -192,7 +192,11 @@ class FakeServer:
         return self
 
     def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
+        """Serve in this thread until interrupted (Ctrl-C), then close the socket."""
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
 
     def stop(self) -> None:
         self._server.shutdown()
