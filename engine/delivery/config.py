@@ -277,12 +277,8 @@ class DeliveryPlan:
     def endpoint_for(self, method: str, path: str) -> Endpoint | None:
         """The declared endpoint a request goes to (path without query), or None."""
         found = self._exact.get((method.upper(), path))
-        if found is not None:
-            return found
-        for endpoint in self.endpoints.values():
-            if endpoint.method == method.upper() and endpoint.pattern.match(path):
-                return endpoint
-        return None
+        return found or next((endpoint for endpoint in self.endpoints.values()
+                              if endpoint.method == method.upper() and endpoint.pattern.match(path)), None)
 
     def lane_of(self, method: str, url: str, unit: NewUnit | None = None) -> str:
         """The lane of the endpoint a stored request calls ('' for none); given the request itself, the

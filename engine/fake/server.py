@@ -143,12 +143,8 @@ class FakeStore:
 
     def reset(self) -> None:
         with self.lock:
-            self.profiles.clear()
-            self.identity.clear()
-            self.records.clear()
-            self.requests.clear()
-            self.counters.clear()
-            self.jobs.clear()
+            for kept in (self.profiles, self.identity, self.records, self.requests, self.counters, self.jobs):
+                kept.clear()
 
 
 @dataclass
@@ -513,19 +509,14 @@ class FakeServer:
                         profile_id, created = store.resolve(profiles[0])
                         store.profiles[profile_id].update((k, v) for k, v in profiles[0].items() if v is not None)
                     key = (profile_id, *[expression.search(item.single) for expression in record.key])
-                    entry = {"key": list(key), "profile": profile_id, "request": item.single}
-                    if key in entries:
-                        if record.repeat == "ignore":
-                            store.count(f"{record.kind}_repeats_ignored")
-                            continue
-                        entries[key] = {**entry, "times": entries[key].get("times", 1) + 1}
-                    else:
-                        entries[key] = {**entry, "times": 1}
-                    if spec is None and len(items) == 1:
-                        if created and record.status_created is not None:
-                            status = record.status_created
-                        elif not created and record.status_updated is not None:
-                            status = record.status_updated
+                    if key in entries and record.repeat == "ignore":
+                        store.count(f"{record.kind}_repeats_ignored")
+                        continue
+                    times = entries[key].get("times", 1) + 1 if key in entries else 1
+                    entries[key] = {"key": list(key), "profile": profile_id, "request": item.single, "times": times}
+                    answer_status = record.status_created if created else record.status_updated
+                    if spec is None and len(items) == 1 and answer_status is not None:
+                        status = answer_status
         response_body: Any = canned
         if spec is None and record is not None and record.response is not None:
             response_body = _fill(record.response, {"$profile_id": profile_id})
