@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -33,7 +34,7 @@ from .openapi_check import OpenAPIDocument
 from .problems import Position, ProblemList, SettingsError
 from .schema import CASE_SCHEMA, check_shape
 from .strict_json import NotStrictJSON, strict_dumps, unsendable
-from .yaml_loader import YamlError, load_yaml
+from .yaml_loader import YamlError, load_yaml, plain_value
 
 CASES_FOLDER = "tests"
 EXPECT_KEYS = ("expect", "expect_error", "expect_item_errors", "expect_skipped", "expect_warnings")
@@ -107,17 +108,8 @@ def read_case(path: Path) -> Case:
     if check_shape(document, CASE_SCHEMA, shown, problems, what="a case"):
         if "event" not in document and "events" not in document:
             problems.add(Position(shown, 1, 1), "a case needs 'event' (one event) or 'events' (a list)")
-    data = plain(document) if isinstance(document, dict) else {}
+    data = plain_value(document) if isinstance(document, dict) else {}
     return Case(path, shown, data, [str(p) for p in problems.sorted()])
-
-
-def plain(value: Any) -> Any:
-    """The loaded YAML as plain dicts and lists (the loader's remember their positions)."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 class CaseRunner:
@@ -258,13 +250,9 @@ def _part_differences(key: str, expected: Any, actual: Any) -> list[str]:
                                               "of the reason)"]
     if not isinstance(expected, list) or not isinstance(actual, list):
         return value_differences(key, expected, actual)
-    lines = []
-    for index in range(max(len(expected), len(actual))):
-        want = expected[index] if index < len(expected) else _MISSING
-        have = actual[index] if index < len(actual) else _MISSING
-        if want is _MISSING or have is _MISSING or not isinstance(want, str) or want not in have:
-            lines.append(f"{key}[{index}]: {show(want)} → {show(have)}")
-    return lines
+    return [f"{key}[{index}]: {show(want)} → {show(have)}"
+            for index, (want, have) in enumerate(zip_longest(expected, actual, fillvalue=_MISSING))
+            if want is _MISSING or have is _MISSING or not isinstance(want, str) or want not in have]
 
 
 class _Missing:
@@ -285,11 +273,8 @@ def value_differences(path: str, expected: Any, actual: Any) -> list[str]:
             lines += value_differences(path + step, expected.get(key, _MISSING), actual.get(key, _MISSING))
         return lines
     if isinstance(expected, list) and isinstance(actual, list):
-        lines = []
-        for index in range(max(len(expected), len(actual))):
-            lines += value_differences(f"{path}[{index}]", expected[index] if index < len(expected) else _MISSING,
-                                       actual[index] if index < len(actual) else _MISSING)
-        return lines
+        return [line for index, (want, have) in enumerate(zip_longest(expected, actual, fillvalue=_MISSING))
+                for line in value_differences(f"{path}[{index}]", want, have)]
     if _same(expected, actual):
         return []
     return [f"{path}: {show(expected)} → {show(actual)}"]

@@ -53,10 +53,8 @@ class OpenAPIDocument:
         self._validators: dict[tuple[str, str], Any] = {}
 
     def find(self, method: str, path: str) -> Operation | None:
-        for operation in self.operations:
-            if operation.method == method.upper() and operation.pattern.match(path):
-                return operation
-        return None
+        return next((operation for operation in self.operations
+                     if operation.method == method.upper() and operation.pattern.match(path)), None)
 
     def validate_body(self, method: str, path: str, body: Any) -> list[str]:
         """Every way `body` breaks the operation's request schema; [] when it fits."""

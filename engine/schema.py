@@ -138,11 +138,6 @@ CASE_SCHEMA: dict[str, Any] = {
 }
 
 
-_VOCABULARY = sorted({key for schema in (SETTING_SCHEMA, REQUEST_SCHEMA, REQUIREMENT_SCHEMA, RULE_SCHEMA,
-                                          TABLE_SCHEMA, SET_FILE_SCHEMA, CASE_SCHEMA) for key in schema}
-                     | {"type", "event"})
-
-
 def _position_of(document: Any, path: tuple[Any, ...], at_key: bool) -> Position | None:
     node = document
     position: Position | None = getattr(document, "position", None)

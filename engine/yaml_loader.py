@@ -158,11 +158,6 @@ class _LimitHit(Exception):
 def _build(node: yaml.Node, file: str, loader: yaml.SafeLoader, problems: list[tuple[Position, str]]) -> Any:
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_object(node, deep=True)
-    return _build_collection(node, file, loader, problems)
-
-
-def _build_collection(node: yaml.Node, file: str, loader: yaml.SafeLoader,
-                      problems: list[tuple[Position, str]]) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<) safely
         result = PosDict()
@@ -170,9 +165,7 @@ def _build_collection(node: yaml.Node, file: str, loader: yaml.SafeLoader,
         result.key_positions = {}
         result.value_places = {}
         for key_node, value_node in node.value:
-            key = _build(key_node, file, loader, problems)
-            if not isinstance(key, str):
-                key = str(key)
+            key = str(_build(key_node, file, loader, problems))
             key_pos = _position(file, key_node.start_mark)
             if key in result:
                 problems.append((key_pos, f"duplicate key '{key}' (first at line {result.key_positions[key].line})"))
@@ -186,7 +179,7 @@ def _build_collection(node: yaml.Node, file: str, loader: yaml.SafeLoader,
         items.position = _position(file, node.start_mark)
         items.item_places = [_place(file, child) for child in node.value]
         return items
-    raise TypeError(f"not a collection node: {node!r}")  # (_build constructs scalars itself)
+    raise TypeError(f"not a YAML node: {node!r}")
 
 
 class YamlError(Exception):

@@ -74,6 +74,16 @@ def load_set_or_exit(name: str) -> MappingSet:
         raise UsageError(f"mapping set '{name}' is invalid ({len(exc.problems)} problem(s)):\n{lines}") from None
 
 
+def delivery_plan(mapping_set: MappingSet) -> DeliveryPlan:
+    """The set's compiled delivery section; UsageError listing its problems when it is invalid."""
+    from ..delivery.config import DeliveryPlan  # (the delivery layer: only the commands that need it)
+
+    try:
+        return DeliveryPlan.for_set(mapping_set)
+    except MappingSetError as exc:
+        raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+
+
 def read_settings(path: str | None, overrides: list[str]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if path:
@@ -138,16 +148,11 @@ def add_tenants_option(parser: argparse.ArgumentParser) -> None:
 
 def prepare_delivery(args: argparse.Namespace, verb: str) -> DeliverySetup:
     """Load the set, its delivery plan and the settings; refuse what cannot be delivered (UsageError)."""
-    from ..delivery.config import DeliveryPlan  # only the delivering commands need it
-
     mapping_set = load_set_or_exit(args.mappings)
     if mapping_set.compatibility_only and not args.allow_compatibility_only:
         raise UsageError(f"mapping set '{mapping_set.name}' is for compatibility and comparison only: "
                          f"{mapping_set.compatibility_only}\n(pass --allow-compatibility-only to {verb} anyway)")
-    try:
-        plan = DeliveryPlan.for_set(mapping_set)
-    except MappingSetError as exc:
-        raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+    plan = delivery_plan(mapping_set)
     env_name = mapping_set.name.upper().replace("-", "_") + "_BASE_URL"
     base_url = args.base_url or os.environ.get(env_name) or mapping_set.base_url
     if getattr(args, "tenants", None):

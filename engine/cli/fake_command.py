@@ -10,15 +10,14 @@ below make it misbehave on purpose, for testing a sender. Ctrl-C stops it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from typing import Any
 
-from ..delivery.config import DeliveryPlan
 from ..fake.server import FakeOptions, FakeServer
 from ..mapping_set import DEFAULT_SET
-from ..problems import MappingSetError
-from .common import EXIT_OK, UsageError, fail, load_set_or_exit
+from .common import EXIT_OK, UsageError, delivery_plan, fail, load_set_or_exit
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,10 +53,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         mapping_set = load_set_or_exit(args.mappings)
-        try:
-            plan = DeliveryPlan.for_set(mapping_set)
-        except MappingSetError as exc:
-            raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+        plan = delivery_plan(mapping_set)
         if plan.spec_path is None:
             raise UsageError(f"mapping set '{mapping_set.name}' names no OpenAPI spec in its delivery section")
         options = FakeOptions(
@@ -75,16 +71,9 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     print(f"fake {mapping_set.title} listening on {fake.url} "
           f"(GET {fake.url}/_fake/received shows what it kept; Ctrl-C stops)", file=sys.stderr, flush=True)
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)  # `kill` stops it like Ctrl-C: with the summary
-    try:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C: with the summary
+    with contextlib.suppress(KeyboardInterrupt):
         fake.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake._server.server_close()
     snapshot = fake.store.snapshot()
     kept = ", ".join(f"{len(v)} {k}" for k, v in sorted(snapshot["records"].items())) or "nothing"
     print(f"\nfake stopped: {snapshot['counters'].get('requests', 0)} requests, "

@@ -14,8 +14,7 @@ from typing import Any
 from ..case_runner import CASES_FOLDER, CaseResult, CaseRunner, case_files, read_case, summary, update_case_file
 from ..mapping_set import DEFAULT_SET, MappingSet
 from ..openapi_check import OpenAPIDocument, load_openapi
-from ..problems import MappingSetError
-from .common import EXIT_OK, EXIT_REJECTED, UsageError, fail, load_set_or_exit
+from .common import EXIT_OK, EXIT_REJECTED, UsageError, delivery_plan, fail, load_set_or_exit
 
 
 def add_parser(subparsers: Any) -> None:
@@ -59,12 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 def spec_of(mapping_set: MappingSet) -> OpenAPIDocument | None:
     """The API spec the set's delivery section names, which every request of a case must fit."""
-    from ..delivery.config import DeliveryPlan  # (the delivery layer: only when a set is tested)
-
-    try:
-        plan = DeliveryPlan.for_set(mapping_set)
-    except MappingSetError as exc:
-        raise UsageError("the delivery section is invalid:\n" + "\n".join(map(str, exc.problems))) from None
+    plan = delivery_plan(mapping_set)
     return load_openapi(str(plan.spec_path)) if plan.spec_path is not None else None
 
 

@@ -36,6 +36,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from ..delivery.sealing import Sealer
 from ..delivery.sqlite_outbox import OUTBOX_FILE
 from ..delivery.stores import is_database_url, open_outbox, without_password
 from ..delivery.tenant_deliveries import TenantDeliveries
-from ..delivery.worker import DeliveryStopped, WorkerOptions
+from ..delivery.worker import DeliveryStopped, WorkerOptions, WorkerStats
 from ..mapping_set import PROGRAM
 from .common import (
     EXIT_OK,
@@ -117,9 +118,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             deliveries = _tenant_deliveries(args, setup, stores)
-        except OutboxError as exc:
-            return fail(str(exc))
-        except UsageError as exc:
+        except (OutboxError, UsageError) as exc:
             return fail(str(exc))
         if args.until_empty:
             deliveries.input_complete()
@@ -127,23 +126,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROGRAM} worker {' '.join(deliveries.holders)}: delivering {shown} to {setup.base_url}"
               + (f" for tenants {tenants}" if tenants else "")
               + (" until nothing is pending" if args.until_empty else ""), file=sys.stderr, flush=True)
-        try:
-            asyncio.run(_run_until_signal(deliveries, args.metrics_host, args.metrics_port))
-        except DeliveryStopped as exc:
-            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
-                  file=sys.stderr)
+        if not _delivered(deliveries.stop, _with_metrics(deliveries, args.metrics_host, args.metrics_port)):
             return EXIT_USAGE
-        stats = deliveries.sum_stats()
         counters = deliveries.counters
-        pending = sum(store.counts().events["pending"] for store in stores)
-        print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
-              f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
-              f"{stats.rate_limited} answered 429 · {pending} event(s) pending in the outbox · "
-              f"leases: {counters.claimed} taken ({counters.takeovers} from a dead worker), "
-              f"{counters.lost} lost", file=sys.stderr)
-        if deliveries.stopped:
-            return EXIT_USAGE  # some tenant's configuration is refused (logged above)
-        return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
+        code = _stopped(args, deliveries.sum_stats(), sum(store.counts().events["pending"] for store in stores),
+                        f" · leases: {counters.claimed} taken ({counters.takeovers} from a dead worker), "
+                        f"{counters.lost} lost")
+        return EXIT_USAGE if deliveries.stopped else code  # (some tenant's configuration refused: logged above)
     finally:
         for store in stores:
             store.close()
@@ -190,32 +179,40 @@ def _deliver_folder(args: argparse.Namespace, setup: DeliverySetup) -> int:
             worker.input_complete()
         print(f"{PROGRAM} worker: delivering {args.state} to {setup.base_url}"
               + (" until nothing is pending" if args.until_empty else ""), file=sys.stderr, flush=True)
-
-        async def until_signal() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop)
-            await worker.run()
-        try:
-            asyncio.run(until_signal())
-        except DeliveryStopped as exc:
-            print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered",
-                  file=sys.stderr)
+        if not _delivered(worker.stop, worker.run()):
             return EXIT_USAGE
-        stats = worker.stats
-        print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
-              f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
-              f"{stats.rate_limited} answered 429 · {outbox.counts().events['pending']} event(s) pending in the "
-              "outbox", file=sys.stderr)
-        return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
+        return _stopped(args, worker.stats, outbox.counts().events["pending"])
     finally:
         outbox.close()
 
 
-async def _run_until_signal(deliveries: TenantDeliveries, metrics_host: str, metrics_port: int | None) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, deliveries.stop)
+def _delivered(stop: Callable[[], None], delivery: Coroutine[Any, Any, object]) -> bool:
+    """Run `delivery` to its end, SIGTERM and Ctrl-C calling `stop` (a graceful stop); False when a
+    configuration error stopped it (said on stderr)."""
+    async def until_signal() -> None:
+        loop = asyncio.get_running_loop()  # (closed by asyncio.run, which takes its signal handlers away)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        await delivery
+
+    try:
+        asyncio.run(until_signal())
+    except DeliveryStopped as exc:
+        print(f"{PROGRAM}: configuration error, delivery stopped: {exc}; nothing was dead-lettered", file=sys.stderr)
+        return False
+    return True
+
+
+def _stopped(args: argparse.Namespace, stats: WorkerStats, pending: int, leases: str = "") -> int:
+    """Say what this worker did; exit 1 when it ran --until-empty and dead-lettered some event."""
+    print(f"{PROGRAM} worker: stopped · {stats.delivered_events} event(s) delivered and {stats.dead_events} "
+          f"dead-lettered by this worker · {stats.requests} requests, {stats.retried} retried, "
+          f"{stats.rate_limited} answered 429 · {pending} event(s) pending in the outbox{leases}", file=sys.stderr)
+    return EXIT_REJECTED if args.until_empty and stats.dead_events else EXIT_OK
+
+
+async def _with_metrics(deliveries: TenantDeliveries, metrics_host: str, metrics_port: int | None) -> None:
+    """The deliveries run, with GET /metrics served meanwhile when a --metrics-port is given."""
     server = None
     if metrics_port is not None:
         from ..serve.delivery_metrics import shared_delivery_metrics
@@ -230,5 +227,3 @@ async def _run_until_signal(deliveries: TenantDeliveries, metrics_host: str, met
     finally:
         if server is not None:
             server.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

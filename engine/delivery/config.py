@@ -25,14 +25,13 @@ from ..expressions import ExpressionError, compile_expression
 from ..limits import MAX_SPEC_BYTES
 from ..mapping_set import MappingSet, register_section_compiler
 from ..problems import MappingSetError, Position, ProblemList
-from ..schema import check_shape
+from ..schema import HTTP_METHODS, check_shape
 from ..strict_json import decode_stored
 from ..yaml_loader import PosDict, PosList, ScalarPlace
 from .chains import chain_subject
 from .outbox import NewUnit
 from .partitions import MAX_LANE_PARTITIONS, SEPARATOR, partition_name, stable_index
 
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -278,12 +277,8 @@ class DeliveryPlan:
     def endpoint_for(self, method: str, path: str) -> Endpoint | None:
         """The declared endpoint a request goes to (path without query), or None."""
         found = self._exact.get((method.upper(), path))
-        if found is not None:
-            return found
-        for endpoint in self.endpoints.values():
-            if endpoint.method == method.upper() and endpoint.pattern.match(path):
-                return endpoint
-        return None
+        return found or next((endpoint for endpoint in self.endpoints.values()
+                              if endpoint.method == method.upper() and endpoint.pattern.match(path)), None)
 
     def lane_of(self, method: str, url: str, unit: NewUnit | None = None) -> str:
         """The lane of the endpoint a stored request calls ('' for none); given the request itself, the
@@ -341,21 +336,19 @@ class DeliveryPlan:
 # -- compiling -----------------------------------------------------------------------------------------
 def _positioned(plain: Any, file: str) -> PosDict:
     """Give a plain dict (a delivery section built in code) positions, so checks can point somewhere."""
+    start = Position(file, 1, 1)
+
     def convert(value: Any) -> Any:
         if isinstance(value, dict):
-            result = PosDict()
-            result.position = Position(file, 1, 1)
-            result.key_positions = {}
-            result.value_places = {}
-            for key, item in value.items():
-                result[str(key)] = convert(item)
-                result.key_positions[str(key)] = Position(file, 1, 1)
-                result.value_places[str(key)] = ScalarPlace(Position(file, 1, 1), None)
+            result = PosDict((str(key), convert(item)) for key, item in value.items())
+            result.position = start
+            result.key_positions = dict.fromkeys(result, start)
+            result.value_places = dict.fromkeys(result, ScalarPlace(start, None))
             return result
         if isinstance(value, list):
             items = PosList(convert(v) for v in value)
-            items.position = Position(file, 1, 1)
-            items.item_places = [ScalarPlace(Position(file, 1, 1), None) for _ in value]
+            items.position = start
+            items.item_places = [ScalarPlace(start, None)] * len(items)
             return items
         return value
     converted = convert(plain or {})
@@ -563,11 +556,10 @@ def compile_delivery(document: PosDict, folder: Path, file: str, problems: Probl
     raw_retry = document.get("retry") or PosDict()
     if "statuses" in raw_retry:
         retry.statuses = frozenset(int(s) for s in raw_retry["statuses"])
-    for key, attribute in (("network_errors", "network_errors"), ("max_attempts", "max_attempts"),
-                           ("max_rate_limited", "max_rate_limited"), ("retry_after_header", "retry_after_header"),
-                           ("timeout", "timeout"), ("rate_limit_margin", "rate_limit_margin")):
+    for key in ("network_errors", "max_attempts", "max_rate_limited", "retry_after_header", "timeout",
+                "rate_limit_margin"):
         if key in raw_retry:
-            setattr(retry, attribute, type(getattr(retry, attribute))(raw_retry[key]))
+            setattr(retry, key, type(getattr(retry, key))(raw_retry[key]))
     backoff = raw_retry.get("backoff") or {}
     for key, attribute in (("initial", "initial"), ("multiplier", "multiplier"), ("max", "max_delay"),
                            ("jitter", "jitter")):

@@ -11,13 +11,12 @@ call needs it. Secrets never appear in the report: it is masked with the setting
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
 from .config import DeliveryPlan
+from .jobs import read_json
 from .retry import stop_message
 from .sealing import Sealer
 
@@ -82,11 +81,8 @@ def _judge(plan: DeliveryPlan, where: str, status: int, text: str) -> KeyCheckRe
 
 def _shown(plan: DeliveryPlan, text: str) -> str | None:
     assert plan.key_check is not None
-    if plan.key_check.shows is None or not text:
-        return None
-    try:
-        body: Any = json.loads(text)
-    except ValueError:
+    body = read_json(text)
+    if plan.key_check.shows is None or body is None:
         return None
     value = plan.key_check.shows.search(body)
     return None if value is None else str(value)

@@ -36,7 +36,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, TypeVar
@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # (the PostgreSQL driver is imported only by a process given 
 
 log = logging.getLogger(f"{PROGRAM}.leases")
 T = TypeVar("T")
+Totals = TypeVar("Totals", WorkerStats, "LeaseCounters")
 
 DEFAULT_LEASE_TTL = 10.0  # seconds: a dead worker's partitions are taken over within ttl × 4/3
 EMPTY_CHECK = 0.2  # seconds between looks for "nothing pending" (--until-empty)
@@ -96,8 +97,15 @@ class _Held:
 class LeaseCounters:
     claimed: int = 0
     takeovers: int = 0  # partitions taken from a worker whose lease had expired
-    released: int = 0
     lost: int = 0
+
+
+def add_up(total: Totals, parts: Sequence[Totals]) -> Totals:
+    """`total` with each of its counts (every field but `started`) set to their sum over `parts`."""
+    for item in fields(total):
+        if item.name != "started":
+            setattr(total, item.name, sum(getattr(part, item.name) for part in parts))
+    return total
 
 
 def shared_store(outbox: Outbox) -> PostgresOutbox:
@@ -322,7 +330,6 @@ class SharedDelivery:
             elif not held.lost:
                 # given back, or it ended by itself (it never does unless told): another worker may take it
                 await self._leases(self.store.release_lease, held.lease)
-                self.counters.released += 1
 
     async def _let_go(self, held: _Held) -> None:
         """Stop a partition's worker, wait for it, and give the lease back (unless lost)."""
@@ -337,7 +344,6 @@ class SharedDelivery:
             self._sum()
         if not held.lost:
             await self._leases(self.store.release_lease, held.lease)
-            self.counters.released += 1
 
     async def _let_go_all(self) -> None:
         for held in list(self._held.values()):
@@ -354,10 +360,7 @@ class SharedDelivery:
     def _sum(self) -> None:
         """This process's totals over its partitions' workers, past and present (in place: readers
         such as a server's metrics hold this object)."""
-        parts = self._ended + [held.worker.stats for held in self._held.values()]
-        for item in fields(WorkerStats):
-            if item.name != "started":
-                setattr(self.stats, item.name, sum(getattr(s, item.name) for s in parts))
+        add_up(self.stats, self._ended + [held.worker.stats for held in self._held.values()])
         if self.on_progress is not None:
             try:
                 self.on_progress(self.stats)

@@ -285,7 +285,6 @@ class OpenJob:
     unit_ids: list[int]
 
 
-
 class LeaseLost(Exception):
     """A shared store refused a mark: this worker no longer holds the lease of the unit's partition
     (another worker took it over and delivers it now). Nothing was marked."""
@@ -293,7 +292,6 @@ class LeaseLost(Exception):
 
 class OutboxError(Exception):
     """The outbox cannot be used; the message names the file and what to do."""
-
 
 
 def open_private(path: str | os.PathLike[str]) -> Any:
@@ -307,7 +305,6 @@ def open_private(path: str | os.PathLike[str]) -> Any:
         except OSError:
             pass  # not ours to change; we may still write it
     return os.fdopen(descriptor, "w", encoding="utf-8")
-
 
 
 def skip_duplicates(events: Sequence[NewEvent], first: int, seen: dict[str, int], window: float) -> None:

@@ -125,13 +125,9 @@ class PostgresOutbox(Outbox):
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 cur.execute(SCHEMA_VERSION_TABLE)
             else:
-                cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-                row = cur.fetchone()
-                if not row or not row["present"]:
+                if not _one(cur, "SELECT to_regclass('schema_version') IS NOT NULL"):
                     raise OutboxError(f"{self.where}: no outbox in this database (no schema_version table)")
-            cur.execute("SELECT coalesce(max(version), 0) AS version FROM schema_version")
-            row = cur.fetchone()
-            found = int(row["version"]) if row else 0
+            found = int(_one(cur, "SELECT coalesce(max(version), 0) FROM schema_version", default=0))
             if found > LATEST:
                 raise OutboxError(
                     f"{self.where}: the outbox schema in this database is version {found}, newer than this "
@@ -146,9 +142,7 @@ class PostgresOutbox(Outbox):
 
     def schema_version(self) -> int:
         with self._tx() as cur:
-            cur.execute("SELECT coalesce(max(version), 0) AS version FROM schema_version")
-            row = cur.fetchone()
-            return int(row["version"]) if row else 0
+            return int(_one(cur, "SELECT coalesce(max(version), 0) FROM schema_version", default=0))
 
     # -- connections -------------------------------------------------------------------------------------
     @contextmanager
@@ -174,9 +168,8 @@ class PostgresOutbox(Outbox):
     # -- recording ---------------------------------------------------------------------------------------
     def progress(self, source: str) -> int:
         with self._tx() as cur:
-            cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source))
-            row = cur.fetchone()
-            return int(row["next_index"]) if row else 0
+            return int(_one(cur, "SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source),
+                            default=0))
 
     def add_events(self, source: str, first_index: int, events: Sequence[NewEvent], label: str = "") -> int:
         with self._tx() as cur:
@@ -187,9 +180,8 @@ class PostgresOutbox(Outbox):
                       dedupe_window: float | None = None) -> int:
         with self._tx() as cur:
             self._lock_recording(cur)
-            cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source))
-            row = cur.fetchone()
-            first = int(row["next_index"]) if row else 0
+            first = int(_one(cur, "SELECT next_index FROM sources WHERE tenant = %s AND id = %s", (self.tenant, source),
+                             default=0))
             if dedupe_window is not None:
                 self._mark_duplicates(cur, source, first, events, dedupe_window)
             self._add_events(cur, source, first, events, label)
@@ -211,9 +203,8 @@ class PostgresOutbox(Outbox):
         now = time.time()
         cur.execute("INSERT INTO sources (tenant, id, label, next_index, created) VALUES (%s, %s, %s, 0, %s) "
                     "ON CONFLICT DO NOTHING", (self.tenant, source, label, now))
-        cur.execute("SELECT next_index FROM sources WHERE tenant = %s AND id = %s FOR UPDATE", (self.tenant, source))
-        row = cur.fetchone()
-        done = int(row["next_index"]) if row else 0
+        done = int(_one(cur, "SELECT next_index FROM sources WHERE tenant = %s AND id = %s FOR UPDATE",
+                        (self.tenant, source), default=0))
         if first_index > done:
             raise ValueError(f"source {source}: events {done}..{first_index - 1} were never recorded")
         fresh = [(first_index + offset, event) for offset, event in enumerate(events) if first_index + offset >= done]
@@ -260,13 +251,8 @@ class PostgresOutbox(Outbox):
                         "ORDER BY id LIMIT %s", (self.tenant, after_id, limit))
             return [_stored_unit(r) for r in cur.fetchall()]
 
-    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
-        return self._mark_delivered(unit_ids, attempts, None)
-
-    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
-        return self._mark_dead(unit_ids, letter, None)
-
-    def _mark_delivered(self, unit_ids: Sequence[int], attempts: int, fence: Lease | None) -> Finished:
+    # A `fence` (a PartitionQueue's lease) makes a mark refuse with LeaseLost once another worker holds it.
+    def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1, fence: Lease | None = None) -> Finished:
         if not unit_ids:
             return Finished()
         return _retried(lambda: self._mark_delivered_once(unit_ids, attempts, fence))
@@ -280,7 +266,7 @@ class PostgresOutbox(Outbox):
             self.on_delivered(finished)
         return finished
 
-    def _mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None) -> Finished:
+    def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter, fence: Lease | None = None) -> Finished:
         if not unit_ids:
             return Finished()
         return _retried(lambda: self._mark(
@@ -302,12 +288,8 @@ class PostgresOutbox(Outbox):
                 raise _lease_lost(fence)  # (rolled back: nothing marked)
             return self._finish(cur, event_ids)
 
-    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
-                  note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
-        return self._mark_step(unit_id, attempts, next_units, note, None)
-
-    def _mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit], note: str | None,
-                   fence: Lease | None) -> tuple[Finished, list[StoredUnit]]:
+    def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit], note: str | None = None,
+                  fence: Lease | None = None) -> tuple[Finished, list[StoredUnit]]:
         return _retried(lambda: self._mark_step_once(unit_id, attempts, next_units, note, fence))
 
     def _mark_step_once(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit], note: str | None,
@@ -324,9 +306,8 @@ class PostgresOutbox(Outbox):
             body = "body" if self.keep_delivered_bodies else "NULL"
             cur.execute(f"UPDATE units SET status = 'delivered', attempts = attempts + %s, finished = %s, "
                         f"body = {body} WHERE id = %s", (attempts, time.time(), unit_id))
-            cur.execute("SELECT coalesce(max(position), -1) + 1 AS after FROM units WHERE event_id = %s", (event_id,))
-            found = cur.fetchone()
-            after = int(found["after"]) if found else 0
+            after = int(_one(cur, "SELECT coalesce(max(position), -1) + 1 FROM units WHERE event_id = %s", (event_id,),
+                             default=0))
             new_ids: list[int] = []
             # the next step stays in this unit's partition: the worker that ran this step runs the next
             for offset, unit in enumerate(next_units):
@@ -416,10 +397,7 @@ class PostgresOutbox(Outbox):
                         (self.tenant, sorted(partitions)))
 
     # -- jobs --------------------------------------------------------------------------------------------
-    def save_job(self, job: OpenJob) -> None:
-        self._save_job(job, None)
-
-    def _save_job(self, job: OpenJob, fence: Lease | None) -> None:
+    def save_job(self, job: OpenJob, fence: Lease | None = None) -> None:
         with self._tx() as cur:
             self._check_fence(cur, fence)
             partition = fence.partition if fence is not None else self._partition_of_units(cur, job.unit_ids)
@@ -430,14 +408,10 @@ class PostgresOutbox(Outbox):
 
     @staticmethod
     def _partition_of_units(cur: psycopg.Cursor[Any], unit_ids: Sequence[int]) -> str:
-        cur.execute("SELECT partition FROM units WHERE id = ANY(%s) ORDER BY id LIMIT 1", (list(unit_ids),))
-        row = cur.fetchone()
-        return str(row["partition"]) if row else ""
+        return str(_one(cur, "SELECT partition FROM units WHERE id = ANY(%s) ORDER BY id LIMIT 1", (list(unit_ids),),
+                        default=""))
 
-    def open_jobs(self) -> list[OpenJob]:
-        return self._open_jobs(None)
-
-    def _open_jobs(self, partition: str | None) -> list[OpenJob]:
+    def open_jobs(self, partition: str | None = None) -> list[OpenJob]:
         where, args = ("AND partition = %s", (self.tenant, partition)) if partition is not None \
             else ("", (self.tenant,))
         with self._tx() as cur:
@@ -446,10 +420,7 @@ class PostgresOutbox(Outbox):
             return [OpenJob(str(r["job_id"]), str(r["batch"]), [int(i) for i in json.loads(r["units"])])
                     for r in cur.fetchall()]
 
-    def finish_job(self, job_id: str) -> None:
-        self._finish_job(job_id, None)
-
-    def _finish_job(self, job_id: str, fence: Lease | None) -> None:
+    def finish_job(self, job_id: str, fence: Lease | None = None) -> None:
         with self._tx() as cur:
             self._check_fence(cur, fence)
             cur.execute("DELETE FROM jobs WHERE tenant = %s AND job_id = %s", (self.tenant, job_id))
@@ -549,9 +520,8 @@ class PostgresOutbox(Outbox):
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as cur:
-            cur.execute("SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key))
-            row = cur.fetchone()
-            return str(row["value"]) if row else None
+            found = _one(cur, "SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key))
+            return None if found is None else str(found)
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as cur:
@@ -563,17 +533,15 @@ class PostgresOutbox(Outbox):
         with self._tx() as cur:
             cur.execute("INSERT INTO meta (tenant, key, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                         (self.tenant, key, value))
-            cur.execute("SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key))
-            row = cur.fetchone()
-            return str(row["value"]) if row else value
+            return str(_one(cur, "SELECT value FROM meta WHERE tenant = %s AND key = %s", (self.tenant, key),
+                            default=value))
 
     def pending_count(self) -> int:
         """Pending units and open jobs of this tenant (0: nothing left to deliver)."""
         with self._tx() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM units WHERE tenant = %s AND status = 'pending') + "
-                        "(SELECT count(*) FROM jobs WHERE tenant = %s) AS n", (self.tenant, self.tenant))
-            row = cur.fetchone()
-            return int(row["n"]) if row else 0
+            return int(_one(cur, "SELECT (SELECT count(*) FROM units WHERE tenant = %s AND status = 'pending') + "
+                                 "(SELECT count(*) FROM jobs WHERE tenant = %s)", (self.tenant, self.tenant),
+                            default=0))
 
     def backlog(self) -> dict[tuple[str, str], int]:
         """Pending requests by (tenant, partition), of every tenant: what all workers have left (metrics)."""
@@ -595,9 +563,8 @@ class PostgresOutbox(Outbox):
             cur.execute("INSERT INTO workers (holder, seen) VALUES (%s, now()) "
                         "ON CONFLICT (holder) DO UPDATE SET seen = now()", (holder,))
             cur.execute("DELETE FROM workers WHERE seen < now() - make_interval(secs => %s)", (ttl * 6,))
-            cur.execute("SELECT count(*) AS n FROM workers WHERE seen >= now() - make_interval(secs => %s)", (ttl,))
-            row = cur.fetchone()
-            return int(row["n"]) if row else 1
+            return int(_one(cur, "SELECT count(*) FROM workers WHERE seen >= now() - make_interval(secs => %s)", (ttl,),
+                            default=1))
 
     def partition_names(self) -> list[str]:
         """Every partition this tenant has recorded requests in (a lease row each), in name order."""
@@ -645,7 +612,8 @@ class PostgresOutbox(Outbox):
     def partition_queue(self, lease: Lease) -> PartitionQueue:
         return PartitionQueue(self, lease)
 
-    def _partition_pending(self, partition: str, after_id: int, limit: int) -> list[StoredUnit]:
+    def partition_pending(self, partition: str, after_id: int, limit: int) -> list[StoredUnit]:
+        """pending_units of one partition, up to the first whose event waits on another partition."""
         with self._tx() as cur:
             cur.execute(f"SELECT {UNIT_COLUMNS} FROM units WHERE tenant = %s AND partition = %s AND "
                         "status = 'pending' AND id > %s ORDER BY id LIMIT %s",
@@ -686,26 +654,26 @@ class PartitionQueue:
         self.lease = lease
 
     def pending_units(self, after_id: int, limit: int) -> list[StoredUnit]:
-        return self.store._partition_pending(self.lease.partition, after_id, limit)
+        return self.store.partition_pending(self.lease.partition, after_id, limit)
 
     def mark_delivered(self, unit_ids: Sequence[int], attempts: int = 1) -> Finished:
-        return self.store._mark_delivered(unit_ids, attempts, self.lease)
+        return self.store.mark_delivered(unit_ids, attempts, fence=self.lease)
 
     def mark_dead(self, unit_ids: Sequence[int], letter: DeadLetter) -> Finished:
-        return self.store._mark_dead(unit_ids, letter, self.lease)
+        return self.store.mark_dead(unit_ids, letter, fence=self.lease)
 
     def mark_step(self, unit_id: int, attempts: int, next_units: Sequence[NewUnit],
                   note: str | None = None) -> tuple[Finished, list[StoredUnit]]:
-        return self.store._mark_step(unit_id, attempts, next_units, note, self.lease)
+        return self.store.mark_step(unit_id, attempts, next_units, note, fence=self.lease)
 
     def save_job(self, job: OpenJob) -> None:
-        self.store._save_job(job, self.lease)
+        self.store.save_job(job, fence=self.lease)
 
     def open_jobs(self) -> list[OpenJob]:
-        return self.store._open_jobs(self.lease.partition)
+        return self.store.open_jobs(self.lease.partition)
 
     def finish_job(self, job_id: str) -> None:
-        self.store._finish_job(job_id, self.lease)
+        self.store.finish_job(job_id, fence=self.lease)
 
     def units_with_ids(self, unit_ids: Sequence[int]) -> list[StoredUnit]:
         return self.store.units_with_ids(unit_ids)
@@ -722,6 +690,13 @@ def _retried(transaction: Callable[[], T], tries: int = 5) -> T:
                 raise
             time.sleep(0.01 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _one(cur: psycopg.Cursor[dict[str, Any]], query: str, args: Sequence[Any] = (), default: Any = None) -> Any:
+    """The value a query selects: its first row's first column (`default` when it has no row)."""
+    cur.execute(query, args)
+    row = cur.fetchone()
+    return next(iter(row.values())) if row else default
 
 
 def _stored_unit(row: dict[str, Any]) -> StoredUnit:

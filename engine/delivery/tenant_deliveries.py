@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from ..mapping_set import PROGRAM
-from .leases import LeaseCounters, SharedDelivery
+from .leases import LeaseCounters, SharedDelivery, add_up
 from .worker import DeliveryStopped, WorkerStats
 
 if TYPE_CHECKING:
@@ -36,11 +35,7 @@ class TenantDeliveries:
 
     @property
     def counters(self) -> LeaseCounters:
-        total = LeaseCounters()
-        for delivery in self.deliveries.values():
-            for item in fields(LeaseCounters):
-                setattr(total, item.name, getattr(total, item.name) + getattr(delivery.counters, item.name))
-        return total
+        return add_up(LeaseCounters(), [delivery.counters for delivery in self.deliveries.values()])
 
     @property
     def holders(self) -> list[str]:
@@ -48,10 +43,7 @@ class TenantDeliveries:
 
     def sum_stats(self) -> WorkerStats:
         """This process's totals over its tenants (in place: metrics readers hold this object)."""
-        for item in fields(WorkerStats):
-            if item.name != "started":
-                setattr(self.stats, item.name, sum(getattr(d.stats, item.name) for d in self.deliveries.values()))
-        return self.stats
+        return add_up(self.stats, [delivery.stats for delivery in self.deliveries.values()])
 
     def stop(self) -> None:
         for delivery in self.deliveries.values():

@@ -61,6 +61,7 @@ FAKE_SHAPE: dict[str, Any] = {
     }}},
 }
 
+
 @dataclass
 class RecordSpec:
     endpoint: str
@@ -147,11 +148,8 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
     for endpoint_name, body in by_endpoint("responses"):
         fake.responses[endpoint_name] = plain_value(body)
     for endpoint_name, raw in by_endpoint("records"):
-        keys = []
-        for i, text in enumerate(raw.get("key") or []):
-            compiled = compile_selector(text, raw["key"].item_places[i].position, f"fake.records.{endpoint_name}.key",
-                                 problems)
-            keys.append(compiled)
+        keys = [compile_selector(text, raw["key"].item_places[i].position, f"fake.records.{endpoint_name}.key",
+                                 problems) for i, text in enumerate(raw.get("key") or [])]
         status = raw.get("status") or {}
         fake.records[endpoint_name] = RecordSpec(
             endpoint=endpoint_name, kind=str(raw["kind"]), key=keys, repeat=str(raw.get("repeat", "update")),
@@ -178,7 +176,6 @@ def compile_fake(node: Any, endpoints: dict[str, Endpoint], problems: ProblemLis
             response=plain_value(raw["response"]), errors_response=plain_value(raw["errors_response"]),
             error=plain_value(raw["error"]), page_size=int(raw.get("page_size", 100)))
     return fake
-
 
 
 def fake_config(plan: DeliveryPlan) -> FakeConfig:

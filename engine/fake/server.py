@@ -84,6 +84,16 @@ class Reply(Exception):
         self.body = {"errors": errors} if errors is not None else None
         self.headers = headers or {}
 
+    @classmethod
+    def one(cls, status: int, detail: str, headers: dict[str, str] | None = None, **fields: Any) -> Reply:
+        """A reply with one error (`fields`: _error's pointer, parameter, code and title)."""
+        return cls(status, [_error(status, detail, **fields)], headers)
+
+    @classmethod
+    def throttled(cls, detail: str, header: str, wait: int) -> Reply:
+        """A 429 whose `header` (the plan's Retry-After) says how many API seconds to wait."""
+        return cls.one(429, detail, {header: str(wait)}, code="throttled", title="Request was throttled.")
+
 
 @dataclass
 class FakeStore:
@@ -101,9 +111,18 @@ class FakeStore:
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
 
+    def tally(self, name: str, by: int = 1) -> None:
+        """count(), taking the lock (for a caller that does not hold it)."""
+        with self.lock:
+            self.count(name, by)
+
+    def identity_keys(self, attributes: dict[str, Any]) -> list[str]:
+        """`name=value` of each identifier the attributes hold: what the API recognises a profile by."""
+        return [f"{name}={attributes[name]}" for name in self.identifiers if attributes.get(name) not in (None, "")]
+
     def resolve(self, attributes: dict[str, Any]) -> tuple[str, bool]:
         """The profile these attributes identify (merged like the API does): (id, created)."""
-        keys = [f"{name}={attributes[name]}" for name in self.identifiers if attributes.get(name) not in (None, "")]
+        keys = self.identity_keys(attributes)
         found = next((self.identity[k] for k in keys if k in self.identity), None)
         created = found is None
         if found is None:
@@ -124,12 +143,8 @@ class FakeStore:
 
     def reset(self) -> None:
         with self.lock:
-            self.profiles.clear()
-            self.identity.clear()
-            self.records.clear()
-            self.requests.clear()
-            self.counters.clear()
-            self.jobs.clear()
+            for kept in (self.profiles, self.identity, self.records, self.requests, self.counters, self.jobs):
+                kept.clear()
 
 
 @dataclass
@@ -192,7 +207,11 @@ class FakeServer:
         return self
 
     def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
+        """Serve in this thread until interrupted (Ctrl-C), then close the socket."""
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -226,31 +245,25 @@ class FakeServer:
         parts = urlsplit(target)
         path = parts.path
         store = self.store
-        with store.lock:
-            store.count("requests")
+        store.tally("requests")
         options = self.options
         if self.chance(options.drop_rate / 2):
-            with store.lock:
-                store.count("dropped")
+            store.tally("dropped")
             raise _Drop()
         if self.chance(options.error_rate):
             status = self.pick(self.config.error_statuses)
-            with store.lock:
-                store.count("injected_errors")
+            store.tally("injected_errors")
             return status, {"errors": [_error(status, "injected failure", code="error", title="Server error")]}, {}
         if self.chance(options.slow_rate):
-            with store.lock:
-                store.count("slow")
+            store.tally("slow")
             time.sleep(options.slow_seconds)
         try:
             status, body, extra = self._process(method, path, headers, raw, parts.query)
         except Reply as reply:
-            with store.lock:
-                store.count(f"status_{reply.status}")
+            store.tally(f"status_{reply.status}")
             return reply.status, reply.body, reply.headers
         if self.chance(options.drop_rate / 2):
-            with store.lock:
-                store.count("dropped_after_processing")
+            store.tally("dropped_after_processing")
             raise _Drop()
         return status, body, extra
 
@@ -259,7 +272,7 @@ class FakeServer:
         fake = self.config
         operation = self.spec.find(method, path)
         if operation is None:
-            raise Reply(404, [_error(404, f"no operation {method} {path}", code="not_found", title="Not found.")])
+            raise Reply.one(404, f"no operation {method} {path}", code="not_found", title="Not found.")
         endpoint = self.plan.endpoint_for(method, path)
         name = endpoint.name if endpoint is not None else operation.operation_id
         # authentication, then scopes
@@ -267,38 +280,37 @@ class FakeServer:
             value = headers.get(fake.auth_header.lower(), "")
             key = value[len(fake.auth_prefix):] if value.startswith(fake.auth_prefix) else ""
             if not key or (self.options.api_keys is not None and key not in self.options.api_keys):
-                raise Reply(401, [_error(401, "Missing or invalid private key.", code="not_authenticated",
-                                         title="Authentication credentials were not provided.")])
+                raise Reply.one(401, "Missing or invalid private key.", code="not_authenticated",
+                                title="Authentication credentials were not provided.")
         if self.options.scopes is not None and self.plan.scopes_extension:
             needed = operation.raw.get(self.plan.scopes_extension) or []
             missing = [s for s in needed if s not in self.options.scopes]
             if missing:
-                raise Reply(403, [_error(403, f"The API key is missing required scopes: {', '.join(missing)}.",
-                                         code="permission_denied",
-                                         title="You do not have permission to perform this action.")])
+                raise Reply.one(403, f"The API key is missing required scopes: {', '.join(missing)}.",
+                                code="permission_denied", title="You do not have permission to perform this action.")
         for header, pattern in fake.headers.items():
             given = headers.get(header.lower())
             if given is None:
-                raise Reply(400, [_error(400, f"The {header} header is required.", parameter=header)])
+                raise Reply.one(400, f"The {header} header is required.", parameter=header)
             if not pattern.match(given):
-                raise Reply(400, [_error(400, f"Invalid {header} header {given!r}.", parameter=header)])
+                raise Reply.one(400, f"Invalid {header} header {given!r}.", parameter=header)
         # rate limits (only requests that would otherwise be served count)
         self._rate_limit(name, endpoint)
         # the body
         if raw and fake.content_types:
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in [c.lower() for c in fake.content_types]:
-                raise Reply(415, [_error(415, f"Unsupported content type {content_type!r}.",
-                                         code="unsupported_media_type", title="Unsupported media type.")])
+                raise Reply.one(415, f"Unsupported content type {content_type!r}.", code="unsupported_media_type",
+                                title="Unsupported media type.")
         if fake.max_body_bytes is not None and len(raw) > fake.max_body_bytes:
-            raise Reply(413, [_error(413, f"The payload is {len(raw)} bytes; the limit is {fake.max_body_bytes}.",
-                                     code="payload_too_large", title="Payload too large.")])
+            raise Reply.one(413, f"The payload is {len(raw)} bytes; the limit is {fake.max_body_bytes}.",
+                            code="payload_too_large", title="Payload too large.")
         body: Any = None
         if raw:
             try:
                 body = json.loads(raw)
             except ValueError as exc:
-                raise Reply(400, [_error(400, f"The body is not JSON: {exc}", pointer="")]) from None
+                raise Reply.one(400, f"The body is not JSON: {exc}", pointer="") from None
         problems = self.spec.validate_body(method, path, body)
         if problems:
             raise Reply(400, [_error(400, message, pointer=pointer) for pointer, message in map(_split, problems)])
@@ -319,8 +331,7 @@ class FakeServer:
                 else:
                     kept.append(item)
             items = kept
-            with self.store.lock:
-                self.store.count("refused_job_rows", len(refused))
+            self.store.tally("refused_job_rows", len(refused))
         status, answer, extra = self._record(name, endpoint, method, path, body, items)
         if name in self.config.jobs:
             return self._job_created(name, len(items) + len(refused), refused)
@@ -331,7 +342,7 @@ class FakeServer:
         given = parse_qs(raw_query).get(lookup.parameter, [""])[0]
         wanted = lookup.match.match(given)
         if wanted is None or wanted.group("name") not in self.store.identifiers:
-            raise Reply(400, [_error(400, f"Invalid {lookup.parameter} {given!r}.", parameter=lookup.parameter)])
+            raise Reply.one(400, f"Invalid {lookup.parameter} {given!r}.", parameter=lookup.parameter)
         store = self.store
         with store.lock:
             store.count(f"lookups:{lookup.endpoint}")
@@ -375,7 +386,7 @@ class FakeServer:
                     run.polls += 1
                     self.store.count("job_polls")
         if run is None:
-            raise Reply(404, [_error(404, f"No job {identifier!r}.", code="not_found", title="Not found.")])
+            raise Reply.one(404, f"No job {identifier!r}.", code="not_found", title="Not found.")
         if name in self._job_pollers:
             return 200, self._job_body(run), {}
         spec = self.config.jobs[run.endpoint]
@@ -397,16 +408,13 @@ class FakeServer:
             phase = now % options.burst_429_every
             if phase < options.burst_429_length:
                 wait = max(1, math.ceil(options.burst_429_length - phase))
-                with self.store.lock:
-                    self.store.count("burst_429")
-                raise Reply(429, [_error(429, "Request was throttled (injected burst).", code="throttled",
-                                         title="Request was throttled.")], {header: str(wait)})
+                self.store.tally("burst_429")
+                raise Reply.throttled("Request was throttled (injected burst).", header, wait)
         if options.throttle_first and options.throttle_first.get(name, 0) > 0:
             with self.store.lock:
                 options.throttle_first[name] -= 1
                 self.store.count("rate_limited")
-            raise Reply(429, [_error(429, f"Request was throttled (throttle_first) on {name}.", code="throttled",
-                                     title="Request was throttled.")], {header: "1"})
+            raise Reply.throttled(f"Request was throttled (throttle_first) on {name}.", header, 1)
         if not options.enforce_rate_limits or endpoint is None or not endpoint.rate_windows:
             return
         with self._window_lock:
@@ -415,11 +423,9 @@ class FakeServer:
                 used = self._windows.get((name, window.name, index), 0)
                 if used >= window.limit:
                     wait = max(1, math.ceil((index + 1) * window.seconds - now))
-                    with self.store.lock:
-                        self.store.count("rate_limited")
-                    raise Reply(429, [_error(429, f"Request was throttled: {window.limit} per {window.seconds:g}s "
-                                                  f"({window.name}) on {name}.", code="throttled",
-                                             title="Request was throttled.")], {header: str(wait)})
+                    self.store.tally("rate_limited")
+                    raise Reply.throttled(f"Request was throttled: {window.limit} per {window.seconds:g}s "
+                                          f"({window.name}) on {name}.", header, wait)
             for window, index in slots:
                 key = (name, window.name, index)
                 self._windows[key] = self._windows.get(key, 0) + 1
@@ -433,18 +439,16 @@ class FakeServer:
         try:
             items = split(spec, body)
         except ValueError as exc:
-            raise Reply(400, [_error(400, f"The body is not a {spec.name} bulk call: {exc}", pointer="")]) from None
+            raise Reply.one(400, f"The body is not a {spec.name} bulk call: {exc}", pointer="") from None
         if len(items) > spec.max_items:
-            raise Reply(400, [_error(400, f"{len(items)} items in one call; at most {spec.max_items} are allowed.",
-                                     pointer="")])
+            raise Reply.one(400, f"{len(items)} items in one call; at most {spec.max_items} are allowed.", pointer="")
         return items
 
     def _check_items(self, name: str, items: list[SplitItem]) -> None:
         if self._fail_items is not None:
             failing = [i for i in items if self._fail_items.search(canonical(i.single))]
             if failing:
-                with self.store.lock:
-                    self.store.count("failed_items", len(failing))
+                self.store.tally("failed_items", len(failing))
                 raise Reply(400, [_error(400, "This item was refused (fail_items_matching).",
                                          pointer=i.pointer or "/data") for i in failing])
         spec = self.plan.by_target.get(name)
@@ -456,9 +460,7 @@ class FakeServer:
         errors = []
         with self.store.lock:
             for item in items:
-                key = self._key(record, spec.source, item.single, resolve=False)
-                if key is None:
-                    continue
+                key = self._key(record, spec.source, item.single)
                 if key in seen:
                     errors.append(_error(400, f"Duplicate unique key for one profile in one call (first at "
                                               f"{seen[key]}).", pointer=item.pointer, code="duplicate"))
@@ -467,20 +469,14 @@ class FakeServer:
         if errors:
             raise Reply(400, errors)
 
-    def _key(self, record: RecordSpec, endpoint: Endpoint, single: Any, resolve: bool) -> tuple[Any, ...] | None:
-        """(profile, *key) for a single request; with resolve=False the profile is its attributes' identity."""
-        profiles = endpoint.subjects(single)
+    def _key(self, record: RecordSpec, endpoint: Endpoint, single: Any) -> tuple[Any, ...]:
+        """(profile, *key) for a single request, recording nothing: the profile its attributes identify
+        (for one not seen yet, those identifiers themselves)."""
+        profiles, profile = endpoint.subjects(single), None
         if profiles:
-            attributes = profiles[0]
-            if resolve:
-                profile: Any = self.store.resolve(attributes)[0]
-            else:
-                known = [f"{n}={attributes[n]}" for n in self.store.identifiers if attributes.get(n) not in (None, "")]
-                profile = next((self.store.identity[k] for k in known if k in self.store.identity), canonical(known))
-        else:
-            profile = None
-        parts = [expression.search(single) for expression in record.key]
-        return (profile, *parts)
+            known = self.store.identity_keys(profiles[0])
+            profile = next((self.store.identity[k] for k in known if k in self.store.identity), canonical(known))
+        return (profile, *[expression.search(single) for expression in record.key])
 
     def _record(self, name: str, endpoint: Endpoint | None, method: str, path: str, body: Any,
                 items: list[SplitItem]) -> tuple[int, Any, dict[str, str]]:
@@ -511,24 +507,16 @@ class FakeServer:
                     profiles = source.subjects(item.single)
                     if profiles:
                         profile_id, created = store.resolve(profiles[0])
-                        merged = store.profiles[profile_id]
-                        for name, value in profiles[0].items():
-                            if value is not None:
-                                merged[name] = value
+                        store.profiles[profile_id].update((k, v) for k, v in profiles[0].items() if v is not None)
                     key = (profile_id, *[expression.search(item.single) for expression in record.key])
-                    entry = {"key": list(key), "profile": profile_id, "request": item.single}
-                    if key in entries:
-                        if record.repeat == "ignore":
-                            store.count(f"{record.kind}_repeats_ignored")
-                            continue
-                        entries[key] = {**entry, "times": entries[key].get("times", 1) + 1}
-                    else:
-                        entries[key] = {**entry, "times": 1}
-                    if spec is None and len(items) == 1:
-                        if created and record.status_created is not None:
-                            status = record.status_created
-                        elif not created and record.status_updated is not None:
-                            status = record.status_updated
+                    if key in entries and record.repeat == "ignore":
+                        store.count(f"{record.kind}_repeats_ignored")
+                        continue
+                    times = entries[key].get("times", 1) + 1 if key in entries else 1
+                    entries[key] = {"key": list(key), "profile": profile_id, "request": item.single, "times": times}
+                    answer_status = record.status_created if created else record.status_updated
+                    if spec is None and len(items) == 1 and answer_status is not None:
+                        status = answer_status
         response_body: Any = canned
         if spec is None and record is not None and record.response is not None:
             response_body = _fill(record.response, {"$profile_id": profile_id})
@@ -626,8 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if raw is None:
             self.close_connection = True
-            with fake.store.lock:
-                fake.store.count("incomplete_requests")
+            fake.store.tally("incomplete_requests")
             return
         path = urlsplit(self.path).path
         if path.startswith("/_fake/"):

@@ -72,10 +72,7 @@ def trim_openapi(full: dict[str, Any], operation_ids: Sequence[str], note: str =
         kept_entries = {name: entry for name, entry in entries.items() if f"#/components/{section}/{name}" in done}
         if kept_entries:
             components[section] = kept_entries
-    trimmed: dict[str, Any] = {}
-    for key in ("openapi", "info", "servers"):
-        if key in full:
-            trimmed[key] = full[key]
+    trimmed: dict[str, Any] = {key: full[key] for key in ("openapi", "info", "servers") if key in full}
     if note:
         trimmed["x-trimmed"] = note
     trimmed["paths"] = paths
