@@ -519,7 +519,7 @@ class CodeGenerator:
         source.emit(indent + 1, f"{out} = ABSENT" if node.omit_empty else f"{out} = {kind}()")
         source.emit(indent, f"elif not isinstance({found}, {kind}):")
         not_kind = source.bind(", not an object" if kind == "dict" else ", not a list")
-        source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(node.source_text)} + ' is ' + "
+        source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(node.expression.source)} + ' is ' + "
                                 f"{source.bind(a_json_type)}({found}) + {not_kind}, "
                                 f"{source.bind(_field_path(node))}, {source.bind(node.position)})")
         source.emit(indent, "else:")

@@ -179,7 +179,6 @@ class Rest(Node):
     """An object's keys but those written elsewhere: `except` keys, and what `except_fields` tables read."""
 
     expression: Expression
-    source_text: str
     position: Position
     except_keys: frozenset[str]
     except_tables: tuple[Any, ...]  # lower.TableDef
@@ -199,7 +198,6 @@ class Lookup(Node):
 @dataclass(frozen=True, slots=True, eq=False)
 class Each(Node):
     expression: Expression
-    source_text: str
     position: Position
     name: str
     value: Node

@@ -306,7 +306,7 @@ class Lowerer:
             tables = tuple(table for table in found if table is not None)
             if len(expression.info.paths) != 1:
                 self.problem(place.position, f"{field_path}: except_fields needs rest to be a plain path like traits")
-        return ir.Rest(origin, expression, node["rest"], place.position, excluded, tables, self.named, loose,
+        return ir.Rest(origin, expression, place.position, excluded, tables, self.named, loose,
                        keep_null, self._omit_empty(node, field_path))
 
     def _directive_lookup(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
@@ -334,8 +334,7 @@ class Lowerer:
             if "where" in node else None
         if expression is None:
             return ir.Absent(origin)
-        return ir.Each(origin, expression, node["each"], place.position, name, value, where,
-                       self._omit_empty(node, field_path))
+        return ir.Each(origin, expression, place.position, name, value, where, self._omit_empty(node, field_path))
 
     def _directive_encode(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
         encoding = ENCODINGS.get(node["encode"]) if isinstance(node["encode"], str) else None
