@@ -767,20 +767,6 @@ class CodeGenerator:
             source.emit(indent + 1, f"{out} = {{{pairs}}}")
         return out
 
-    def visit_JmesFlatten(self, node: ir.JmesFlatten, cur: str, indent: int) -> str:
-        source = self.source
-        base, out, element = self.jmespath(node.value, cur, indent), source.temp(), source.temp()
-        source.emit(indent, f"if not isinstance({base}, list):")
-        source.emit(indent + 1, f"{out} = None")
-        source.emit(indent, "else:")
-        source.emit(indent + 1, f"{out} = []")
-        source.emit(indent + 1, f"for {element} in {base}:")
-        source.emit(indent + 2, f"if isinstance({element}, list):")
-        source.emit(indent + 3, f"{out}.extend({element})")
-        source.emit(indent + 2, "else:")
-        source.emit(indent + 3, f"{out}.append({element})")
-        return out
-
     def visit_JmesComparator(self, node: ir.JmesComparator, cur: str, indent: int) -> str:
         source = self.source
         left = self.jmespath(node.left, cur, indent)
@@ -815,18 +801,25 @@ class CodeGenerator:
         source.booleans.add(out)
         return out
 
-    def visit_JmesProjection(self, node: ir.JmesProjection, cur: str, indent: int) -> str:
+    def visit_JmesProjection(self, node: ir.JmesProjection | ir.JmesFlatten, cur: str, indent: int) -> str:
         """`a[*].b`, `a[?cond].b` and `a.*.b`: b of each element of the list a (for which cond is
-        true), or of each value of the object a, nulls left out."""
+        true), or of each value of the object a, nulls left out; `a[]`: a's elements, lists spread."""
         source = self.source
         base = self.jmespath(node.base, cur, indent)
         out, element = source.temp(), source.temp()
-        source.emit(indent, f"if not isinstance({base}, {'dict' if node.of_object else 'list'}):")
+        of_object = isinstance(node, ir.JmesProjection) and node.of_object
+        source.emit(indent, f"if not isinstance({base}, {'dict' if of_object else 'list'}):")
         source.emit(indent + 1, f"{out} = None")
         source.emit(indent, "else:")
         source.emit(indent + 1, f"{out} = []")
-        source.emit(indent + 1, f"for {element} in {base}{'.values()' if node.of_object else ''}:")
+        source.emit(indent + 1, f"for {element} in {base}{'.values()' if of_object else ''}:")
         level = indent + 2
+        if isinstance(node, ir.JmesFlatten):
+            source.emit(level, f"if isinstance({element}, list):")
+            source.emit(level + 1, f"{out}.extend({element})")
+            source.emit(level, "else:")
+            source.emit(level + 1, f"{out}.append({element})")
+            return out
         if node.condition is not None:
             condition = self.jmespath(node.condition, element, level)
             source.emit(level, f"if {source.falsy(condition)}:")
@@ -835,6 +828,8 @@ class CodeGenerator:
         source.emit(level, f"if {value} is not None:")
         source.emit(level + 1, f"{out}.append({value})")
         return out
+
+    visit_JmesFlatten = visit_JmesProjection
 
     def visit_JmesCall(self, node: ir.JmesCall, cur: str, indent: int) -> str:
         source, name = self.source, node.name

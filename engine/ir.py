@@ -269,7 +269,7 @@ class JmesMultiSelect(Node):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class JmesFlatten(Node):
-    value: Node
+    base: Node
 
 
 @dataclass(frozen=True, slots=True, eq=False)
