@@ -1,18 +1,25 @@
-"""Stage 3, compile: analysis. What a node reads (root paths, named values), templates included.
+"""Stage 3, compile: analysis. What a node reads (root paths, named values), templates and JMESPath
+trees included.
 
-Used for what is decided at load time: headers that read only settings are computed once, named
-values that refer to each other in a cycle are refused, and rest's `except_fields` leaves out what
-the named tables read (following named values).
+Used for what is decided at load time: names an expression or template reads that are not defined
+where it is are reported, headers that read only settings are computed once, named values that
+refer to each other in a cycle are refused, and rest's `except_fields` leaves out what the named
+tables read (following named values).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ir
-from .expressions import Expression
+from .problems import ProblemList
+
+if TYPE_CHECKING:
+    from .expressions import Expression
+    from .lower import Known
+    from .yaml_loader import ScalarPlace
 
 
 @dataclass
@@ -41,6 +48,48 @@ def expression_reads(expressions: Iterable[Expression]) -> Reads:
     return out
 
 
+def report_unknown_names(paths: Iterable[tuple[str, ...]], text: str, place: ScalarPlace, field_path: str,
+                         known: Known, problems: ProblemList) -> None:
+    """The settings, named values, `item`/`index` (outside for_each or each) and `response` (outside
+    a step of `then`) that an expression's or template's text reads (`paths`) but are not defined
+    where it is written, each at the FILE:LINE:COL of its first mention in the text."""
+    for path in paths:
+        root = path[0]
+        offset = text.find(".".join(path[:2]))
+        if offset < 0:  # (`vars['name']` in a template)
+            offset = max(text.find(path[-1]), 0)
+        if root == "settings" and len(path) > 1 and path[1] not in known.settings:
+            names = ", ".join(sorted(known.settings)) or "none"
+            message = f"unknown setting '{path[1]}' (declared settings: {names})"
+        elif root == "vars" and len(path) > 1 and path[1] not in known.values:
+            names = ", ".join(sorted(known.values)) or "none"
+            message = f"unknown named value '{path[1]}' (defined values: {names})"
+        elif root in ("item", "index") and root not in known.item_names:
+            message = f"'{root}' is only defined inside for_each or each"
+        elif root == "response" and root not in known.item_names:
+            message = "'response' is only defined in a step of `then` (the previous request's answer)"
+        else:
+            continue
+        problems.add(place.offset_position(text, offset), f"{field_path}: {message}")
+
+
+def root_path(node: ir.Node) -> tuple[str, ...] | None:
+    """The keys a JMESPath path reads from the value it is computed on (`a.b[0].c`: a, b, c), or None."""
+    if isinstance(node, ir.JmesField):
+        return (node.name,)
+    if isinstance(node, ir.JmesIndex):
+        return root_path(node.value)
+    if not isinstance(node, ir.JmesSubexpression):
+        return None
+    path: list[str] = []
+    for step in node.steps:
+        part = root_path(step)
+        if part is None:
+            break
+        path.extend(part)
+    return tuple(path) if path else None
+
+
 def children(node: ir.Node) -> Iterator[ir.Node]:
     """The nodes a node holds (in fields, tuples, and an object's (key, node) pairs), in order;
     not what it refers to (a table's fields, named values)."""
@@ -64,6 +113,9 @@ class ReadsOf:
         if method is not None:
             found: Reads = method(node)
             return found
+        return self.visit_children(node)
+
+    def visit_children(self, node: ir.Node) -> Reads:
         out = Reads()
         for child in children(node):
             out.add(self.visit(child))
@@ -73,6 +125,21 @@ class ReadsOf:
         return expression_reads(node.expressions)
 
     visit_Presence = visit_Select
+
+    # A JMESPath tree reads root paths (vars.NAME among them: expression_reads tells named values apart).
+    def visit_JmesField(self, node: ir.JmesField | ir.JmesSubexpression | ir.JmesIndex) -> Reads:
+        path = root_path(node)
+        if path is not None:
+            return Reads({path})
+        return self.visit_children(node)
+
+    visit_JmesSubexpression = visit_JmesIndex = visit_JmesField
+
+    def visit_JmesProjection(self, node: ir.JmesProjection) -> Reads:
+        return self.visit(node.base)  # (the rest reads each element, not the root)
+
+    def visit_JmesPipe(self, node: ir.JmesPipe) -> Reads:
+        return self.visit(node.left)
 
     def visit_Condition(self, node: ir.Condition | ir.Rest) -> Reads:
         return expression_reads([node.expression])

@@ -1,17 +1,18 @@
 """JMESPath selectors: parsed and checked at load time, compiled to plain Python.
 
-jmespath.py walks its syntax tree on every search. Here each expression is parsed and checked
-once, at load time; the code generator (generate.py, `jmespath_<type>`) writes its steps as Python
-into a rule's generated function or, for a caller outside generated code, an expression's own
-function made on its first use. Anything rarer (slices, exprefs such as sort_by(&x)) is handed to
-jmespath's own interpreter (INTERPRETER), so the language is always full JMESPath.
+jmespath.py walks its syntax tree on every search. Here each expression is parsed, checked and
+lowered to IR once, at load time (lower_jmespath.py); the code generator (generate.py,
+`visit_Jmes<Node>`) writes its steps as Python into a rule's generated function or, for a caller
+outside generated code (compile_expression), an expression's own function, made at once. Anything
+rarer (slices, exprefs such as sort_by(&x)) is handed to jmespath's own interpreter (INTERPRETER),
+so the language is always full JMESPath.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jmespath
@@ -21,8 +22,12 @@ from jmespath import visitor as jvisitor
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
+from . import ir
+from .analyse import Reads, ReadsOf
+from .codegen import Origin
 from .functions import FUNCTIONS
 from .limits import MAX_EXPRESSION_DEPTH
+from .lower_jmespath import BUILTINS, lower_tree
 
 Evaluator = Callable[[Any], Any]
 
@@ -48,7 +53,6 @@ JMESPATH_FUNCTIONS = _custom_functions_class()()
 # search with these options), and what runs the rarer nodes.
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=JMESPATH_FUNCTIONS)
 INTERPRETER = jvisitor.TreeInterpreter(JMESPATH_OPTIONS)
-_BUILTINS: dict[str, Any] = dict(jfunctions.Functions.FUNCTION_TABLE)
 
 
 def direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[frozenset[str] | None]] | None:
@@ -57,7 +61,7 @@ def direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[froz
     None for builtins whose checks are not that simple (variadic, typed array elements): those go
     through jmespath's call_function, which checks everything.
     """
-    spec = _BUILTINS.get(name)
+    spec = BUILTINS.get(name)
     if spec is None or name in FUNCTIONS:
         return None
     signature = spec["signature"]
@@ -72,54 +76,6 @@ def direct_builtin(name: str, count: int) -> tuple[Callable[..., Any], list[froz
     return spec["function"], allowed
 
 
-@dataclass
-class ExpressionInfo:
-    """What an expression reads: field paths from the root, and names under reserved roots."""
-
-    paths: set[tuple[str, ...]] = field(default_factory=set)
-
-
-def _root_path(node: dict[str, Any]) -> tuple[str, ...] | None:
-    kind = node["type"]
-    if kind == "field":
-        return (node["value"],)
-    if kind == "subexpression":
-        path: list[str] = []
-        for child in node["children"]:
-            part = _root_path(child) if not path else _step(child)
-            if part is None:
-                break
-            path.extend(part)
-        return tuple(path) if path else None
-    if kind == "index_expression":
-        return _root_path(node["children"][0])
-    return None
-
-
-def _step(node: dict[str, Any]) -> tuple[str, ...] | None:
-    if node["type"] == "field":
-        return (node["value"],)
-    if node["type"] == "index_expression":
-        return _root_path(node["children"][0])
-    return None
-
-
-def _collect(node: dict[str, Any], info: ExpressionInfo) -> None:
-    path = _root_path(node)
-    if path is not None:
-        info.paths.add(path)
-        return
-    kind = node["type"]
-    if kind in ("projection", "flatten", "filter_projection", "value_projection", "pipe", "slice"):
-        # Only the left side is read from the root; the right side reads each element.
-        if node["children"]:
-            _collect(node["children"][0], info)
-        return
-    for child in node["children"]:
-        if isinstance(child, dict):
-            _collect(child, info)
-
-
 class ExpressionError(Exception):
     def __init__(self, message: str, offset: int):
         self.message = message
@@ -127,15 +83,22 @@ class ExpressionError(Exception):
         super().__init__(message)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True, eq=False)
 class Expression:
-    """A compiled JMESPath selector."""
+    """A JMESPath selector, parsed, checked and lowered: a rule's generated code computes it."""
 
     source: str
+    tree: ir.Node  # its IR (ir.py's JMESPath section)
+    ast: dict[str, Any]  # jmespath's parse tree (what its interpreter reads)
+    info: Reads  # the root paths it reads (vars.NAME among them: in JMESPath a path like any)
+    loose: bool  # keys: loose (field names matched ignoring case and punctuation)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledExpression(Expression):
+    """An expression used outside a rule (delivery.yaml's selectors): its own generated function."""
+
     evaluate: Evaluator
-    info: ExpressionInfo
-    ast: dict[str, Any]
-    loose: bool = False  # keys: loose (field names matched ignoring case and punctuation)
 
 
 class _TooDeep(Exception):
@@ -159,16 +122,6 @@ class _DepthLimitedParser(Parser):  # type: ignore[misc]
             self._depth -= 1
 
 
-def _tree_depth(node: dict[str, Any]) -> int:
-    """The syntax tree's depth (without recursion: chains such as a[0][0]… or a || b || … nest)."""
-    deepest, stack = 0, [(node, 1)]
-    while stack:
-        current, depth = stack.pop()
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in current["children"] if isinstance(child, dict))
-    return deepest
-
-
 _PARSER = _DepthLimitedParser()
 _LEXER = Lexer()
 
@@ -190,37 +143,17 @@ def _check_words(source: str, problems: list[ExpressionError]) -> None:
         previous = token["type"]
 
 
-def _check_tree(node: dict[str, Any], source: str, problems: list[ExpressionError]) -> None:
-    if node["type"] in ("subexpression", "index_expression") and node["children"][0]["type"] == "not_expression":
-        # JMESPath binds `!` tighter than `.`: `!a.b` is `(!a).b`, which is always null.
-        offset = max(source.find("!"), 0)
-        problems.append(ExpressionError("'!a.b' means '(!a).b' in JMESPath (always null); write '!(a.b)'", offset))
-    if node["type"] == "function_expression":
-        name = node["value"]
-        count = len(node["children"])
-        offset = max(source.find(name + "("), 0)
-        if name in FUNCTIONS:
-            _, low, high = FUNCTIONS[name]
-            if count < low or (high is not None and count > high):
-                expected = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
-                problems.append(ExpressionError(f"function {name}() takes {expected} arguments, got {count}", offset))
-        elif name in _BUILTINS:
-            signature = _BUILTINS[name]["signature"]
-            variadic = bool(signature) and signature[-1].get("variadic")
-            if (variadic and count < len(signature)) or (not variadic and count != len(signature)):
-                problems.append(
-                    ExpressionError(f"function {name}() takes {len(signature)} arguments, got {count}", offset)
-                )
-        else:
-            known = ", ".join(sorted(set(FUNCTIONS) | set(_BUILTINS)))
-            problems.append(ExpressionError(f"unknown function {name}() (known: {known})", offset))
-    for child in node["children"]:
-        if isinstance(child, dict):
-            _check_tree(child, source, problems)
+def compile_expression(source: str, loose_keys: bool = False) -> CompiledExpression:
+    """An expression and its function, generated now; raises ExpressionError with the offset."""
+    from .generate import jmespath_function  # (generate.py writes every expression's code; it imports this module)
+
+    parsed = parse_expression(source, loose_keys)
+    return CompiledExpression(source, parsed.tree, parsed.ast, parsed.info, loose_keys,
+                              jmespath_function(parsed.tree, loose_keys, source))
 
 
-def compile_expression(source: str, loose_keys: bool = False) -> Expression:
-    """Parse, check and compile one JMESPath expression; raises ExpressionError with the offset."""
+def parse_expression(source: str, loose_keys: bool = False, origin: Origin | None = None) -> Expression:
+    """Parse, check and lower one JMESPath expression; raises ExpressionError with the offset."""
     if not isinstance(source, str) or not source.strip():
         raise ExpressionError("empty expression", 0)
     try:
@@ -243,27 +176,12 @@ def compile_expression(source: str, loose_keys: bool = False) -> Expression:
     except _TooDeep as exc:
         raise ExpressionError(f"expression nests more than {MAX_EXPRESSION_DEPTH} levels deep; "
                               f"the limit is {MAX_EXPRESSION_DEPTH}", exc.offset) from None
-    depth = _tree_depth(ast)
+    tree, depth, problems = lower_tree(ast, source, origin)
     if depth > MAX_EXPRESSION_DEPTH:
         raise ExpressionError(f"expression nests {depth} levels deep; the limit is {MAX_EXPRESSION_DEPTH}", 0)
     found: list[ExpressionError] = []
     _check_words(source, found)
-    _check_tree(ast, source, found)
+    found.extend(ExpressionError(message, offset) for message, offset in problems)
     if found:
         raise found[0]
-    info = ExpressionInfo()
-    _collect(ast, info)
-    made: list[Evaluator] = []
-
-    def evaluate(current: Any) -> Any:
-        # Generated on first use: a rule writes the expression into its own code and never calls
-        # this. (generate.py writes every expression's code; it imports this module.)
-        if not made:
-            from .generate import jmespath_function
-
-            made.append(jmespath_function(ast, loose_keys, source))
-            expression.evaluate = made[0]
-        return made[0](current)
-
-    expression = Expression(source, evaluate, info, ast, loose_keys)
-    return expression
+    return Expression(source, tree, ast, ReadsOf().visit(tree), loose_keys)

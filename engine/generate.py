@@ -17,7 +17,7 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from . import ir
-from .analyse import always_object, consumed_paths
+from .analyse import always_object, children, consumed_paths
 from .codegen import MAX_INLINE_INDENT, Source
 from .explain import RuleRecorder
 from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
@@ -60,11 +60,11 @@ Levels = tuple[dict[str, ir.Node], ...]  # named values: the set's, then each en
 CHAIN_NESTING = 8
 
 
-def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
+def jmespath_function(tree: ir.Node, loose: bool, text: str) -> Evaluate:
     """A JMESPath tree as one generated function of the value it is computed on; `text` names it in
     jmespath's errors ("": a part of an expression, whose caller's guard names the whole)."""
     source = Source()
-    source.emit(1, f"return {CodeGenerator(source).guarded(ast, loose, text, 'cur', 1, None)}")
+    source.emit(1, f"return {CodeGenerator(source).guarded(tree, loose, text, 'cur', 1, None)}")
     made: Evaluate = source.define("expression(cur)")
     return made
 
@@ -302,7 +302,7 @@ class CodeGenerator:
                 source.drop(-1)  # (the else:)
                 source.emit(indent + 1, f"if {out} is ABSENT:")
                 level = indent + 2
-            path = _plain_path(expression)
+            path = _field_path_of(expression.tree)
             if expression.loose and path is not None and path[0] != "vars":  # (keys: loose: matched as JMESPath's are)
                 path = None
             if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
@@ -519,7 +519,7 @@ class CodeGenerator:
         source.emit(indent + 1, f"{out} = ABSENT" if node.omit_empty else f"{out} = {kind}()")
         source.emit(indent, f"elif not isinstance({found}, {kind}):")
         not_kind = source.bind(", not an object" if kind == "dict" else ", not a list")
-        source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(node.source_text)} + ' is ' + "
+        source.emit(indent + 1, f"raise {source.bind(FieldError)}({source.bind(node.expression.source)} + ' is ' + "
                                 f"{source.bind(a_json_type)}({found}) + {not_kind}, "
                                 f"{source.bind(_field_path(node))}, {source.bind(node.position)})")
         source.emit(indent, "else:")
@@ -588,41 +588,39 @@ class CodeGenerator:
         return out
 
     # -- JMESPath ------------------------------------------------------------------------------------
-    # An expression's tree (jmespath's AST: dicts with a type) is written node for node, in the order
-    # jmespath's interpreter visits it, by `jmespath_<type>`: paths, indexes, literals, comparisons,
-    # and/or/not, pipes, lists, objects, projections, filters, flattening and function calls become
-    # straight-line Python (a loose key is one call); slices and exprefs call jmespath's interpreter
-    # on their node, so the language is always full JMESPath.
+    # An expression's tree (ir.py's JMESPath nodes) is written node for node, in the order jmespath's
+    # interpreter visits it, by `visit_Jmes<Node>`: paths, indexes, literals, comparisons, and/or/not,
+    # pipes, lists, objects, projections, filters, flattening and function calls become straight-line
+    # Python (a loose key is one call); what is left to jmespath's interpreter (JmesInterpreted: slices,
+    # exprefs) calls it on its parse tree, so the language is always full JMESPath.
     def expression(self, expression: Expression, cur: str, indent: int, named_root: str | None = None) -> str:
         """The expression computed on the variable `cur`; jmespath's own errors become EvalErrors
         naming its text. With `named_root` (the scope's variable), `vars.NAME` is read by key."""
-        return self.guarded(expression.ast, expression.loose, expression.source, cur, indent, named_root)
+        return self.guarded(expression.tree, expression.loose, expression.source, cur, indent, named_root)
 
-    def guarded(self, ast: dict[str, Any], loose: bool, text: str, cur: str, indent: int,
-                named_root: str | None) -> str:
+    def guarded(self, tree: ir.Node, loose: bool, text: str, cur: str, indent: int, named_root: str | None) -> str:
         source = self.source
         self.loose, self.named_root = loose, named_root
         source.namespace.update(_equals=jmespath_equals, _instance=JMESPATH_FUNCTIONS)
-        if not text or not _needs_guard(ast):  # ("": a part of an expression, whose caller's guard names the whole)
-            return self.jmespath(ast, cur, indent)
+        if not text or not _needs_guard(tree):  # ("": a part of an expression, whose caller's guard names the whole)
+            return self.jmespath(tree, cur, indent)
         source.emit(indent, "try:")
         start = len(source.lines)
-        value = self.jmespath(ast, cur, indent + 1)  # assigned inside the try, or a constant: usable after it
+        value = self.jmespath(tree, cur, indent + 1)  # assigned inside the try, or a constant: usable after it
         if len(source.lines) == start:
             source.emit(indent + 1, "pass")
         source.emit(indent, f"except {source.bind(JMESPathError)} as exc:")
         source.emit(indent + 1, f"raise {source.bind(EvalError)}({source.bind(text + ': ')} + str(exc)) from None")
         return value
 
-    def jmespath(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def jmespath(self, node: ir.Node, cur: str, indent: int) -> str:
         """Statements computing `node` on the value named `cur`; the name holding it."""
-        kind = node["type"]
-        if kind == "literal":
-            name = self.source.constant(node["value"])
-            if isinstance(node["value"], (int, float)) and not isinstance(node["value"], bool):
+        if isinstance(node, ir.Literal):
+            name = self.source.constant(node.value)
+            if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
                 self.source.numbers.add(name)
             return name
-        if kind in ("current", "identity"):
+        if isinstance(node, ir.JmesCurrent):
             return cur
         fixed = self.root_constant(node, cur)
         if fixed is not None:
@@ -632,60 +630,61 @@ class CodeGenerator:
             made = jmespath_function(node, self.loose, "")
             self.source.emit(indent, f"{out} = {self.source.bind(made)}({cur})")
             return out
-        visit: Callable[[dict[str, Any], str, int], str] = getattr(self, f"jmespath_{kind}", self.jmespath_interpreted)
-        return visit(node, cur, indent)
+        visited: str = getattr(self, f"visit_{type(node).__name__}")(node, cur, indent)
+        return visited
 
-    def root_constant(self, node: dict[str, Any], cur: str) -> str | None:
+    def root_constant(self, node: ir.Node, cur: str) -> str | None:
         """A read of a fixed scope root (Source.roots), done now: `settings.x` -> its value, bound."""
         if cur != self.named_root or self.loose:
             return None
-        steps = [node] if node["type"] == "field" else node["children"] if node["type"] == "subexpression" else []
-        if not steps or any(step["type"] != "field" for step in steps) or steps[0]["value"] not in self.source.roots:
+        path = _field_path_of(node)
+        if path is None or path[0] not in self.source.roots:
             return None
-        value = self.source.roots[steps[0]["value"]]
-        for step in steps[1:]:
-            value = value.get(step["value"]) if isinstance(value, dict) else None
+        value = self.source.roots[path[0]]
+        for key in path[1:]:
+            value = value.get(key) if isinstance(value, dict) else None
         return self.source.constant(value)
 
-    def jmespath_interpreted(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        """Slices, exprefs: jmespath's interpreter, on the same tree (keys there are exact)."""
+    def visit_JmesInterpreted(self, node: ir.JmesInterpreted, cur: str, indent: int) -> str:
+        """Slices, exprefs: jmespath's interpreter, on its parse tree (keys there are exact)."""
         out = self.source.temp()
-        self.source.emit(indent, f"{out} = {self.source.bind(INTERPRETER.visit)}({self.source.bind(node)}, {cur})")
+        self.source.emit(indent, f"{out} = {self.source.bind(INTERPRETER.visit)}({self.source.bind(node.tree)}, {cur})")
         return out
 
-    def jmespath_field(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def visit_JmesField(self, node: ir.JmesField, cur: str, indent: int) -> str:
         source = self.source
         out = source.temp()
         if self.loose:
-            source.emit(indent, f"{out} = {source.bind(loose_get)}({cur}, {node['value']!r})")
+            source.emit(indent, f"{out} = {source.bind(loose_get)}({cur}, {node.name!r})")
         elif cur == self.named_root:  # the scope: always a dict
-            source.emit(indent, f"{out} = {cur}.get({node['value']!r})")
+            source.emit(indent, f"{out} = {cur}.get({node.name!r})")
         else:
-            source.emit(indent, f"{out} = {cur}.get({node['value']!r}) if isinstance({cur}, dict) else None")
+            source.emit(indent, f"{out} = {cur}.get({node.name!r}) if isinstance({cur}, dict) else None")
         return out
 
-    def jmespath_subexpression(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        source, children = self.source, node["children"]
-        if cur == self.named_root and not self.loose and _is_named_value(node):
-            return self.named_value_path(node, cur, indent)
+    def visit_JmesSubexpression(self, node: ir.JmesSubexpression, cur: str, indent: int) -> str:
+        source, steps = self.source, node.steps
+        name = _named_value(steps) if cur == self.named_root and not self.loose else None
+        if name is not None:
+            return self.named_value_path(steps, name, cur, indent)
         out = source.temp()
         depth = indent
         if cur != self.named_root:  # (the scope is never null)
             source.emit(indent, f"{out} = None")
             source.emit(indent, f"if {cur} is not None:")
             depth += 1
-        value = self.jmespath(children[0], cur, depth)
-        for child in children[1:]:
-            if child["type"] == "field" and not self.loose:
-                # (the first step reads the first child's value, not a copy of it)
-                source.emit(depth, f"{out} = {value}.get({child['value']!r}) if isinstance({value}, dict) else None")
+        value = self.jmespath(steps[0], cur, depth)
+        for step in steps[1:]:
+            if isinstance(step, ir.JmesField) and not self.loose:
+                # (the first step reads the first step's value, not a copy of it)
+                source.emit(depth, f"{out} = {value}.get({step.name!r}) if isinstance({value}, dict) else None")
                 value = out
                 continue
             if value != out:
                 source.emit(depth, f"{out} = {value}")
                 value = out
             source.emit(depth, f"if {out} is not None:")
-            value = self.jmespath(child, out, depth + 1)
+            value = self.jmespath(step, out, depth + 1)
             source.emit(depth + 1, f"{out} = {value}")
             value = out
             if depth < MAX_INLINE_INDENT:  # (deeper, the next steps test `out` again instead)
@@ -694,63 +693,56 @@ class CodeGenerator:
             source.emit(depth, f"{out} = {value}")
         return out
 
-    def named_value_path(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def named_value_path(self, steps: tuple[ir.Node, ...], name: str, cur: str, indent: int) -> str:
         """`vars.NAME...` on the scope: the named value read by key (see NamedReads), then its steps."""
-        source, children = self.source, node["children"]
-        name = children[1]["value"]
+        source = self.source
         if source.named is not None:
             out = source.named(name, indent)
         else:
             out = source.temp()
             source.emit(indent, f"{out} = {cur}.get('vars')")
             source.emit(indent, f"{out} = None if {out} is None else {out}[{name!r}]")
-        if len(children) > 2:  # a copy: the next steps must not overwrite the named value's local
+        if len(steps) > 2:  # a copy: the next steps must not overwrite the named value's local
             value, out = out, source.temp()
             source.emit(indent, f"{out} = {value}")
-        for child in children[2:]:
-            if child["type"] != "field" or self.loose:
+        for step in steps[2:]:
+            if not isinstance(step, ir.JmesField) or self.loose:
                 source.emit(indent, f"if {out} is not None:")
-                value = self.jmespath(child, out, indent + 1)
+                value = self.jmespath(step, out, indent + 1)
                 source.emit(indent + 1, f"{out} = {value}")
             else:
-                source.emit(indent, f"{out} = {out}.get({child['value']!r}) if isinstance({out}, dict) else None")
+                source.emit(indent, f"{out} = {out}.get({step.name!r}) if isinstance({out}, dict) else None")
         return out
 
-    def jmespath_index_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        children = node["children"]
-        if not _only_indexes(children):
-            return self.jmespath_interpreted(node, cur, indent)
-        value = self.jmespath(children[0], cur, indent)
-        for child in children[1:]:
-            index = int(child["value"])
+    def visit_JmesIndex(self, node: ir.JmesIndex, cur: str, indent: int) -> str:
+        value = self.jmespath(node.value, cur, indent)
+        for index in node.indexes:
             out = self.source.temp()
             self.source.emit(indent, f"{out} = {value}[{index}] if isinstance({value}, list) and "
                                      f"-len({value}) <= {index} < len({value}) else None")
             value = out
         return value
 
-    def jmespath_and_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        source, children, is_and = self.source, node["children"], node["type"] == "and_expression"
-        left = self.jmespath(children[0], cur, indent)
+    def visit_JmesAndOr(self, node: ir.JmesAndOr, cur: str, indent: int) -> str:
+        source, is_and = self.source, node.is_and
+        left = self.jmespath(node.left, cur, indent)
         if left in source.known:  # decided now: the left side, or the right side alone
             if is_falsy(source.known[left]) == is_and:
                 return left
-            return self.jmespath(children[1], cur, indent)
+            return self.jmespath(node.right, cur, indent)
         out = source.temp()
         source.emit(indent, f"{out} = {left}")
         source.emit(indent, f"if {source.truthy(left) if is_and else source.falsy(left)}:")
-        right = self.jmespath(children[1], cur, indent + 1)
+        right = self.jmespath(node.right, cur, indent + 1)
         source.emit(indent + 1, f"{out} = {right}")
         if left in source.booleans and (right in source.booleans or right in source.known
                                         and isinstance(source.known[right], bool)):
             source.booleans.add(out)
         return out
 
-    jmespath_or_expression = jmespath_and_expression
-
-    def jmespath_not_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def visit_JmesNot(self, node: ir.JmesNot, cur: str, indent: int) -> str:
         source = self.source
-        operand = self.jmespath(node["children"][0], cur, indent)
+        operand = self.jmespath(node.value, cur, indent)
         if operand in source.known:
             return source.constant(is_falsy(source.known[operand]))
         out = source.temp()
@@ -758,52 +750,30 @@ class CodeGenerator:
         source.booleans.add(out)
         return out
 
-    def jmespath_pipe(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        left = self.jmespath(node["children"][0], cur, indent)
-        return self.jmespath(node["children"][1], left, indent)
+    def visit_JmesPipe(self, node: ir.JmesPipe, cur: str, indent: int) -> str:
+        return self.jmespath(node.right, self.jmespath(node.left, cur, indent), indent)
 
-    def jmespath_multi_select_list(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def visit_JmesMultiSelect(self, node: ir.JmesMultiSelect, cur: str, indent: int) -> str:
         source = self.source
         out = source.temp()
         source.emit(indent, f"if {cur} is None:")
         source.emit(indent + 1, f"{out} = None")
         source.emit(indent, "else:")
-        parts = [self.jmespath(child, cur, indent + 1) for child in node["children"]]
-        source.emit(indent + 1, f"{out} = [{', '.join(parts)}]")
+        items = [self.jmespath(item, cur, indent + 1) for item in node.items]
+        if node.keys is None:
+            source.emit(indent + 1, f"{out} = [{', '.join(items)}]")
+        else:
+            pairs = ", ".join(f"{key!r}: {value}" for key, value in zip(node.keys, items, strict=True))
+            source.emit(indent + 1, f"{out} = {{{pairs}}}")
         return out
 
-    def jmespath_multi_select_dict(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def visit_JmesComparator(self, node: ir.JmesComparator, cur: str, indent: int) -> str:
         source = self.source
+        left = self.jmespath(node.left, cur, indent)
+        right = self.jmespath(node.right, cur, indent)
+        op = node.operator
         out = source.temp()
-        source.emit(indent, f"if {cur} is None:")
-        source.emit(indent + 1, f"{out} = None")
-        source.emit(indent, "else:")
-        pairs = [(child["value"], self.jmespath(child["children"][0], cur, indent + 1)) for child in node["children"]]
-        source.emit(indent + 1, f"{out} = {{{', '.join(f'{key!r}: {value}' for key, value in pairs)}}}")
-        return out
-
-    def jmespath_flatten(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        source = self.source
-        base, out, element = self.jmespath(node["children"][0], cur, indent), source.temp(), source.temp()
-        source.emit(indent, f"if not isinstance({base}, list):")
-        source.emit(indent + 1, f"{out} = None")
-        source.emit(indent, "else:")
-        source.emit(indent + 1, f"{out} = []")
-        source.emit(indent + 1, f"for {element} in {base}:")
-        source.emit(indent + 2, f"if isinstance({element}, list):")
-        source.emit(indent + 3, f"{out}.extend({element})")
-        source.emit(indent + 2, "else:")
-        source.emit(indent + 3, f"{out}.append({element})")
-        return out
-
-    def jmespath_comparator(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        source = self.source
-        left_node, right_node = node["children"]
-        left = self.jmespath(left_node, cur, indent)
-        right = self.jmespath(right_node, cur, indent)
-        op = node["value"]
-        out = source.temp()
-        constant = right_node["value"] if right_node["type"] == "literal" else _NOT_LITERAL
+        constant = node.right.value if isinstance(node.right, ir.Literal) else _NOT_LITERAL
         if op in ("eq", "ne"):
             if constant is None or isinstance(constant, str):
                 # A string or null equals only itself: JMESPath's booleans-are-not-numbers rule can't apply.
@@ -831,35 +801,39 @@ class CodeGenerator:
         source.booleans.add(out)
         return out
 
-    def jmespath_projection(self, node: dict[str, Any], cur: str, indent: int) -> str:
+    def visit_JmesProjection(self, node: ir.JmesProjection | ir.JmesFlatten, cur: str, indent: int) -> str:
         """`a[*].b`, `a[?cond].b` and `a.*.b`: b of each element of the list a (for which cond is
-        true), or of each value of the object a, nulls left out."""
-        source, children = self.source, node["children"]
-        base = self.jmespath(children[0], cur, indent)
+        true), or of each value of the object a, nulls left out; `a[]`: a's elements, lists spread."""
+        source = self.source
+        base = self.jmespath(node.base, cur, indent)
         out, element = source.temp(), source.temp()
-        of_object = node["type"] == "value_projection"
+        of_object = isinstance(node, ir.JmesProjection) and node.of_object
         source.emit(indent, f"if not isinstance({base}, {'dict' if of_object else 'list'}):")
         source.emit(indent + 1, f"{out} = None")
         source.emit(indent, "else:")
         source.emit(indent + 1, f"{out} = []")
         source.emit(indent + 1, f"for {element} in {base}{'.values()' if of_object else ''}:")
         level = indent + 2
-        if node["type"] == "filter_projection":
-            condition = self.jmespath(children[2], element, level)
+        if isinstance(node, ir.JmesFlatten):
+            source.emit(level, f"if isinstance({element}, list):")
+            source.emit(level + 1, f"{out}.extend({element})")
+            source.emit(level, "else:")
+            source.emit(level + 1, f"{out}.append({element})")
+            return out
+        if node.condition is not None:
+            condition = self.jmespath(node.condition, element, level)
             source.emit(level, f"if {source.falsy(condition)}:")
             source.emit(level + 1, "continue")
-        value = self.jmespath(children[1], element, level)
+        value = self.jmespath(node.value, element, level)
         source.emit(level, f"if {value} is not None:")
         source.emit(level + 1, f"{out}.append({value})")
         return out
 
-    jmespath_filter_projection = jmespath_value_projection = jmespath_projection
+    visit_JmesFlatten = visit_JmesProjection
 
-    def jmespath_function_expression(self, node: dict[str, Any], cur: str, indent: int) -> str:
-        if any(child["type"] == "expref" for child in node["children"]):
-            return self.jmespath_interpreted(node, cur, indent)
-        source, name = self.source, node["value"]
-        arguments = [self.jmespath(child, cur, indent) for child in node["children"]]
+    def visit_JmesCall(self, node: ir.JmesCall, cur: str, indent: int) -> str:
+        source, name = self.source, node.name
+        arguments = [self.jmespath(argument, cur, indent) for argument in node.arguments]
         out = source.temp()
         listed = ", ".join(arguments)
         if name in FUNCTIONS:
@@ -1100,13 +1074,12 @@ def _field_path(node: ir.Node) -> str:
     return "" if node.origin is None else node.origin[1]
 
 
-def _plain_path(expression: Expression) -> tuple[str, ...] | None:
-    """The keys of an expression that is a plain path (`a`, `a.b.c`), else None."""
-    ast = expression.ast
-    if ast["type"] == "field":
-        return (ast["value"],)
-    if ast["type"] == "subexpression" and all(child["type"] == "field" for child in ast["children"]):
-        return tuple(child["value"] for child in ast["children"])
+def _field_path_of(node: ir.Node) -> tuple[str, ...] | None:
+    """`a`, `a.b.c` (fields only): the keys, else None."""
+    if isinstance(node, ir.JmesField):
+        return (node.name,)
+    if isinstance(node, ir.JmesSubexpression) and all(isinstance(step, ir.JmesField) for step in node.steps):
+        return tuple(step.name for step in node.steps if isinstance(step, ir.JmesField))
     return None
 
 
@@ -1141,34 +1114,17 @@ _INLINE_BUILTINS: dict[str, tuple[str, str]] = {
     "keys": ("isinstance({0}, dict)", "list({0})"),
 }
 
-# Node kinds written out that never raise jmespath's errors (function calls and the interpreter
-# may: expressions holding those keep a guard that turns the error into an EvalError).
-_UNGUARDED_KINDS = frozenset({"field", "subexpression", "literal", "current", "identity", "comparator",
-                              "and_expression", "or_expression", "not_expression", "pipe", "multi_select_list",
-                              "projection", "filter_projection", "flatten", "value_projection",
-                              "multi_select_dict", "key_val_pair", "index"})
-
-
-def _only_indexes(children: list[dict[str, Any]]) -> bool:
-    """An index_expression of plain indexes (`a[0]`, `a[0][1]`), not a slice."""
-    return all(child["type"] == "index" for child in children[1:])
-
-
-def _needs_guard(node: dict[str, Any]) -> bool:
-    kind = node["type"]
-    if kind == "function_expression":
-        if node["value"] not in FUNCTIONS or any(child["type"] == "expref" for child in node["children"]):
-            return True
-    elif kind == "index_expression":
-        if not _only_indexes(node["children"]):
-            return True
-    elif kind not in _UNGUARDED_KINDS:
+def _needs_guard(node: ir.Node) -> bool:
+    """Whether jmespath's errors can come out of the node's code: the interpreter's, and those of
+    a builtin function (ours return null rather than fail on a wrong type)."""
+    if isinstance(node, ir.JmesInterpreted) or isinstance(node, ir.JmesCall) and node.name not in FUNCTIONS:
         return True
-    return any(_needs_guard(child) for child in node["children"] if isinstance(child, dict))
+    return any(_needs_guard(child) for child in children(node))
 
 
-def _is_named_value(node: dict[str, Any]) -> bool:
-    """`vars.NAME...`: a subexpression whose first two steps are the field vars and a field."""
-    children = node["children"]
-    return (len(children) >= 2 and children[0]["type"] == "field" and children[0]["value"] == "vars"
-            and children[1]["type"] == "field")
+def _named_value(steps: tuple[ir.Node, ...]) -> str | None:
+    """NAME, when a subexpression's first two steps are the fields vars and NAME (`vars.NAME...`)."""
+    if len(steps) >= 2 and isinstance(steps[0], ir.JmesField) and steps[0].name == "vars" \
+            and isinstance(steps[1], ir.JmesField):
+        return steps[1].name
+    return None

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codegen import Origin
-from .expressions import Expression
 from .problems import Position
 from .templates import Template as CompiledTemplate
+
+if TYPE_CHECKING:
+    from .expressions import Expression
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -177,7 +179,6 @@ class Rest(Node):
     """An object's keys but those written elsewhere: `except` keys, and what `except_fields` tables read."""
 
     expression: Expression
-    source_text: str
     position: Position
     except_keys: frozenset[str]
     except_tables: tuple[Any, ...]  # lower.TableDef
@@ -197,7 +198,6 @@ class Lookup(Node):
 @dataclass(frozen=True, slots=True, eq=False)
 class Each(Node):
     expression: Expression
-    source_text: str
     position: Position
     name: str
     value: Node
@@ -209,3 +209,89 @@ class Each(Node):
 class Encode(Node):
     value: Node
     encoding: Callable[[Any], Any]
+
+
+# -- JMESPath ---------------------------------------------------------------------------------------
+# An expression's tree, lowered once from jmespath's parse tree (lower_jmespath.py): the subset the
+# generator writes as Python, node for node as jmespath's interpreter visits it (a literal is a
+# Literal). Each node has its expression's origin (None outside a rule file, as in delivery.yaml).
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesField(Node):
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesSubexpression(Node):
+    steps: tuple[Node, ...]  # `a.b[0].c`: each step computed on the one before
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesIndex(Node):
+    value: Node
+    indexes: tuple[int, ...]  # `a[0][-1]` (a slice is JmesInterpreted)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesCurrent(Node):
+    """`@` (and a projection's implicit right side)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesComparator(Node):
+    operator: str  # jmespath's name: eq, ne, lt, lte, gt, gte
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesAndOr(Node):
+    left: Node
+    right: Node
+    is_and: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesNot(Node):
+    value: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesPipe(Node):
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesMultiSelect(Node):
+    items: tuple[Node, ...]
+    keys: tuple[str, ...] | None  # `{x: a, y: b}`; None: a list, `[a, b]`
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesFlatten(Node):
+    base: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesProjection(Node):
+    """`a[*].b`, `a[?condition].b`, `a.*.b` (of_object): `value` of each element of `base`."""
+
+    base: Node
+    value: Node
+    condition: Node | None
+    of_object: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesCall(Node):
+    name: str
+    arguments: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JmesInterpreted(Node):
+    """What jmespath's interpreter runs (a slice, a function given `&expression`): its parse tree,
+    and the nodes lowered inside it (what it reads)."""
+
+    tree: dict[str, Any] = field(hash=False)
+    parts: tuple[Node, ...]

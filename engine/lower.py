@@ -16,8 +16,9 @@ from typing import Any
 from jinja2 import nodes
 
 from . import ir
+from .analyse import report_unknown_names
 from .codegen import Origin
-from .expressions import Expression, ExpressionError, compile_expression
+from .expressions import Expression, ExpressionError, parse_expression
 from .functions import CASTS, ENCODINGS, EvalError, json_type, normalize_event_name
 from .optimise import simplify
 from .problems import Position, ProblemList
@@ -101,34 +102,12 @@ class Lowerer:
                                          f"got {json_type(text)}")
             return None
         try:
-            expression = compile_expression(text, loose)
+            expression = parse_expression(text, loose, (place.position, field_path))
         except ExpressionError as exc:
             self.problem(place.offset_position(text, exc.offset), f"{field_path}: {exc.message}")
             return None
-        for path in expression.info.paths:
-            self._check_reference(path, text, place, field_path)
+        report_unknown_names(expression.info.paths, text, place, field_path, self.known, self.problems)
         return expression
-
-    def _check_reference(self, path: tuple[str, ...], text: str, place: ScalarPlace, field_path: str) -> None:
-        root = path[0]
-        offset = text.find(".".join(path[:2]))
-        if offset < 0:  # (`vars['name']` in a template)
-            offset = max(text.find(path[-1]), 0)
-        if root == "settings" and len(path) > 1 and path[1] not in self.known.settings:
-            known = ", ".join(sorted(self.known.settings)) or "none"
-            self.problem(place.offset_position(text, offset),
-                         f"{field_path}: unknown setting '{path[1]}' (declared settings: {known})")
-        elif root == "vars" and len(path) > 1 and path[1] not in self.known.values:
-            known = ", ".join(sorted(self.known.values)) or "none"
-            self.problem(place.offset_position(text, offset),
-                         f"{field_path}: unknown named value '{path[1]}' (defined values: {known})")
-        elif root in ("item", "index") and root not in self.known.item_names:
-            self.problem(place.offset_position(text, offset),
-                         f"{field_path}: '{root}' is only defined inside for_each or each")
-        elif root == "response" and root not in self.known.item_names:
-            self.problem(place.offset_position(text, offset),
-                         f"{field_path}: 'response' is only defined in a step of `then` "
-                         "(the previous request's answer)")
 
     def condition(self, text: Any, place: ScalarPlace, field_path: str) -> ir.Condition | None:
         """JMESPath truthiness (false, null, "", [] and {} are false; 0 is true), its errors located
@@ -172,8 +151,7 @@ class Lowerer:
             offset = sum(len(line) + 1 for line in lines[: exc.line - 1])
             self.problem(place.offset_position(text, offset), f"{field_path}: {exc.message}")
             return ir.Absent(origin)
-        for path in sorted(template.reads):
-            self._check_reference(path, text, place, field_path)
+        report_unknown_names(sorted(template.reads), text, place, field_path, self.known, self.problems)
         render = template.render
         position = place.position
         if not template.roots:  # the same text for every event: a limit it passes is a load-time problem
@@ -328,7 +306,7 @@ class Lowerer:
             tables = tuple(table for table in found if table is not None)
             if len(expression.info.paths) != 1:
                 self.problem(place.position, f"{field_path}: except_fields needs rest to be a plain path like traits")
-        return ir.Rest(origin, expression, node["rest"], place.position, excluded, tables, self.named, loose,
+        return ir.Rest(origin, expression, place.position, excluded, tables, self.named, loose,
                        keep_null, self._omit_empty(node, field_path))
 
     def _directive_lookup(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
@@ -356,8 +334,7 @@ class Lowerer:
             if "where" in node else None
         if expression is None:
             return ir.Absent(origin)
-        return ir.Each(origin, expression, node["each"], place.position, name, value, where,
-                       self._omit_empty(node, field_path))
+        return ir.Each(origin, expression, place.position, name, value, where, self._omit_empty(node, field_path))
 
     def _directive_encode(self, node: PosDict, place: ScalarPlace, field_path: str, origin: Origin) -> ir.Node:
         encoding = ENCODINGS.get(node["encode"]) if isinstance(node["encode"], str) else None

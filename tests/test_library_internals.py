@@ -17,6 +17,9 @@ from jinja2 import nodes
 from jinja2.runtime import Context, LoopContext, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.analyse import children
+from engine.lower_jmespath import lower_tree
+
 
 def _version(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version(name).split(".")[:2])
@@ -40,6 +43,19 @@ def test_jmespath_internals_the_engine_uses() -> None:
     # the AST's node shapes the code generator reads
     ast = jmespath.compile("a.b[0][?c > `1`].d | {x: e}").parsed
     assert ast["type"] == "pipe" and set(ast) == {"type", "children"}
+    # lower_jmespath knows every node type of the subset the generator writes (none is left to the
+    # interpreter), and reads a filter's children as [list, value, condition]
+    tree, _, _ = lower_tree(jmespath.compile(
+        "a.b[0][-1][?c > `1`].d | {x: e.*.f, y: [g[], !h && i || @]} | [length(@)][*].j").parsed, "", None)
+    kinds: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        kinds.add(type(node).__name__)
+        stack.extend(children(node))
+    assert kinds == {"JmesField", "JmesSubexpression", "JmesIndex", "JmesProjection", "JmesComparator", "Literal",
+                     "JmesPipe", "JmesMultiSelect", "JmesFlatten", "JmesNot", "JmesAndOr", "JmesCurrent", "JmesCall"}
+    assert [child["value"] for child in jmespath.compile("a[?b].c").parsed["children"]] == ["a", "c", "b"]
     # builtins' signatures (checked argument types) and the type names behind them
     table = jmespath.functions.Functions.FUNCTION_TABLE
     assert list(table["length"]["signature"]) == [{"types": ["string", "array", "object"]}]
