@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -259,7 +260,7 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
             except Exception as exc:  # noqa: BLE001 - reported, and the recorded events still go out
                 reader_error.append(f"reading {label}: {sealer.mask(repr(exc))}")
             finally:
-                if not stop_reading.is_set():
+                if display.enabled and not stop_reading.is_set():  # (counting scans the outbox)
                     display.total_known = outbox.counts(source_name).total_events
                 worker.input_complete()
 
@@ -271,6 +272,7 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
 
     stopped: str | None = None
     interrupted = False
+    _collect_less()
     try:
         if reader is not None:
             reader.start()
@@ -321,6 +323,16 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     if reader_error:
         return EXIT_USAGE
     return EXIT_REJECTED if events["dead"] else EXIT_OK
+
+
+def _collect_less() -> None:
+    """Fewer full garbage collections while delivering: each walks every object alive, i.e. the
+    loaded mapping set and the window of units held in memory (thousands, and acyclic), and they
+    were 14% of `send`'s CPU on 50,000 events. What exists now lives to the end: frozen, never walked
+    again; and a full collection comes after 100 collections of the middle generation, not 10."""
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 100)
 
 
 def _shortened(reason: str, limit: int = 160) -> str:
