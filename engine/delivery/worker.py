@@ -352,8 +352,10 @@ class DeliveryWorker:
             unit.keys = frozenset(keys)
             return unit  # never merged into a bulk call: its own answer is needed
         if body is not None and endpoint is not None:
+            subjects = None
             if ordered:
-                for subject in endpoint.subjects(body):
+                subjects = endpoint.subjects(body)
+                for subject in subjects:
                     for name in self._identifiers:
                         value = subject.get(name)
                         if value not in (None, ""):
@@ -361,7 +363,7 @@ class DeliveryWorker:
             spec = self.plan.by_source.get(endpoint.name)
             if spec is not None:
                 context = f"{spec.target.method} {unit.url.partition('?')[2]} {unit.headers}"
-                prepared = prepare(spec, body, context, self._identifiers)
+                prepared = prepare(spec, body, context, self._identifiers, subjects)
                 if prepared is not None:
                     unit.spec, unit.prepared, unit.target = spec, prepared, spec.target
                     if prepared.layout.overhead + prepared.size > spec.max_bytes:
