@@ -467,9 +467,11 @@ class DeliveryWorker:
             # Placed again, in order: the blocked units that share a key with this call, or with a unit
             # placed again before them (they may now go). The others wait on something that did not
             # change, so they are only blocked again: a backlog of thousands costs no work per answer.
+            freed = set(slot.keys)
+            if all(freed.isdisjoint(unit.keys) for unit in self._blocked):
+                return  # none of them waits on this call: they stay blocked as they are
             waiting, self._blocked, self._blocked_keys = self._blocked, [], set()
             self._blocked_for = {}
-            freed = set(slot.keys)
             for unit in waiting:
                 if freed.isdisjoint(unit.keys):
                     self._block(unit)
