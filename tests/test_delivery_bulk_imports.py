@@ -235,6 +235,19 @@ def test_one_call_never_holds_two_rows_about_one_profile(plan: DeliveryPlan) -> 
     assert builder.merged == {1: [2, 3]}
 
 
+def test_the_subjects_a_worker_found_already_give_the_same_row(plan: DeliveryPlan) -> None:
+    # (the worker finds a request's subjects for its order keys, and hands them to prepare)
+    spec = plan.by_source["create_or_update_profile"]
+    body = {"data": {"type": "profile", "attributes": {"email": "a@x.io", "external_id": "b", "first_name": "Ada"}}}
+    found = spec.source.subjects(body)
+    assert prepare(spec, body, "ctx", plan.subject_identifiers, found) == prepare(spec, body, "ctx",
+                                                                                  plan.subject_identifiers)
+    assert prepare(spec, body, "ctx", plan.subject_identifiers, found).subject == {"email=a@x.io", "external_id=b"}
+    # what is handed over is what counts: no second look at the body
+    other = prepare(spec, body, "ctx", plan.subject_identifiers, [{"phone_number": "+15005550006"}])
+    assert other.subject == {"phone_number=+15005550006"}
+
+
 # -- a job's answers ---------------------------------------------------------------------------------------
 def test_a_jobs_state_is_read_as_declared(plan: DeliveryPlan) -> None:
     job = plan.by_source["create_or_update_profile"].job

@@ -194,3 +194,16 @@ def test_a_run_at_the_published_limits_gets_almost_no_429(tmp_path: Path, fake_k
     assert throttled / (accepted + throttled) < 0.01, counters
     assert elapsed >= 60 / 20  # it did wait for the next steady window
     assert "answered 429" in summary_line(result.stderr)
+
+
+def test_delivering_collects_less_and_leaves_the_collector_as_it_found_it() -> None:
+    import gc
+
+    from engine.cli.send_command import fewer_collections
+
+    before = gc.get_threshold()
+    with fewer_collections():
+        assert gc.get_threshold() == (before[0], before[1], 100)
+        assert gc.get_freeze_count() > 0  # what existed before delivery is not walked again
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

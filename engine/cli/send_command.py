@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from ..delivery.config import DeliveryPlan
@@ -259,7 +262,7 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
             except Exception as exc:  # noqa: BLE001 - reported, and the recorded events still go out
                 reader_error.append(f"reading {label}: {sealer.mask(repr(exc))}")
             finally:
-                if not stop_reading.is_set():
+                if display.enabled and not stop_reading.is_set():  # (counting scans the outbox)
                     display.total_known = outbox.counts(source_name).total_events
                 worker.input_complete()
 
@@ -272,9 +275,10 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     stopped: str | None = None
     interrupted = False
     try:
-        if reader is not None:
-            reader.start()
-        asyncio.run(worker.run())
+        with fewer_collections():
+            if reader is not None:
+                reader.start()
+            asyncio.run(worker.run())
     except DeliveryStopped as exc:
         stopped = str(exc)
     except KeyboardInterrupt:
@@ -321,6 +325,23 @@ def _send(args: argparse.Namespace, mapping_set: MappingSet, plan: DeliveryPlan,
     if reader_error:
         return EXIT_USAGE
     return EXIT_REJECTED if events["dead"] else EXIT_OK
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Fewer full garbage collections while delivering: each walks every object alive, i.e. the
+    loaded mapping set and the window of units held in memory (thousands, and acyclic), and they
+    were 14% of `send`'s CPU on 50,000 events. What exists now lives to the end: frozen, never walked
+    again; and a full collection comes after 100 collections of the middle generation, not 10.
+    Both undone at the end (`send` may run inside another program)."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(thresholds[0], thresholds[1], 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def _shortened(reason: str, limit: int = 160) -> str:

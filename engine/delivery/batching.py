@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..strict_json import compact_text, sorted_text
@@ -116,11 +117,12 @@ class Layout:
     group_value_at: tuple[Any, ...] | None = None  # inside a group
     group_text: str | None = None  # one group's text, with the group and items tokens
 
-    @property
+    # (computed once: every unit placed in a call asks for them)
+    @cached_property
     def overhead(self) -> int:
         return len((self.outer.replace(f'"{_ITEMS_TOKEN}"', "[]").replace(f'"{_EACH_TOKEN}"', "[]")).encode())
 
-    @property
+    @cached_property
     def group_overhead(self) -> int:
         if self.group_text is None:
             return 0
@@ -193,20 +195,24 @@ def merge_values(earlier: Any, later: Any) -> Any:
     return later
 
 
-def subject_keys(spec: BatchSpec, body: Any, identifiers: list[str]) -> frozenset[str]:
-    """The identifiers of the subject a single request is about (empty unless one_per_subject)."""
+def subject_keys(spec: BatchSpec, body: Any, identifiers: list[str],
+                 subjects: list[dict[str, Any]] | None = None) -> frozenset[str]:
+    """The identifiers of the subject a single request is about (empty unless one_per_subject);
+    `subjects`: the body's, when the caller has them already (`spec.source.subjects(body)`)."""
     if spec.one_per_subject is None:
         return frozenset()
     keys: set[str] = set()
-    for subject in spec.source.subjects(body):
+    for subject in spec.source.subjects(body) if subjects is None else subjects:
         keys.update(f"{name}={subject[name]}" for name in identifiers if subject.get(name) not in (None, ""))
     return frozenset(keys)
 
 
-def prepare(spec: BatchSpec, body: Any, context: str, identifiers: list[str] | None = None) -> Prepared | None:
+def prepare(spec: BatchSpec, body: Any, context: str, identifiers: list[str] | None = None,
+            subjects: list[dict[str, Any]] | None = None) -> Prepared | None:
     """Split a single request's body into its part of a bulk call; None if it has not the shape.
 
-    `context` is what else must match for two requests to share a call (URL, headers)."""
+    `context` is what else must match for two requests to share a call (URL, headers); `subjects`,
+    when given, are the body's (`spec.source.subjects(body)`, found already by the caller)."""
     if not isinstance(body, dict):
         return None
     found = get_path(body, spec.item_path)
@@ -239,7 +245,7 @@ def prepare(spec: BatchSpec, body: Any, context: str, identifiers: list[str] | N
     partition = context + "\n" + (canonical(rest) if rest else "")
     return Prepared(partition=partition, items=[text], group=group_text, unique=unique,
                     size=len(text.encode()) + 1, layout=envelope_layout(spec),
-                    subject=subject_keys(spec, body, identifiers or []))
+                    subject=subject_keys(spec, body, identifiers or [], subjects))
 
 
 def _copy_along(item: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

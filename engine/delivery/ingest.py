@@ -106,7 +106,7 @@ class Ingester:
                             raw=self.sealer.mask(event.raw) if event.raw is not None else None), None
         result = self.mapper.map(event, index)
         try:
-            units = self._units(result)
+            units = self._sealed(result.requests)
         except NotStrictJSON as exc:
             units = []
             result.reject(str(exc))
@@ -135,11 +135,8 @@ class Ingester:
         event = next(iter(read_events(io.BytesIO(raw.encode("utf-8")))), None)
         return self.to_record(event, index)[0]
 
-    def _units(self, result: MapResult) -> list[NewUnit]:
-        """The event's requests as the outbox stores them (sealed; strict JSON, or NotStrictJSON)."""
-        return self._sealed(result.requests)
-
     def _sealed(self, requests: list[Request]) -> list[NewUnit]:
+        """Requests as the outbox stores them (sealed; strict JSON, or NotStrictJSON)."""
         units = []
         seal = self.sealer.seal
         base = self.base_url
@@ -241,7 +238,3 @@ class Ingester:
         if on_chunk is not None:
             on_chunk(stats)
         return stats
-
-
-def read_source(stream: IO[str]) -> Iterator[Any]:
-    return read_events(stream)

@@ -352,8 +352,10 @@ class DeliveryWorker:
             unit.keys = frozenset(keys)
             return unit  # never merged into a bulk call: its own answer is needed
         if body is not None and endpoint is not None:
+            subjects = None
             if ordered:
-                for subject in endpoint.subjects(body):
+                subjects = endpoint.subjects(body)
+                for subject in subjects:
                     for name in self._identifiers:
                         value = subject.get(name)
                         if value not in (None, ""):
@@ -361,7 +363,7 @@ class DeliveryWorker:
             spec = self.plan.by_source.get(endpoint.name)
             if spec is not None:
                 context = f"{spec.target.method} {unit.url.partition('?')[2]} {unit.headers}"
-                prepared = prepare(spec, body, context, self._identifiers)
+                prepared = prepare(spec, body, context, self._identifiers, subjects)
                 if prepared is not None:
                     unit.spec, unit.prepared, unit.target = spec, prepared, spec.target
                     if prepared.layout.overhead + prepared.size > spec.max_bytes:
@@ -465,9 +467,11 @@ class DeliveryWorker:
             # Placed again, in order: the blocked units that share a key with this call, or with a unit
             # placed again before them (they may now go). The others wait on something that did not
             # change, so they are only blocked again: a backlog of thousands costs no work per answer.
+            freed = set(slot.keys)
+            if all(freed.isdisjoint(unit.keys) for unit in self._blocked):
+                return  # none of them waits on this call: they stay blocked as they are
             waiting, self._blocked, self._blocked_keys = self._blocked, [], set()
             self._blocked_for = {}
-            freed = set(slot.keys)
             for unit in waiting:
                 if freed.isdisjoint(unit.keys):
                     self._block(unit)
