@@ -10,7 +10,8 @@ CPU) with three additions:
   of the next request on a kept-alive connection, counted once the request before it is answered),
   or the connection is closed;
 - a request head (its target and headers) larger than MAX_HEAD_BYTES is refused with 400 and the
-  connection closed, as h11 does by itself (httptools keeps whatever it is sent);
+  connection closed, as h11 does by itself (httptools keeps whatever it is sent); a head that keeps
+  coming is cut off once that much more of it has come than the read it began in;
 - when a new connection makes more than `max_connections` open, the oldest *idle* one (no request
   in progress for at least IDLE_GRACE seconds: a slow head, or a kept-alive client between
   requests) is closed to make room. The grace keeps a burst of new connections, accepted before
@@ -85,11 +86,29 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.idle_since = time.monotonic()
         self.head_open = False  # the parser is inside a request head
-        self.head_bytes = 0
+        self.head_bytes = 0  # what came of it after the data it began in
+        self.measure_head = False  # whether the head that ends in this data may be over MAX_HEAD_BYTES
         self._head_deadline: asyncio.TimerHandle | None = None
         self._await_head()
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
+
+    def data_received(self, data: bytes) -> None:
+        # A head within one read of at most MAX_HEAD_BYTES cannot be over it: only other heads are
+        # measured (no cost per header for the others). A head that keeps coming is cut off here,
+        # before it piles up in the parser.
+        self.measure_head = self.head_open or len(data) > MAX_HEAD_BYTES
+        if self.head_open:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._head_too_large()
+                self.send_400_response("Invalid HTTP request received.")
+                return
+        super().data_received(data)
+        # A head that began and did not end in this data is timed from now (one that did costs no timer); a
+        # head pipelined behind a request in progress is timed once that one is answered.
+        if self.head_open and self._answered():
+            self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
@@ -99,20 +118,13 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_open, self.head_bytes = True, 0
-        if self._answered():  # (a head pipelined behind a request in progress is timed once that one is answered)
-            self._await_head()
-
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self.head_open = False
         self._head_arrived()
+        if self.measure_head and len(self.url) + sum(len(n) + len(v) for n, v in self.headers) > MAX_HEAD_BYTES:
+            self._head_too_large()
+            raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")  # uvicorn answers 400
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -128,12 +140,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def _answered(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
-    def _count_head(self, size: int) -> None:
-        self.head_bytes += size
-        if self.head_bytes > MAX_HEAD_BYTES:
-            self._head_arrived()
-            self._count("head_too_large")
-            raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")
+    def _head_too_large(self) -> None:
+        self.head_open = False
+        self._head_arrived()
+        self._count("head_too_large")
 
     def _await_head(self) -> None:
         if self._head_deadline is None and not self.transport.is_closing():

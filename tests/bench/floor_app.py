@@ -34,7 +34,8 @@ def main() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     print(f"listening on {listener.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning",
+                                           access_log=False))
     asyncio.run(server.serve(sockets=[listener]))
 
 
