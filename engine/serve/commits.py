@@ -34,7 +34,8 @@ class CommitGroup:
         self._waiting.append((group, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
-        outcome = await asyncio.shield(future)  # a client that goes away does not undo its commit
+        # (a request cancelled meanwhile leaves its group here: it is recorded all the same)
+        outcome = await future
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -49,7 +50,8 @@ class CommitGroup:
                 except Exception as exc:  # the transaction failed: every request in it is refused
                     outcomes = [exc] * len(taken)
                 for (_, future), outcome in zip(taken, outcomes, strict=True):
-                    future.set_result(outcome)
+                    if not future.cancelled():
+                        future.set_result(outcome)
                 taken = []
         except asyncio.CancelledError:  # the server is stopping: no request is left waiting
             for _, future in taken + self._waiting:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..mapping_set import PROGRAM
-from .limits import ConnectionLimits
+from .limits import BODY_COMPLETE, ConnectionLimits
 from .metrics import Metrics
 
 log = logging.getLogger(f"{PROGRAM}.serve")
@@ -126,6 +126,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_too_large()
             raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")  # uvicorn answers 400
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.scope[BODY_COMPLETE] = True  # type: ignore[literal-required]  # (app.py then sets no body deadline)
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self.idle_since = time.monotonic()
