@@ -42,11 +42,13 @@ class CommitGroup:
 
     async def _drain(self) -> None:
         taken: list[tuple[Any, asyncio.Future[Any]]] = []
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:  # (no await between this test and the end: no request is left behind)
                 taken, self._waiting = self._waiting[:self._max_group], self._waiting[self._max_group:]
                 try:
-                    outcomes = await asyncio.to_thread(self._write, [group for group, _ in taken])
+                    # (run_in_executor, not to_thread: no context to copy for a write)
+                    outcomes = await loop.run_in_executor(None, self._write, [group for group, _ in taken])
                 except Exception as exc:  # the transaction failed: every request in it is refused
                     outcomes = [exc] * len(taken)
                 for (_, future), outcome in zip(taken, outcomes, strict=True):
