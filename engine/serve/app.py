@@ -124,11 +124,6 @@ async def _read_body(request: Request, limit: int, endpoint: str, timeout: float
             message = await request.receive()
             if message["type"] != "http.request":
                 raise ClientDisconnect()
-            if not chunks and not message.get("more_body", False):  # all of it at once: no copy
-                body: bytes = message.get("body", b"")
-                if len(body) > cap:
-                    raise too_large(endpoint, None)
-                return body
             chunks.extend(message.get("body", b""))
             if len(chunks) > cap:
                 raise too_large(endpoint, None)
