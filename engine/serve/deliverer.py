@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from typing import Any
 
 from ..delivery.config import DeliveryPlan
@@ -53,14 +53,9 @@ EXIT_NOT_STARTED = 127  # (no child: the supervisor's own code for a failed star
 STOP_GRACE = 60.0  # seconds a stopping child has to finish its calls in flight before it is killed
 FIRST_BACKOFF, MAX_BACKOFF = 0.25, 10.0
 HEALTHY_AFTER = 30.0  # a child that ran this long before dying is restarted at once
-# The child's refill_interval: at most one look at the outbox this often. 50 ms, not the worker's 10:
-# each look takes more units, and on single-message requests the child spent 135-295 µs of CPU an
-# event against 180-305 (CHANGELOG), CPU the serving process needs on two cores; an event may wait
-# 40 ms more, beside the 250 ms linger of a call that is not full.
-REFILL_INTERVAL = 0.05
-# A wake-up sooner than the refill interval would only be put off by the worker (and costs a write
-# here and a loop turn there: one per request made the deliverer's CPU 2.5x its work).
-WAKE_EVERY = REFILL_INTERVAL
+# The worker's refill_interval: a wake-up sooner than that would only be put off by the worker (and
+# costs a write here and a loop turn there: one per request made the deliverer's CPU 2.5x its work).
+WAKE_EVERY = WorkerOptions.refill_interval
 REPORT_EVERY = 0.25  # seconds between the child's stats lines when only retries or polls changed
 _STAT_FIELDS = [f.name for f in fields(WorkerStats) if f.name != "started"]
 
@@ -69,8 +64,7 @@ def child_config(mapping_folder: str, settings: dict[str, Any], state: str, base
                  options: WorkerOptions, log_level: int) -> bytes:
     """The line the parent sends first: everything the child needs, secrets included (a pipe only)."""
     return json.dumps({"mappings": mapping_folder, "settings": settings, "state": state, "base_url": base_url,
-                       "options": asdict(replace(options, refill_interval=REFILL_INTERVAL)),
-                       "log_level": log_level}).encode("utf-8") + b"\n"
+                       "options": asdict(options), "log_level": log_level}).encode("utf-8") + b"\n"
 
 
 class DelivererProcess:
