@@ -133,6 +133,44 @@ def test_a_slow_request_head_is_closed_at_the_head_timeout(serve: Callable[..., 
     assert server.metric('connections_closed_total{reason="head_timeout"}') == 1
 
 
+@pytest.mark.parametrize("pieces", [1, 20])
+def test_a_request_head_over_16_kib_is_answered_400_and_its_connection_closed(serve: Callable[..., Serve],
+                                                                              pieces: int) -> None:
+    server = serve("--head-timeout", "30")
+    body = b'{"userId": "u1", "event": "E"}'
+    padded = post_head("/v1/track", len(body)).replace(b"Host: t\r\n", b"Host: t\r\nX-Pad: " + b"p" * 8000 + b"\r\n")
+    with server.connect(padded + body) as sock:  # under the cap: answered as usual
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    too_large = padded.replace(b"X-Pad: ", b"X-Pad-2: " + b"q" * 9000 + b"\r\nX-Pad: ")
+    sock = server.connect()
+    step = len(too_large) // pieces + 1
+    for start in range(0, len(too_large), step):  # in one piece, or dribbled (each its own read)
+        sock.sendall(too_large[start:start + step])
+        time.sleep(0.05 if pieces > 1 else 0)
+    data, waited = read_until_closed(sock, timeout=10)
+    assert data.startswith(b"HTTP/1.1 400 ") and data.endswith(b"Invalid HTTP request received."), data
+    assert waited < 5
+    assert server.metric('connections_closed_total{reason="head_too_large"}') == 1
+    events = httpx.get(server.url + "/health", timeout=5).json()["events"]
+    assert events["pending"] + events["delivered"] + events["dead"] == 1  # only the first request's message
+
+
+def test_a_request_head_that_keeps_coming_is_cut_off_past_16_kib(serve: Callable[..., Serve]) -> None:
+    server = serve("--head-timeout", "30")
+    sock = server.connect(b"POST /v1/track HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+    sent = 0
+    try:
+        for _ in range(200):  # one header value, never ended: the parser would keep it all
+            time.sleep(0.02)
+            sock.sendall(b"e" * 1000)
+            sent += 1000
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert 16_000 < sent < 200_000, sent  # closed on the way
+    assert server.metric('connections_closed_total{reason="head_too_large"}') == 1
+
+
 def test_a_slow_body_is_answered_408_and_its_connection_closed(serve: Callable[..., Serve]) -> None:
     server = serve("--body-timeout", "1", "--head-timeout", "30")
     sock = server.connect(post_head("/v1/track", 100) + b'{"userId": "u1"')

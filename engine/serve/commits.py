@@ -34,22 +34,26 @@ class CommitGroup:
         self._waiting.append((group, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
-        outcome = await asyncio.shield(future)  # a client that goes away does not undo its commit
+        # (a request cancelled meanwhile leaves its group here: it is recorded all the same)
+        outcome = await future
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     async def _drain(self) -> None:
         taken: list[tuple[Any, asyncio.Future[Any]]] = []
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:  # (no await between this test and the end: no request is left behind)
                 taken, self._waiting = self._waiting[:self._max_group], self._waiting[self._max_group:]
                 try:
-                    outcomes = await asyncio.to_thread(self._write, [group for group, _ in taken])
+                    # (run_in_executor, not to_thread: no context to copy for a write)
+                    outcomes = await loop.run_in_executor(None, self._write, [group for group, _ in taken])
                 except Exception as exc:  # the transaction failed: every request in it is refused
                     outcomes = [exc] * len(taken)
                 for (_, future), outcome in zip(taken, outcomes, strict=True):
-                    future.set_result(outcome)
+                    if not future.cancelled():
+                        future.set_result(outcome)
                 taken = []
         except asyncio.CancelledError:  # the server is stopping: no request is left waiting
             for _, future in taken + self._waiting:

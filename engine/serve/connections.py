@@ -1,12 +1,17 @@
-"""Connections under hostile clients: a deadline for each request's head, and a cap on open connections.
+"""Connections under hostile clients: a deadline and a size cap for each request's head, and a cap on open connections.
 
 uvicorn closes a connection idle between requests (`timeout_keep_alive`) but gives none to a client
 that connects and sends its request head slowly, or never (slowloris): each holds a socket and a
-file descriptor for as long as it likes. `guarded_protocol(limits, metrics)` returns uvicorn's h11
-protocol with two additions:
+file descriptor for as long as it likes. `guarded_protocol(limits, metrics)` returns uvicorn's
+httptools protocol (the C parser: h11's pure-Python one cost a third of a single-message request's
+CPU) with three additions:
 
 - a request head must arrive within `head_timeout` seconds of the connection (or of the first byte
-  of the next request on a kept-alive connection), or the connection is closed;
+  of the next request on a kept-alive connection, counted once the request before it is answered),
+  or the connection is closed;
+- a request head (its target and headers) larger than MAX_HEAD_BYTES is refused with 400 and the
+  connection closed, as h11 does by itself (httptools keeps whatever it is sent); a head that keeps
+  coming is cut off once that much more of it has come than the read it began in;
 - when a new connection makes more than `max_connections` open, the oldest *idle* one (no request
   in progress for at least IDLE_GRACE seconds: a slow head, or a kept-alive client between
   requests) is closed to make room. The grace keeps a burst of new connections, accepted before
@@ -27,11 +32,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..mapping_set import PROGRAM
-from .limits import ConnectionLimits
+from .limits import BODY_COMPLETE, ConnectionLimits
 from .metrics import Metrics
 
 log = logging.getLogger(f"{PROGRAM}.serve")
@@ -39,6 +43,7 @@ log = logging.getLogger(f"{PROGRAM}.serve")
 ALWAYS_ANSWERED = ("/health", "/metrics")  # answered even when the server is full
 CAP_WARNING_EVERY = 60.0  # seconds between two log lines saying the connection cap was reached
 IDLE_GRACE = 0.5  # seconds without a request before a connection may be closed to make room
+MAX_HEAD_BYTES = 16 * 1024  # a request's target and headers (h11's default limit, which serve had before)
 
 
 class _CapWarning:
@@ -66,8 +71,13 @@ async def _answer_busy(app: Any, scope: dict[str, Any], receive: Any, send: Any)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a request-head deadline and the connection cap (see the module)."""
+class HeadTooLarge(Exception):
+    """Raised from the parser's callback: uvicorn answers 400 and closes the connection, as for any bad head."""
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request-head deadline and size cap, and the connection cap
+    (see the module)."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     metrics: ClassVar[Metrics | None] = None
@@ -75,32 +85,70 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.idle_since = time.monotonic()
+        self.head_open = False  # the parser is inside a request head
+        self.head_bytes = 0  # what came of it after the data it began in
+        self.measure_head = False  # whether the head that ends in this data may be over MAX_HEAD_BYTES
         self._head_deadline: asyncio.TimerHandle | None = None
         self._await_head()
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
 
     def data_received(self, data: bytes) -> None:
+        # A head within one read of at most MAX_HEAD_BYTES cannot be over it: only other heads are
+        # measured (no cost per header for the others). A head that keeps coming is cut off here,
+        # before it piles up in the parser.
+        self.measure_head = self.head_open or len(data) > MAX_HEAD_BYTES
+        if self.head_open:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._head_too_large()
+                self.send_400_response("Invalid HTTP request received.")
+                return
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE:
-            self._await_head()  # the next request began (or the first is still coming)
-        else:
-            self._head_arrived()
+        # A head that began and did not end in this data is timed from now (one that did costs no timer); a
+        # head pipelined behind a request in progress is timed once that one is answered.
+        if self.head_open and self._answered():
+            self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
         super().connection_lost(exc)
 
+    # the parser's callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_open, self.head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self.head_open = False
+        self._head_arrived()
+        if self.measure_head and len(self.url) + sum(len(n) + len(v) for n, v in self.headers) > MAX_HEAD_BYTES:
+            self._head_too_large()
+            raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")  # uvicorn answers 400
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.scope[BODY_COMPLETE] = True  # type: ignore[literal-required]  # (app.py then sets no body deadline)
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
         self.idle_since = time.monotonic()
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+        if self.head_open:
             self._await_head()  # part of the next request came with this one (pipelined)
 
     def idle(self, since: float) -> bool:
         """No request in progress since `since` (monotonic): safe to close without losing anything."""
-        return ((self.cycle is None or self.cycle.response_complete) and self.idle_since <= since
-                and not self.transport.is_closing())
+        return self._answered() and self.idle_since <= since and not self.transport.is_closing()
+
+    def _answered(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _head_too_large(self) -> None:
+        self.head_open = False
+        self._head_arrived()
+        self._count("head_too_large")
 
     def _await_head(self) -> None:
         if self._head_deadline is None and not self.transport.is_closing():
@@ -113,13 +161,13 @@ class GuardedH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._answered() and not self.transport.is_closing():
             self._count("head_timeout")
             self.transport.close()
 
     def _make_room(self) -> None:
         since = time.monotonic() - IDLE_GRACE
-        idle = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c.idle(since)]
+        idle = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.idle(since)]
         if idle:
             oldest = min(idle, key=lambda connection: connection.idle_since)
             oldest._head_arrived()
@@ -138,10 +186,10 @@ class GuardedH11Protocol(H11Protocol):
             self.metrics.inc("connections_closed_total", reason=reason)
 
 
-def guarded_protocol(limits: ConnectionLimits, metrics: Metrics | None) -> type[GuardedH11Protocol]:
+def guarded_protocol(limits: ConnectionLimits, metrics: Metrics | None) -> type[GuardedProtocol]:
     """The protocol class to give uvicorn (`Config(http=…)`), bound to these limits."""
 
-    class Bound(GuardedH11Protocol):
+    class Bound(GuardedProtocol):
         pass
 
     Bound.limits = limits

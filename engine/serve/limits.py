@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEDUPE_WINDOW = 24 * 3600  # seconds a messageId is remembered (Segment's own de-duplication window)
+BODY_COMPLETE = "body_complete"  # in a request's scope: the server had its whole body before the app ran
 
 
 @dataclass(frozen=True)

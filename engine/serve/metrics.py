@@ -28,8 +28,9 @@ COUNTERS = {
                               "(recorded as skipped, never sent again).",
     "events_dead_lettered_total": "Events given up on, kept in the dead letters with the answer that condemned them.",
     "connections_closed_total": "Connections the server closed to protect itself, by reason: head_timeout "
-                                "(no request head in time), evicted_idle (room made under the cap), over_capacity "
-                                "(over the cap with none idle: answered 503 busy, except /health and /metrics).",
+                                "(no request head in time), head_too_large (a head over 16 KiB: answered 400), "
+                                "evicted_idle (room made under the cap), over_capacity (over the cap with none idle: "
+                                "answered 503 busy, except /health and /metrics).",
     "retries_total": "Destination requests sent again after a retryable failure.",
     "rate_limited_total": "Destination answers with status 429.",
     "job_polls_total": "Looks at the state of an asynchronous job the destination accepted.",

@@ -213,7 +213,7 @@ class Service:
 
 
 def uvicorn_config(app: Starlette, host: str, port: int, limits: ConnectionLimits) -> uvicorn.Config:
-    """uvicorn's settings for the app: the h11 protocol with the head deadline and the connection cap."""
+    """uvicorn's settings for the app: the httptools protocol with the head deadline and the connection cap."""
     metrics = getattr(app.state, "metrics", None)
     return uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
                           log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE,

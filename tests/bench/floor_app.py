@@ -1,6 +1,8 @@
 """The floor `serve` is measured against: a bare Starlette app on uvicorn (the server `serve` runs on)
 that reads each POST's JSON body with the standard library and answers {"success": true}. Nothing is
-checked, stored or delivered: no Tracking API server on this stack can be faster.
+checked, stored or delivered: no Tracking API server on this stack can be faster. It runs on what
+`serve` runs on (server.py: uvicorn's httptools parser, asyncio's own event loop, no access log), so
+the two differ only in what `serve` does per request.
 
     python tests/bench/floor_app.py   # prints "listening on PORT" once it listens on 127.0.0.1
 """
@@ -32,7 +34,8 @@ def main() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     print(f"listening on {listener.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, http="h11", loop="asyncio", log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning",
+                                           access_log=False))
     asyncio.run(server.serve(sockets=[listener]))
 
 

@@ -6,17 +6,20 @@
 - `send` against `map` on the same file, the fake Klaviyo's limits off (and both clocks fast, so
   `send` never waits on its own rate limiter): CPU per event of each, its start-up (the same command
   on an empty file) taken off, so the ratio is about the work per event.
-- `serve` against a bare Starlette app on the same server (floor_app.py): single-event requests/s
-  from 16 keep-alive connections (load.py, a separate process), with delivery running to the fake at
-  the published limits; then p99 latency at half the maximum rate measured; then batches of 100,
-  whose CPU per ingested event (the serve process's, from /proc) is set against `map`'s; the CPU of
-  its deliverer process meanwhile is reported beside it (`deliverer_cpu_us_per_event`).
+- `serve` against a bare Starlette app on the same server and parser (floor_app.py): single-event
+  requests/s from 16 keep-alive connections (load.py, a separate process), with delivery running to
+  the fake at the published limits, and the CPU per request of each server process (steadier than
+  requests/s on a shared machine); then p99 latency at half the maximum rate measured; then batches
+  of 100, whose CPU per ingested event (the serve process's, from /proc) is set against `map`'s CPU
+  per event on those same events (written as NDJSON, `map` start-up taken off); the CPU of serve's
+  deliverer process meanwhile is reported beside it (`deliverer_cpu_us_per_event`).
 CPU times are read from rusage (wait4) or /proc, so the other engineers' work on the same two cores
 changes the wall times, not these.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -203,8 +206,41 @@ def _children_cpu(pid: int) -> dict[int, float]:
     return found
 
 
-def measure_serve(root: Path, workdir: Path, seed: int, map_us_per_event: float | None,
-                  seconds: float = 5.0) -> dict[str, Any]:
+def _map_cpu_us_per_event(root: Path, workdir: Path, bodies: Path, requests: int, settings: Path,
+                          rounds: int = 2) -> float | None:
+    """`map`'s CPU per event on the messages of the first `requests` bodies (those a load run sent),
+    its start-up (the same command on an empty file) taken off."""
+    events = workdir / "lean-serve-events.ndjson"
+    count = 0
+    with bodies.open(encoding="utf-8") as source, events.open("w", encoding="utf-8") as out:
+        for line in itertools.islice(source, requests):
+            body = json.loads(line)
+            for message in body.get("batch", [body]):
+                out.write(json.dumps(message, separators=(",", ":")) + "\n")
+                count += 1
+    if not count:
+        return None
+    empty = workdir / "lean-empty.ndjson"
+    empty.write_text("", encoding="utf-8")
+    start = min(process_cpu(map_command(empty, settings), root)[0] for _ in range(rounds))
+    cpu = min(process_cpu(map_command(events, settings), root)[0] for _ in range(rounds))
+    return (cpu - start) / count * 1e6
+
+
+def _load_measuring_cpu(root: Path, pid: int, port: int, bodies: Path, seconds: float,
+                        **options: Any) -> dict[str, Any]:
+    """A load run (`_load`), with the CPU of the server process `pid` and of its children meanwhile."""
+    before, children_before = _cpu_ticks(pid), _children_cpu(pid)
+    run = _load(root, port, bodies, seconds, **options)
+    run["cpu_s"] = _cpu_ticks(pid) - before
+    # (serve's deliverer: a process of its own since serve delivers from a second one)
+    run["children_cpu_s"] = sum(t - children_before.get(child, 0.0) for child, t in _children_cpu(pid).items())
+    answered = run["requests"] - run["errors"]
+    run["cpu_us_per_request"] = round(run["cpu_s"] / answered * 1e6, 1) if answered else None
+    return run
+
+
+def measure_serve(root: Path, workdir: Path, seed: int, seconds: float = 5.0) -> dict[str, Any]:
     from engine.delivery.config import DeliveryPlan
     from engine.fake.server import FakeOptions, FakeServer
     from engine.mapping_set import load_mapping_set
@@ -218,7 +254,7 @@ def measure_serve(root: Path, workdir: Path, seed: int, map_us_per_event: float 
     print("  floor app: single-event requests …", file=sys.stderr, flush=True)
     floor, floor_port = _start_listening([sys.executable, str(HERE / "floor_app.py")], root, "listening on ")
     try:
-        results["floor"] = _load(root, floor_port, singles, seconds)
+        results["floor"] = _load_measuring_cpu(root, floor.pid, floor_port, singles, seconds)
     finally:
         _stop(floor)
 
@@ -231,15 +267,12 @@ def measure_serve(root: Path, workdir: Path, seed: int, map_us_per_event: float 
                "--settings", str(settings), "--base-url", fake.url, "--log-level", "warning"]
     serve, port = _start_listening(command, root, "listening on http://")
     try:
-        results["serve"] = _load(root, port, singles, seconds)
+        results["serve"] = _load_measuring_cpu(root, serve.pid, port, singles, seconds)
         half = results["serve"]["requests_per_s"] / 2
         results["serve_at_half_rate"] = _load(root, port, singles, seconds, rate=half,
                                               offset=results["serve"]["requests"])
-        before, children_before = _cpu_ticks(serve.pid), _children_cpu(serve.pid)
-        batch_run = _load(root, port, batches, seconds, path="/v1/batch", connections=4)
-        cpu = _cpu_ticks(serve.pid) - before
-        # the deliverer's CPU meanwhile (a process of its own since serve delivers from a second one)
-        delivering = sum(t - children_before.get(child, 0.0) for child, t in _children_cpu(serve.pid).items())
+        batch_run = _load_measuring_cpu(root, serve.pid, port, batches, seconds, path="/v1/batch", connections=4)
+        cpu, delivering = batch_run["cpu_s"], batch_run["children_cpu_s"]
         events = (batch_run["requests"] - batch_run["errors"]) * 100
         batch_run.update(events=events, events_per_s=round(events / batch_run["seconds"]), cpu_s=round(cpu, 2),
                          cpu_us_per_event=round(cpu / events * 1e6, 1) if events else None,
@@ -249,10 +282,15 @@ def measure_serve(root: Path, workdir: Path, seed: int, map_us_per_event: float 
     finally:
         _stop(serve)
         fake.stop()
+    print("  `map` on the events serve ingested in batches …", file=sys.stderr, flush=True)
+    map_us = _map_cpu_us_per_event(root, workdir, batches, batch_run["requests"], settings)
     floor_rps, serve_rps = results["floor"]["requests_per_s"], results["serve"]["requests_per_s"]
+    floor_cpu, serve_cpu = results["floor"]["cpu_us_per_request"], results["serve"]["cpu_us_per_request"]
     per_event = results["serve_batches"]["cpu_us_per_event"]
     results.update(
         serve_over_floor=round(serve_rps / floor_rps, 3) if floor_rps else None,
+        serve_cpu_over_floor_cpu=round(serve_cpu / floor_cpu, 2) if serve_cpu and floor_cpu else None,
         serve_p99_ms_at_half_rate=results["serve_at_half_rate"]["p99_ms"],
-        serve_cpu_over_map_cpu=round(per_event / map_us_per_event, 2) if per_event and map_us_per_event else None)
+        map_cpu_us_per_event=round(map_us, 1) if map_us else None,
+        serve_cpu_over_map_cpu=round(per_event / map_us, 2) if per_event and map_us else None)
     return results
