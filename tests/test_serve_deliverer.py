@@ -28,6 +28,19 @@ from engine.fake.server import FakeServer
 
 
 # -- the locks ------------------------------------------------------------------------------------------------
+def test_a_recorders_commits_wait_for_the_disk_and_the_others_do_not(tmp_path: Path) -> None:
+    # serve answers 200 after its commit: that commit must survive a power loss (FULL = 2); send and the
+    # deliverer can redo what a lost commit held (NORMAL = 1).
+    expected = {"recorder": 2, "deliverer": 1, None: 1}
+    for role, level in expected.items():
+        folder = tmp_path / str(role)
+        outbox = SQLiteOutbox(folder, role=role)
+        try:
+            assert outbox._db().execute("PRAGMA synchronous").fetchone()[0] == level, role
+        finally:
+            outbox.close()
+
+
 def test_a_recorder_and_a_deliverer_share_a_folder_and_each_role_is_taken_once(tmp_path: Path) -> None:
     recorder = SQLiteOutbox(tmp_path, role="recorder")
     deliverer = SQLiteOutbox(tmp_path, role="deliverer", create=False)

@@ -169,6 +169,10 @@ class SQLiteOutbox(Outbox):
             raise ValueError(f"role {role!r}: not one of {', '.join(ROLES)}")
         self.folder = Path(folder)
         self.read_only = read_only
+        # A recorder (`serve`) answers 200 once its commit returns: that commit waits for the disk, so
+        # a power loss cannot take an event the server acknowledged. `send` can read its input again,
+        # and a mark lost only resends a request (at-least-once), so they need not wait.
+        self.synchronous = "FULL" if role == "recorder" else "NORMAL"
         if create and not read_only:
             self.folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
         self.path = self.folder / OUTBOX_FILE
@@ -293,7 +297,7 @@ class SQLiteOutbox(Outbox):
         if not self.read_only:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
             db.execute("PRAGMA busy_timeout = 30000")
             return db
         uri = self.path.resolve().as_uri() + "?mode=ro"
