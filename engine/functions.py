@@ -14,12 +14,14 @@ import base64
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import msgspec
 import phonenumbers
 
 # phonenumbers compiles its metadata's patterns on every call (re.compile's cache lookup: about a
@@ -179,6 +181,15 @@ def fingerprint(value: Any) -> str:
     """A stable hex digest of a JSON value: the same input always gives the same id."""
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def json_length(value: Any) -> float:
+    """Bytes of `value` as JSON — never fewer than any string inside it takes in UTF-8, keys included
+    (a string is written whole, only escapes added) — or infinity for what JSON cannot write."""
+    try:
+        return len(msgspec.json.encode(value))
+    except (TypeError, ValueError, OverflowError):
+        return math.inf
 
 
 def longest_string(value: Any) -> int:
@@ -364,4 +375,11 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "unix_seconds": (_cast_function(to_unix_seconds), 1, 1),
     "to_integer": (_cast_function(to_integer), 1, 1),
     "to_boolean": (_cast_function(to_boolean), 1, 1),
+}
+
+# name → a cheap upper bound of that one-argument function's value (pure, never raising): generated
+# code tests `f(x) <= LIMIT` as `bound(x) <= LIMIT or f(x) <= LIMIT`, skipping the walk when the
+# bound already answers (most events are far under a size limit).
+UPPER_BOUNDS: dict[str, Callable[[Any], float]] = {
+    "longest_string": json_length,
 }

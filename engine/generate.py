@@ -21,7 +21,7 @@ from .analyse import always_object, children, consumed_paths
 from .codegen import MAX_INLINE_INDENT, Source
 from .explain import RuleRecorder
 from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
-from .functions import CASTS, FUNCTIONS, EvalError, a_json_type, normalize_event_name
+from .functions import CASTS, FUNCTIONS, UPPER_BOUNDS, EvalError, a_json_type, normalize_event_name
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .named_values import NamedReads, emit_levels
@@ -769,6 +769,11 @@ class CodeGenerator:
 
     def visit_JmesComparator(self, node: ir.JmesComparator, cur: str, indent: int) -> str:
         source = self.source
+        function, limit = node.left, node.right
+        if node.operator in ("lt", "lte") and isinstance(function, ir.JmesCall) and function.name in UPPER_BOUNDS \
+                and len(function.arguments) == 1 and isinstance(limit, ir.Literal) \
+                and isinstance(limit.value, (int, float)) and not isinstance(limit.value, bool):
+            return self.bounded_comparison(function, node.operator, limit.value, cur, indent)
         left = self.jmespath(node.left, cur, indent)
         right = self.jmespath(node.right, cur, indent)
         op = node.operator
@@ -798,6 +803,22 @@ class CodeGenerator:
             source.emit(indent, f"{out} = {left} {python_op} {right}")
         else:
             source.emit(indent, f"{out} = ({left} {python_op} {right}) if {' and '.join(tests)} else None")
+        source.booleans.add(out)
+        return out
+
+    def bounded_comparison(self, call: ir.JmesCall, operator: str, limit: float, cur: str, indent: int) -> str:
+        """`f(x) <= LIMIT` for a function with an upper bound (functions.UPPER_BOUNDS): true without
+        calling f when the bound is within the limit; f's own comparison otherwise."""
+        source = self.source
+        argument = self.jmespath(call.arguments[0], cur, indent)
+        python_op = "<" if operator == "lt" else "<="
+        out, value = source.temp(), source.temp()
+        source.emit(indent, f"if {source.bind(UPPER_BOUNDS[call.name])}({argument}) {python_op} {limit!r}:")
+        source.emit(indent + 1, f"{out} = True")
+        source.emit(indent, "else:")
+        source.emit(indent + 1, f"{value} = {source.bind(FUNCTIONS[call.name][0])}({argument})")
+        number = f"isinstance({value}, (int, float)) and not isinstance({value}, bool)"
+        source.emit(indent + 1, f"{out} = ({value} {python_op} {limit!r}) if {number} else None")
         source.booleans.add(out)
         return out
 

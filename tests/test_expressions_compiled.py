@@ -112,6 +112,34 @@ def test_generated_code_matches_jmespath() -> None:
     assert compared > 4000
 
 
+@pytest.mark.parametrize("value", [
+    None, 7, "", "abcde", "abcdef", "é" * 3, {"k": "abcd"}, {"abcdef": 1}, ["x", {"y": ["abcdef"]}],
+    {"q": 'a"b'}, {"q": "\n" * 5}, {"when": __import__("datetime").date(2026, 1, 1)}, {True: "abcdef"},
+    {1: "ab"}, float("nan"),
+])
+@pytest.mark.parametrize("operator", ["<", "<="])
+def test_a_size_limit_checked_through_an_upper_bound_gives_the_functions_answer(value: Any, operator: str) -> None:
+    # `longest_string(x) <= 6` is generated as "JSON length within 6, or else the walk": the bound
+    # (functions.UPPER_BOUNDS) must never answer differently from the function itself.
+    from engine.functions import longest_string
+
+    compiled = expressions.compile_expression(f"longest_string(@) {operator} `6`")
+    expected = longest_string(value) < 6 if operator == "<" else longest_string(value) <= 6
+    assert compiled.evaluate(value) is expected
+
+
+def test_json_length_bounds_longest_string_from_above() -> None:
+    from engine.functions import json_length, longest_string
+
+    rng = random.Random(11)
+    texts = ["", "x", "é", "日本", "😀", 'q"', "\\", "\n\t", "\x01", "a" * 40]
+    for _ in range(2000):
+        document = _document(rng)
+        if isinstance(document, dict):
+            document[rng.choice(texts) * rng.randint(1, 5)] = rng.choice(texts) * rng.randint(0, 9)
+        assert json_length(document) >= longest_string(document), document
+
+
 def test_generated_conditions_and_choices_match_truthiness() -> None:
     """A rule's condition (`when`, `check`) and an `if` choose by JMESPath truthiness in their
     generated code; an expression's error is raised located at the field."""
