@@ -360,9 +360,6 @@ class BatchBuilder:
     def full(self) -> bool:
         return self.count >= self.spec.max_items or self.size >= self.spec.max_bytes
 
-    def too_big(self) -> bool:
-        return self.size > self.spec.max_bytes
-
     def remove(self, units: set[int]) -> None:
         """Drop units (after an error named them); the caps bookkeeping is rebuilt."""
         kept = [e for e in self.entries if e.unit not in units]

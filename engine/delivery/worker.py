@@ -569,11 +569,6 @@ class DeliveryWorker:
         url = self.sealer.unseal(slot.url, json_text=False)
         return self.base_url + url if url.startswith("/") else url
 
-    def _body_units(self, slot: Slot) -> list[int]:
-        if slot.builder is None:
-            return list(slot.units)
-        return [entry.unit for entry in slot.builder.entries]
-
     async def _deliver(self, slot: Slot) -> None:
         assert self._client is not None and self._slot_freed is not None
         policy = self.plan.retry

@@ -83,10 +83,6 @@ class _Auth:
             matched |= hmac.compare_digest(candidate, known)
         return matched
 
-    def from_header(self, header: str) -> str | None:
-        """The refusal reason for an Authorization header, or None when it carries a known write key."""
-        return self.key_from_header(header)[0]
-
     def key_from_header(self, header: str) -> tuple[str | None, str]:
         """(the refusal reason or None, the write key the header carries)."""
         scheme, _, value = header.strip().partition(" ")
