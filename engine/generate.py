@@ -22,17 +22,19 @@ from .codegen import MAX_INLINE_INDENT, Source
 from .explain import RuleRecorder
 from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
 from .functions import CASTS, FUNCTIONS, EvalError, a_json_type, normalize_event_name
+from .ir import ChainStep, RequestPlan, Rule
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .named_values import NamedReads, emit_levels
+from .optimise import Optimiser
 from .problems import Position
-from .rules import ChainStep, RequestPlan, Rule
 from .runtime import (
     ABSENT,
     FastPathMiss,
     FieldError,
     NamedValueFunction,
     Vars,
+    event_name_matches,
     fast_getattr,
     fast_getitem,
     form_body,
@@ -49,6 +51,7 @@ from .runtime import (
     normalize_key,
     not_a_url,
     not_an_object,
+    start_chain,
     with_query,
 )
 
@@ -70,9 +73,9 @@ def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
 
 
 def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
-    """`node` as one generated function of the scope; named values are read from the scope's `vars`."""
+    """`node` (folded) as one generated function of the scope; named values are read from the scope's `vars`."""
     source = Source({"ABSENT": ABSENT})  # (the name every value's code uses)
-    source.emit(1, f"return {CodeGenerator(source).value(node, 'scope', 1)}")
+    source.emit(1, f"return {CodeGenerator(source).value(Optimiser({}).visit(node), 'scope', 1)}")
     made: Evaluate = source.define(f"{name}(scope)")
     return made
 
@@ -88,7 +91,8 @@ class MapperCode:
         nothing); runner: a group's rule's function; results: evaluate's Request, ItemRejection, _reason."""
         self.roots, self.field_sources, self.base_url, self.runner = roots, field_sources, base_url, runner
         self.request, self.item_rejection, self.reason = results
-        self.default_headers = default_headers
+        self.optimiser = Optimiser(roots)  # (every node is folded before its code is written)
+        self.default_headers = None if default_headers is None else self.optimiser.visit(default_headers)
         self.constant_headers: dict[str, str] | None = None  # the default headers, when they read no event
         self._tables: dict[int, dict[str, NamedValueFunction]] = {}
         self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
@@ -105,13 +109,14 @@ class MapperCode:
             Callable[..., bool], str, dict[str, Any], list[Callable[..., tuple[list[Any], str | None]]]]:
         """The rule's function (see CodeGenerator.visit_Rule), its source, the namespace it binds,
         and each step of its request chain as one function (see CodeGenerator.visit_ChainStep)."""
+        rule = self.optimiser.visit(rule)
         steps = []
         for number, step in enumerate(rule.steps):
             source = self.new_source()
-            CodeGenerator(source, self).visit_ChainStep(step, number, rule)
+            CodeGenerator(source, self).visit(step, number, rule)
             steps.append(source.define("build(scope, result)", f"for rule {rule.name!r} step {number + 2}"))
         source = self.new_source()
-        CodeGenerator(source, self).visit_Rule(rule, check_type, outer, recorder)
+        CodeGenerator(source, self).visit(rule, check_type, outer, recorder)
         header = "run(scope, event_type, event_name, result)"
         return source.define(header, f"for rule {rule.name!r}"), source.text(header), source.namespace, steps
 
@@ -142,7 +147,7 @@ class MapperCode:
         levels = emit_levels(source, chain, f"S{inner}")  # (the outer levels' lines are dropped when unread)
         setup_end = len(source.lines)
         reads = NamedReads(source, levels, self)
-        value = CodeGenerator(source).value(chain[inner][name], f"S{inner}", 1)
+        value = CodeGenerator(source).value(self.optimiser.visit(chain[inner][name]), f"S{inner}", 1)
         source.emit(1, f"value = None if {value} is ABSENT else {value}")
         source.emit(1, f"V{inner}[{name!r}] = value")
         source.emit(1, "return value")
@@ -163,6 +168,10 @@ class CodeGenerator:
         self.loose = False
         self.named_root: str | None = None
 
+    def visit(self, node: ir.Node, *context: Any) -> Any:
+        """The node's `visit_<NodeClass>`: a value's (scope, indent), a rule's, a chain step's context."""
+        return getattr(self, f"visit_{type(node).__name__}")(node, *context)
+
     def value(self, node: ir.Node, scope: str, indent: int) -> str:
         """The node's code (a deep node is its own function, called), lines marked with its place."""
         source = self.source
@@ -173,7 +182,7 @@ class CodeGenerator:
             source.place = node.origin
         try:
             if indent <= MAX_INLINE_INDENT:
-                visited: str = getattr(self, f"visit_{type(node).__name__}")(node, scope, indent)
+                visited: str = self.visit(node, scope, indent)
                 return visited
             out = source.temp()  # deep: its own function (see codegen.MAX_INLINE_INDENT)
             source.emit(indent, f"{out} = {source.bind(generate_function(node))}({scope})")
@@ -199,7 +208,7 @@ class CodeGenerator:
                 source.emit(indent + 1, f"{out}.append({value})")
         return out
 
-    def visit_Object(self, node: ir.Object, scope: str, indent: int, omit_empty: bool | None = None) -> str:
+    def visit_Object(self, node: ir.Object, scope: str, indent: int) -> str:
         """Keys inserted in order, constants as they are, computed parts only when not ABSENT (each
         part evaluated at its key's turn); with omit_empty, ABSENT when empty. A leading run of
         constant keys starts as a copy of a ready dict."""
@@ -220,11 +229,8 @@ class CodeGenerator:
             elif value != "ABSENT":  # (else a part decided now to be absent)
                 source.emit(indent, f"if {value} is not ABSENT:")
                 source.emit(indent + 1, f"{out}[{key!r}] = {value}")
-        self.absent_if_empty(out, node.omit_empty if omit_empty is None else omit_empty, indent)
+        self.absent_if_empty(out, node.omit_empty, indent)
         return out
-
-    def visit_TableFields(self, node: ir.TableFields, scope: str, indent: int) -> str:
-        return self.visit_Object(node.table.lowered, scope, indent, node.omit_empty)
 
     def absent_if_empty(self, out: str, omit_empty: bool, indent: int) -> None:
         """omit_empty: an empty object or list is ABSENT."""
@@ -900,9 +906,9 @@ class CodeGenerator:
         of each enclosing group with some; a recorder (map --explain): what explains the outcome is recorded."""
         source, emit, context = self.source, self.source.emit, self.mapper
         assert context is not None  # (a CodeGenerator for rules is given its Mapper's)
-        source.place = (rule.position, f"rule '{rule.name}'")
+        source.place = rule.origin
         source.namespace.update({
-            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
+            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": event_name_matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": message_text,
             "Vars": Vars, "EvalError": EvalError, "_reason": context.reason, "final": rule.final,
             "ItemRejection": context.item_rejection,
@@ -910,7 +916,7 @@ class CodeGenerator:
         if check_type and rule.types is not None:
             emit(1, "if event_type not in types: return False")
         if rule.event_globs:
-            emit(1, "if not matches(event_type, event_name): return False")
+            emit(1, f"if not matches(event_name, names, {source.bind(rule.event_globs)}): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
         # The Vars of each level (see NamedReads); the innermost level's scope is the one `run` is given.
@@ -951,10 +957,10 @@ class CodeGenerator:
                     emit(3, "return True")
             else:
                 assert rule.request is not None
-                request = self.visit_RequestPlan(rule.request, here, 2, "None")
+                request = self.visit(rule.request, here, 2)
                 if rule.steps:
                     subject = None if rule.order_subject is None else generate_function(rule.order_subject, "subject")
-                    emit(2, f"{source.bind(Rule.start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
+                    emit(2, f"{source.bind(start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
                 emit(2, f"result.requests.append({request})")
                 if recorder is not None:
                     emit(2, f"{source.bind(recorder.request_built)}()")
@@ -988,7 +994,7 @@ class CodeGenerator:
         emit(3, "try:")
         self.checks(rule, "item_scope", 4,
                     "result.item_rejections.append(ItemRejection(rule.name, index, {} + suffix))", "continue")
-        emit(4, f"result.requests.append({self.visit_RequestPlan(rule.request, 'item_scope', 4, 'index')})")
+        emit(4, f"result.requests.append({self.visit(rule.request, 'item_scope', 4)})")
         if recorder is not None:
             emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
@@ -1005,11 +1011,11 @@ class CodeGenerator:
         code), then `leave`; a warning that applies is added to the result."""
         source = self.source
         for requirement in rule.requires:
-            source.place = (requirement.position, f"rule '{rule.name}' require")
+            source.place = requirement.origin
             source.emit(indent, f"if not {self.value(requirement.test, scope, indent)}:")
             source.emit(indent + 1, reject.format(self.message(requirement.reason, scope)))
             source.emit(indent + 1, leave)
-        source.place = (rule.position, f"rule '{rule.name}'")  # (what follows is the rule's again)
+        source.place = rule.origin  # (what follows is the rule's again)
         for warning in rule.warns:
             source.emit(indent, f"if {self.value(warning.test, scope, indent)}:")
             source.emit(indent + 1, f"result.warnings.append({self.message(warning.message, scope)} + suffix)")
@@ -1024,7 +1030,7 @@ class CodeGenerator:
         """The body of `build(scope, result) -> (requests, why none)`: the step's when, for_each and requests,
         written like a rule's (named values read through the scope's Vars); why none: the step's skip."""
         source, emit = self.source, self.source.emit
-        source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
+        source.place = step.origin
         source.namespace.update({"rule": rule, "text": message_text})
         skipped = source.bind(f"step {number + 2} of rule '{rule.name}' skipped: ")
         skipped += f" + {self.message(step.skip, 'scope')}"
@@ -1032,7 +1038,7 @@ class CodeGenerator:
             emit(1, f"if not {self.value(step.when, 'scope', 1)}:")
             emit(2, f"return [], {skipped}")
         if step.for_each is None:
-            emit(1, f"return [{self.visit_RequestPlan(step.request, 'scope', 1, 'None')}], None")
+            emit(1, f"return [{self.visit(step.request, 'scope', 1)}], None")
             return
         what = f"then.steps[{number}].for_each {step.for_each.source}: is "
         source.namespace["_not_a_list"] = lambda items, what=what: EvalError(f"{what}{a_json_type(items)}, not a list")
@@ -1042,10 +1048,10 @@ class CodeGenerator:
         emit(1, "requests = []")
         emit(1, "for index, item in enumerate(items or ()):")
         emit(2, f"item_scope = {{**scope, {step.item_name!r}: item, 'index': index}}")
-        emit(2, f"requests.append({self.visit_RequestPlan(step.request, 'item_scope', 2, 'index')})")
+        emit(2, f"requests.append({self.visit(step.request, 'item_scope', 2)})")
         emit(1, f"return (requests, None) if requests else ([], {skipped})")
 
-    def visit_RequestPlan(self, plan: RequestPlan, scope: str, indent: int, item_index: str) -> str:
+    def visit_RequestPlan(self, plan: RequestPlan, scope: str, indent: int) -> str:
         """The plan's request (url, query, headers, body, in that order): the local holding it. A constant
         URL is joined to the base URL here, once; constant headers are copied from a ready dict."""
         source, emit, bind, context = self.source, self.source.emit, self.source.bind, self.mapper
@@ -1077,7 +1083,7 @@ class CodeGenerator:
             emit(indent, f"{headers}.update({bind(headers_object)}({value}))")
         out = source.temp()
         request = f"{bind(context.request)}(rule.name, {bind(plan.method)}, {url}, {headers}, {{}}, {{}}, " \
-                  f"result.index, {item_index})"
+                  f"result.index, {'index' if plan.per_item else 'None'})"
         if plan.body is None:
             emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
             return out

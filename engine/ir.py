@@ -209,3 +209,74 @@ class Each(Node):
 class Encode(Node):
     value: Node
     encoding: Callable[[Any], Any]
+
+
+# -- rules ---------------------------------------------------------------------------------------------
+# A rule and its parts (lower.RuleLowerer makes them; generate.CodeGenerator writes each rule as one
+# function). Their origin is always set: (the rule file's place, "rule 'NAME' …").
+@dataclass(frozen=True, slots=True, eq=False)
+class Requirement(Node):
+    origin: Origin
+    test: Node  # true when the requirement is met
+    reason: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Warning_(Node):
+    origin: Origin
+    test: Node  # true when the warning applies
+    message: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RequestPlan(Node):
+    origin: Origin
+    method: str
+    url: Node  # absolute URL, or a path joined to the base URL
+    url_is_path: bool
+    query: Node | None
+    headers: Node | None
+    body_kind: str | None  # "json", "form" or None
+    body: Node | None
+    per_item: bool  # made once per item of a for_each (the request records the item's index)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ChainStep(Node):
+    """A step of a request chain: run with the previous request's answer as `response`."""
+
+    origin: Origin
+    description: str  # (or the request's method and path as written: what map's `then` says the step does)
+    when: Condition | None  # false: the chain ends here, skipped with `skip`
+    skip: Node | None
+    for_each: Expression | None  # a request per item (none: skipped with `skip`)
+    item_name: str
+    request: RequestPlan
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule(Node):
+    origin: Origin
+    name: str
+    types: frozenset[str] | None = None
+    event_names: frozenset[str] | None = None
+    event_globs: tuple[str, ...] = ()
+    when: Node | None = None
+    when_source: str = ""  # the condition's text, for map --explain
+    final: bool = False
+    values: dict[str, Node] = field(default_factory=dict)  # (a level's key: see generate.MapperCode)
+    for_each: Expression | None = None
+    item_name: str = "item"
+    requires: tuple[Requirement, ...] = ()
+    warns: tuple[Warning_, ...] = ()
+    action: str = "request"  # request | reject | skip | group
+    message: Node | None = None  # for reject and skip
+    request: RequestPlan | None = None
+    children: tuple[Rule, ...] = ()
+    steps: tuple[ChainStep, ...] = ()  # then.steps: after the request, in order
+    order_lane: str | None = None  # then.order: the subject whose order the whole chain holds
+    order_subject: Node | None = None
+
+    @property
+    def position(self) -> Position:
+        return self.origin[0]

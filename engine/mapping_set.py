@@ -19,10 +19,10 @@ import cerberus
 
 from . import ir
 from .analyse import reads, table_cycle
+from .ir import Rule
 from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .lower import Known, Lowerer, TableDef, normalize_lookup_key
 from .problems import MappingSetError, Position, ProblemList, SettingsError
-from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
 from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
@@ -329,9 +329,9 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
             lowered = compiler.value(entry, values_node.value_places[value_name], f"values.{value_name}")
             named_values[value_name] = lowered_values[value_name] = lowered
     for file, document in documents:
-        rule_compiler = RuleCompiler(Lowerer(problems, known, file, lowered_values), file)
+        rule_compiler = Lowerer(problems, known, file, lowered_values)
         for rule_node in good_rules[id(document)]:
-            rules.append(rule_compiler.compile(rule_node))
+            rules.append(rule_compiler.rule(rule_node))
         for rule_node in document.get("rules") or []:
             if isinstance(rule_node, PosDict) and all(rule_node is not good for good in good_rules[id(document)]):
                 _salvage(rule_node, file, known, problems)
@@ -386,7 +386,7 @@ def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList)
     found = ProblemList()
     compiler = Lowerer(found, Known(known.settings, set(known.values), known.tables), file)
     try:
-        RuleCompiler(compiler, file).compile(rule_node)
+        compiler.rule(rule_node)
     except Exception:  # noqa: BLE001 - the shape is wrong: what was found before this part stands
         pass
     named = {p.position for p in problems.problems}

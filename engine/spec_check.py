@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import ir
+from .ir import Rule
 from .openapi_check import OpenAPIDocument
 from .problems import Position, Problem
-from .rules import Rule
 
 MAX_DEPTH = 32  # (a schema's $refs can loop: a tree deeper than this is not followed further)
 
