@@ -110,7 +110,7 @@ def _describe(entry: Entry, rule: Rule, recorder: RuleRecorder, result: MapResul
     """The entry's outcome and why, from what the rule changed on the result."""
     if recorder.when_false:
         assert rule.when is not None and rule.when.origin is not None
-        entry.update(outcome="condition false", why=f"when: {rule.when_source} ({rule.when.origin[0]})")
+        entry.update(outcome="condition false", why=f"when: {rule.when.expression.source} ({rule.when.origin[0]})")
         return
     if result.rejection is not None and result.rejection != rejection:
         entry.update(outcome="rejected", why=result.rejection)

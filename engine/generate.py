@@ -975,7 +975,7 @@ class CodeGenerator:
     def fan_out(self, rule: Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
-        assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
+        assert rule.for_each is not None and rule.request is not None  # (lowering sees to both)
         source, emit = self.source, self.source.emit
         source.namespace["_not_a_list"] = lambda items: EvalError(
             f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")

@@ -1,11 +1,11 @@
-"""The compile stage's intermediate form: what a value tree means, with no code in it.
+"""The compile stage's intermediate form: what a value tree or a rule means, with no code in it.
 
-Lowering (lower.py) turns a rule file's value trees into these nodes, checking every directive;
-analyse.py says what a node reads; optimise.py folds what is known at load time; one CodeGenerator
-(generate.py) writes Python for them. Every node carries `origin`: the rule file's place and field
-path it was written at (None only for a node made by the engine, not read from a file). Nodes are
-frozen; those that refer to a table hold its TableDef, whose lowered fields are set once every
-table is lowered (a table may name one defined after it).
+Lowering (lower.py) turns a rule file's value trees and rules into these nodes, checking every
+directive; analyse.py says what a node reads; optimise.py folds what is known when a Mapper is
+built; one CodeGenerator (generate.py) writes Python for them. Every node carries `origin`: the
+rule file's place and field path it was written at (None only for a node made by the engine, not
+read from a file). Nodes are frozen; those that refer to a table hold its TableDef, whose lowered
+fields are set once every table is lowered (a table may name one defined after it).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class CastTo(Node):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class TableFields(Node):
-    """`fields: TABLE`: the table's object, built in place."""
+    """`fields: TABLE`: the table's object, built in place (the optimiser makes it that Object)."""
 
     table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
     omit_empty: bool
@@ -212,8 +212,8 @@ class Encode(Node):
 
 
 # -- rules ---------------------------------------------------------------------------------------------
-# A rule and its parts (lower.RuleLowerer makes them; generate.CodeGenerator writes each rule as one
-# function). Their origin is always set: (the rule file's place, "rule 'NAME' …").
+# A rule and its parts (Lowerer.rule makes them; the CodeGenerator writes each rule as one function).
+# Their origin is always set: (the rule file's place, "rule 'NAME' …").
 @dataclass(frozen=True, slots=True, eq=False)
 class Requirement(Node):
     origin: Origin
@@ -261,8 +261,7 @@ class Rule(Node):
     types: frozenset[str] | None = None
     event_names: frozenset[str] | None = None
     event_globs: tuple[str, ...] = ()
-    when: Node | None = None
-    when_source: str = ""  # the condition's text, for map --explain
+    when: Condition | None = None
     final: bool = False
     values: dict[str, Node] = field(default_factory=dict)  # (a level's key: see generate.MapperCode)
     for_each: Expression | None = None

@@ -438,9 +438,9 @@ class Lowerer:
                 action, children = "group", tuple(inner.rule(child, name) for child in node["rules"])
             else:
                 message = inner.value(node[action], node.value_places[action], f"rule '{name}' {action}")
-        return ir.Rule(origin, name, types, event_names, event_globs, when, str(node.get("when", "")),
-                       bool(node.get("final", False)), own_values, for_each, item_name, requires, tuple(warns),
-                       action, message, request, children, steps, order_lane, order_subject)
+        return ir.Rule(origin, name, types, event_names, event_globs, when, bool(node.get("final", False)), own_values,
+                       for_each, item_name, requires, tuple(warns), action, message, request, children, steps,
+                       order_lane, order_subject)
 
     def requirement(self, node: PosDict, place: ScalarPlace, name: str) -> ir.Requirement:
         kinds = [k for k in ("check", "one_of", "present") if k in node]

@@ -1,37 +1,37 @@
-"""Stage 3, compile: the optimiser. A pass over a whole rule (or value) tree that folds what is known
-before its code is written, as Jinja's optimizer does: children first, then the node.
+"""Stage 3, compile: the optimiser. A pass over a whole rule (or value) tree, children first (as
+Jinja's optimizer), folding what is known before its code is written:
 
-- select/default/cast: a select with a constant default and a cast becomes one Select that tries its
-  paths, falls back to the default and casts, in one piece of code (not three each testing ABSENT);
-- absent values: an Absent option, item, field or part is left out (of first, a list, an object,
-  merge), a default of nothing is its value, and a cast, encoding or lookup of nothing is Absent;
-- settings: it runs per Mapper (generate.MapperCode), whose settings and mapping are fixed, so a
-  condition that reads only those is decided: an `if` keeps only its branch, a rule's `when` that
-  holds is dropped, a requirement met and a warning that never applies are left out. (Conditions
-  that read settings and the event, and paths under `settings` in a select, are folded by the code
-  generator from the same fixed roots, Source.roots: a select records which path supplied a field.)
+- a select's constant default and cast join it: one piece of code, not three each testing ABSENT;
+- an Absent option, item, field or part is left out, and a default, cast, encoding or lookup of
+  nothing is folded; a fields table becomes its object, built in place;
+- settings: the pass runs per Mapper (generate.MapperCode), whose settings and mapping are fixed, so
+  a condition reading only those is decided: an `if` keeps its branch, a rule's `when` that holds,
+  a requirement met and a warning that never applies go. (A condition reading settings and the
+  event, and a select's paths under `settings`, are folded by the code generator from the same
+  fixed roots, Source.roots, as it writes them: a select records which path supplied a field.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from . import ir
 from .expressions import INTERPRETER
 from .runtime import is_falsy
 
-# JMESPath node kinds whose value depends only on their children (and never fail).
+# JMESPath nodes whose value is their children's, and that never fail.
 _PURE_KINDS = frozenset({"literal", "not_expression", "and_expression", "or_expression", "comparator"})
+N = TypeVar("N", bound=ir.Node)
 
 
 class Optimiser:
-    """`Optimiser(roots).visit(node)`: the node folded; a node nothing folds in is returned itself.
-    `roots` are the scope roots fixed for the code being written (a Mapper's settings and mapping)."""
+    """`Optimiser(roots).visit(node)`: the node folded (itself when nothing folds); `roots`: the scope
+    roots fixed for the code being written (a Mapper's settings and mapping)."""
 
     def __init__(self, roots: dict[str, Any]):
         self.roots = roots
-        self.folded: dict[int, ir.Node] = {}  # id(node) -> the node folded (a folded node maps to itself)
+        self.folded: dict[int, Any] = {}  # id(node) -> the node folded (a folded node: itself)
         self.seen: list[ir.Node] = []  # (keeps the keys' nodes alive)
 
     def visit(self, node: Any) -> Any:
@@ -40,8 +40,7 @@ class Optimiser:
             changed = {name: value for name in node.__dataclass_fields__
                        if (value := self.children(getattr(node, name))) is not getattr(node, name)}
             found = dataclasses.replace(node, **changed) if changed else node
-            method = getattr(self, f"visit_{type(found).__name__}", None)
-            found = found if method is None else method(found)
+            found = getattr(self, f"visit_{type(found).__name__}", lambda same: same)(found)
             self.folded[id(node)] = self.folded[id(found)] = found
             self.seen += (node, found)
         return found
@@ -64,46 +63,44 @@ class Optimiser:
         return not is_falsy(INTERPRETER.visit(node.expression.ast, self.roots))
 
     def fixed(self, ast: dict[str, Any]) -> bool:
-        """Whether a JMESPath tree reads nothing but the fixed roots (plain paths under them, literals,
-        comparisons, and/or/not)."""
+        """Whether a JMESPath tree reads only the fixed roots: plain paths under them, literals,
+        comparisons, and/or/not."""
         steps = [ast] if ast["type"] == "field" else ast["children"] if ast["type"] == "subexpression" else None
         if steps is not None:
             return all(step["type"] == "field" for step in steps) and steps[0]["value"] in self.roots
         return ast["type"] in _PURE_KINDS and all(self.fixed(child) for child in ast["children"])
 
+    def without_absent(self, node: N, name: str) -> N:
+        """`node` with the Absent nodes of its field `name` (nodes, or (key, node) pairs) left out."""
+        parts = getattr(node, name)
+        kept = tuple(part for part in parts if not isinstance(part[1] if isinstance(part, tuple) else part, ir.Absent))
+        return node if len(kept) == len(parts) else dataclasses.replace(node, **{name: kept})
+
     # -- select/default/cast, and absent values ------------------------------------------------------
     def visit_CastTo(self, node: ir.CastTo) -> ir.Node:
-        if isinstance(node.value, ir.Absent):
-            return node.value
         if isinstance(node.value, ir.Select) and node.value.cast is None:  # (the default is cast too)
             return dataclasses.replace(node.value, origin=node.origin, cast=node.cast)
-        return node
+        return node.value if isinstance(node.value, ir.Absent) else node
 
     def visit_Default(self, node: ir.Default) -> ir.Node:
         value, default = node.value, node.default
-        if isinstance(value, ir.Absent) or isinstance(default, ir.Absent):
-            return default if isinstance(value, ir.Absent) else value
         if isinstance(value, ir.Select) and value.cast is None and value.default is ir.NO_DEFAULT \
                 and isinstance(default, ir.Literal) and default.is_scalar:
             return dataclasses.replace(value, origin=node.origin, default=default.value)
-        return node
+        return default if isinstance(value, ir.Absent) else value if isinstance(default, ir.Absent) else node
 
     def visit_First(self, node: ir.First) -> ir.Node:
-        options = tuple(option for option in node.options if not isinstance(option, ir.Absent))
-        return ir.Absent(node.origin) if not options else node if len(options) == len(node.options) else \
-            dataclasses.replace(node, options=options)
+        node = self.without_absent(node, "options")
+        return node if node.options else ir.Absent(node.origin)
 
     def visit_ListOf(self, node: ir.ListOf) -> ir.Node:
-        items = tuple(item for item in node.items if not isinstance(item, ir.Absent))
-        return node if len(items) == len(node.items) else dataclasses.replace(node, items=items)
+        return self.without_absent(node, "items")
 
     def visit_Object(self, node: ir.Object) -> ir.Node:
-        fields = tuple((key, part) for key, part in node.fields if not isinstance(part, ir.Absent))
-        return node if len(fields) == len(node.fields) else dataclasses.replace(node, fields=fields)
+        return self.without_absent(node, "fields")
 
     def visit_Merge(self, node: ir.Merge) -> ir.Node:
-        parts = tuple(part for part in node.parts if not isinstance(part, ir.Absent))
-        return node if len(parts) == len(node.parts) else dataclasses.replace(node, parts=parts)
+        return self.without_absent(node, "parts")
 
     def visit_Encode(self, node: ir.Encode) -> ir.Node:
         return node.value if isinstance(node.value, ir.Absent) else node
@@ -112,16 +109,13 @@ class Optimiser:
         return node.key if isinstance(node.key, ir.Absent) else node
 
     def visit_TableFields(self, node: ir.TableFields) -> ir.Node:
-        """The table's object, built in place (its fields folded once, for every use of the table)."""
-        assert node.table.lowered is not None  # (set once every table is lowered)
+        assert node.table.lowered is not None  # (set once every table is lowered; folded once, for every use)
         return ir.Object(node.origin, self.visit(node.table.lowered).fields, node.omit_empty)
 
     # -- settings ------------------------------------------------------------------------------------
     def visit_If(self, node: ir.If) -> ir.Node:
         holds = self.decided(node.condition)
-        if holds is None:
-            return node
-        chosen = node.then if holds else node.otherwise
+        chosen = node if holds is None else node.then if holds else node.otherwise
         return ir.Absent(node.origin) if chosen is None else chosen
 
     def visit_Rule(self, rule: ir.Rule) -> ir.Node:
