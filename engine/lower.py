@@ -397,7 +397,7 @@ class Lowerer:
             inner.known.values |= set(rule_values)
             for key, entry in rule_values.items():
                 own_values[key] = inner.named[key] = inner.value(entry, rule_values.value_places[key],
-                                                                   f"rule '{name}' inner.{key}")
+                                                                 f"rule '{name}' values.{key}")
         requires = tuple(inner.requirement(requirement, node["require"].item_places[i], name)
                          for i, requirement in enumerate(node.get("require", []) or []))
         warns = []
@@ -480,7 +480,7 @@ class Lowerer:
                 if "skip" in step else None
             if skip is None and (when is not None or for_each is not None):
                 self.problem(step.position, f"{field_path}: needs skip (the reason given when "
-                                              f"{'when is false' if when is not None else 'for_each finds nothing'})")
+                                            f"{'when is false' if when is not None else 'for_each finds nothing'})")
             request = reads.request(step["request"], f"{name} then.steps[{number}]", for_each is not None)
             target = step["request"].get("path") or step["request"].get("url") or ""
             steps.append(ir.ChainStep((step.position, field_path), str(step.get("description", "")) or
