@@ -51,10 +51,15 @@ class Optimiser:
             return self.visit(value)
         if not isinstance(value, tuple) or not value:
             return value
-        items = tuple(self.visit(item) if isinstance(item, ir.Node) else (item[0], self.visit(item[1]))
+        items = tuple(self.visit(item) if isinstance(item, ir.Node) else self.pair(item)
                       if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], ir.Node) else item
                       for item in value)
         return value if all(new is old for new, old in zip(items, value, strict=True)) else items
+
+    def pair(self, pair: tuple[str, ir.Node]) -> tuple[str, ir.Node]:
+        """An object's (key, node), its node folded (the same pair when that changes nothing)."""
+        node = self.visit(pair[1])
+        return pair if node is pair[1] else (pair[0], node)
 
     def decided(self, node: ir.Node | None) -> bool | None:
         """A condition's truth when it reads only the fixed roots (None: not known before an event)."""
