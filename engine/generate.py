@@ -22,7 +22,6 @@ from .codegen import MAX_INLINE_INDENT, Source
 from .explain import RuleRecorder
 from .expressions import INTERPRETER, JMESPATH_FUNCTIONS, Expression, direct_builtin
 from .functions import CASTS, FUNCTIONS, EvalError, a_json_type, normalize_event_name
-from .ir import ChainStep, RequestPlan, Rule
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .named_values import NamedReads, emit_levels
@@ -85,8 +84,8 @@ class MapperCode:
     and what it needs of the Mapper (evaluate.py imports this module, not the other way round)."""
 
     def __init__(self, roots: dict[str, Any], field_sources: dict[str, str | None] | None, base_url: str,
-                 default_headers: ir.Node | None, runner: Callable[[Rule, bool, Levels], Callable[..., bool]],
-                 results: tuple[type, type, Callable[[Rule, EvalError], str]]):
+                 default_headers: ir.Node | None, runner: Callable[[ir.Rule, bool, Levels], Callable[..., bool]],
+                 results: tuple[type, type, Callable[[ir.Rule, EvalError], str]]):
         """roots: the fixed scope roots (settings, mapping); field_sources: what map --explain records (None:
         nothing); runner: a group's rule's function; results: evaluate's Request, ItemRejection, _reason."""
         self.roots, self.field_sources, self.base_url, self.runner = roots, field_sources, base_url, runner
@@ -105,7 +104,7 @@ class MapperCode:
             source.field_sources = source.bind(self.field_sources)
         return source
 
-    def rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None = None) -> tuple[
+    def rule(self, rule: ir.Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None = None) -> tuple[
             Callable[..., bool], str, dict[str, Any], list[Callable[..., tuple[list[Any], str | None]]]]:
         """The rule's function (see CodeGenerator.visit_Rule), its source, the namespace it binds,
         and each step of its request chain as one function (see CodeGenerator.visit_ChainStep)."""
@@ -898,7 +897,7 @@ class CodeGenerator:
         return out
 
     # -- rules and requests ------------------------------------------------------------------------
-    def visit_Rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None) -> None:
+    def visit_Rule(self, rule: ir.Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None) -> None:
         """The body of `run(scope, event_type, event_name, result) -> bool`: True when no later rule may run
         (final, or a terminal action); a rejection or a skip is written on the result, not raised (that costs
         more than the rest of a skipped event). Only the steps the rule has are written, its values inline.
@@ -972,7 +971,7 @@ class CodeGenerator:
         if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
             source.drop(setup, setup_end)
 
-    def fan_out(self, rule: Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
+    def fan_out(self, rule: ir.Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
         assert rule.for_each is not None and rule.request is not None  # (lowering sees to both)
@@ -1000,13 +999,13 @@ class CodeGenerator:
         emit(3, "except EvalError as error:")
         emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
 
-    def own_values(self, rule: Rule, reads: NamedReads, inner: int, scope: str, parent: str, indent: int) -> None:
+    def own_values(self, rule: ir.Rule, reads: NamedReads, inner: int, scope: str, parent: str, indent: int) -> None:
         """The rule's own level of named values: a Vars (`V<inner>`) in its scope, read from here on."""
         self.source.emit(indent, new_vars_source(f"V{inner}", "values", scope, parent))
         self.source.emit(indent, f"{scope}['vars'] = V{inner}")
         reads.start([(rule.values, f"V{inner}", scope)], indent)
 
-    def checks(self, rule: Rule, scope: str, indent: int, reject: str, leave: str) -> None:
+    def checks(self, rule: ir.Rule, scope: str, indent: int, reject: str, leave: str) -> None:
         """require and warn: a requirement not met writes `reject` (formatted with its reason's
         code), then `leave`; a warning that applies is added to the result."""
         source = self.source
@@ -1026,7 +1025,7 @@ class CodeGenerator:
             return self.source.bind(str(message.value))
         return f"text({self.source.bind(None if message is None else generate_function(message, 'message'))}, {scope})"
 
-    def visit_ChainStep(self, step: ChainStep, number: int, rule: Rule) -> None:
+    def visit_ChainStep(self, step: ir.ChainStep, number: int, rule: ir.Rule) -> None:
         """The body of `build(scope, result) -> (requests, why none)`: the step's when, for_each and requests,
         written like a rule's (named values read through the scope's Vars); why none: the step's skip."""
         source, emit = self.source, self.source.emit
@@ -1051,7 +1050,7 @@ class CodeGenerator:
         emit(2, f"requests.append({self.visit(step.request, 'item_scope', 2)})")
         emit(1, f"return (requests, None) if requests else ([], {skipped})")
 
-    def visit_RequestPlan(self, plan: RequestPlan, scope: str, indent: int) -> str:
+    def visit_RequestPlan(self, plan: ir.RequestPlan, scope: str, indent: int) -> str:
         """The plan's request (url, query, headers, body, in that order): the local holding it. A constant
         URL is joined to the base URL here, once; constant headers are copied from a ready dict."""
         source, emit, bind, context = self.source, self.source.emit, self.source.bind, self.mapper

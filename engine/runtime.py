@@ -262,7 +262,6 @@ def message_text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[s
     return "" if value is ABSENT else str(value)
 
 
-
 def start_chain(rule: Any, subject_of: Callable[[dict[str, Any]], Any] | None, request: Any,
                 scope: dict[str, Any]) -> None:
     """(Called by the code of an ir.Rule's chain's first request) what the next step needs, and what
