@@ -157,60 +157,6 @@ class CastTo(Node):
     cast: Cast
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class TableFields(Node):
-    """`fields: TABLE`: the table's object, built in place (the optimiser makes it that Object)."""
-
-    table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
-    omit_empty: bool
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Merge(Node):
-    parts: tuple[Node, ...]
-    position: Position
-    omit_empty: bool
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Rest(Node):
-    """An object's keys but those written elsewhere: `except` keys, and what `except_fields` tables read."""
-
-    expression: Expression
-    source_text: str
-    position: Position
-    except_keys: frozenset[str]
-    except_tables: tuple[Any, ...]  # lower.TableDef
-    named: dict[str, Node] = field(hash=False)  # the set's named values (what a table reads through vars)
-    loose: bool = False
-    keep_null: bool = False
-    omit_empty: bool = False
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Lookup(Node):
-    key: Node
-    entries: dict[Any, Any]
-    ignore_case: bool
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Each(Node):
-    expression: Expression
-    source_text: str
-    position: Position
-    name: str
-    value: Node
-    where: Condition | None
-    omit_empty: bool
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Encode(Node):
-    value: Node
-    encoding: Callable[[Any], Any]
-
-
 # -- rules ---------------------------------------------------------------------------------------------
 # A rule and its parts (Lowerer.rule makes them; the CodeGenerator writes each rule as one function).
 # Their origin is always set: (the rule file's place, "rule 'NAME' …").
@@ -279,3 +225,57 @@ class Rule(Node):
     @property
     def position(self) -> Position:
         return self.origin[0]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TableFields(Node):
+    """`fields: TABLE`: the table's object, built in place (the optimiser makes it that Object)."""
+
+    table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Merge(Node):
+    parts: tuple[Node, ...]
+    position: Position
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rest(Node):
+    """An object's keys but those written elsewhere: `except` keys, and what `except_fields` tables read."""
+
+    expression: Expression
+    source_text: str
+    position: Position
+    except_keys: frozenset[str]
+    except_tables: tuple[Any, ...]  # lower.TableDef
+    named: dict[str, Node] = field(hash=False)  # the set's named values (what a table reads through vars)
+    loose: bool = False
+    keep_null: bool = False
+    omit_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Lookup(Node):
+    key: Node
+    entries: dict[Any, Any]
+    ignore_case: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Each(Node):
+    expression: Expression
+    source_text: str
+    position: Position
+    name: str
+    value: Node
+    where: Condition | None
+    omit_empty: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Encode(Node):
+    value: Node
+    encoding: Callable[[Any], Any]
