@@ -31,18 +31,16 @@ class Optimiser:
 
     def __init__(self, roots: dict[str, Any]):
         self.roots = roots
-        self.folded: dict[int, Any] = {}  # id(node) -> the node folded (a folded node: itself)
-        self.seen: list[ir.Node] = []  # (keeps the keys' nodes alive)
+        self.folded: dict[ir.Node, Any] = {}  # node -> the node folded (a folded node: itself; nodes hash by identity)
 
     def visit(self, node: Any) -> Any:
-        found = self.folded.get(id(node))
+        found = self.folded.get(node)
         if found is None:
             changed = {name: value for name in node.__dataclass_fields__
                        if (value := self.children(getattr(node, name))) is not getattr(node, name)}
             found = dataclasses.replace(node, **changed) if changed else node
             found = getattr(self, f"visit_{type(found).__name__}", lambda same: same)(found)
-            self.folded[id(node)] = self.folded[id(found)] = found
-            self.seen += (node, found)
+            self.folded[node] = self.folded[found] = found
         return found
 
     def children(self, value: Any) -> Any:
