@@ -39,25 +39,30 @@ class Optimiser:
             changed = {name: value for name in node.__dataclass_fields__
                        if (value := self.children(getattr(node, name))) is not getattr(node, name)}
             found = dataclasses.replace(node, **changed) if changed else node
-            found = getattr(self, f"visit_{type(found).__name__}", lambda same: same)(found)
+            found = getattr(self, f"visit_{type(found).__name__}", lambda same: same)(found)  # (no visit_: itself)
             self.folded[node] = self.folded[found] = found
         return found
 
     def children(self, value: Any) -> Any:
-        """A field's value with the nodes in it folded (a node, a tuple of nodes or of (key, node) pairs)."""
+        """A field's value with the nodes in it folded (a node, a tuple of nodes or of (key, node) pairs);
+        the value itself when none of them folds."""
         if isinstance(value, ir.Node):
             return self.visit(value)
-        if not isinstance(value, tuple) or not value:
+        if value.__class__ is not tuple:
             return value
-        items = tuple(self.visit(item) if isinstance(item, ir.Node) else self.pair(item)
-                      if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], ir.Node) else item
-                      for item in value)
-        return value if all(new is old for new, old in zip(items, value, strict=True)) else items
-
-    def pair(self, pair: tuple[str, ir.Node]) -> tuple[str, ir.Node]:
-        """An object's (key, node), its node folded (the same pair when that changes nothing)."""
-        node = self.visit(pair[1])
-        return pair if node is pair[1] else (pair[0], node)
+        items = None
+        for index, item in enumerate(value):
+            if isinstance(item, ir.Node):
+                folded = self.visit(item)
+            elif item.__class__ is tuple and len(item) == 2 and isinstance(item[1], ir.Node):  # (key, node)
+                node = self.visit(item[1])
+                folded = item if node is item[1] else (item[0], node)
+            else:
+                continue
+            if folded is not item:
+                items = list(value) if items is None else items
+                items[index] = folded
+        return value if items is None else tuple(items)
 
     def decided(self, node: ir.Node | None) -> bool | None:
         """A condition's truth when it reads only the fixed roots (None: not known before an event)."""
