@@ -136,7 +136,7 @@ class Mapper:
                                 self.base_url, headers, self._runner, (Request, ItemRejection, _reason))
         self._values = self._code.functions((mapping_set.values,))  # the set's named values
         headers = self._code.default_headers  # (folded for these settings)
-        self._headers_of = None if headers is None else generate_function(headers, "headers")
+        self._headers_of = None if headers is None else generate_function(headers, "headers", self._code.optimiser)
         if self._headers_of is not None and not reads(headers).event:
             # Headers that read only settings (no named value either) are computed once, not per request.
             self._code.constant_headers = self.settings_headers()

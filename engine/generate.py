@@ -71,10 +71,11 @@ def jmespath_function(ast: dict[str, Any], loose: bool, text: str) -> Evaluate:
     return made
 
 
-def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
-    """`node` (folded) as one generated function of the scope; named values are read from the scope's `vars`."""
+def generate_function(node: ir.Node, name: str = "value", optimiser: Optimiser | None = None) -> Evaluate:
+    """`node` folded (by a Mapper's optimiser, or with no fixed roots) as one generated function of the
+    scope; named values are read from the scope's `vars`."""
     source = Source({"ABSENT": ABSENT})  # (the name every value's code uses)
-    source.emit(1, f"return {CodeGenerator(source).value(Optimiser({}).visit(node), 'scope', 1)}")
+    source.emit(1, f"return {CodeGenerator(source).value((optimiser or Optimiser({})).visit(node), 'scope', 1)}")
     made: Evaluate = source.define(f"{name}(scope)")
     return made
 
@@ -181,10 +182,11 @@ class CodeGenerator:
             source.place = node.origin
         try:
             if indent <= MAX_INLINE_INDENT:
-                visited: str = self.visit(node, scope, indent)
+                visited: str = getattr(self, f"visit_{type(node).__name__}")(node, scope, indent)
                 return visited
             out = source.temp()  # deep: its own function (see codegen.MAX_INLINE_INDENT)
-            source.emit(indent, f"{out} = {source.bind(generate_function(node))}({scope})")
+            made = generate_function(node, "value", None if self.mapper is None else self.mapper.optimiser)
+            source.emit(indent, f"{out} = {source.bind(made)}({scope})")
             return out
         finally:
             source.place = outer_place
@@ -958,7 +960,8 @@ class CodeGenerator:
                 assert rule.request is not None
                 request = self.visit(rule.request, here, 2)
                 if rule.steps:
-                    subject = None if rule.order_subject is None else generate_function(rule.order_subject, "subject")
+                    subject = None if rule.order_subject is None else \
+                        generate_function(rule.order_subject, "subject", context.optimiser)
                     emit(2, f"{source.bind(start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
                 emit(2, f"result.requests.append({request})")
                 if recorder is not None:
@@ -1023,7 +1026,9 @@ class CodeGenerator:
         """A message's text (a reason, a warning): its own function, called only when it is given."""
         if isinstance(message, ir.Literal) and message.is_scalar:
             return self.source.bind(str(message.value))
-        return f"text({self.source.bind(None if message is None else generate_function(message, 'message'))}, {scope})"
+        optimiser = None if self.mapper is None else self.mapper.optimiser
+        made = None if message is None else generate_function(message, "message", optimiser)
+        return f"text({self.source.bind(made)}, {scope})"
 
     def visit_ChainStep(self, step: ir.ChainStep, number: int, rule: ir.Rule) -> None:
         """The body of `build(scope, result) -> (requests, why none)`: the step's when, for_each and requests,

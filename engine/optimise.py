@@ -14,6 +14,7 @@ Jinja's optimizer), folding what is known before its code is written:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import ir
@@ -32,24 +33,32 @@ class Optimiser:
     def __init__(self, roots: dict[str, Any]):
         self.roots = roots
         self.folded: dict[ir.Node, Any] = {}  # node -> the node folded (a folded node: itself; nodes hash by identity)
+        self.methods: dict[type, Callable[[Any], Any]] = {}  # a node class -> its visit_<NodeClass>
 
     def visit(self, node: Any) -> Any:
         found = self.folded.get(node)
         if found is None:
-            changed = {name: value for name in node.__dataclass_fields__
-                       if (value := self.children(getattr(node, name))) is not getattr(node, name)}
+            changed = {}
+            for name in node.__dataclass_fields__:
+                value = getattr(node, name)
+                if isinstance(value, ir.Node):
+                    folded = self.visit(value)
+                elif value.__class__ is tuple:
+                    folded = self.children(value)
+                else:
+                    continue
+                if folded is not value:
+                    changed[name] = folded
             found = dataclasses.replace(node, **changed) if changed else node
-            found = getattr(self, f"visit_{type(found).__name__}", lambda same: same)(found)  # (no visit_: itself)
+            method = self.methods.get(found.__class__)
+            if method is None:  # (a class without a visit_ method: itself)
+                method = self.methods[found.__class__] = getattr(self, f"visit_{found.__class__.__name__}", _same)
+            found = method(found)
             self.folded[node] = self.folded[found] = found
         return found
 
-    def children(self, value: Any) -> Any:
-        """A field's value with the nodes in it folded (a node, a tuple of nodes or of (key, node) pairs);
-        the value itself when none of them folds."""
-        if isinstance(value, ir.Node):
-            return self.visit(value)
-        if value.__class__ is not tuple:
-            return value
+    def children(self, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A tuple of nodes, or of (key, node) pairs, folded; the tuple itself when none of them folds."""
         items = None
         for index, item in enumerate(value):
             if isinstance(item, ir.Node):
@@ -81,8 +90,10 @@ class Optimiser:
     def without_absent(self, node: N, name: str) -> N:
         """`node` with the Absent nodes of its field `name` (nodes, or (key, node) pairs) left out."""
         parts = getattr(node, name)
-        kept = tuple(part for part in parts if not isinstance(part[1] if isinstance(part, tuple) else part, ir.Absent))
-        return node if len(kept) == len(parts) else dataclasses.replace(node, **{name: kept})
+        if not any(isinstance(part[1] if part.__class__ is tuple else part, ir.Absent) for part in parts):
+            return node
+        kept = tuple(part for part in parts if not isinstance(part[1] if part.__class__ is tuple else part, ir.Absent))
+        return dataclasses.replace(node, **{name: kept})
 
     # -- select/default/cast, and absent values ------------------------------------------------------
     def visit_CastTo(self, node: ir.CastTo) -> ir.Node:
@@ -133,3 +144,7 @@ class Optimiser:
         if when is rule.when and len(requires) == len(rule.requires) and len(warns) == len(rule.warns):
             return rule
         return dataclasses.replace(rule, when=when, requires=requires, warns=warns)
+
+
+def _same(node: ir.Node) -> ir.Node:
+    return node
