@@ -14,6 +14,7 @@ Jinja's optimizer), folding what is known before its code is written:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,13 +34,14 @@ class Optimiser:
     def __init__(self, roots: dict[str, Any]):
         self.roots = roots
         self.folded: dict[ir.Node, Any] = {}  # node -> the node folded (a folded node: itself; nodes hash by identity)
-        self.methods: dict[type, Callable[[Any], Any]] = {}  # a node class -> its visit_<NodeClass>
+        self.plans: dict[type, tuple[tuple[str, ...], Callable[[Any], Any]]] = {}  # (see plan)
 
     def visit(self, node: Any) -> Any:
         found = self.folded.get(node)
         if found is None:
+            fields, method = self.plans.get(node.__class__) or self.plan(node.__class__)
             changed = {}
-            for name in node.__dataclass_fields__:
+            for name in fields:
                 value = getattr(node, name)
                 if isinstance(value, ir.Node):
                     folded = self.visit(value)
@@ -49,13 +51,19 @@ class Optimiser:
                     continue
                 if folded is not value:
                     changed[name] = folded
-            found = dataclasses.replace(node, **changed) if changed else node
-            method = self.methods.get(found.__class__)
-            if method is None:  # (a class without a visit_ method: itself)
-                method = self.methods[found.__class__] = getattr(self, f"visit_{found.__class__.__name__}", _same)
-            found = method(found)
+            found = method(dataclasses.replace(node, **changed) if changed else node)
             self.folded[node] = self.folded[found] = found
         return found
+
+    def plan(self, cls: type) -> tuple[tuple[str, ...], Callable[[Any], Any]]:
+        """A node class's fields that may hold nodes (their annotation names a node class; not origin),
+        and its visit_<NodeClass> (or none)."""
+        fields = tuple(name for name, spec in cls.__dataclass_fields__.items()  # type: ignore[attr-defined]
+                       if name != "origin" and any(isinstance(getattr(ir, word, None), type) and
+                                                   issubclass(getattr(ir, word), ir.Node)
+                                                   for word in re.findall(r"\w+", str(spec.type))))
+        self.plans[cls] = fields, getattr(self, f"visit_{cls.__name__}", _same)
+        return self.plans[cls]
 
     def children(self, value: tuple[Any, ...]) -> tuple[Any, ...]:
         """A tuple of nodes, or of (key, node) pairs, folded; the tuple itself when none of them folds."""
