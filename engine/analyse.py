@@ -187,7 +187,7 @@ def consumed_paths(node: ir.Node | None, named: Mapping[str, ir.Node]) -> set[tu
 
 def always_object(node: ir.Node) -> bool:
     """Whether the node's value is always a dict (never ABSENT): parents skip their checks."""
-    if isinstance(node, (ir.Object, ir.Merge, ir.Rest, ir.TableFields)):
+    if isinstance(node, (ir.Object, ir.Merge, ir.Rest)):
         return not node.omit_empty
     return False
 

@@ -17,9 +17,9 @@ from .codegen import legend, origin
 from .explain import Explainer, RuleRecorder
 from .functions import EvalError, a_json_type, describe, normalize_event_name
 from .generate import MapperCode, generate_function
+from .ir import Rule
 from .mapping_set import PROGRAM, MappingSet
 from .problems import MappingSetError, Problem
-from .rules import Rule
 from .runtime import FieldError, Vars, headers_object, new_vars
 
 MASK = "***"
@@ -135,7 +135,8 @@ class Mapper:
         self._code = MapperCode({"settings": self.settings, "mapping": self.mapping_info}, {} if explain else None,
                                 self.base_url, headers, self._runner, (Request, ItemRejection, _reason))
         self._values = self._code.functions((mapping_set.values,))  # the set's named values
-        self._headers_of = None if headers is None else generate_function(headers, "headers")
+        headers = self._code.default_headers  # (folded for these settings)
+        self._headers_of = None if headers is None else generate_function(headers, "headers", self._code.optimiser)
         if self._headers_of is not None and not reads(headers).event:
             # Headers that read only settings (no named value either) are computed once, not per request.
             self._code.constant_headers = self.settings_headers()

@@ -13,9 +13,11 @@ import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .ir import Rule
+from .runtime import event_name_matches
+
 if TYPE_CHECKING:  # (evaluate imports this module)
     from .evaluate import MapResult
-    from .rules import Rule
 
 Runner = Callable[[dict[str, Any], str, Any, "MapResult"], bool]
 Entry = dict[str, Any]
@@ -51,8 +53,9 @@ class Explainer:
         def run_explained(scope: dict[str, Any], event_type: str, event_name: Any, result: MapResult) -> bool:
             entry: Entry = {"rule": rule.name}
             trace.append(entry)  # before a group's own rules' entries
-            if not rule.matches(event_type, event_name):
-                entry.update(outcome="not matched", why=_not_matched(rule, event_type, event_name))
+            why_not = _not_matched(rule, event_type, event_name)
+            if why_not is not None:
+                entry.update(outcome="not matched", why=why_not)
                 return False
             recorder.field_sources.clear()
             recorder.requests.clear()
@@ -83,12 +86,17 @@ class Explainer:
         return {"event": result.index, "explain": entries, "result": _summary(result)}
 
 
-def _not_matched(rule: Rule, event_type: Any, event_name: Any) -> str:
+def _not_matched(rule: Rule, event_type: Any, event_name: Any) -> str | None:
+    """Why the rule does not match the event (None: it matches)."""
     if rule.types is not None and event_type not in rule.types:
         return f"type is {event_type}; the rule matches {', '.join(sorted(rule.types))}"
+    if rule.event_names is None and not rule.event_globs:
+        return None
     names = ", ".join(repr(name) for name in [*sorted(rule.event_names or ()), *rule.event_globs])
     if not isinstance(event_name, str):
         return f"the event has no name; the rule matches {names}"
+    if event_name_matches(event_name, rule.event_names, rule.event_globs):
+        return None
     why = f"event name {event_name!r} is not one of {names}"
     # (names are compared ignoring case, _ and -: a near miss is a misspelling)
     close = difflib.get_close_matches(event_name.lower(), sorted(rule.event_names or ()), n=1, cutoff=0.8)
@@ -102,7 +110,7 @@ def _describe(entry: Entry, rule: Rule, recorder: RuleRecorder, result: MapResul
     """The entry's outcome and why, from what the rule changed on the result."""
     if recorder.when_false:
         assert rule.when is not None and rule.when.origin is not None
-        entry.update(outcome="condition false", why=f"when: {rule.when_source} ({rule.when.origin[0]})")
+        entry.update(outcome="condition false", why=f"when: {rule.when.expression.source} ({rule.when.origin[0]})")
         return
     if result.rejection is not None and result.rejection != rejection:
         entry.update(outcome="rejected", why=result.rejection)

@@ -25,14 +25,15 @@ from .functions import CASTS, FUNCTIONS, UPPER_BOUNDS, EvalError, a_json_type, n
 from .limits import MAX_TEMPLATE_OUTPUT
 from .lower import normalize_lookup_key
 from .named_values import NamedReads, emit_levels
+from .optimise import Optimiser
 from .problems import Position
-from .rules import ChainStep, RequestPlan, Rule
 from .runtime import (
     ABSENT,
     FastPathMiss,
     FieldError,
     NamedValueFunction,
     Vars,
+    event_name_matches,
     fast_getattr,
     fast_getitem,
     form_body,
@@ -49,6 +50,7 @@ from .runtime import (
     normalize_key,
     not_a_url,
     not_an_object,
+    start_chain,
     with_query,
 )
 
@@ -69,10 +71,11 @@ def jmespath_function(tree: ir.Node, loose: bool, text: str) -> Evaluate:
     return made
 
 
-def generate_function(node: ir.Node, name: str = "value") -> Evaluate:
-    """`node` as one generated function of the scope; named values are read from the scope's `vars`."""
+def generate_function(node: ir.Node, name: str = "value", optimiser: Optimiser | None = None) -> Evaluate:
+    """`node` folded (by a Mapper's optimiser, or with no fixed roots) as one generated function of the
+    scope; named values are read from the scope's `vars`."""
     source = Source({"ABSENT": ABSENT})  # (the name every value's code uses)
-    source.emit(1, f"return {CodeGenerator(source).value(node, 'scope', 1)}")
+    source.emit(1, f"return {CodeGenerator(source).value((optimiser or Optimiser({})).visit(node), 'scope', 1)}")
     made: Evaluate = source.define(f"{name}(scope)")
     return made
 
@@ -82,13 +85,14 @@ class MapperCode:
     and what it needs of the Mapper (evaluate.py imports this module, not the other way round)."""
 
     def __init__(self, roots: dict[str, Any], field_sources: dict[str, str | None] | None, base_url: str,
-                 default_headers: ir.Node | None, runner: Callable[[Rule, bool, Levels], Callable[..., bool]],
-                 results: tuple[type, type, Callable[[Rule, EvalError], str]]):
+                 default_headers: ir.Node | None, runner: Callable[[ir.Rule, bool, Levels], Callable[..., bool]],
+                 results: tuple[type, type, Callable[[ir.Rule, EvalError], str]]):
         """roots: the fixed scope roots (settings, mapping); field_sources: what map --explain records (None:
         nothing); runner: a group's rule's function; results: evaluate's Request, ItemRejection, _reason."""
         self.roots, self.field_sources, self.base_url, self.runner = roots, field_sources, base_url, runner
         self.request, self.item_rejection, self.reason = results
-        self.default_headers = default_headers
+        self.optimiser = Optimiser(roots)  # (every node is folded before its code is written)
+        self.default_headers = None if default_headers is None else self.optimiser.visit(default_headers)
         self.constant_headers: dict[str, str] | None = None  # the default headers, when they read no event
         self._tables: dict[int, dict[str, NamedValueFunction]] = {}
         self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
@@ -101,17 +105,18 @@ class MapperCode:
             source.field_sources = source.bind(self.field_sources)
         return source
 
-    def rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None = None) -> tuple[
+    def rule(self, rule: ir.Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None = None) -> tuple[
             Callable[..., bool], str, dict[str, Any], list[Callable[..., tuple[list[Any], str | None]]]]:
         """The rule's function (see CodeGenerator.visit_Rule), its source, the namespace it binds,
         and each step of its request chain as one function (see CodeGenerator.visit_ChainStep)."""
+        rule = self.optimiser.visit(rule)
         steps = []
         for number, step in enumerate(rule.steps):
             source = self.new_source()
-            CodeGenerator(source, self).visit_ChainStep(step, number, rule)
+            CodeGenerator(source, self).visit(step, number, rule)
             steps.append(source.define("build(scope, result)", f"for rule {rule.name!r} step {number + 2}"))
         source = self.new_source()
-        CodeGenerator(source, self).visit_Rule(rule, check_type, outer, recorder)
+        CodeGenerator(source, self).visit(rule, check_type, outer, recorder)
         header = "run(scope, event_type, event_name, result)"
         return source.define(header, f"for rule {rule.name!r}"), source.text(header), source.namespace, steps
 
@@ -142,7 +147,7 @@ class MapperCode:
         levels = emit_levels(source, chain, f"S{inner}")  # (the outer levels' lines are dropped when unread)
         setup_end = len(source.lines)
         reads = NamedReads(source, levels, self)
-        value = CodeGenerator(source).value(chain[inner][name], f"S{inner}", 1)
+        value = CodeGenerator(source).value(self.optimiser.visit(chain[inner][name]), f"S{inner}", 1)
         source.emit(1, f"value = None if {value} is ABSENT else {value}")
         source.emit(1, f"V{inner}[{name!r}] = value")
         source.emit(1, "return value")
@@ -163,6 +168,10 @@ class CodeGenerator:
         self.loose = False
         self.named_root: str | None = None
 
+    def visit(self, node: ir.Node, *context: Any) -> Any:
+        """The node's `visit_<NodeClass>`: a value's (scope, indent), a rule's, a chain step's context."""
+        return getattr(self, f"visit_{type(node).__name__}")(node, *context)
+
     def value(self, node: ir.Node, scope: str, indent: int) -> str:
         """The node's code (a deep node is its own function, called), lines marked with its place."""
         source = self.source
@@ -176,7 +185,8 @@ class CodeGenerator:
                 visited: str = getattr(self, f"visit_{type(node).__name__}")(node, scope, indent)
                 return visited
             out = source.temp()  # deep: its own function (see codegen.MAX_INLINE_INDENT)
-            source.emit(indent, f"{out} = {source.bind(generate_function(node))}({scope})")
+            made = generate_function(node, "value", None if self.mapper is None else self.mapper.optimiser)
+            source.emit(indent, f"{out} = {source.bind(made)}({scope})")
             return out
         finally:
             source.place = outer_place
@@ -199,7 +209,7 @@ class CodeGenerator:
                 source.emit(indent + 1, f"{out}.append({value})")
         return out
 
-    def visit_Object(self, node: ir.Object, scope: str, indent: int, omit_empty: bool | None = None) -> str:
+    def visit_Object(self, node: ir.Object, scope: str, indent: int) -> str:
         """Keys inserted in order, constants as they are, computed parts only when not ABSENT (each
         part evaluated at its key's turn); with omit_empty, ABSENT when empty. A leading run of
         constant keys starts as a copy of a ready dict."""
@@ -220,11 +230,8 @@ class CodeGenerator:
             elif value != "ABSENT":  # (else a part decided now to be absent)
                 source.emit(indent, f"if {value} is not ABSENT:")
                 source.emit(indent + 1, f"{out}[{key!r}] = {value}")
-        self.absent_if_empty(out, node.omit_empty if omit_empty is None else omit_empty, indent)
+        self.absent_if_empty(out, node.omit_empty, indent)
         return out
-
-    def visit_TableFields(self, node: ir.TableFields, scope: str, indent: int) -> str:
-        return self.visit_Object(node.table.lowered, scope, indent, node.omit_empty)
 
     def absent_if_empty(self, out: str, omit_empty: bool, indent: int) -> None:
         """omit_empty: an empty object or list is ABSENT."""
@@ -887,7 +894,7 @@ class CodeGenerator:
         return out
 
     # -- rules and requests ------------------------------------------------------------------------
-    def visit_Rule(self, rule: Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None) -> None:
+    def visit_Rule(self, rule: ir.Rule, check_type: bool, outer: Levels, recorder: RuleRecorder | None) -> None:
         """The body of `run(scope, event_type, event_name, result) -> bool`: True when no later rule may run
         (final, or a terminal action); a rejection or a skip is written on the result, not raised (that costs
         more than the rest of a skipped event). Only the steps the rule has are written, its values inline.
@@ -895,9 +902,9 @@ class CodeGenerator:
         of each enclosing group with some; a recorder (map --explain): what explains the outcome is recorded."""
         source, emit, context = self.source, self.source.emit, self.mapper
         assert context is not None  # (a CodeGenerator for rules is given its Mapper's)
-        source.place = (rule.position, f"rule '{rule.name}'")
+        source.place = rule.origin
         source.namespace.update({
-            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": rule.matches,
+            "rule": rule, "types": rule.types, "names": rule.event_names, "matches": event_name_matches,
             "normalize": normalize_event_name, "suffix": f" (rule '{rule.name}')", "text": message_text,
             "Vars": Vars, "EvalError": EvalError, "_reason": context.reason, "final": rule.final,
             "ItemRejection": context.item_rejection,
@@ -905,7 +912,7 @@ class CodeGenerator:
         if check_type and rule.types is not None:
             emit(1, "if event_type not in types: return False")
         if rule.event_globs:
-            emit(1, "if not matches(event_type, event_name): return False")
+            emit(1, f"if not matches(event_name, names, {source.bind(rule.event_globs)}): return False")
         elif rule.event_names is not None:
             emit(1, "if not isinstance(event_name, str) or normalize(event_name) not in names: return False")
         # The Vars of each level (see NamedReads); the innermost level's scope is the one `run` is given.
@@ -946,10 +953,11 @@ class CodeGenerator:
                     emit(3, "return True")
             else:
                 assert rule.request is not None
-                request = self.visit_RequestPlan(rule.request, here, 2, "None")
+                request = self.visit(rule.request, here, 2)
                 if rule.steps:
-                    subject = None if rule.order_subject is None else generate_function(rule.order_subject, "subject")
-                    emit(2, f"{source.bind(Rule.start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
+                    subject = None if rule.order_subject is None else \
+                        generate_function(rule.order_subject, "subject", context.optimiser)
+                    emit(2, f"{source.bind(start_chain)}(rule, {source.bind(subject)}, {request}, {here})")
                 emit(2, f"result.requests.append({request})")
                 if recorder is not None:
                     emit(2, f"{source.bind(recorder.request_built)}()")
@@ -961,10 +969,10 @@ class CodeGenerator:
         if not source.named_reads:  # the rule reads no named value: it needs no Vars of outer levels
             source.drop(setup, setup_end)
 
-    def fan_out(self, rule: Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
+    def fan_out(self, rule: ir.Rule, reads: NamedReads, inner: int, recorder: RuleRecorder | None) -> None:
         """for_each: the request once per item; an item that fails its requirements (or whose values
         fail) is rejected alone, with its index."""
-        assert rule.for_each is not None and rule.request is not None  # the rule compiler sees to both
+        assert rule.for_each is not None and rule.request is not None  # (lowering sees to both)
         source, emit = self.source, self.source.emit
         source.namespace["_not_a_list"] = lambda items: EvalError(
             f"for_each {rule.for_each.source}: is {a_json_type(items)}, not a list")
@@ -983,28 +991,28 @@ class CodeGenerator:
         emit(3, "try:")
         self.checks(rule, "item_scope", 4,
                     "result.item_rejections.append(ItemRejection(rule.name, index, {} + suffix))", "continue")
-        emit(4, f"result.requests.append({self.visit_RequestPlan(rule.request, 'item_scope', 4, 'index')})")
+        emit(4, f"result.requests.append({self.visit(rule.request, 'item_scope', 4)})")
         if recorder is not None:
             emit(4, f"{source.bind(recorder.request_built)}()")
         emit(3, "except EvalError as error:")
         emit(4, "result.item_rejections.append(ItemRejection(rule.name, index, _reason(rule, error)))")
 
-    def own_values(self, rule: Rule, reads: NamedReads, inner: int, scope: str, parent: str, indent: int) -> None:
+    def own_values(self, rule: ir.Rule, reads: NamedReads, inner: int, scope: str, parent: str, indent: int) -> None:
         """The rule's own level of named values: a Vars (`V<inner>`) in its scope, read from here on."""
         self.source.emit(indent, new_vars_source(f"V{inner}", "values", scope, parent))
         self.source.emit(indent, f"{scope}['vars'] = V{inner}")
         reads.start([(rule.values, f"V{inner}", scope)], indent)
 
-    def checks(self, rule: Rule, scope: str, indent: int, reject: str, leave: str) -> None:
+    def checks(self, rule: ir.Rule, scope: str, indent: int, reject: str, leave: str) -> None:
         """require and warn: a requirement not met writes `reject` (formatted with its reason's
         code), then `leave`; a warning that applies is added to the result."""
         source = self.source
         for requirement in rule.requires:
-            source.place = (requirement.position, f"rule '{rule.name}' require")
+            source.place = requirement.origin
             source.emit(indent, f"if not {self.value(requirement.test, scope, indent)}:")
             source.emit(indent + 1, reject.format(self.message(requirement.reason, scope)))
             source.emit(indent + 1, leave)
-        source.place = (rule.position, f"rule '{rule.name}'")  # (what follows is the rule's again)
+        source.place = rule.origin  # (what follows is the rule's again)
         for warning in rule.warns:
             source.emit(indent, f"if {self.value(warning.test, scope, indent)}:")
             source.emit(indent + 1, f"result.warnings.append({self.message(warning.message, scope)} + suffix)")
@@ -1013,13 +1021,15 @@ class CodeGenerator:
         """A message's text (a reason, a warning): its own function, called only when it is given."""
         if isinstance(message, ir.Literal) and message.is_scalar:
             return self.source.bind(str(message.value))
-        return f"text({self.source.bind(None if message is None else generate_function(message, 'message'))}, {scope})"
+        optimiser = None if self.mapper is None else self.mapper.optimiser
+        made = None if message is None else generate_function(message, "message", optimiser)
+        return f"text({self.source.bind(made)}, {scope})"
 
-    def visit_ChainStep(self, step: ChainStep, number: int, rule: Rule) -> None:
+    def visit_ChainStep(self, step: ir.ChainStep, number: int, rule: ir.Rule) -> None:
         """The body of `build(scope, result) -> (requests, why none)`: the step's when, for_each and requests,
         written like a rule's (named values read through the scope's Vars); why none: the step's skip."""
         source, emit = self.source, self.source.emit
-        source.place = (step.position, f"rule '{rule.name}' then.steps[{number}]")
+        source.place = step.origin
         source.namespace.update({"rule": rule, "text": message_text})
         skipped = source.bind(f"step {number + 2} of rule '{rule.name}' skipped: ")
         skipped += f" + {self.message(step.skip, 'scope')}"
@@ -1027,7 +1037,7 @@ class CodeGenerator:
             emit(1, f"if not {self.value(step.when, 'scope', 1)}:")
             emit(2, f"return [], {skipped}")
         if step.for_each is None:
-            emit(1, f"return [{self.visit_RequestPlan(step.request, 'scope', 1, 'None')}], None")
+            emit(1, f"return [{self.visit(step.request, 'scope', 1)}], None")
             return
         what = f"then.steps[{number}].for_each {step.for_each.source}: is "
         source.namespace["_not_a_list"] = lambda items, what=what: EvalError(f"{what}{a_json_type(items)}, not a list")
@@ -1037,10 +1047,10 @@ class CodeGenerator:
         emit(1, "requests = []")
         emit(1, "for index, item in enumerate(items or ()):")
         emit(2, f"item_scope = {{**scope, {step.item_name!r}: item, 'index': index}}")
-        emit(2, f"requests.append({self.visit_RequestPlan(step.request, 'item_scope', 2, 'index')})")
+        emit(2, f"requests.append({self.visit(step.request, 'item_scope', 2)})")
         emit(1, f"return (requests, None) if requests else ([], {skipped})")
 
-    def visit_RequestPlan(self, plan: RequestPlan, scope: str, indent: int, item_index: str) -> str:
+    def visit_RequestPlan(self, plan: ir.RequestPlan, scope: str, indent: int) -> str:
         """The plan's request (url, query, headers, body, in that order): the local holding it. A constant
         URL is joined to the base URL here, once; constant headers are copied from a ready dict."""
         source, emit, bind, context = self.source, self.source.emit, self.source.bind, self.mapper
@@ -1072,7 +1082,7 @@ class CodeGenerator:
             emit(indent, f"{headers}.update({bind(headers_object)}({value}))")
         out = source.temp()
         request = f"{bind(context.request)}(rule.name, {bind(plan.method)}, {url}, {headers}, {{}}, {{}}, " \
-                  f"result.index, {item_index})"
+                  f"result.index, {'index' if plan.per_item else 'None'})"
         if plan.body is None:
             emit(indent, f"{out} = " + request.format(bind(plan.body_kind), "None"))
             return out

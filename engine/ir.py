@@ -1,11 +1,11 @@
-"""The compile stage's intermediate form: what a value tree means, with no code in it.
+"""The compile stage's intermediate form: what a value tree or a rule means, with no code in it.
 
-Lowering (lower.py) turns a rule file's value trees into these nodes, checking every directive;
-analyse.py says what a node reads; optimise.py folds what is known at load time; one CodeGenerator
-(generate.py) writes Python for them. Every node carries `origin`: the rule file's place and field
-path it was written at (None only for a node made by the engine, not read from a file). Nodes are
-frozen; those that refer to a table hold its TableDef, whose lowered fields are set once every
-table is lowered (a table may name one defined after it).
+Lowering (lower.py) turns a rule file's value trees and rules into these nodes, checking every
+directive; analyse.py says what a node reads; optimise.py folds what is known when a Mapper is
+built; one CodeGenerator (generate.py) writes Python for them. Every node carries `origin`: the
+rule file's place and field path it was written at (None only for a node made by the engine, not
+read from a file). Nodes are frozen; those that refer to a table hold its TableDef, whose lowered
+fields are set once every table is lowered (a table may name one defined after it).
 """
 
 from __future__ import annotations
@@ -159,9 +159,79 @@ class CastTo(Node):
     cast: Cast
 
 
+# -- rules ---------------------------------------------------------------------------------------------
+# A rule and its parts (Lowerer.rule makes them; the CodeGenerator writes each rule as one function).
+# Their origin is always set: (the rule file's place, "rule 'NAME' …").
+@dataclass(frozen=True, slots=True, eq=False)
+class Requirement(Node):
+    origin: Origin
+    test: Node  # true when the requirement is met
+    reason: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Warning_(Node):
+    origin: Origin
+    test: Node  # true when the warning applies
+    message: Node
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RequestPlan(Node):
+    origin: Origin
+    method: str
+    url: Node  # absolute URL, or a path joined to the base URL
+    url_is_path: bool
+    query: Node | None
+    headers: Node | None
+    body_kind: str | None  # "json", "form" or None
+    body: Node | None
+    per_item: bool  # made once per item of a for_each (the request records the item's index)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ChainStep(Node):
+    """A step of a request chain: run with the previous request's answer as `response`."""
+
+    origin: Origin
+    description: str  # (or the request's method and path as written: what map's `then` says the step does)
+    when: Condition | None  # false: the chain ends here, skipped with `skip`
+    skip: Node | None
+    for_each: Expression | None  # a request per item (none: skipped with `skip`)
+    item_name: str
+    request: RequestPlan
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rule(Node):
+    origin: Origin
+    name: str
+    types: frozenset[str] | None = None
+    event_names: frozenset[str] | None = None
+    event_globs: tuple[str, ...] = ()
+    when: Condition | None = None
+    final: bool = False
+    values: dict[str, Node] = field(default_factory=dict)  # (a level's key: see generate.MapperCode)
+    for_each: Expression | None = None
+    item_name: str = "item"
+    requires: tuple[Requirement, ...] = ()
+    warns: tuple[Warning_, ...] = ()
+    action: str = "request"  # request | reject | skip | group
+    message: Node | None = None  # for reject and skip
+    request: RequestPlan | None = None
+    children: tuple[Rule, ...] = ()
+    steps: tuple[ChainStep, ...] = ()  # then.steps: after the request, in order
+    order_lane: str | None = None  # then.order: the subject whose order the whole chain holds
+    order_subject: Node | None = None
+
+    @property
+    def position(self) -> Position:
+        return self.origin[0]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class TableFields(Node):
-    """`fields: TABLE`: the table's object, built in place."""
+    """`fields: TABLE`: the table's object, built in place (the optimiser makes it that Object)."""
 
     table: Any  # lower.TableDef: its `lowered` Object is set once every table is lowered
     omit_empty: bool

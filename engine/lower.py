@@ -1,5 +1,6 @@
-"""Stage 3, compile: lowering. Value trees (the right-hand side of every field in a rule) become IR
-(ir.py), every directive checked here, every problem collected rather than stopping.
+"""Stage 3, compile: lowering. Value trees (the right-hand side of every field in a rule) and rules
+(match, when, values, require, warn, for_each, and one action) become IR (ir.py), every directive
+checked here, every problem collected rather than stopping.
 
 A value tree is YAML: a scalar is itself (a string holding `{{ }}` is a Jinja template), a mapping
 builds an object, a list builds a list, and a mapping with a directive key (`select`, `first`,
@@ -20,7 +21,6 @@ from .analyse import report_unknown_names
 from .codegen import Origin
 from .expressions import Expression, ExpressionError, parse_expression
 from .functions import CASTS, ENCODINGS, EvalError, json_type, normalize_event_name
-from .optimise import simplify
 from .problems import Position, ProblemList
 from .runtime import LocatedRender
 from .template_limits import TemplateLimit
@@ -199,7 +199,7 @@ class Lowerer:
             cast = self.cast(node["cast"], node.value_places["cast"], field_path)
             if cast is not None:
                 lowered = ir.CastTo(origin, lowered, cast)
-        return simplify(lowered)
+        return lowered
 
     def cast(self, cast_name: Any, place: ScalarPlace, field_path: str) -> ir.Cast | None:
         function = CASTS.get(cast_name) if isinstance(cast_name, str) else None
@@ -347,6 +347,141 @@ class Lowerer:
         value = self.value(node["value"], node.value_places["value"], field_path)
         return value if encoding is None else ir.Encode(origin, value, encoding)
 
+    # -- rules ---------------------------------------------------------------------------------------
+    def rule(self, node: PosDict, parent_name: str = "") -> ir.Rule:
+        name = f"{parent_name}/{node['name']}" if parent_name else str(node["name"])
+        origin = (node.position, f"rule '{name}'")
+        types: frozenset[str] | None = None
+        event_names: frozenset[str] | None = None
+        event_globs: tuple[str, ...] = ()
+        match = node.get("match")
+        if isinstance(match, PosDict):
+            if "type" in match:
+                types = frozenset(str(t) for t in _as_list(match["type"]))
+            if "event" in match:
+                patterns = [normalize_event_name(str(p)) for p in _as_list(match["event"])]
+                event_names = frozenset(p for p in patterns if not any(c in p for c in "*?[")) or None
+                event_globs = tuple(p for p in patterns if p not in (event_names or ()))
+        when = self.condition(node["when"], node.value_places["when"], f"rule '{name}' when") \
+            if "when" in node else None
+        item_name = str(node.get("as", "item"))
+        for_each = self.expression(node["for_each"], node.value_places["for_each"], f"rule '{name}' for_each") \
+            if "for_each" in node else None
+        inner = self.with_items({item_name, "index"} if "for_each" in node else set())  # (its own names stay in it)
+        own_values: dict[str, ir.Node] = {}
+        if "values" in node and isinstance(node["values"], PosDict):
+            rule_values = node["values"]
+            inner.known.values |= set(rule_values)
+            for key, entry in rule_values.items():
+                own_values[key] = inner.named[key] = inner.value(entry, rule_values.value_places[key],
+                                                                 f"rule '{name}' values.{key}")
+        requires = tuple(inner.requirement(requirement, node["require"].item_places[i], name)
+                         for i, requirement in enumerate(node.get("require", []) or []))
+        warns = []
+        for warning in node.get("warn", []) or []:
+            test = inner.condition(warning["when"], warning.value_places["when"], f"rule '{name}' warn")
+            text = inner.value(warning["message"], warning.value_places["message"], f"rule '{name}' warn")
+            if test is not None:
+                warns.append(ir.Warning_((warning.position, f"rule '{name}' warn"), test, text))
+        action, message, request = "request", None, None
+        children: tuple[ir.Rule, ...] = ()
+        steps: tuple[ir.ChainStep, ...] = ()
+        order_lane: str | None = None
+        order_subject: ir.Node | None = None
+        actions = [key for key in ("request", "reject", "skip", "rules") if key in node]
+        if len(actions) != 1:
+            what = "found " + ", ".join(actions) if actions else "found none"
+            self.problem(node.position,
+                         f"rule '{name}': needs exactly one of request, reject, skip or rules ({what})")
+        elif actions[0] == "request":
+            request = inner.request(node["request"], name, for_each is not None)
+            if "then" in node and for_each is not None:
+                self.problem(node["then"].position, f"rule '{name}': then (a request chain) goes on a rule "
+                                                    "without for_each")
+            elif "then" in node:
+                steps = inner.chain(node["then"], name)
+                order = node["then"].get("order")
+                if isinstance(order, PosDict):
+                    order_lane = str(order["lane"])
+                    order_subject = inner.value(order["subject"], order.value_places["subject"],
+                                                f"rule '{name}' then.order.subject")
+        else:
+            action = actions[0]
+            if "then" in node:
+                self.problem(node.key_positions["then"], f"rule '{name}': then (a request chain) follows a request")
+            if "for_each" in node:
+                self.problem(node.key_positions["for_each"], f"rule '{name}': for_each goes on a rule with a request")
+            if action == "rules":
+                action, children = "group", tuple(inner.rule(child, name) for child in node["rules"])
+            else:
+                message = inner.value(node[action], node.value_places[action], f"rule '{name}' {action}")
+        return ir.Rule(origin, name, types, event_names, event_globs, when, bool(node.get("final", False)), own_values,
+                       for_each, item_name, requires, tuple(warns), action, message, request, children, steps,
+                       order_lane, order_subject)
+
+    def requirement(self, node: PosDict, place: ScalarPlace, name: str) -> ir.Requirement:
+        kinds = [k for k in ("check", "one_of", "present") if k in node]
+        field_path = f"rule '{name}' require"
+        origin = (place.position, field_path)
+        if len(kinds) != 1:
+            self.problem(place.position, f"{field_path}: needs exactly one of check, one_of or present")
+            return ir.Requirement(origin, ir.Literal(None, True), ir.Literal(None, ""))
+        kind = kinds[0]
+        test: ir.Node
+        if kind == "check":
+            test = self.condition(node["check"], node.value_places["check"], field_path) or ir.Literal(None, True)
+            default_reason = f"check failed: {node['check']}"
+        else:
+            sources: PosList = node[kind]
+            test = self.presence(sources, field_path, kind == "one_of")
+            names = ", ".join(str(s) for s in sources)
+            default_reason = f"needs one of {names}; none is present" if kind == "one_of" else f"needs {names}"
+        if "reason" in node:
+            reason = self.value(node["reason"], node.value_places["reason"], field_path + ".reason")
+        else:
+            reason = ir.Literal(origin, default_reason)
+        return ir.Requirement(origin, test, reason)
+
+    def chain(self, node: PosDict, name: str) -> tuple[ir.ChainStep, ...]:
+        steps = []
+        for number, step in enumerate(node["steps"]):
+            field_path = f"rule '{name}' then.steps[{number}]"
+            item_name = str(step.get("as", "item"))
+            reads = self.with_items({"response", item_name, "index"} if "for_each" in step else {"response"})
+            answer = self.with_items({"response"})
+            for_each = answer.expression(step["for_each"], step.value_places["for_each"], field_path + ".for_each") \
+                if "for_each" in step else None
+            when = answer.condition(step["when"], step.value_places["when"], field_path + ".when") \
+                if "when" in step else None
+            skip = answer.value(step["skip"], step.value_places["skip"], field_path + ".skip") \
+                if "skip" in step else None
+            if skip is None and (when is not None or for_each is not None):
+                self.problem(step.position, f"{field_path}: needs skip (the reason given when "
+                                            f"{'when is false' if when is not None else 'for_each finds nothing'})")
+            request = reads.request(step["request"], f"{name} then.steps[{number}]", for_each is not None)
+            target = step["request"].get("path") or step["request"].get("url") or ""
+            steps.append(ir.ChainStep((step.position, field_path), str(step.get("description", "")) or
+                                      f"{request.method} {target}", when, skip, for_each, item_name, request))
+        return tuple(steps)
+
+    def request(self, node: PosDict, name: str, per_item: bool) -> ir.RequestPlan:
+        field_path = f"rule '{name}' request"
+        if "path" in node:
+            url = self.value(node["path"], node.value_places["path"], field_path + ".path")
+            url_is_path = True
+        elif "url" in node:
+            url = self.value(node["url"], node.value_places["url"], field_path + ".url")
+            url_is_path = False
+        else:
+            self.problem(node.position, f"{field_path}: needs path or url")
+            url, url_is_path = ir.Absent((node.position, field_path)), True
+        query = self.value(node["query"], node.value_places["query"], "query") if "query" in node else None
+        headers = self.value(node["headers"], node.value_places["headers"], "headers") if "headers" in node else None
+        body_kind = "json" if "json" in node else "form" if "form" in node else None
+        body = self.value(node[body_kind], node.value_places[body_kind], body_kind) if body_kind else None
+        return ir.RequestPlan((node.position, field_path), str(node["method"]), url, url_is_path, query, headers,
+                              body_kind, body, per_item)
+
     # -- tables --------------------------------------------------------------------------------------
     def fields_table(self, table: TableDef) -> ir.Object:
         """A fields table: target key → selector shorthand (string or list) or a value tree."""
@@ -365,7 +500,7 @@ class Lowerer:
                 part = self.value(entry, place, field_path)
             if table.cast is not None and table.cast_place is not None:  # (a wrong cast: named at each entry)
                 cast = self.cast(table.cast, table.cast_place, field_path)
-                part = part if cast is None else simplify(ir.CastTo(part.origin, part, cast))
+                part = part if cast is None else ir.CastTo(part.origin, part, cast)
             parts.append((key, part))
         return ir.Object((table.position, f"tables.{table.name}"), tuple(parts))
 
@@ -385,3 +520,7 @@ def _jinja(node: nodes.Node, origin: Origin) -> ir.Node:
         return ir.JinjaChoice(origin, _jinja(node.left, origin), _jinja(node.right, origin), isinstance(node, nodes.Or))
     assert isinstance(node, nodes.Not)
     return ir.JinjaNot(origin, _jinja(node.node, origin))
+
+
+def _as_list(node: Any) -> list[Any]:
+    return list(node) if isinstance(node, list) else [node]

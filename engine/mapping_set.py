@@ -22,7 +22,6 @@ from .analyse import reads, table_cycle
 from .limits import MAX_FILE_BYTES, MAX_SET_BYTES
 from .lower import Known, Lowerer, TableDef, normalize_lookup_key
 from .problems import MappingSetError, Position, ProblemList, SettingsError
-from .rules import Rule, RuleCompiler
 from .schema import RULE_FILE_SCHEMA, SET_FILE_SCHEMA, check_rules, check_shape
 from .yaml_loader import PosDict, YamlError, load_yaml, plain_value
 
@@ -65,7 +64,7 @@ class MappingSet:
     base_url: str
     revision: str | None
     settings: dict[str, SettingSpec]
-    rules: list[Rule]
+    rules: list[ir.Rule]
     values: dict[str, ir.Node]
     default_headers: ir.Node | None
     delivery: dict[str, Any]
@@ -318,7 +317,7 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
     lowered_values: dict[str, ir.Node] = {}  # (rule-level values join them: what rest's except_fields follow)
     root_compiler = Lowerer(problems, known, shown(set_path), lowered_values)
     named_values: dict[str, ir.Node] = {}
-    rules: list[Rule] = []
+    rules: list[ir.Rule] = []
     for file, document in documents:
         compiler = Lowerer(problems, known, file, lowered_values)
         for table in tables.values():
@@ -329,9 +328,9 @@ def load_mapping_set(name_or_folder: str | os.PathLike[str] = DEFAULT_SET) -> Ma
             lowered = compiler.value(entry, values_node.value_places[value_name], f"values.{value_name}")
             named_values[value_name] = lowered_values[value_name] = lowered
     for file, document in documents:
-        rule_compiler = RuleCompiler(Lowerer(problems, known, file, lowered_values), file)
+        lowerer = Lowerer(problems, known, file, lowered_values)
         for rule_node in good_rules[id(document)]:
-            rules.append(rule_compiler.compile(rule_node))
+            rules.append(lowerer.rule(rule_node))
         for rule_node in document.get("rules") or []:
             if isinstance(rule_node, PosDict) and all(rule_node is not good for good in good_rules[id(document)]):
                 _salvage(rule_node, file, known, problems)
@@ -386,7 +385,7 @@ def _salvage(rule_node: PosDict, file: str, known: Known, problems: ProblemList)
     found = ProblemList()
     compiler = Lowerer(found, Known(known.settings, set(known.values), known.tables), file)
     try:
-        RuleCompiler(compiler, file).compile(rule_node)
+        compiler.rule(rule_node)
     except Exception:  # noqa: BLE001 - the shape is wrong: what was found before this part stands
         pass
     named = {p.position for p in problems.problems}
@@ -421,10 +420,10 @@ def _check_cycles(values: dict[str, ir.Node], problems: ProblemList,
         visit(name, [])
 
 
-def _check_rule_names(rules: list[Rule], problems: ProblemList) -> None:
+def _check_rule_names(rules: list[ir.Rule], problems: ProblemList) -> None:
     seen: dict[str, Position] = {}
 
-    def walk(rule: Rule) -> None:
+    def walk(rule: ir.Rule) -> None:
         if rule.name in seen:
             problems.add(rule.position, f"rule name '{rule.name}' is used twice (also at {seen[rule.name]})")
         seen[rule.name] = rule.position

@@ -6,12 +6,13 @@ nothing else of the engine, besides the functions and casts (functions.py) a rul
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .functions import EvalError, a_json_type, describe, json_type, to_string
+from .functions import EvalError, a_json_type, describe, json_type, normalize_event_name, to_string
 from .problems import Position
 
 
@@ -260,3 +261,26 @@ def message_text(evaluate: Callable[[dict[str, Any]], Any] | None, scope: dict[s
     value = ABSENT if evaluate is None else evaluate(scope)
     return "" if value is ABSENT else str(value)
 
+
+def start_chain(rule: Any, subject_of: Callable[[dict[str, Any]], Any] | None, request: Any,
+                scope: dict[str, Any]) -> None:
+    """(Called by the code of an ir.Rule's chain's first request) what the next step needs, and what
+    each step will do with the previous answer (map's `then`)."""
+    subject: dict[str, Any] | None = None
+    if rule.order_lane is not None and subject_of is not None:
+        found = subject_of(scope)
+        identifiers = {k: v for k, v in found.items() if v is not None} if isinstance(found, dict) else {}
+        subject = {"lane": rule.order_lane, "identifiers": identifiers}
+    request.chain = {"rule": rule.name, "step": 0, "event": scope["input"], "subject": subject}
+    request.then = [f"step {number + 2}, with the previous answer as `response`: {step.description}"
+                    f"{'' if step.for_each is None else f', once per {step.for_each.source}'}"
+                    f"{' (or skip)' if step.when is not None or step.for_each is not None else ''}"
+                    for number, step in enumerate(rule.steps)]
+
+
+def event_name_matches(event_name: Any, names: frozenset[str] | None, globs: tuple[str, ...]) -> bool:
+    """A rule's `match: event`: the name (normalized) is one of `names` or matches a glob of `globs`."""
+    if not isinstance(event_name, str):
+        return False
+    normalized = normalize_event_name(event_name)
+    return normalized in (names or ()) or any(fnmatch.fnmatchcase(normalized, pattern) for pattern in globs)

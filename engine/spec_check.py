@@ -14,12 +14,11 @@ from typing import Any
 from . import ir
 from .openapi_check import OpenAPIDocument
 from .problems import Position, Problem
-from .rules import Rule
 
 MAX_DEPTH = 32  # (a schema's $refs can loop: a tree deeper than this is not followed further)
 
 
-def spec_problems(rules: list[Rule], spec: OpenAPIDocument) -> list[Problem]:
+def spec_problems(rules: list[ir.Rule], spec: OpenAPIDocument) -> list[Problem]:
     """Every rule request the spec has no operation for, and every required member that a constant
     part of a body leaves out, at the rule file's place."""
     problems: list[Problem] = []
@@ -41,7 +40,7 @@ def spec_problems(rules: list[Rule], spec: OpenAPIDocument) -> list[Problem]:
     return problems
 
 
-def _with_requests(rules: Iterable[Rule]) -> Iterator[Rule]:
+def _with_requests(rules: Iterable[ir.Rule]) -> Iterator[ir.Rule]:
     for rule in rules:
         if rule.request is not None:
             yield rule
