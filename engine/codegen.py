@@ -42,9 +42,6 @@ class Source:
         # (None when absent); None: read it from the scope's `vars`.
         self.named: Callable[[str, int], str] | None = None
         self.named_reads = 0  # how many reads `named` wrote
-        # Scope roots whose value is fixed for this function (a Mapper's settings): read while
-        # generating, so that a condition on a setting is decided once, not per event.
-        self.roots: dict[str, Any] = {}
         self.known: dict[str, Any] = {}  # bound names whose value is known while generating
         # locals that hold True, False or None, whose JMESPath truthiness is Python's
         self.booleans: set[str] = set()

@@ -89,7 +89,7 @@ class MapperCode:
                  results: tuple[type, type, Callable[[ir.Rule, EvalError], str]]):
         """roots: the fixed scope roots (settings, mapping); field_sources: what map --explain records (None:
         nothing); runner: a group's rule's function; results: evaluate's Request, ItemRejection, _reason."""
-        self.roots, self.field_sources, self.base_url, self.runner = roots, field_sources, base_url, runner
+        self.field_sources, self.base_url, self.runner = field_sources, base_url, runner
         self.request, self.item_rejection, self.reason = results
         self.optimiser = Optimiser(roots)  # (every node is folded before its code is written)
         self.default_headers = None if default_headers is None else self.optimiser.visit(default_headers)
@@ -98,9 +98,8 @@ class MapperCode:
         self._levels: list[dict[str, ir.Node]] = []  # (keeps the keys' dicts alive)
 
     def new_source(self) -> Source:
-        """A Source with the settings and mapping fixed (conditions on them decided now), recording if explaining."""
+        """A Source for one of the Mapper's functions, recording if explaining."""
         source = Source({"ABSENT": ABSENT})
-        source.roots = dict(self.roots)
         if self.field_sources is not None:
             source.field_sources = source.bind(self.field_sources)
         return source
@@ -309,23 +308,19 @@ class CodeGenerator:
                 source.drop(-1)  # (the else:)
                 source.emit(indent + 1, f"if {out} is ABSENT:")
                 level = indent + 2
-            path = _field_path_of(expression.tree)
+            path = ir.plain_path(expression.tree)
             if expression.loose and path is not None and path[0] != "vars":  # (keys: loose: matched as JMESPath's are)
                 path = None
-            if path is not None and path[0] in source.roots:  # a fixed root (settings): read now
-                fixed = source.roots[path[0]]
-                for key in path[1:]:
-                    fixed = fixed.get(key) if isinstance(fixed, dict) else None
-                if fixed is None:
-                    continue  # never present: the next expression is tried
-                source.emit(level, f"{value} = {source.constant(fixed)}")
-                self.field_source(field_path, expression.source, level)
-                self.cast(value, out, cast, field_path, level)
-                break  # found: no later expression is tried
             if path is None:
                 found = self.expression(expression, scope, level, scope)
             else:
                 found = self.read_path(path, roots, value, scope, level)
+            if found in source.known:  # a constant (a literal, or a setting the optimiser read)
+                if source.known[found] is None:
+                    continue  # never present: the next expression is tried
+                self.field_source(field_path, expression.source, level)
+                self.cast(found, out, cast, field_path, level)
+                break  # found: no later expression is tried
             source.emit(level, f"if {found} is not None:")
             self.field_source(field_path, expression.source, level + 1)
             self.cast(found, out, cast, field_path, level + 1)
@@ -629,9 +624,6 @@ class CodeGenerator:
             return name
         if isinstance(node, ir.JmesCurrent):
             return cur
-        fixed = self.root_constant(node, cur)
-        if fixed is not None:
-            return fixed
         if indent > MAX_INLINE_INDENT:  # deep: the node as its own function, called (see codegen)
             out = self.source.temp()
             made = jmespath_function(node, self.loose, "")
@@ -639,18 +631,6 @@ class CodeGenerator:
             return out
         visited: str = getattr(self, f"visit_{type(node).__name__}")(node, cur, indent)
         return visited
-
-    def root_constant(self, node: ir.Node, cur: str) -> str | None:
-        """A read of a fixed scope root (Source.roots), done now: `settings.x` -> its value, bound."""
-        if cur != self.named_root or self.loose:
-            return None
-        path = _field_path_of(node)
-        if path is None or path[0] not in self.source.roots:
-            return None
-        value = self.source.roots[path[0]]
-        for key in path[1:]:
-            value = value.get(key) if isinstance(value, dict) else None
-        return self.source.constant(value)
 
     def visit_JmesInterpreted(self, node: ir.JmesInterpreted, cur: str, indent: int) -> str:
         """Slices, exprefs: jmespath's interpreter, on its parse tree (keys there are exact)."""
@@ -1103,15 +1083,6 @@ def _scalar(node: ir.Node) -> bool:
 
 def _field_path(node: ir.Node) -> str:
     return "" if node.origin is None else node.origin[1]
-
-
-def _field_path_of(node: ir.Node) -> tuple[str, ...] | None:
-    """`a`, `a.b.c` (fields only): the keys, else None."""
-    if isinstance(node, ir.JmesField):
-        return (node.name,)
-    if isinstance(node, ir.JmesSubexpression) and all(isinstance(step, ir.JmesField) for step in node.steps):
-        return tuple(step.name for step in node.steps if isinstance(step, ir.JmesField))
-    return None
 
 
 def _left_out(node: ir.Rest) -> tuple[frozenset[str], dict[str, set[tuple[str, ...]]]]:

@@ -295,6 +295,15 @@ class JmesSubexpression(Node):
     steps: tuple[Node, ...]  # `a.b[0].c`: each step computed on the one before
 
 
+def plain_path(node: Node) -> tuple[str, ...] | None:
+    """`a`, `a.b.c` (fields only): the keys, else None."""
+    if isinstance(node, JmesField):
+        return (node.name,)
+    if isinstance(node, JmesSubexpression) and all(isinstance(step, JmesField) for step in node.steps):
+        return tuple(step.name for step in node.steps if isinstance(step, JmesField))
+    return None
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class JmesIndex(Node):
     value: Node

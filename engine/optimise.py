@@ -5,10 +5,9 @@ Jinja's optimizer), folding what is known before its code is written:
 - an Absent option, item, field or part is left out, and a default, cast, encoding or lookup of
   nothing is folded; a fields table becomes its object, built in place;
 - settings: the pass runs per Mapper (generate.MapperCode), whose settings and mapping are fixed, so
-  a condition reading only those is decided: an `if` keeps its branch, a rule's `when` that holds,
-  a requirement met and a warning that never applies go. (A condition reading settings and the
-  event, and a select's paths under `settings`, are folded by the code generator from the same
-  fixed roots, Source.roots, as it writes them: a select records which path supplied a field.)
+  a read of them in an expression (on the scope: `settings.x`) becomes its value, and what then is
+  constant (not, and/or, a comparison) is folded; a condition so decided is decided now: an `if`
+  keeps its branch, a rule's `when` that holds, a requirement met and a warning that never applies go.
 """
 
 from __future__ import annotations
@@ -19,12 +18,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import ir
-from .expressions import INTERPRETER
+from .expressions import INTERPRETER, Expression
 from .runtime import is_falsy
 
-# JMESPath nodes whose value is their children's, and that never fail.
-_PURE_KINDS = frozenset({"literal", "not_expression", "and_expression", "or_expression", "comparator"})
 N = TypeVar("N", bound=ir.Node)
+# A JMESPath node's fields computed on the same value as the node (the scope, at an expression's root).
+_ON_SAME_VALUE: dict[type, tuple[str, ...]] = {
+    ir.JmesSubexpression: ("steps",), ir.JmesIndex: ("value",), ir.JmesComparator: ("left", "right"),
+    ir.JmesAndOr: ("left", "right"), ir.JmesNot: ("value",), ir.JmesPipe: ("left",), ir.JmesMultiSelect: ("items",),
+    ir.JmesFlatten: ("base",), ir.JmesProjection: ("base",), ir.JmesCall: ("arguments",)}
 
 
 class Optimiser:
@@ -43,12 +45,7 @@ class Optimiser:
             changed = {}
             for name in fields:
                 value = getattr(node, name)
-                if isinstance(value, ir.Node):
-                    folded = self.visit(value)
-                elif value.__class__ is tuple:
-                    folded = self.children(value)
-                else:
-                    continue
+                folded = self.child(value)
                 if folded is not value:
                     changed[name] = folded
             found = method(dataclasses.replace(node, **changed) if changed else node)
@@ -59,41 +56,30 @@ class Optimiser:
         """A node class's fields that may hold nodes (their annotation names a node class; not origin),
         and its visit_<NodeClass> (or none)."""
         fields = tuple(name for name, spec in cls.__dataclass_fields__.items()  # type: ignore[attr-defined]
-                       if name != "origin" and any(isinstance(getattr(ir, word, None), type) and
-                                                   issubclass(getattr(ir, word), ir.Node)
+                       if name != "origin" and any(word == "Expression" or isinstance(getattr(ir, word, None), type)
+                                                   and issubclass(getattr(ir, word), ir.Node)
                                                    for word in re.findall(r"\w+", str(spec.type))))
         self.plans[cls] = fields, getattr(self, f"visit_{cls.__name__}", _same)
         return self.plans[cls]
 
-    def children(self, value: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A tuple of nodes, or of (key, node) pairs, folded; the tuple itself when none of them folds."""
-        items = None
-        for index, item in enumerate(value):
-            if isinstance(item, ir.Node):
-                folded = self.visit(item)
-            elif item.__class__ is tuple and len(item) == 2 and isinstance(item[1], ir.Node):  # (key, node)
-                node = self.visit(item[1])
-                folded = item if node is item[1] else (item[0], node)
-            else:
-                continue
-            if folded is not item:
-                items = list(value) if items is None else items
-                items[index] = folded
-        return value if items is None else tuple(items)
+    def child(self, value: Any) -> Any:
+        """A node's field folded: a node, an expression, or a tuple of them (or of (key, node) pairs);
+        the value itself when nothing in it folds."""
+        if isinstance(value, ir.Node):
+            return self.visit(value)
+        if isinstance(value, Expression):  # its reads of the fixed roots done (keys: loose: matched at run time)
+            tree = value.tree if value.loose else self.on_scope(value.tree)
+            return value if tree is value.tree else dataclasses.replace(value, tree=tree)
+        if value.__class__ is not tuple:
+            return value
+        items = tuple(self.child(item) for item in value)
+        return value if items == value else items  # (nodes compare by identity)
 
     def decided(self, node: ir.Node | None) -> bool | None:
-        """A condition's truth when it reads only the fixed roots (None: not known before an event)."""
-        if not isinstance(node, ir.Condition) or node.expression.loose or not self.fixed(node.expression.ast):
+        """A (folded) condition's truth when it reads only the fixed roots (None: not known before an event)."""
+        if not isinstance(node, ir.Condition) or not isinstance(node.expression.tree, ir.Literal):
             return None
-        return not is_falsy(INTERPRETER.visit(node.expression.ast, self.roots))
-
-    def fixed(self, ast: dict[str, Any]) -> bool:
-        """Whether a JMESPath tree reads only the fixed roots: plain paths under them, literals,
-        comparisons, and/or/not."""
-        steps = [ast] if ast["type"] == "field" else ast["children"] if ast["type"] == "subexpression" else None
-        if steps is not None:
-            return all(step["type"] == "field" for step in steps) and steps[0]["value"] in self.roots
-        return ast["type"] in _PURE_KINDS and all(self.fixed(child) for child in ast["children"])
+        return not is_falsy(node.expression.tree.value)
 
     def without_absent(self, node: N, name: str) -> N:
         """`node` with the Absent nodes of its field `name` (nodes, or (key, node) pairs) left out."""
@@ -140,6 +126,27 @@ class Optimiser:
         return ir.Object(node.origin, self.visit(node.table.lowered).fields, node.omit_empty)
 
     # -- settings ------------------------------------------------------------------------------------
+    def on_scope(self, node: ir.Node) -> ir.Node:
+        """A JMESPath node computed on the scope: a plain path under a fixed root becomes its value (a
+        Literal), and a node made constant by that is folded."""
+        path = ir.plain_path(node)
+        if path is not None and path[0] in self.roots:
+            value = self.roots[path[0]]
+            for key in path[1:]:
+                value = value.get(key) if isinstance(value, dict) else None
+            return ir.Literal(node.origin, value)
+        changed: dict[str, Any] = {}
+        for name in _ON_SAME_VALUE.get(node.__class__, ()):
+            value = getattr(node, name)
+            if value.__class__ is tuple:  # (of a subexpression, only its first step)
+                first = 1 if isinstance(node, ir.JmesSubexpression) else len(value)
+                folded: Any = tuple(map(self.on_scope, value[:first])) + value[first:]
+            else:
+                folded = self.on_scope(value)
+            if folded != value:  # (nodes compare by identity)
+                changed[name] = folded
+        return _constant(dataclasses.replace(node, **changed)) if changed else node
+
     def visit_If(self, node: ir.If) -> ir.Node:
         holds = self.decided(node.condition)
         chosen = node if holds is None else node.then if holds else node.otherwise
@@ -155,4 +162,17 @@ class Optimiser:
 
 
 def _same(node: ir.Node) -> ir.Node:
+    return node
+
+
+def _constant(node: ir.Node) -> ir.Node:
+    """`!x`, `x && y`, `x || y` with x a Literal, and a comparison of two Literals: computed now."""
+    if isinstance(node, ir.JmesNot) and isinstance(node.value, ir.Literal):
+        return ir.Literal(node.origin, is_falsy(node.value.value))
+    if isinstance(node, ir.JmesAndOr) and isinstance(node.left, ir.Literal):
+        return node.left if is_falsy(node.left.value) == node.is_and else node.right
+    if isinstance(node, ir.JmesComparator) and isinstance(node.left, ir.Literal) and isinstance(node.right, ir.Literal):
+        sides = [{"type": "literal", "value": side.value, "children": []} for side in (node.left, node.right)]
+        return ir.Literal(node.origin, INTERPRETER.visit({"type": "comparator", "value": node.operator,
+                                                          "children": sides}, None))
     return node

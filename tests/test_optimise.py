@@ -91,5 +91,21 @@ def test_a_rule_drops_a_when_that_holds_a_requirement_met_and_a_warning_that_can
     assert [type(r.test) for r in folded_rule.requires] == [ir.Presence]
     assert [w.message.value for w in folded_rule.warns] == ["maybe"]
     assert folded_rule.name == "r" and folded_rule.origin == rule.origin and folded_rule.values is rule.values
-    off = Optimiser({"settings": {"on": False}}).visit(rule)  # (a when that fails is still tested)
-    assert off.when is rule.when and len(off.requires) == 2
+    off = Optimiser({"settings": {"on": False}}).visit(rule)  # (a when that fails is still tested, its value read now)
+    assert off.when is not None and off.when.position == rule.when.position and len(off.requires) == 2
+    assert isinstance(off.when.expression.tree, ir.Literal) and off.when.expression.tree.value is False
+
+
+def test_reads_of_settings_on_the_scope_become_literals_and_what_they_make_constant_folds() -> None:
+    select = folded("{select: [settings.unset, settings.region, traits.x]}")
+    trees = [expression.tree for expression in select.expressions]
+    assert [tree.value for tree in trees[:2]] == [None, "US"] and isinstance(trees[2], ir.JmesSubexpression)
+    assert folded("{if: \"settings.region == 'US' && !(settings.off)\", then: kept}").value == "kept"
+    assert folded("{if: \"settings.region == 'EU' || mapping.name != 'm'\", then: yes}").__class__ is ir.Absent
+    mixed = folded("{if: \"settings.on && traits.vip\", then: yes}")  # (and of a known true: its right side)
+    assert isinstance(mixed, ir.If) and isinstance(mixed.condition.expression.tree, ir.JmesSubexpression)
+    # Only what is computed on the scope: inside a projection, `settings` is a key of each element.
+    projected = folded("{select: 'items[*].settings.region'}").expressions[0].tree
+    assert isinstance(projected, ir.JmesProjection) and not isinstance(projected.value, ir.Literal)
+    loose = folded("{select: settings.region, keys: loose}")  # (keys: loose: matched at run time)
+    assert isinstance(loose.expressions[0].tree, ir.JmesSubexpression)
