@@ -13,15 +13,18 @@ Jinja's optimizer), folding what is known before its code is written:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import ir
-from .expressions import INTERPRETER, Expression
-from .runtime import is_falsy
+from .expressions import Expression
+from .runtime import is_falsy, jmespath_equals
 
 N = TypeVar("N", bound=ir.Node)
+_ORDERINGS: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
 # A JMESPath node's fields computed on the same value as the node (the scope, at an expression's root).
 _ON_SAME_VALUE: dict[type, tuple[str, ...]] = {
     ir.JmesSubexpression: ("steps",), ir.JmesIndex: ("value",), ir.JmesComparator: ("left", "right"),
@@ -172,7 +175,16 @@ def _constant(node: ir.Node) -> ir.Node:
     if isinstance(node, ir.JmesAndOr) and isinstance(node.left, ir.Literal):
         return node.left if is_falsy(node.left.value) == node.is_and else node.right
     if isinstance(node, ir.JmesComparator) and isinstance(node.left, ir.Literal) and isinstance(node.right, ir.Literal):
-        sides = [{"type": "literal", "value": side.value, "children": []} for side in (node.left, node.right)]
-        return ir.Literal(node.origin, INTERPRETER.visit({"type": "comparator", "value": node.operator,
-                                                          "children": sides}, None))
+        return ir.Literal(node.origin, _compared(node.operator, node.left.value, node.right.value))
     return node
+
+
+def _compared(kind: str, left: Any, right: Any) -> bool | None:
+    """A comparison as generated code makes it (generate.visit_JmesComparator): equality as JMESPath's
+    (true is not 1), ordering of numbers only — anything else is null (jmespath 1.1 would order
+    strings, and raise on a string and a number)."""
+    if kind in ("eq", "ne"):
+        return jmespath_equals(left, right) == (kind == "eq")
+    if not all(isinstance(side, (int, float)) and not isinstance(side, bool) for side in (left, right)):
+        return None
+    return bool(_ORDERINGS[kind](left, right))

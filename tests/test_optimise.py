@@ -109,3 +109,18 @@ def test_reads_of_settings_on_the_scope_become_literals_and_what_they_make_const
     assert isinstance(projected, ir.JmesProjection) and not isinstance(projected.value, ir.Literal)
     loose = folded("{select: settings.region, keys: loose}")  # (keys: loose: matched at run time)
     assert isinstance(loose.expressions[0].tree, ir.JmesSubexpression)
+
+
+def test_a_comparison_folded_from_settings_answers_as_the_generated_code_would() -> None:
+    # The rule language orders numbers only (a string or mixed ordering is null, hence false) and
+    # tells true from 1: folding a comparison at build time must give what the code gives at run time.
+    from engine.generate import generate_function
+
+    roots = {"settings": {"on": True, "off": 1, "region": "US", "unset": 2.5}, "mapping": {"name": "m"}}
+    for condition in ["settings.region < 'V'", "settings.region >= 'A'", "settings.off < 'x'", "settings.off <= `2`",
+                      "settings.on == `1`", "settings.off == `1.0`", "settings.unset > `2`", "settings.region != 'US'",
+                      "settings.on > `0`", "mapping.name == 'm'"]:
+        text = f"{{if: \"{condition}\", then: yes, else: no}}"
+        at_build = generate_function(folded(text, roots))({})
+        at_run = generate_function(lowered(text))(roots)
+        assert at_build == at_run, (condition, at_build, at_run)
