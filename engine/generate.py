@@ -157,6 +157,8 @@ class MapperCode:
         return function
 
 
+IS_NUMBER = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"  # (JMESPath: true is not a number)
+
 class CodeGenerator:
     """Writes nodes' code into one Source."""
 
@@ -783,9 +785,8 @@ class CodeGenerator:
             source.booleans.add(out)
             return out
         python_op = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
-        number = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"
         # (a side known to be a number, such as length()'s result or a number literal, is not tested)
-        tests = [number.format(side) for side in (left, right) if side not in source.numbers]
+        tests = [IS_NUMBER.format(side) for side in (left, right) if side not in source.numbers]
         if not tests:
             source.emit(indent, f"{out} = {left} {python_op} {right}")
         else:
@@ -804,8 +805,7 @@ class CodeGenerator:
         source.emit(indent + 1, f"{out} = True")
         source.emit(indent, "else:")
         source.emit(indent + 1, f"{value} = {source.bind(FUNCTIONS[call.name][0])}({argument})")
-        number = f"isinstance({value}, (int, float)) and not isinstance({value}, bool)"
-        source.emit(indent + 1, f"{out} = ({value} {python_op} {limit!r}) if {number} else None")
+        source.emit(indent + 1, f"{out} = ({value} {python_op} {limit!r}) if {IS_NUMBER.format(value)} else None")
         source.booleans.add(out)
         return out
 
