@@ -159,6 +159,7 @@ class MapperCode:
 
 IS_NUMBER = "isinstance({0}, (int, float)) and not isinstance({0}, bool)"  # (JMESPath: true is not a number)
 
+
 class CodeGenerator:
     """Writes nodes' code into one Source."""
 
